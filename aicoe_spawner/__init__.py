@@ -1,0 +1,1 @@
+"""JupyterHub spawner with a live ImageStream catalog."""
