@@ -3,6 +3,7 @@ started on the image digest."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -155,6 +156,14 @@ class AICoESpawner(KubeSpawner):
             raise ValueError(f"sizes: names must be unique, got {names}")
         return proposal["value"]
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in the hub (e.g. generating docs): the watch starts on first use
+        self.catalog_watch()
+
     # -- catalog and policy -----------------------------------------------------------------
 
     @property
@@ -167,6 +176,7 @@ class AICoESpawner(KubeSpawner):
             self.catalog_namespaces,
             self.image_label_selector,
             lambda: shared_client("CustomObjectsApi"),
+            log=self.log,
         )
 
     def user_policy(self) -> opts.Policy:

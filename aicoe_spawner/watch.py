@@ -42,7 +42,9 @@ class ImageStreamWatch:
         *,
         watch_timeout: int = 300,
         max_backoff: float = 5.0,
+        log: logging.Logger | logging.LoggerAdapter = log,
     ) -> None:
+        self.log = log
         self.api = custom_api
         self.namespaces = namespaces
         self.label_selector = label_selector
@@ -64,13 +66,17 @@ class ImageStreamWatch:
 
     @classmethod
     def shared(
-        cls, namespaces: tuple[str, ...], label_selector: str, api_factory: Callable[[], Any]
+        cls,
+        namespaces: tuple[str, ...],
+        label_selector: str,
+        api_factory: Callable[[], Any],
+        log: logging.Logger | logging.LoggerAdapter = log,
     ) -> ImageStreamWatch:
         """The process-wide watch for these namespaces and selector (started on first use)."""
         key = (asyncio.get_running_loop(), tuple(sorted(namespaces)), label_selector)
         existing = cls._shared.get(key)
         if existing is None:
-            existing = cls(api_factory(), tuple(sorted(namespaces)), label_selector)
+            existing = cls(api_factory(), tuple(sorted(namespaces)), label_selector, log=log)
             existing.start()
             cls._shared[key] = existing
         return existing
@@ -146,9 +152,12 @@ class ImageStreamWatch:
             except asyncio.CancelledError:
                 raise
             except _Relist:
-                log.info("ImageStream watch in %s: resourceVersion expired, relisting", namespace)
+                self.log.info("ImageStream watch in %s: resourceVersion expired, relisting", namespace)
                 resource_version = None
             except Exception as e:
+                # Relist after any failure: it proves the API server is back and catches up
+                # with whatever happened while the watch was down.
+                resource_version = None
                 self._mark_failing(namespace, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -223,7 +232,7 @@ class ImageStreamWatch:
 
     def _mark_healthy(self, namespace: str) -> None:
         if namespace in self._failing_namespaces:
-            log.info("ImageStream watch in %s recovered", namespace)
+            self.log.info("ImageStream watch in %s recovered", namespace)
             self._failing_namespaces.discard(namespace)
         self._synced_namespaces.add(namespace)
         if self._synced_namespaces >= set(self.namespaces):
@@ -235,7 +244,7 @@ class ImageStreamWatch:
         else:
             message = f"{type(error).__name__}: {error}"
         if namespace not in self._failing_namespaces:
-            log.warning("ImageStream watch in %s failed (%s); retrying", namespace, message)
+            self.log.warning("ImageStream watch in %s failed (%s); retrying", namespace, message)
         self._failing_namespaces.add(namespace)
         self.last_error = message
         self.last_error_time = time.time()
