@@ -110,7 +110,11 @@ class Catalog:
     def of(cls, images: Iterable[NotebookImage]) -> Catalog:
         """A catalog of parsed images in catalog order: order, display name, namespace, name."""
         return cls(
-            tuple(sorted(images, key=lambda i: (i.order, i.display_name.casefold(), i.namespace, i.name)))
+            tuple(
+                sorted(
+                    images, key=lambda i: (i.order, i.display_name.casefold(), i.namespace, i.name)
+                )
+            )
         )
 
     def visible(self) -> tuple[NotebookImage, ...]:

@@ -95,11 +95,9 @@ class AICoESpawner(KubeSpawner):
         config=True,
         help="Let users type their own CPU and memory (within max_cpu and max_memory).",
     )
-    max_cpu = Float(
-        8, config=True, help="Upper bound for a custom CPU request, in cores."
-    )
+    max_cpu = Float(8, config=True, help="Upper bound for a custom CPU request, in cores.")
     max_memory = Unicode(
-        "32Gi", config=True, help="Upper bound for a custom memory request, e.g. \"32Gi\"."
+        "32Gi", config=True, help='Upper bound for a custom memory request, e.g. "32Gi".'
     )
     gpu_resource_name = Unicode(
         "nvidia.com/gpu",
@@ -130,7 +128,8 @@ class AICoESpawner(KubeSpawner):
     reserved_env_prefixes = List(
         Unicode(),
         config=True,
-        help="Environment variable name prefixes users may not set, in addition to the built-in ones.",
+        help="""Environment variable name prefixes users may not set, in addition to the
+        built-in ones.""",
     )
     max_env_vars = Int(50, config=True, help="Most environment variables a user may set.")
     max_env_value_length = Int(
@@ -227,8 +226,15 @@ class AICoESpawner(KubeSpawner):
             self.orm_spawner.user_options = canonical
 
     _APPLIED_TRAITS = (
-        "image", "cpu_guarantee", "cpu_limit", "mem_guarantee", "mem_limit",
-        "extra_resource_limits", "tolerations", "node_selector", "extra_annotations",
+        "image",
+        "cpu_guarantee",
+        "cpu_limit",
+        "mem_guarantee",
+        "mem_limit",
+        "extra_resource_limits",
+        "tolerations",
+        "node_selector",
+        "extra_annotations",
     )
 
     def _apply(self, chosen: opts.SpawnOptions) -> None:
@@ -304,7 +310,11 @@ class AICoESpawner(KubeSpawner):
                 chosen = opts.validate(candidate, catalog, policy, self.namespace)
             except opts.OptionsError as e:
                 if candidate:
-                    self.log.info("Saved options for %s no longer valid (%s); using defaults", self._log_name, e)
+                    self.log.info(
+                        "Saved options for %s no longer valid (%s); using defaults",
+                        self._log_name,
+                        e,
+                    )
                 continue
             return {
                 "image": format_image_ref(chosen.image, chosen.tag, self.namespace),

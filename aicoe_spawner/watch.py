@@ -152,7 +152,9 @@ class ImageStreamWatch:
             except asyncio.CancelledError:
                 raise
             except _Relist:
-                self.log.info("ImageStream watch in %s: resourceVersion expired, relisting", namespace)
+                self.log.info(
+                    "ImageStream watch in %s: resourceVersion expired, relisting", namespace
+                )
                 resource_version = None
             except Exception as e:
                 # Relist after any failure: it proves the API server is back and catches up
@@ -248,4 +250,3 @@ class ImageStreamWatch:
         self._failing_namespaces.add(namespace)
         self.last_error = message
         self.last_error_time = time.time()
-

@@ -80,9 +80,7 @@ async def namespace(kube: client.ApiClient) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def role_token(
-    kube: client.ApiClient, namespace: str
-) -> Callable[..., Awaitable[str]]:
+def role_token(kube: client.ApiClient, namespace: str) -> Callable[..., Awaitable[str]]:
     """``await role_token(name, rules)``: a ServiceAccount token bound to a Role in the test
     namespace (TokenRequest API)."""
 

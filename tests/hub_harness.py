@@ -29,7 +29,7 @@ class FakeSingleUser:
 
     def __init__(self) -> None:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -52,7 +52,12 @@ class Hub:
     """A JupyterHub process with AICoESpawner, an admin service token and a log file."""
 
     def __init__(
-        self, workdir: Path, kubeconfig: Path, namespace: str, singleuser_port: int, extra_config: str = ""
+        self,
+        workdir: Path,
+        kubeconfig: Path,
+        namespace: str,
+        singleuser_port: int,
+        extra_config: str = "",
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -74,8 +79,8 @@ class Hub:
         c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
         c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
         c.ConfigurableHTTPProxy.auth_token = {secrets.token_hex(16)!r}
-        c.JupyterHub.db_url = "sqlite:///{workdir / 'jupyterhub.sqlite'}"
-        c.JupyterHub.cookie_secret_file = "{workdir / 'cookie_secret'}"
+        c.JupyterHub.db_url = "sqlite:///{workdir / "jupyterhub.sqlite"}"
+        c.JupyterHub.cookie_secret_file = "{workdir / "cookie_secret"}"
         c.JupyterHub.authenticator_class = "dummy"
         c.Authenticator.allow_all = True
         c.JupyterHub.spawner_class = "aicoe"
@@ -99,19 +104,34 @@ class Hub:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"), "--debug"],
-            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [
+                sys.executable,
+                "-m",
+                "jupyterhub",
+                "-f",
+                str(self.workdir / "jupyterhub_config.py"),
+                "--debug",
+            ],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"jupyterhub exited with {self.proc.returncode}\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"jupyterhub exited with {self.proc.returncode}\n{self.log_tail()}"
+                    )
                 try:
-                    async with session.get(f"{self.url}/hub/api/", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    async with session.get(
+                        f"{self.url}/hub/api/", timeout=aiohttp.ClientTimeout(total=2)
+                    ) as r:
                         if r.status == 200:
                             return self
                 except (aiohttp.ClientError, TimeoutError):
@@ -136,7 +156,9 @@ class Hub:
 
     # -- REST API --------------------------------------------------------------------------
 
-    async def api(self, method: str, path: str, json: Any = None, data: bytes | None = None) -> tuple[int, Any]:
+    async def api(
+        self, method: str, path: str, json: Any = None, data: bytes | None = None
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"token {self.token}"}
         async with aiohttp.ClientSession() as session:
             async with session.request(
@@ -194,7 +216,8 @@ class Hub:
             page = await r.text()
         xsrf = _input_value(page, "_xsrf")
         async with session.post(
-            f"{self.url}/hub/login?next=", data={"username": name, "password": "x", "_xsrf": xsrf},
+            f"{self.url}/hub/login?next=",
+            data={"username": name, "password": "x", "_xsrf": xsrf},
             allow_redirects=False,
         ) as r:
             assert r.status == 302, (r.status, await r.text())
@@ -222,7 +245,9 @@ class WebSession:
         action = re.search(r'<form[^>]*action="([^"]+)"', page)
         assert action, page[:2000]
         url = action.group(1).replace("&amp;", "&")
-        async with self.session.post(f"{self.hub.url}{url}", data=fields, allow_redirects=False) as r:
+        async with self.session.post(
+            f"{self.hub.url}{url}", data=fields, allow_redirects=False
+        ) as r:
             return r.status, await r.text()
 
     async def close(self) -> None:

@@ -39,21 +39,34 @@ async def create_imagestream(
     body = {
         "apiVersion": "image.openshift.io/v1",
         "kind": "ImageStream",
-        "metadata": {"name": name, "labels": labels if labels is not None else LABEL, "annotations": annotations or {}},
+        "metadata": {
+            "name": name,
+            "labels": labels if labels is not None else LABEL,
+            "annotations": annotations or {},
+        },
         "spec": {"tags": [{"name": t, "annotations": a} for t, a in tags.items()]},
     }
-    created = await custom.create_namespaced_custom_object(*IMAGE_API, namespace, "imagestreams", body)
+    created = await custom.create_namespaced_custom_object(
+        *IMAGE_API, namespace, "imagestreams", body
+    )
     ready_tags = list(tags) if ready is None else ready
     if ready_tags:
         created = await set_ready(kube, namespace, name, ready_tags)
     return created
 
 
-async def set_ready(kube: client.ApiClient, namespace: str, name: str, tags: list[str]) -> dict[str, Any]:
+async def set_ready(
+    kube: client.ApiClient, namespace: str, name: str, tags: list[str]
+) -> dict[str, Any]:
     custom = client.CustomObjectsApi(kube)
     status = {
         "tags": [
-            {"tag": t, "items": [{"dockerImageReference": reference(namespace, name, t), "image": digest_for(t)}]}
+            {
+                "tag": t,
+                "items": [
+                    {"dockerImageReference": reference(namespace, name, t), "image": digest_for(t)}
+                ],
+            }
             for t in tags
         ]
     }
@@ -63,7 +76,9 @@ async def set_ready(kube: client.ApiClient, namespace: str, name: str, tags: lis
 
 
 async def delete_imagestream(kube: client.ApiClient, namespace: str, name: str) -> None:
-    await client.CustomObjectsApi(kube).delete_namespaced_custom_object(*IMAGE_API, namespace, "imagestreams", name)
+    await client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+        *IMAGE_API, namespace, "imagestreams", name
+    )
 
 
 async def user_pods(kube: client.ApiClient, namespace: str, user: str) -> list[dict[str, Any]]:
@@ -72,7 +87,11 @@ async def user_pods(kube: client.ApiClient, namespace: str, user: str) -> list[d
         namespace, label_selector="component=singleuser-server", _preload_content=False
     )
     pods = (await response.json())["items"]
-    return [p for p in pods if p["metadata"].get("annotations", {}).get("hub.jupyter.org/username") == user]
+    return [
+        p
+        for p in pods
+        if p["metadata"].get("annotations", {}).get("hub.jupyter.org/username") == user
+    ]
 
 
 async def wait_for(predicate, timeout: float = 10, interval: float = 0.05):

@@ -26,7 +26,9 @@ def load_manifests(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-async def install_crds(api: client.ApiClient, paths: list[Path] | None = None, timeout: float = 30) -> None:
+async def install_crds(
+    api: client.ApiClient, paths: list[Path] | None = None, timeout: float = 30
+) -> None:
     """Create (or update) CRDs and wait until each is Established and served."""
     ext = client.ApiextensionsV1Api(api)
     paths = paths or sorted(CRD_DIR.glob("*.yaml"))
@@ -78,7 +80,12 @@ async def delete_namespace(api: client.ApiClient, name: str, timeout: float = 30
             return
         raise
     await _delete_namespace_content(api, name)
-    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": []}}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name},
+        "spec": {"finalizers": []},
+    }
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -116,7 +123,9 @@ async def _delete_namespace_content(api: client.ApiClient, namespace: str) -> No
         ("build.openshift.io", "buildconfigs"),
         ("build.openshift.io", "builds"),
     ):
-        deletions.append(custom.delete_collection_namespaced_custom_object(group, "v1", namespace, plural))
+        deletions.append(
+            custom.delete_collection_namespaced_custom_object(group, "v1", namespace, plural)
+        )
     services = await core.list_namespaced_service(namespace)
     for svc in services.items:
         deletions.append(core.delete_namespaced_service(svc.metadata.name, namespace))
@@ -156,7 +165,11 @@ async def token_for_role(
         await rbac.create_cluster_role_binding(
             {
                 "metadata": {"name": cluster_name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": cluster_name,
+                },
                 "subjects": subject,
             }
         )

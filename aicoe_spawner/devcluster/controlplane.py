@@ -50,8 +50,14 @@ def free_port() -> int:
 
 
 def write_kubeconfig(
-    path: Path, server: str, ca: Path, *, cert: Path | None = None, key: Path | None = None,
-    token: str | None = None, namespace: str = "default",
+    path: Path,
+    server: str,
+    ca: Path,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    token: str | None = None,
+    namespace: str = "default",
 ) -> Path:
     """Write a kubeconfig (JSON, which is valid YAML) for a client certificate or a token."""
     user: dict = {}
@@ -62,9 +68,16 @@ def write_kubeconfig(
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "clusters": [
+            {"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}
+        ],
         "users": [{"name": "user", "user": user}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user", "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": "local",
+                "context": {"cluster": "local", "user": "user", "namespace": namespace},
+            }
+        ],
         "current-context": "local",
     }
     path.write_text(json.dumps(config, indent=2))
@@ -105,8 +118,11 @@ class ControlPlane:
         started = time.monotonic()
         self.pki = create_pki(self.workdir / "pki")
         write_kubeconfig(
-            self.kubeconfig, self.server, self.pki.ca_cert,
-            cert=self.pki.admin_cert, key=self.pki.admin_key,
+            self.kubeconfig,
+            self.server,
+            self.pki.ca_cert,
+            cert=self.pki.admin_cert,
+            key=self.pki.admin_key,
         )
         self._start_etcd(timeout)
         self.start_apiserver(timeout)
@@ -202,7 +218,10 @@ class ControlPlane:
         log = log_path.open("ab")
         try:
             return subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         finally:

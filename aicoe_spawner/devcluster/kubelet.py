@@ -64,7 +64,9 @@ def running_status(pod: dict[str, Any], pod_ip: str) -> dict[str, Any]:
 class FakeKubelet:
     """Watches pods in all namespaces and starts them (on paper)."""
 
-    def __init__(self, kubeconfig: str | Path, *, pod_ip: str = "127.0.0.1", on_pod: PodHook | None = None):
+    def __init__(
+        self, kubeconfig: str | Path, *, pod_ip: str = "127.0.0.1", on_pod: PodHook | None = None
+    ):
         self.kubeconfig = kubeconfig
         self.pod_ip = pod_ip
         self.on_pod = on_pod
@@ -147,7 +149,9 @@ class FakeKubelet:
         try:
             await core.create_namespaced_event(namespace, event)
         except ApiException as e:
-            log.warning("fake kubelet: could not post event for %s/%s: %s", namespace, name, e.reason)
+            log.warning(
+                "fake kubelet: could not post event for %s/%s: %s", namespace, name, e.reason
+            )
 
 
 class BackgroundLoop:

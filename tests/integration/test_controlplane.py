@@ -37,7 +37,9 @@ async def test_pod_runs_and_is_ready_by_kubespawners_rule(kube, fake_kubelet, na
         namespace,
         {
             "metadata": {"name": "probe"},
-            "spec": {"containers": [{"name": "notebook", "image": "example/notebook@sha256:" + "a" * 64}]},
+            "spec": {
+                "containers": [{"name": "notebook", "image": "example/notebook@sha256:" + "a" * 64}]
+            },
         },
     )
 
@@ -55,7 +57,9 @@ async def test_pod_runs_and_is_ready_by_kubespawners_rule(kube, fake_kubelet, na
 
     async def started_event():
         events = await core.list_namespaced_event(namespace)
-        return [e for e in events.items if e.involved_object.name == "probe" and e.reason == "Started"]
+        return [
+            e for e in events.items if e.involved_object.name == "probe" and e.reason == "Started"
+        ]
 
     assert await _wait_for(started_event)
 
@@ -69,13 +73,27 @@ async def test_imagestream_status_round_trips_through_status_subresource(kube, n
         "spec": {"tags": [{"name": "v1", "annotations": {"opendatahub.io/default-image": "true"}}]},
         "status": {"tags": [{"tag": "v1", "items": [{"dockerImageReference": "ignored"}]}]},
     }
-    created = await custom.create_namespaced_custom_object(*IMAGE_API, namespace, "imagestreams", stream)
+    created = await custom.create_namespaced_custom_object(
+        *IMAGE_API, namespace, "imagestreams", stream
+    )
     # status is a subresource: a create cannot set it.
     assert "tags" not in created.get("status", {})
     ref = "registry.local/demo@sha256:" + "b" * 64
     await custom.patch_namespaced_custom_object_status(
-        *IMAGE_API, namespace, "imagestreams", "demo",
-        {"status": {"tags": [{"tag": "v1", "items": [{"dockerImageReference": ref, "image": "sha256:" + "b" * 64}]}]}},
+        *IMAGE_API,
+        namespace,
+        "imagestreams",
+        "demo",
+        {
+            "status": {
+                "tags": [
+                    {
+                        "tag": "v1",
+                        "items": [{"dockerImageReference": ref, "image": "sha256:" + "b" * 64}],
+                    }
+                ]
+            }
+        },
         _content_type="application/merge-patch+json",
     )
     read = await custom.get_namespaced_custom_object(*IMAGE_API, namespace, "imagestreams", "demo")
@@ -94,7 +112,12 @@ async def test_imagestream_status_round_trips_through_status_subresource(kube, n
 )
 async def test_imagestream_schema_violations_are_rejected(kube, namespace, spec):
     custom = client.CustomObjectsApi(kube)
-    body = {"apiVersion": "image.openshift.io/v1", "kind": "ImageStream", "metadata": {"name": "bad"}, "spec": spec}
+    body = {
+        "apiVersion": "image.openshift.io/v1",
+        "kind": "ImageStream",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
     with pytest.raises(ApiException) as err:
         await custom.create_namespaced_custom_object(*IMAGE_API, namespace, "imagestreams", body)
     assert err.value.status == 422
@@ -103,8 +126,12 @@ async def test_imagestream_schema_violations_are_rejected(kube, namespace, spec)
     assert missing.value.status == 404
 
 
-async def test_read_only_service_account_cannot_create_pods(kube, namespace, role_token, token_kubeconfig):
-    token = await role_token("reader", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+async def test_read_only_service_account_cannot_create_pods(
+    kube, namespace, role_token, token_kubeconfig
+):
+    token = await role_token(
+        "reader", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    )
     api = await api_client(token_kubeconfig(token, namespace))
     try:
         core = client.CoreV1Api(api)
@@ -112,7 +139,11 @@ async def test_read_only_service_account_cannot_create_pods(kube, namespace, rol
         assert listed.items == []
         with pytest.raises(ApiException) as err:
             await core.create_namespaced_pod(
-                namespace, {"metadata": {"name": "nope"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+                namespace,
+                {
+                    "metadata": {"name": "nope"},
+                    "spec": {"containers": [{"name": "c", "image": "x"}]},
+                },
             )
         assert err.value.status == 403
         with pytest.raises(ApiException) as other_ns:
@@ -127,9 +158,13 @@ async def test_namespace_deletion_completes(kube):
 
     core = client.CoreV1Api(kube)
     await core.create_namespace({"metadata": {"name": "t-deleteme"}})
-    await core.create_namespaced_config_map("t-deleteme", {"metadata": {"name": "cm"}, "data": {"a": "b"}})
+    await core.create_namespaced_config_map(
+        "t-deleteme", {"metadata": {"name": "cm"}, "data": {"a": "b"}}
+    )
     await client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        *IMAGE_API, "t-deleteme", "imagestreams",
+        *IMAGE_API,
+        "t-deleteme",
+        "imagestreams",
         {"apiVersion": "image.openshift.io/v1", "kind": "ImageStream", "metadata": {"name": "s"}},
     )
     await delete_namespace(kube, "t-deleteme")
@@ -141,9 +176,13 @@ async def test_namespace_deletion_completes(kube):
     await delete_namespace(kube, "t-deleteme")
 
 
-async def test_data_survives_apiserver_restart_and_clients_reconnect(control_plane, kube, namespace):
+async def test_data_survives_apiserver_restart_and_clients_reconnect(
+    control_plane, kube, namespace
+):
     core = client.CoreV1Api(kube)
-    await core.create_namespaced_config_map(namespace, {"metadata": {"name": "keep"}, "data": {"k": "v"}})
+    await core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "keep"}, "data": {"k": "v"}}
+    )
     old_pid = control_plane.apiserver.pid
     await asyncio.to_thread(control_plane.restart_apiserver, 0.5)
     assert control_plane.apiserver.pid != old_pid
@@ -155,11 +194,17 @@ async def test_data_survives_apiserver_restart_and_clients_reconnect(control_pla
     assert {"keep", "after"} <= names
 
 
-async def test_fake_kubelet_recovers_after_apiserver_restart(control_plane, kube, fake_kubelet, namespace):
+async def test_fake_kubelet_recovers_after_apiserver_restart(
+    control_plane, kube, fake_kubelet, namespace
+):
     await asyncio.to_thread(control_plane.restart_apiserver, 0.2)
     core = client.CoreV1Api(kube)
     await core.create_namespaced_pod(
-        namespace, {"metadata": {"name": "after-restart"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+        namespace,
+        {
+            "metadata": {"name": "after-restart"},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+        },
     )
 
     async def running():
@@ -171,7 +216,7 @@ async def test_fake_kubelet_recovers_after_apiserver_restart(control_plane, kube
 
 def test_missing_binaries_raise_not_skip(tmp_path, monkeypatch):
     monkeypatch.setenv("AICOE_TOOLS_BIN", str(tmp_path))
-    with pytest.raises(ControlPlaneError, match="tools/build.sh"):
+    with pytest.raises(ControlPlaneError, match=r"tools/build\.sh"):
         ControlPlane(tmp_path / "work")
 
 
@@ -191,10 +236,26 @@ def test_suite_fails_when_control_plane_cannot_start(tmp_path):
     (tmp_path / "conftest.py").write_text(conftest.read_text())
     env = dict(os.environ, AICOE_TOOLS_BIN=str(tmp_path / "no-binaries"))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
-         "-o", "asyncio_default_fixture_loop_scope=session", "-o", "asyncio_default_test_loop_scope=session",
-         str(test_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-o",
+            "asyncio_default_fixture_loop_scope=session",
+            "-o",
+            "asyncio_default_test_loop_scope=session",
+            str(test_file),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 error" in result.stdout, result.stdout

@@ -36,7 +36,10 @@ c.AICoESpawner.sizes = [
     {"name": "large", "display_name": "Large", "cpu_guarantee": 2, "cpu_limit": 4,
      "mem_guarantee": "4Gi", "mem_limit": "8Gi"},
 ]
-c.AICoESpawner.default_policy = {"images": ["minimal", "datascience", "fresh", "after-*"], "sizes": ["small", "medium"]}
+c.AICoESpawner.default_policy = {
+    "images": ["minimal", "datascience", "fresh", "after-*"],
+    "sizes": ["small", "medium"],
+}
 c.AICoESpawner.group_policies = {
     "team-a": {"images": ["secret-project"]},
     "big": {"sizes": ["large"], "max_gpus": 2},
@@ -64,23 +67,38 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
     ns = f"t-hub-{uuid.uuid4().hex[:6]}"
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
     await create_imagestream(
-        kube, ns, "minimal",
+        kube,
+        ns,
+        "minimal",
         {
             "2025.2": DEFAULT,
             "2025.1": {},
             "2024.2": {f"{A}image-tag-outdated": "true"},
             "next": {"aicoe-spawner.io/build-phase": "building"},
-            "broken": {"aicoe-spawner.io/build-phase": "failed", "aicoe-spawner.io/build-message": "exit 1"},
+            "broken": {
+                "aicoe-spawner.io/build-phase": "failed",
+                "aicoe-spawner.io/build-message": "exit 1",
+            },
             "waiting": {},
         },
         ready=["2025.2", "2025.1", "2024.2"],
         annotations={f"{A}notebook-image-name": "Minimal", f"{A}notebook-image-order": "1"},
     )
-    await create_imagestream(kube, ns, "datascience", {"1.0": {}}, annotations={f"{A}notebook-image-name": "Data Science"})
+    await create_imagestream(
+        kube,
+        ns,
+        "datascience",
+        {"1.0": {}},
+        annotations={f"{A}notebook-image-name": "Data Science"},
+    )
     await create_imagestream(kube, ns, "secret-project", {"v1": {}})
-    await create_imagestream(kube, ns, "hidden", {"v1": {}}, annotations={f"{A}notebook-image-hidden": "true"})
+    await create_imagestream(
+        kube, ns, "hidden", {"v1": {}}, annotations={f"{A}notebook-image-hidden": "true"}
+    )
     singleuser = FakeSingleUser()
-    hub = Hub(tmp_path_factory.mktemp("hub"), control_plane.kubeconfig, ns, singleuser.port, HUB_CONFIG)
+    hub = Hub(
+        tmp_path_factory.mktemp("hub"), control_plane.kubeconfig, ns, singleuser.port, HUB_CONFIG
+    )
     await hub.start()
     yield hub
     await hub.stop()
@@ -103,7 +121,9 @@ def container(pod: dict) -> dict:
 
 
 def env_of(pod: dict) -> dict[str, str]:
-    return {e["name"]: e.get("value", "") for e in container(pod).get("env", []) if "valueFrom" not in e}
+    return {
+        e["name"]: e.get("value", "") for e in container(pod).get("env", []) if "valueFrom" not in e
+    }
 
 
 # -- spawning through the REST API -------------------------------------------------------
@@ -115,13 +135,16 @@ async def test_rest_defaults_pin_the_default_tag_digest(env, kube):
     c = container(pod)
     assert c["image"] == reference(env.namespace, "minimal", "2025.2")
     assert "@sha256:" in c["image"]
-    assert c["resources"]["requests"] == {"cpu": "500m", "memory": "1073741824"} or c["resources"]["requests"]["cpu"] in ("0.5", "500m")
+    requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+    assert requests["cpu"] in ("0.5", "500m") and limits["cpu"] in ("1", "1.0")
+    assert int(requests["memory"]) == 2**30 and int(limits["memory"]) == 2 * 2**30
     ann = pod["metadata"]["annotations"]
     assert ann["aicoe-spawner.io/image-stream"] == f"{env.namespace}/minimal"
     assert ann["aicoe-spawner.io/image-tag"] == "2025.2"
     assert ann["aicoe-spawner.io/size"] == "small"
     assert ann["aicoe-spawner.io/image-digest"] == c["image"].split("@")[1]
     status, model = await env.api("GET", f"/users/{user}")
+    assert status == 200
     assert model["servers"][""]["user_options"]["image"] == "minimal:2025.2"
     await env.stop_server(user)
 
@@ -157,7 +180,9 @@ async def test_rest_every_option_lands_on_the_pod(env, kube):
     await env.stop_server(user)
 
     # The same spawner object spawns again without GPUs: nothing of the last spawn lingers.
-    status, body = await env.api("POST", f"/users/{user}/server", json={"image": "minimal:2025.1", "size": "small"})
+    status, body = await env.api(
+        "POST", f"/users/{user}/server", json={"image": "minimal:2025.1", "size": "small"}
+    )
     assert status in (201, 202), body
     await env.wait_ready(user)
     pod = (await user_pods(kube, env.namespace, user))[0]
@@ -170,7 +195,9 @@ async def test_rest_every_option_lands_on_the_pod(env, kube):
 
 async def test_rest_custom_resources(env, kube):
     user = new_user()
-    pod = await spawn_ok(env, kube, user, {"image": "minimal:2025.2", "cpu": "1.5", "memory": "3Gi"})
+    pod = await spawn_ok(
+        env, kube, user, {"image": "minimal:2025.2", "cpu": "1.5", "memory": "3Gi"}
+    )
     res = container(pod)["resources"]
     assert res["limits"]["cpu"] in ("1.5", "1500m") and res["requests"]["cpu"] in ("1.5", "1500m")
     assert int(res["limits"]["memory"]) == int(res["requests"]["memory"]) == 3 * 2**30
@@ -232,7 +259,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("options", "field"), BAD_INPUTS, ids=[f"{i}-{f}" for i, (_, f) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    ("options", "field"), BAD_INPUTS, ids=[f"{i}-{f}" for i, (_, f) in enumerate(BAD_INPUTS)]
+)
 async def test_bad_user_options_are_400_naming_the_field(env, kube, options, field):
     user = new_user()
     await env.ensure_user(user)
@@ -262,7 +291,9 @@ def options_in(page: str) -> dict[str, str]:
     """value -> phase of every image option, plus 'disabled' marks."""
     found = {}
     for m in re.finditer(r'<option value="([^"]+)" data-phase="(\w+)"([^>]*)>', page):
-        found[html.unescape(m.group(1))] = m.group(2) + (" disabled" if "disabled" in m.group(3) else "")
+        found[html.unescape(m.group(1))] = m.group(2) + (
+            " disabled" if "disabled" in m.group(3) else ""
+        )
     return found
 
 
@@ -278,11 +309,19 @@ async def test_form_lists_the_catalog_and_post_spawns(env, kube):
         assert images["minimal:broken"] == "failed disabled"
         assert "minimal:2024.2" not in images  # outdated
         assert not any(k.startswith("hidden:") or k.startswith("secret-project:") for k in images)
-        assert list(images).index("minimal:2025.2") < list(images).index("datascience:1.0")  # order annotation
+        assert list(images).index("minimal:2025.2") < list(images).index(
+            "datascience:1.0"
+        )  # order annotation
         status, _ = await web.post_form(
             user,
-            [("image", "datascience:1.0"), ("size", "medium"), ("env_name", "FOO"), ("env_value", "{username}"),
-             ("env_name", ""), ("env_value", "")],
+            [
+                ("image", "datascience:1.0"),
+                ("size", "medium"),
+                ("env_name", "FOO"),
+                ("env_value", "{username}"),
+                ("env_name", ""),
+                ("env_value", ""),
+            ],
         )
         assert status == 302
         await env.wait_ready(user)
@@ -304,7 +343,9 @@ async def test_form_post_with_bad_input_shows_the_error(env, kube):
     await env.ensure_user(user)
     web = await env.login(user)
     try:
-        status, page = await web.post_form(user, [("image", "minimal:2025.2"), ("size", "small"), ("gpus", "7")])
+        status, page = await web.post_form(
+            user, [("image", "minimal:2025.2"), ("size", "small"), ("gpus", "7")]
+        )
         assert status == 400
         assert "gpus" in html.unescape(page)
         assert await user_pods(kube, env.namespace, user) == []
@@ -317,7 +358,9 @@ async def test_spawn_link_with_query_arguments(env, kube):
     await env.ensure_user(user)
     web = await env.login(user)
     try:
-        status, _ = await web.get(f"/hub/spawn/{user}?image=minimal:2025.1&size=medium", allow_redirects=False)
+        status, _ = await web.get(
+            f"/hub/spawn/{user}?image=minimal:2025.1&size=medium", allow_redirects=False
+        )
         assert status == 302
         await env.wait_ready(user)
         pod = (await user_pods(kube, env.namespace, user))[0]

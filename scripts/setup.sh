@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh machine, reusing what is already there:
+# a Python virtual environment (.venv), the Go-built control plane and helm (.cache/bin),
+# configurable-http-proxy (.cache/node) and the Debian packages the tests use.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+need_apt=()
+command -v git >/dev/null || need_apt+=(git)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: creating the Python virtual environment in .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+else
+  echo "setup: .venv up to date"
+fi
+
+tools/build.sh
+
+chp=.cache/node/node_modules/.bin/configurable-http-proxy
+if [ ! -x "$chp" ]; then
+  echo "setup: installing configurable-http-proxy with npm into .cache/node"
+  mkdir -p .cache/node
+  npm install --no-audit --no-fund --silent --prefix .cache/node configurable-http-proxy@5
+else
+  echo "setup: configurable-http-proxy present"
+fi
