@@ -6,11 +6,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# Debian packages: git (builder), chromium (browser tests), buildah + docker-registry +
+# busybox-static (real image builds on this machine).
 need_apt=()
-command -v git >/dev/null || need_apt+=(git)
+for pkg in git chromium buildah docker-registry busybox-static; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  mkdir -p .cache && apt-get update -qq >.cache/apt.log 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >>.cache/apt.log 2>&1 || { tail -20 .cache/apt.log; exit 1; }
 fi
 
 stamp=.venv/.installed
@@ -18,7 +22,7 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stam
   echo "setup: creating the Python virtual environment in .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,demo]'
   touch "$stamp"
 else
   echo "setup: .venv up to date"
