@@ -14,7 +14,7 @@ for pkg in git chromium buildah docker-registry busybox-static; do
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
-  mkdir -p .cache && apt-get update -qq >.cache/apt.log 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >>.cache/apt.log 2>&1 || { tail -20 .cache/apt.log; exit 1; }
+  mkdir -p .cache && apt-get update -qq >.cache/apt.log 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >>.cache/apt.log 2>&1 || { tail -20 .cache/apt.log; exit 1; }
 fi
 
 stamp=.venv/.installed
