@@ -65,11 +65,17 @@ class FakeKubelet:
     """Watches pods in all namespaces and starts them (on paper)."""
 
     def __init__(
-        self, kubeconfig: str | Path, *, pod_ip: str = "127.0.0.1", on_pod: PodHook | None = None
+        self,
+        kubeconfig: str | Path,
+        *,
+        pod_ip: str = "127.0.0.1",
+        on_pod: PodHook | None = None,
+        on_delete: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ):
         self.kubeconfig = kubeconfig
         self.pod_ip = pod_ip
         self.on_pod = on_pod
+        self.on_delete = on_delete
         self.started_pods: list[str] = []
         self._api: client.ApiClient | None = None
 
@@ -105,8 +111,12 @@ class FakeKubelet:
             async for event in stream:
                 if event["type"] == "ERROR":
                     raise RuntimeError(f"watch error: {event['raw_object']}")
-                if event["type"] in ("ADDED", "MODIFIED"):
-                    await self._maybe_start(core, event["raw_object"])
+                pod = event["raw_object"]
+                deleting = event["type"] == "DELETED" or pod["metadata"].get("deletionTimestamp")
+                if deleting and self.on_delete is not None:
+                    await self.on_delete(pod)
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    await self._maybe_start(core, pod)
 
     async def _maybe_start(self, core: client.CoreV1Api, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -166,7 +176,13 @@ class BackgroundLoop:
 
     def start(self, coro_factory: Callable[[], Awaitable[Any]]) -> None:
         async def runner():
-            await coro_factory()
+            try:
+                await coro_factory()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task %s failed", coro_factory)
+                raise
 
         self._tasks.append(asyncio.run_coroutine_threadsafe(runner(), self.loop))
 
