@@ -1,0 +1,376 @@
+"""The builder's HTTP surface: a tornado JupyterHub service (HubOAuth for the page, tokens for
+the API, custom scopes to submit and to administer), the GitHub webhook, health and metrics.
+A thin shell around :class:`BuildService`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import logging
+import os
+from typing import Any
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import web
+
+from ..watch import ImageStreamWatch
+from .requests import BuildRequest, BuildRequestError, validate_ref, validate_repo_url
+from .service import BuildService
+from .store import Build
+
+log = logging.getLogger("aicoe_spawner.builder.app")
+
+MAX_BODY = 1024 * 1024
+BUILD_SCOPE = "custom:image-builder:build"
+ADMIN_SCOPE = "custom:image-builder:admin"
+TERMINAL = ("ready", "failed", "cancelled")
+
+
+class JSONError(web.HTTPError):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(status, message)
+        self.message = message
+        self.field = field
+
+
+class BaseHandler(web.RequestHandler):
+    @property
+    def service(self) -> BuildService:
+        return self.settings["build_service"]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "message", None) or getattr(exc, "log_message", None)
+        body = {"status": status_code, "message": message or self._reason}
+        if getattr(exc, "field", None):
+            body["field"] = exc.field
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def json_body(self) -> Any:
+        body = self.request.body
+        if len(body) > MAX_BODY:
+            raise JSONError(413, f"body: larger than {MAX_BODY // 1024} KiB", "body")
+        try:
+            return json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise JSONError(400, f"body: not valid JSON ({e})", "body") from None
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class AuthHandler(HubOAuthenticated, BaseHandler):
+    """Hub-authenticated; scopes decide what the user may do."""
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+    def scopes(self) -> set[str]:
+        model = self.current_user or {}
+        return set(model.get("scopes") or [])
+
+    def user_name(self) -> str:
+        model = self.current_user
+        if not model:
+            raise JSONError(403, "authentication required")
+        kind = model.get("kind", "user")
+        return model["name"] if kind == "user" else f"service:{model['name']}"
+
+    def is_admin(self) -> bool:
+        return ADMIN_SCOPE in self.scopes()
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes() and ADMIN_SCOPE not in self.scopes():
+            raise JSONError(403, f"the scope {scope} is required")
+
+    async def visible_build(self, build_id: str) -> Build:
+        build = await self.service.get(build_id) if len(build_id) <= 64 else None
+        # another user's build is reported exactly like a missing one
+        if build is None or not (self.is_admin() or build.spec.requester == self.user_name()):
+            raise JSONError(404, f"build {build_id[:64]!r} not found")
+        return build
+
+
+class BuildsHandler(AuthHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        builds = await self.service.store.list(
+            requester=None if self.is_admin() else self.user_name()
+        )
+        self.write_json({"builds": [b.view() for b in builds]})
+
+    @web.authenticated
+    async def post(self) -> None:
+        self.require(BUILD_SCOPE)
+        body = self.json_body()
+        try:
+            status, build = await self.service.submit(body, self.user_name())
+        except BuildRequestError as e:
+            raise JSONError(e.status, str(e), e.field) from None
+        self.write_json(build.view(), status)
+
+
+class BuildHandler(AuthHandler):
+    @web.authenticated
+    async def get(self, build_id: str) -> None:
+        self.write_json((await self.visible_build(build_id)).view())
+
+    @web.authenticated
+    async def delete(self, build_id: str) -> None:
+        build = await self.visible_build(build_id)
+        build = await self.service.cancel(build)
+        self.write_json(build.view())
+
+
+class LogsHandler(AuthHandler):
+    @web.authenticated
+    async def get(self, build_id: str) -> None:
+        build = await self.visible_build(build_id)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        text = build.log
+        if build.phase == "failed" and build.message and build.message not in text:
+            text += ("\n" if text else "") + build.message
+        self.finish(text)
+
+
+class EventsHandler(AuthHandler):
+    """Server-sent events: ``phase`` (the build) and ``log`` (one line) events. The event id
+    is ``<lines sent>:<phase>``, so a reconnect with Last-Event-ID resumes where it stopped.
+    Reading never starts a build."""
+
+    keepalive = 15.0
+
+    def _send(self, event: str, data: Any, event_id: str) -> None:
+        self.write(f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n")
+
+    @web.authenticated
+    async def get(self, build_id: str) -> None:
+        build = await self.visible_build(build_id)
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        last = self.request.headers.get("Last-Event-ID", "")
+        lines_sent, _, phase_sent = last.partition(":")
+        sent = int(lines_sent) if lines_sent.isdigit() else 0
+        service = self.service
+        while True:
+            current = service.builds.get(build_id) or build
+            if current.resource_version and build.resource_version:
+                build = (
+                    current
+                    if int(current.resource_version or 0) >= int(build.resource_version or 0)
+                    else build
+                )
+            else:
+                build = current
+            lines = build.log.splitlines()
+            for i in range(sent, len(lines)):
+                self._send("log", {"line": lines[i]}, f"{i + 1}:{phase_sent}")
+            sent = max(sent, len(lines))
+            if build.phase != phase_sent:
+                phase_sent = build.phase
+                self._send("phase", build.view(), f"{sent}:{phase_sent}")
+            try:
+                await self.flush()
+            except Exception:
+                return  # client went away
+            if build.phase in TERMINAL:
+                self.write("event: end\ndata: {}\n\n")
+                await self.finish()
+                return
+            version = service.version
+            changed = await service.wait_for(lambda v=version: service.version != v, self.keepalive)
+            if not changed:
+                self.write(": keepalive\n\n")
+
+    def on_connection_close(self) -> None:
+        pass
+
+
+class ImagesHandler(AuthHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        watch: ImageStreamWatch = self.settings["image_watch"]
+        await watch.wait_synced(10)
+        images = []
+        for image in watch.catalog.images:
+            for tag in image.tags:
+                images.append(
+                    {
+                        "image": f"{image.namespace}/{image.name}:{tag.name}",
+                        "display_name": image.display_name,
+                        "phase": tag.phase.value,
+                        "digest": tag.digest,
+                        "image_ref": tag.image_ref,
+                        "message": tag.message,
+                        "build_commit": tag.build_commit,
+                    }
+                )
+        self.write_json({"images": images, "stale": watch.stale})
+
+
+def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
+    """GitHub's ``X-Hub-Signature-256: sha256=<hex hmac>``, compared in constant time."""
+    if not secret or not header or not header.startswith("sha256="):
+        return False
+    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), header.encode())
+
+
+def webhook_request(event: str, payload: Any) -> tuple[str, str] | None:
+    """(repo clone URL, tag) for a release published / tag created event, else None."""
+    if not isinstance(payload, dict):
+        return None
+    repo = (payload.get("repository") or {}).get("clone_url")
+    if event == "release" and payload.get("action") == "published":
+        ref = (payload.get("release") or {}).get("tag_name")
+    elif event == "create" and payload.get("ref_type") == "tag":
+        ref = payload.get("ref")
+    else:
+        return None
+    if not isinstance(repo, str) or not isinstance(ref, str):
+        return None
+    return repo, ref
+
+
+class WebhookHandler(BaseHandler):
+    def check_xsrf_cookie(self) -> None:  # authenticated by HMAC instead
+        pass
+
+    async def post(self) -> None:
+        body = self.request.body
+        if len(body) > MAX_BODY:
+            raise JSONError(413, "body: larger than 1024 KiB", "body")
+        secret = self.settings.get("webhook_secret") or b""
+        if not verify_signature(secret, body, self.request.headers.get("X-Hub-Signature-256")):
+            raise JSONError(401, "X-Hub-Signature-256: missing or invalid signature")
+        event = self.request.headers.get("X-GitHub-Event", "")
+        if event == "ping":
+            return self.write_json({"message": "pong"})
+        payload = self.json_body()
+        found = webhook_request(event, payload)
+        if found is None:
+            return self.write_json({"message": f"event {event[:40]!r} ignored"}, 202)
+        repo, ref = found
+        service = self.service
+        try:
+            repo = validate_repo_url(repo, service.policy, service.resolver)
+            request = BuildRequest(repo=repo, ref=validate_ref(ref))
+            sender = (payload.get("sender") or {}).get("login") or "unknown"
+            status, build = await service.submit_request(request, f"github:{sender}")
+        except BuildRequestError as e:
+            raise JSONError(e.status, str(e), e.field) from None
+        self.write_json(build.view(), status)
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({"status": "ok", "synced": self.service.synced.is_set()})
+
+
+class MetricsHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.service.metrics.registry))
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Image builder</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px}}
+pre{{background:#f4f4f4;max-height:20em;overflow:auto}}</style></head><body>
+<h1>Notebook image builder</h1><p>Signed in as {user}</p>
+<form id="f"><input name="repo" size="50" placeholder="https://github.com/org/repo" required>
+<input name="ref" placeholder="tag, branch or commit" required>
+<select name="strategy"><option value="">(from .aicoe-ci.yaml)</option>
+<option>dockerfile</option><option>source</option></select><button>Build</button></form>
+<p id="msg"></p><table id="builds"><tr><th>image</th><th>ref</th><th>phase</th><th></th></tr>
+</table><pre id="log"></pre>
+<script>
+const base = {base};
+const xsrf = {xsrf};
+const esc = s => String(s ?? "").replace(/[&<>"']/g, c => "&#" + c.charCodeAt(0) + ";");
+async function load() {{
+  const r = await fetch(base + "api/builds"); const j = await r.json();
+  document.getElementById("builds").innerHTML =
+    "<tr><th>image</th><th>ref</th><th>phase</th><th></th></tr>" +
+    j.builds.map(b => `<tr><td>${{esc(b.image)}}</td><td>${{esc(b.ref)}}</td>` +
+      `<td>${{esc(b.phase)}}</td><td><a href="#" data-id="${{esc(b.id)}}">log</a></td></tr>`)
+    .join("");
+}}
+let source;
+document.getElementById("builds").onclick = e => {{
+  const id = e.target.dataset.id; if (!id) return; e.preventDefault();
+  if (source) source.close(); const out = document.getElementById("log"); out.textContent = "";
+  source = new EventSource(base + "api/builds/" + id + "/events");
+  source.addEventListener("log", ev => {{ out.textContent += JSON.parse(ev.data).line + "\\n"; }});
+  source.addEventListener("phase", () => load());
+  source.addEventListener("end", () => source.close());
+}};
+document.getElementById("f").onsubmit = async e => {{
+  e.preventDefault(); const d = Object.fromEntries(new FormData(e.target));
+  if (!d.strategy) delete d.strategy;
+  const r = await fetch(base + "api/builds", {{method: "POST", body: JSON.stringify(d),
+    headers: {{"Content-Type": "application/json", "X-XSRFToken": xsrf}}}});
+  const j = await r.json(); document.getElementById("msg").textContent =
+    r.ok ? `build ${{j.id}}: ${{j.phase}}` : j.message; load();
+}};
+load(); setInterval(load, 5000);
+</script></body></html>"""
+
+
+class CallbackHandler(HubOAuthCallbackHandler):
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+
+class PageHandler(AuthHandler):
+    @web.authenticated
+    def get(self) -> None:
+        self.finish(
+            PAGE.format(
+                user=html.escape(self.user_name()),
+                base=json.dumps(self.settings["prefix"]).replace("<", "\\u003c"),
+                xsrf=json.dumps(self.xsrf_token.decode()).replace("<", "\\u003c"),
+            )
+        )
+
+
+def make_app(
+    service: BuildService,
+    hub_auth: HubOAuth,
+    image_watch: ImageStreamWatch,
+    *,
+    prefix: str = "/services/image-builder/",
+    webhook_secret: bytes = b"",
+    cookie_secret: bytes | None = None,
+) -> web.Application:
+    prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+    build_id = r"([^/]+)"
+    routes = [
+        (prefix, PageHandler),
+        (prefix + "oauth_callback", CallbackHandler),
+        (prefix + "api/builds", BuildsHandler),
+        (prefix + f"api/builds/{build_id}", BuildHandler),
+        (prefix + f"api/builds/{build_id}/logs", LogsHandler),
+        (prefix + f"api/builds/{build_id}/events", EventsHandler),
+        (prefix + "api/images", ImagesHandler),
+        (prefix + "api/webhooks/github", WebhookHandler),
+        (prefix + "health", HealthHandler),
+        (prefix + "metrics", MetricsHandler),
+    ]
+    return web.Application(
+        routes,
+        build_service=service,
+        hub_auth=hub_auth,
+        image_watch=image_watch,
+        webhook_secret=webhook_secret,
+        prefix=prefix,
+        cookie_secret=cookie_secret or os.urandom(32),
+    )

@@ -1,0 +1,88 @@
+"""Git over the network, with options that cannot be smuggled in: ``git ls-remote`` to resolve
+a ref to a commit, and a shallow fetch of one commit to read ``.aicoe-ci.yaml``. Only the
+http(s) transports are enabled, no credentials are prompted for, and every argument follows
+``--``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+
+from .requests import BuildRequestError, is_sha
+
+TIMEOUT = 60
+_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "/bin/false",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+}
+
+
+async def _git(*args: str, cwd: str | None = None, protocols: str = "https") -> tuple[int, str]:
+    env = dict(os.environ, GIT_ALLOW_PROTOCOL=protocols, **_ENV)
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 124, "timed out"
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _protocols(repo: str) -> str:
+    return "http" if repo.startswith("http:") else "https"
+
+
+async def resolve_ref(repo: str, ref: str) -> tuple[str, str]:
+    """``(commit, kind)`` with kind tag|branch|commit, via ``git ls-remote``."""
+    code, out = await _git("ls-remote", "--", repo, protocols=_protocols(repo))
+    if code != 0:
+        raise BuildRequestError("repo", f"cannot list refs of {repo}: {out.strip()[-300:]}", 422)
+    refs: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if sha and name:
+            refs[name] = sha
+    if is_sha(ref):
+        return ref, "commit"
+    candidates = [ref] if ref.startswith("refs/") else [f"refs/tags/{ref}", f"refs/heads/{ref}"]
+    for name in candidates:
+        peeled = refs.get(name + "^{}")  # annotated tag -> its commit
+        if peeled or name in refs:
+            kind = "tag" if name.startswith("refs/tags/") else "branch"
+            return peeled or refs[name], kind
+    raise BuildRequestError("ref", f"{ref!r} is not a tag or branch of {repo}", 422)
+
+
+async def read_file_at(repo: str, commit: str, ref: str, path: str) -> str | None:
+    """The content of ``path`` at ``commit`` (None if absent); a shallow fetch."""
+    with tempfile.TemporaryDirectory(prefix="aicoe-git-") as tmp:
+        await _git("init", "-q", tmp)
+        p = _protocols(repo)
+        code, out = await _git(
+            "fetch", "-q", "--depth", "1", "--", repo, commit, cwd=tmp, protocols=p
+        )
+        if code != 0 and not is_sha(ref):
+            code, out = await _git(
+                "fetch", "-q", "--depth", "1", "--", repo, ref, cwd=tmp, protocols=p
+            )
+        if code != 0:
+            raise BuildRequestError(
+                "repo", f"cannot fetch {commit[:12]}: {out.strip()[-300:]}", 422
+            )
+        code, got = await _git("rev-parse", "FETCH_HEAD", cwd=tmp)
+        if got.strip() != commit:
+            raise BuildRequestError("ref", f"{ref!r} moved while reading it; retry", 409)
+        code, text = await _git("show", f"FETCH_HEAD:{path}", cwd=tmp)
+        return text if code == 0 else None

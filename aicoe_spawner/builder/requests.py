@@ -1,0 +1,445 @@
+"""Build requests: strict validation of user input and deterministic naming (pure).
+
+Every check raises :class:`BuildRequestError` naming the field, so the service can answer a
+clear 400 before anything is created. Host resolution is injected (``resolve``) so the SSRF
+checks are testable without DNS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import urlsplit
+
+STRATEGIES = ("dockerfile", "source")
+MAX_URL = 2048
+MAX_REF = 255
+REQUEST_KEYS = frozenset(
+    {
+        "repo",
+        "ref",
+        "name",
+        "strategy",
+        "dockerfile",
+        "context_dir",
+        "base_image",
+        "display_name",
+        "description",
+    }
+)
+
+_SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_REF_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+_PATH_RE = re.compile(r"[A-Za-z0-9._/@+-]+")
+_IMAGE_RE = re.compile(
+    r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?"
+)
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+
+Resolver = Callable[[str], Iterable[str]]
+
+
+class BuildRequestError(ValueError):
+    """Bad input: ``field`` names what is wrong; str(error) is ``"<field>: <why>"``."""
+
+    def __init__(self, field: str, why: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+        self.why = why
+        self.status = status
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return repr(value if len(value) <= limit else value[: limit - 3] + "...")
+
+
+def system_resolver(host: str) -> list[str]:
+    """All addresses ``host`` resolves to (empty if it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+@dataclass(frozen=True)
+class RepoPolicy:
+    """Which repository URLs the service accepts.
+
+    ``allowed_hosts``: glob patterns (``github.com``, ``*.example.com``); empty = any public
+    host. ``private_hosts``: hosts that may resolve to loopback/private/link-local addresses
+    (a test's local git server, an in-cluster GitLab); nothing else may. ``allow_http``:
+    accept plain http (only for hosts in ``private_hosts`` unless ``allow_http_any``).
+    """
+
+    allowed_hosts: tuple[str, ...] = ("github.com", "gitlab.com")
+    private_hosts: tuple[str, ...] = ()
+    allow_http: bool = False
+
+
+def _blocked_address(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def _host_matches(host: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatchcase(host, p.lower()) for p in patterns)
+
+
+def validate_repo_url(url: Any, policy: RepoPolicy, resolve: Resolver = system_resolver) -> str:
+    """A safe https (or allowed http) Git URL, normalized (no trailing slash)."""
+    f = "repo"
+    if not isinstance(url, str) or not url:
+        raise BuildRequestError(f, "must be a non-empty string (an https:// Git URL)")
+    if len(url) > MAX_URL:
+        raise BuildRequestError(f, f"longer than {MAX_URL} characters")
+    if not url.isprintable() or any(c.isspace() for c in url) or "\\" in url:
+        raise BuildRequestError(f, "must not contain whitespace, control characters or '\\'")
+    if "::" in url.split("/", 1)[0] or url.lower().startswith("ext:"):
+        raise BuildRequestError(f, "git remote helpers (ext::, fd::, ...) are not allowed")
+    if url.startswith("-"):
+        raise BuildRequestError(f, "must not start with '-'")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise BuildRequestError(f, f"not a valid URL ({e})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        raise BuildRequestError(
+            f, f"scheme {scheme + ':' if scheme else '(none)'} is not allowed; use https://"
+        )
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise BuildRequestError(f, "credentials in the URL are not allowed")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host or not _HOST_RE.fullmatch(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc):
+        raise BuildRequestError(f, "must name a host")
+    if parts.query or parts.fragment:
+        raise BuildRequestError(f, "query strings and fragments are not allowed")
+    path = parts.path
+    if not path.strip("/") or ".." in path.split("/") or not _PATH_RE.fullmatch(path):
+        raise BuildRequestError(f, f"path {_shown(path)} is not a repository path")
+    private_ok = _host_matches(host, policy.private_hosts)
+    if scheme == "http" and not (policy.allow_http and private_ok):
+        raise BuildRequestError(f, "plain http is not allowed; use https://")
+    if policy.allowed_hosts and not (_host_matches(host, policy.allowed_hosts) or private_ok):
+        raise BuildRequestError(
+            f, f"host {host!r} is not allowed (allowed: {', '.join(policy.allowed_hosts)})"
+        )
+    if not private_ok:
+        addresses = list(resolve(host.strip("[]")))
+        if not addresses:
+            raise BuildRequestError(f, f"host {host!r} does not resolve")
+        bad = [a for a in addresses if _blocked_address(a)]
+        if bad:
+            raise BuildRequestError(
+                f, f"host {host!r} resolves to a non-public address ({bad[0]}); not allowed"
+            )
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{scheme}://{netloc}{path.rstrip('/')}"
+
+
+def validate_ref(ref: Any) -> str:
+    """A tag, branch (optionally ``refs/...``) or full commit SHA; never option-like."""
+    f = "ref"
+    if not isinstance(ref, str) or not ref:
+        raise BuildRequestError(f, "must be a non-empty string (tag, branch or commit SHA)")
+    if len(ref) > MAX_REF:
+        raise BuildRequestError(f, f"longer than {MAX_REF} characters")
+    if ref.startswith("-"):
+        raise BuildRequestError(f, f"{_shown(ref)} must not start with '-'")
+    if not _REF_CHARS.fullmatch(ref):
+        raise BuildRequestError(f, f"{_shown(ref)} contains characters not allowed in a ref")
+    if (
+        ".." in ref
+        or "//" in ref
+        or ref.startswith(("/", "."))
+        or ref.endswith(("/", ".", ".lock"))
+        or "/." in ref
+    ):
+        raise BuildRequestError(f, f"{_shown(ref)} is not a valid Git ref name")
+    return ref
+
+
+def is_sha(ref: str) -> bool:
+    return bool(_SHA_RE.fullmatch(ref))
+
+
+def validate_relative_path(value: Any, f: str, *, allow_empty: bool = True) -> str:
+    """A path inside the repository: relative, no '..', plain characters."""
+    if value is None or value == "":
+        if allow_empty:
+            return ""
+        raise BuildRequestError(f, "must not be empty")
+    if not isinstance(value, str):
+        raise BuildRequestError(f, "must be a string")
+    if len(value) > 255:
+        raise BuildRequestError(f, "longer than 255 characters")
+    if value.startswith("/") or value.startswith("-"):
+        raise BuildRequestError(f, f"{_shown(value)} must be relative to the repository root")
+    if not _PATH_RE.fullmatch(value) or ".." in value.split("/"):
+        raise BuildRequestError(f, f"{_shown(value)} must stay inside the repository")
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+def validate_strategy(value: Any, f: str = "strategy") -> str:
+    if not isinstance(value, str) or value.strip().lower() not in STRATEGIES:
+        raise BuildRequestError(f, f"must be one of {', '.join(STRATEGIES)}")
+    return value.strip().lower()
+
+
+def validate_image(value: Any, f: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise BuildRequestError(f, "must be an image reference of at most 255 characters")
+    if not _IMAGE_RE.fullmatch(value):
+        raise BuildRequestError(f, f"{_shown(value)} is not a valid image reference")
+    return value
+
+
+def validate_text(value: Any, f: str, limit: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BuildRequestError(f, "must be a string")
+    if len(value) > limit:
+        raise BuildRequestError(f, f"longer than {limit} characters")
+    if not all(c.isprintable() or c == "\n" for c in value):
+        raise BuildRequestError(f, "must not contain control characters")
+    return value.strip()
+
+
+def validate_stream_name(value: Any, f: str = "name") -> str:
+    if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+        raise BuildRequestError(
+            f, "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """A validated request; options left None are taken from .aicoe-ci.yaml or defaults."""
+
+    repo: str
+    ref: str
+    name: str | None = None
+    strategy: str | None = None
+    dockerfile: str | None = None
+    context_dir: str | None = None
+    base_image: str | None = None
+    display_name: str = ""
+    description: str = ""
+
+
+def parse_build_request(
+    body: Any, policy: RepoPolicy, resolve: Resolver = system_resolver
+) -> BuildRequest:
+    """The JSON body of ``POST api/builds`` -> :class:`BuildRequest` (or BuildRequestError)."""
+    if not isinstance(body, dict):
+        raise BuildRequestError("body", "must be a JSON object")
+    unknown = sorted(set(body) - REQUEST_KEYS)
+    if unknown:
+        raise BuildRequestError(
+            unknown[0], f"unknown field (allowed: {', '.join(sorted(REQUEST_KEYS))})"
+        )
+    repo = validate_repo_url(body.get("repo"), policy, resolve)
+    ref = validate_ref(body.get("ref"))
+    g = body.get
+    return BuildRequest(
+        repo=repo,
+        ref=ref,
+        name=validate_stream_name(g("name")) if g("name") is not None else None,
+        strategy=validate_strategy(g("strategy")) if g("strategy") is not None else None,
+        dockerfile=(
+            validate_relative_path(g("dockerfile"), "dockerfile", allow_empty=False)
+            if g("dockerfile") is not None
+            else None
+        ),
+        context_dir=(
+            validate_relative_path(g("context_dir"), "context_dir")
+            if g("context_dir") is not None
+            else None
+        ),
+        base_image=validate_image(g("base_image"), "base_image")
+        if g("base_image") is not None
+        else None,
+        display_name=validate_text(g("display_name"), "display_name", 100),
+        description=validate_text(g("description"), "description", 1000),
+    )
+
+
+# -- naming ------------------------------------------------------------------------------------
+
+
+def _dns_label(text: str, limit: int = 63) -> str:
+    """``text`` as a DNS-1123 label of at most ``limit`` characters (hash suffix if cut)."""
+    label = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "image"
+    if len(label) > limit:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        label = label[: limit - 9].rstrip("-") + "-" + digest
+    return label
+
+
+def stream_name_for(repo: str) -> str:
+    """``https://github.com/Org/My_Repo.git`` -> ``org-my-repo`` (DNS-1123, ≤ 63)."""
+    path = urlsplit(repo).path.strip("/")
+    if path.endswith(".git"):
+        path = path[:-4]
+    return _dns_label(path.replace("/", "-"))
+
+
+def tag_for(ref: str, commit: str) -> str:
+    """The ImageStream tag for a ref: the tag/branch name made safe, or the short commit."""
+    if is_sha(ref):
+        return commit[:12]
+    for prefix in ("refs/tags/", "refs/heads/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix) :]
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", ref).strip("-.") or commit[:12]
+    if len(tag) > 63 or not _TAG_RE.fullmatch(tag):
+        tag = tag[:50].rstrip("-.") + "-" + commit[:12]
+    return tag
+
+
+def repo_hash(repo: str) -> str:
+    return hashlib.sha256(repo.encode()).hexdigest()[:16]
+
+
+def user_label(user: str) -> str:
+    """A label-safe stand-in for a user name (hash; names may hold any character)."""
+    return hashlib.sha256(user.encode()).hexdigest()[:16]
+
+
+# -- the resolved build --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildDefaults:
+    namespace: str = "default"
+    registry: str = "image-registry.local:5000"
+    registry_org: str = ""  # default: the namespace
+    strategy: str = "dockerfile"
+    dockerfile: str = "Dockerfile"
+    base_image: str = "quay.io/thoth-station/s2i-thoth-ubi9-py311:latest"
+    allowed_registries: tuple[str, ...] = ()  # registries a repo's .aicoe-ci.yaml may choose
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything a backend needs; ``id`` is a function of repo, commit and options."""
+
+    id: str
+    repo: str
+    ref: str
+    commit: str
+    ref_kind: str  # tag | branch | commit
+    namespace: str
+    stream: str
+    tag: str
+    strategy: str
+    dockerfile: str
+    context_dir: str
+    base_image: str
+    output_image: str
+    display_name: str
+    description: str
+    requester: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def image(self) -> str:
+        return f"{self.namespace}/{self.stream}:{self.tag}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BuildSpec:
+        data = json.loads(text)
+        data["notes"] = tuple(data.get("notes", ()))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def build_id(repo: str, commit: str, options: dict[str, Any]) -> str:
+    canonical = json.dumps({"repo": repo, "commit": commit, **options}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def resolve_spec(
+    request: BuildRequest,
+    commit: str,
+    ref_kind: str,
+    ci: Any,
+    defaults: BuildDefaults,
+    requester: str,
+) -> BuildSpec:
+    """Request options, else the repo's .aicoe-ci.yaml (``ci``, a CIConfig or None), else the
+    service defaults -> the :class:`BuildSpec`."""
+    from .ci_config import CIConfig
+
+    ci = ci or CIConfig()
+    notes: list[str] = list(ci.notes)
+    strategy = request.strategy or ci.build_strategy or defaults.strategy
+    dockerfile = request.dockerfile or ci.dockerfile_path or defaults.dockerfile
+    context_dir = request.context_dir if request.context_dir is not None else ci.context_dir
+    base_image = request.base_image or ci.base_image or defaults.base_image
+    stream = request.name or (
+        _dns_label(ci.registry_project) if ci.registry_project else stream_name_for(request.repo)
+    )
+    tag = ci.custom_tag or tag_for(request.ref, commit)
+    registry = defaults.registry
+    if ci.registry and ci.registry != registry:
+        if ci.registry in defaults.allowed_registries:
+            registry = ci.registry
+        else:
+            notes.append(f".aicoe-ci.yaml registry {ci.registry!r} ignored (not allowed)")
+    org = ci.registry_org or defaults.registry_org or defaults.namespace
+    output_image = f"{registry}/{_dns_label(org)}/{stream}:{tag}"
+    options = {
+        "strategy": strategy,
+        "dockerfile": dockerfile if strategy == "dockerfile" else "",
+        "context_dir": context_dir,
+        "base_image": base_image if strategy == "source" else "",
+        "output_image": output_image,
+        "namespace": defaults.namespace,
+    }
+    spec = BuildSpec(
+        id=build_id(request.repo, commit, options),
+        repo=request.repo,
+        ref=request.ref,
+        commit=commit,
+        ref_kind=ref_kind,
+        namespace=defaults.namespace,
+        stream=stream,
+        tag=tag,
+        strategy=strategy,
+        dockerfile=options["dockerfile"],
+        context_dir=context_dir,
+        base_image=options["base_image"],
+        output_image=output_image,
+        display_name=request.display_name,
+        description=request.description,
+        requester=requester,
+        notes=tuple(notes),
+    )
+    return spec
+
+
+def with_requester(spec: BuildSpec, requester: str) -> BuildSpec:
+    return replace(spec, requester=requester)

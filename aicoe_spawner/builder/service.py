@@ -1,0 +1,275 @@
+"""The builder's core, without HTTP: submit (validate, resolve, dedup, limits), reconcile
+(backend state -> record -> ImageStream), cancel, cleanup. Every replica runs the same
+reconcile loop over the records in Kubernetes; all writes are idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import git
+from .ci_config import parse_ci_config
+from .requests import (
+    BuildDefaults,
+    BuildRequest,
+    BuildRequestError,
+    RepoPolicy,
+    Resolver,
+    parse_build_request,
+    resolve_spec,
+    system_resolver,
+)
+from .store import Build, BuildStore, now
+
+log = logging.getLogger("aicoe_spawner.builder")
+
+
+class LimitError(BuildRequestError):
+    def __init__(self, why: str) -> None:
+        super().__init__("limit", why, 429)
+
+
+@dataclass
+class Limits:
+    per_user: int = 2
+    total: int = 10
+    branch_ttl_seconds: int = 0  # 0 = images built from branches never expire
+    cleanup_after_seconds: int = 600  # finished Jobs/pods are deleted after this
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.builds = Counter(
+            "aicoe_builder_builds", "Builds reaching a phase", ["phase"], registry=r
+        )
+        self.active = Gauge(
+            "aicoe_builder_builds_active", "Builds by current phase", ["phase"], registry=r
+        )
+        self.queue = Gauge(
+            "aicoe_builder_queue_length", "Builds pending (not yet running)", registry=r
+        )
+        self.duration = Histogram(
+            "aicoe_builder_build_duration_seconds",
+            "Build duration from creation to end",
+            buckets=(10, 30, 60, 120, 300, 600, 1200, 3600),
+            registry=r,
+        )
+        self.requests = Counter(
+            "aicoe_builder_requests", "Build requests by outcome", ["outcome"], registry=r
+        )
+
+
+def _seconds_since(stamp: str) -> float:
+    try:
+        t = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return 0.0
+    return (datetime.datetime.now(datetime.UTC) - t).total_seconds()
+
+
+class BuildService:
+    def __init__(
+        self,
+        store: BuildStore,
+        backend,
+        registrar,
+        *,
+        policy: RepoPolicy,
+        defaults: BuildDefaults,
+        limits: Limits | None = None,
+        resolver: Resolver = system_resolver,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.registrar = registrar
+        self.policy = policy
+        self.defaults = defaults
+        self.limits = limits or Limits()
+        self.resolver = resolver
+        self.metrics = metrics or Metrics()
+        self.builds: dict[str, Build] = {}  # cache of the records, refreshed by reconcile
+        self.version = 0
+        self.changed = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+        self.synced = asyncio.Event()
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def submit(self, body, user: str) -> tuple[int, Build]:
+        """(200 existing | 202 new, build); raises BuildRequestError (4xx)."""
+        request = parse_build_request(body, self.policy, self.resolver)
+        return await self.submit_request(request, user)
+
+    async def submit_request(self, request: BuildRequest, user: str) -> tuple[int, Build]:
+        commit, kind = await git.resolve_ref(request.repo, request.ref)
+        ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
+        spec = resolve_spec(request, commit, kind, parse_ci_config(ci_text), self.defaults, user)
+        existing = await self.store.get(spec.id)
+        if existing is not None and existing.phase not in ("failed", "cancelled"):
+            self.metrics.requests.labels("dedup").inc()
+            return 200, existing
+        if existing is not None:  # retry of a failed/cancelled build
+            await self.backend.cleanup(existing.spec)
+            await self.store.delete(existing.id)
+        active = await self.store.list(active_only=True)
+        mine = [b for b in active if b.spec.requester == user]
+        if len(mine) >= self.limits.per_user:
+            self.metrics.requests.labels("limited").inc()
+            raise LimitError(
+                f"{user} has {len(mine)} builds running (limit {self.limits.per_user}); "
+                "wait for one to finish or cancel one"
+            )
+        if len(active) >= self.limits.total:
+            self.metrics.requests.labels("limited").inc()
+            raise LimitError(
+                f"{len(active)} builds are running (service limit {self.limits.total}); retry later"
+            )
+        build, created = await self.store.create(Build(spec=spec, created=now()))
+        if not created:
+            self.metrics.requests.labels("dedup").inc()
+            return 200, build
+        self.metrics.requests.labels("created").inc()
+        self.metrics.builds.labels("pending").inc()
+        await self.backend.submit(spec)
+        await self.registrar.mark(spec, "building")
+        await self._cache(build)
+        return 202, build
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, build_id: str) -> Build | None:
+        return await self.store.get(build_id)
+
+    async def cancel(self, build: Build) -> Build:
+        if not build.active:
+            return build
+        await self.backend.cancel(build.spec)
+        build = await self.store.update(
+            build, phase="cancelled", message="cancelled", finished=now()
+        )
+        await self.registrar.mark(build.spec, "cancelled")
+        self.metrics.builds.labels("cancelled").inc()
+        await self._cache(build)
+        return build
+
+    # -- reconcile -----------------------------------------------------------------------
+
+    async def _cache(self, build: Build) -> None:
+        old = self.builds.get(build.id)
+        self.builds[build.id] = build
+        if old is None or (old.phase, old.log, old.message) != (
+            build.phase,
+            build.log,
+            build.message,
+        ):
+            self.version += 1
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def reconcile_once(self) -> None:
+        builds = await self.store.list()
+        seen = set()
+        for build in builds:
+            seen.add(build.id)
+            try:
+                build = await self._reconcile(build)
+            except Exception:
+                log.exception("reconciling build %s failed", build.id)
+            await self._cache(build)
+        for gone in set(self.builds) - seen:
+            self.builds.pop(gone, None)
+        by_phase = {p: 0 for p in ("pending", "building", "ready", "failed", "cancelled")}
+        for b in self.builds.values():
+            by_phase[b.phase] = by_phase.get(b.phase, 0) + 1
+        for p, n in by_phase.items():
+            self.metrics.active.labels(p).set(n)
+        self.metrics.queue.set(by_phase["pending"])
+        self.synced.set()
+
+    async def _reconcile(self, build: Build) -> Build:
+        if not build.active:
+            if (
+                build.finished
+                and _seconds_since(build.finished) > self.limits.cleanup_after_seconds
+            ):
+                if await self.backend.exists(build.spec):
+                    await self.backend.cleanup(build.spec)
+            return build
+        if build.phase == "pending" and not await self.backend.exists(build.spec):
+            # the replica that created the record died before the Job: create it
+            await self.backend.submit(build.spec)
+        state = await self.backend.state(build.spec)
+        changes: dict = {}
+        if state.log is not None and state.log != build.log:
+            changes["log"] = state.log
+        if state.phase != build.phase:
+            changes["phase"] = state.phase
+            changes["message"] = state.message
+            if state.phase == "building" and not build.started:
+                changes["started"] = now()
+            if state.phase in ("ready", "failed"):
+                changes["finished"] = now()
+                if not build.started:
+                    changes["started"] = changes["finished"]
+                if state.phase == "failed" and not (state.log or build.log):
+                    changes["log"] = state.message
+        if state.phase == "ready":
+            await self.registrar.ready(build.spec, state.digest)
+            changes["digest"] = state.digest
+        elif state.phase == "failed":
+            await self.registrar.mark(build.spec, "failed", state.message)
+        if not changes:
+            return build
+        new = await self.store.update(build, **changes)
+        if "phase" in changes:
+            self.metrics.builds.labels(new.phase).inc()
+            if new.phase in ("ready", "failed"):
+                self.metrics.duration.observe(max(0.0, _seconds_since(new.created)))
+            log.info("build %s (%s): %s -> %s", new.id, new.spec.image, build.phase, new.phase)
+        return new
+
+    async def run(self, interval: float = 1.0) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile failed; retrying")
+            await asyncio.sleep(interval)
+
+    def start(self, interval: float = 1.0) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(interval), name="builder-reconcile")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def wait_for(
+        self, predicate: Callable[[], bool | Awaitable[bool]], timeout: float
+    ) -> bool:
+        deadline = time.monotonic() + timeout
+        async with self.changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self.changed.wait(), remaining)
+                except TimeoutError:
+                    return False
+        return True

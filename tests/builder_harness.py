@@ -1,0 +1,379 @@
+"""What the builder's end-to-end tests need on this machine: a Git server over HTTP on
+loopback (git http-backend as CGI), Debian's docker-registry on loopback, a busybox base image,
+and a job runner that plays the Job controller and kubelet for build Jobs: it runs the Job's own
+container command here (buildah with vfs storage and chroot isolation) and writes pod and Job
+status back to the API server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from aicoe_spawner.devcluster.controlplane import free_port
+
+MERGE = "application/merge-patch+json"
+
+
+# -- git over http -------------------------------------------------------------------------
+
+
+class GitServer:
+    """Serves the bare repositories under ``root`` with ``git http-backend`` (smart HTTP)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        backend = subprocess.run(
+            ["git", "--exec-path"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        project_root = str(root)
+
+        class Handler(BaseHTTPRequestHandler):
+            def _cgi(self):
+                path, _, query = self.path.partition("?")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                env = {
+                    "PATH": os.environ["PATH"],
+                    "GIT_PROJECT_ROOT": project_root,
+                    "GIT_HTTP_EXPORT_ALL": "1",
+                    "PATH_INFO": path,
+                    "QUERY_STRING": query,
+                    "REQUEST_METHOD": self.command,
+                    "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                    "CONTENT_LENGTH": str(len(body)),
+                    "REMOTE_ADDR": "127.0.0.1",
+                }
+                if self.headers.get("Git-Protocol"):
+                    env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
+                out = subprocess.run(
+                    [f"{backend}/git-http-backend"], input=body, env=env, capture_output=True
+                ).stdout
+                head, _, payload = out.partition(b"\r\n\r\n")
+                status = 200
+                headers = []
+                for line in head.decode().split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.lower() == "status":
+                        status = int(value.split()[0])
+                    elif name:
+                        headers.append((name, value.strip()))
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _cgi
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}.git"
+
+    def create_repo(self, name: str, files: dict[str, str], tag: str | None = None) -> str:
+        """A bare repo ``name`` with one commit of ``files`` (and ``tag``); returns the SHA."""
+        work = Path(tempfile.mkdtemp(prefix="git-work-"))
+        for path, text in files.items():
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).write_text(text)
+            if path.endswith((".sh", "assemble", "run")):
+                (work / path).chmod(0o755)
+        g = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+        subprocess.run([*g, "init", "-q", "-b", "main"], check=True)
+        subprocess.run([*g, "add", "-A"], check=True)
+        subprocess.run([*g, "commit", "-q", "-m", "initial"], check=True)
+        if tag:
+            subprocess.run([*g, "tag", "-a", tag, "-m", tag], check=True)
+        sha = subprocess.run(
+            [*g, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        bare = self.root / f"{name}.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+        shutil.rmtree(work)
+        return sha
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- registry and base image ----------------------------------------------------------------
+
+
+class Registry:
+    """Debian's docker-registry (distribution) on 127.0.0.1."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "config.yml"
+        conf.write_text(
+            "version: 0.1\nlog: {level: error}\n"
+            f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}}}\n"
+            f"http: {{addr: {self.host}}}\n"
+        )
+        self.log = (workdir / "registry.log").open("wb")
+        self.proc = subprocess.Popen(
+            ["/usr/bin/docker-registry", "serve", str(conf)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        import urllib.request
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("docker-registry did not start") from None
+                time.sleep(0.1)
+
+    def manifest_digest(self, repo: str, tag: str) -> str:
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"http://{self.host}/v2/{repo}/manifests/{tag}",
+            method="HEAD",
+            headers={
+                "Accept": "application/vnd.oci.image.manifest.v1+json,"
+                "application/vnd.docker.distribution.manifest.v2+json"
+            },
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.headers["Docker-Content-Digest"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def buildah_args(root: Path) -> list[str]:
+    return [
+        "buildah",
+        "--storage-driver",
+        "vfs",
+        "--root",
+        f"{root}/root",
+        "--runroot",
+        f"{root}/run",
+    ]
+
+
+def push_base_image(registry: Registry, workdir: Path) -> str:
+    """A busybox image with /etc/passwd and an s2i scripts label, pushed to the registry."""
+    ctx = workdir / "base-ctx"
+    (ctx / "bin").mkdir(parents=True, exist_ok=True)
+    (ctx / "etc").mkdir(exist_ok=True)
+    (ctx / "tmp").mkdir(exist_ok=True)
+    (ctx / "usr/libexec/s2i").mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", ctx / "bin/busybox")
+    for cmd in ("sh", "ls", "cat", "echo", "id", "chown", "mkdir", "cp", "env", "test", "["):
+        (ctx / "bin" / cmd).symlink_to("busybox")
+    (ctx / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (ctx / "etc/group").write_text("root:x:0:\n")
+    assemble = ctx / "usr/libexec/s2i/assemble"
+    assemble.write_text(
+        "#!/bin/sh\nset -e\necho '---> s2i assemble: installing sources'\n"
+        "mkdir -p /opt/app && cp -r /tmp/src/. /opt/app/\n"
+    )
+    run = ctx / "usr/libexec/s2i/run"
+    run.write_text("#!/bin/sh\nexec cat /opt/app/hello.txt\n")
+    assemble.chmod(0o755)
+    run.chmod(0o755)
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch\nCOPY . /\nRUN mkdir -p /opt/app && chown 1001:0 /opt/app\n"
+        "LABEL io.openshift.s2i.scripts-url=image:///usr/libexec/s2i\n"
+        'CMD ["/bin/sh"]\n'
+    )
+    image = f"{registry.host}/base/busybox:1"
+    store = workdir / "base-storage"
+    b = buildah_args(store)
+    subprocess.run(
+        [*b, "bud", "--isolation", "chroot", "-q", "-t", image, str(ctx)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([*b, "push", "--tls-verify=false", image], check=True, capture_output=True)
+    shutil.rmtree(store, ignore_errors=True)
+    return image
+
+
+# -- the job runner -----------------------------------------------------------------------
+
+
+class JobRunner:
+    """Plays the Job controller and kubelet for build Jobs in ``namespace``."""
+
+    def __init__(self, kube: client.ApiClient, namespace: str, workdir: Path) -> None:
+        self.batch = client.BatchV1Api(kube)
+        self.core = client.CoreV1Api(kube)
+        self.namespace = namespace
+        self.workdir = workdir
+        self.seen: set[str] = set()
+        self.logs: dict[str, Path] = {}
+        self.durations: dict[str, float] = {}
+        self.paused = False
+        self.tasks: list[asyncio.Task] = []
+        self._loop_task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        for t in [self._loop_task, *self.tasks]:
+            if t:
+                t.cancel()
+        await asyncio.gather(
+            *[t for t in [self._loop_task, *self.tasks] if t], return_exceptions=True
+        )
+
+    async def read_log(self, namespace: str, pod: str) -> str | None:
+        path = self.logs.get(pod)
+        return path.read_text(errors="replace") if path and path.exists() else None
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.paused:
+                jobs = await self.batch.list_namespaced_job(
+                    self.namespace,
+                    label_selector="app.kubernetes.io/managed-by=aicoe-image-builder",
+                    _preload_content=False,
+                )
+                for job in (await jobs.json())["items"]:
+                    name = job["metadata"]["name"]
+                    if name not in self.seen:
+                        self.seen.add(name)
+                        self.tasks.append(asyncio.create_task(self._run(job)))
+            await asyncio.sleep(0.2)
+
+    async def _run(self, job: dict) -> None:
+        name = job["metadata"]["name"]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        pod_name = f"{name}-run"
+        template = job["spec"]["template"]
+        labels = {**template["metadata"].get("labels", {}), "job-name": name}
+        await self.core.create_namespaced_pod(
+            self.namespace,
+            {"metadata": {"name": pod_name, "labels": labels}, "spec": template["spec"]},
+        )
+        await self.batch.patch_namespaced_job_status(
+            name,
+            self.namespace,
+            {"status": {"startTime": stamp, "active": 1}},
+            _content_type=MERGE,
+        )
+        container = template["spec"]["containers"][0]
+        tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self.workdir))
+        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        env.update(
+            PATH=os.environ["PATH"],
+            HOME=str(tmp),
+            BUILDAH_ROOT=str(tmp / "storage"),
+            TERMINATION_LOG=str(tmp / "termination-log"),
+            TMPDIR=str(tmp),
+        )
+        log_path = tmp / "log"
+        self.logs[pod_name] = log_path
+        start = time.monotonic()
+        with log_path.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *container["command"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp
+            )
+            code = await proc.wait()
+        self.durations[name] = time.monotonic() - start
+        term = tmp / "termination-log"
+        message = term.read_text() if term.exists() else ""
+        if not message and code != 0:  # FallbackToLogsOnError
+            message = "\n".join(log_path.read_text(errors="replace").splitlines()[-80:])[-2048:]
+        end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        await self.core.patch_namespaced_pod_status(
+            pod_name,
+            self.namespace,
+            {
+                "status": {
+                    "phase": "Succeeded" if code == 0 else "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": "build",
+                            "image": container["image"],
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {
+                                    "exitCode": code,
+                                    "message": message,
+                                    "startedAt": stamp,
+                                    "finishedAt": end,
+                                    "reason": "Completed" if code == 0 else "Error",
+                                }
+                            },
+                        }
+                    ],
+                }
+            },
+            _content_type=MERGE,
+        )
+        if code == 0:
+            conditions = [
+                {
+                    "type": "SuccessCriteriaMet",
+                    "status": "True",
+                    "lastProbeTime": end,
+                    "lastTransitionTime": end,
+                },
+                {
+                    "type": "Complete",
+                    "status": "True",
+                    "lastProbeTime": end,
+                    "lastTransitionTime": end,
+                },
+            ]
+            status = {"active": 0, "succeeded": 1, "completionTime": end, "conditions": conditions}
+        else:
+            conditions = [
+                {
+                    "type": "FailureTarget",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "lastProbeTime": end,
+                    "lastTransitionTime": end,
+                },
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                    "lastProbeTime": end,
+                    "lastTransitionTime": end,
+                },
+            ]
+            status = {"active": 0, "failed": 1, "conditions": conditions}
+        try:
+            await self.batch.patch_namespaced_job_status(
+                name, self.namespace, {"status": status}, _content_type=MERGE
+            )
+        except ApiException as e:
+            if e.status != 404:  # cancelled meanwhile
+                raise

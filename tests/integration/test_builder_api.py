@@ -1,0 +1,295 @@
+"""The builder's HTTP API over real HTTP, authenticated by a real JupyterHub (the builder is
+registered as a hub service with custom scopes), against the real API server."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from builder_harness import GitServer, JobRunner, Registry, push_base_image
+from hub_harness import Hub
+from jupyterhub.services.auth import HubOAuth
+from kube_helpers import wait_for
+from kubernetes_asyncio import client
+from tornado.httpserver import HTTPServer
+
+from aicoe_spawner.builder.__main__ import Settings, build_service
+from aicoe_spawner.builder.app import make_app
+from aicoe_spawner.devcluster import delete_namespace
+from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_spawner.watch import ImageStreamWatch
+
+pytestmark = pytest.mark.integration
+PREFIX = "/services/image-builder/"
+SECRET = b"webhook-secret"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def env(kube, control_plane, tmp_path_factory):
+    """One hub, builder, git server and registry for the module (a hub start costs ~5 s)."""
+    tmp_path = tmp_path_factory.mktemp("builder-api")
+    namespace = f"t-bapi-{uuid.uuid4().hex[:6]}"
+    await client.CoreV1Api(kube).create_namespace({"metadata": {"name": namespace}})
+    git = GitServer(tmp_path / "git")
+    registry = Registry(tmp_path / "registry")
+    base = push_base_image(registry, tmp_path)
+    token = secrets.token_hex(16)
+    port = free_port()
+    hub = Hub(
+        tmp_path / "hub",
+        control_plane.kubeconfig,
+        namespace,
+        free_port(),
+        f"""
+c.JupyterHub.custom_scopes = {{
+    "custom:image-builder:build": {{"description": "submit image builds"}},
+    "custom:image-builder:admin": {{"description": "see and cancel all image builds"}},
+}}
+c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
+    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
+    "oauth_client_allowed_scopes": ["custom:image-builder:build",
+                                    "custom:image-builder:admin"]}})
+c.JupyterHub.load_roles.extend([
+    {{"name": "builders", "users": ["alice", "bob"],
+      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]}},
+    {{"name": "builder-admins", "users": ["root"],
+      "scopes": ["custom:image-builder:admin", "access:services!service=image-builder"]}},
+    {{"name": "viewers", "users": ["eve"], "scopes": ["access:services!service=image-builder"]}},
+])
+""",
+    )
+    await hub.start()
+    runner = JobRunner(kube, namespace, tmp_path)
+    runner.start()
+    settings = Settings(
+        namespace=namespace,
+        registry=registry.host,
+        allowed_hosts=(),
+        private_hosts=("127.0.0.1",),
+        allow_http=True,
+        tls_verify=False,
+        max_per_user=2,
+        max_total=10,
+    )
+    service = build_service(kube, settings, log_reader=runner.read_log)
+    service.start(0.2)
+    watch = ImageStreamWatch(
+        client.CustomObjectsApi(kube), (namespace,), "opendatahub.io/notebook-image=true"
+    )
+    watch.start()
+    auth = HubOAuth(
+        api_token=token,
+        api_url=f"{hub.url}/hub/api",
+        hub_prefix="/hub/",
+        base_url=PREFIX,
+        oauth_client_id="service-image-builder",
+        oauth_redirect_uri=f"http://127.0.0.1:{port}{PREFIX}oauth_callback",
+        access_scopes={"access:services!service=image-builder"},
+    )
+    server = HTTPServer(
+        make_app(service, auth, watch, prefix=PREFIX, webhook_secret=SECRET), max_body_size=16 << 20
+    )
+    server.listen(port, "127.0.0.1")
+    git.create_repo("bad", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
+    tokens = {}
+    for user in ("alice", "bob", "root", "eve"):
+        status, body = await hub.api("POST", f"/users/{user}/tokens", json={})
+        assert status == 201, body
+        tokens[user] = body["token"]
+    e = type("Env", (), {})()
+    e.url, e.tokens, e.git, e.base, e.service, e.runner, e.kube = (
+        f"http://127.0.0.1:{port}{PREFIX}",
+        tokens,
+        git,
+        base,
+        service,
+        runner,
+        kube,
+    )
+    e.namespace, e.registry = namespace, registry
+    yield e
+    server.stop()
+    await watch.stop()
+    await service.stop()
+    await runner.stop()
+    await hub.stop()
+    registry.stop()
+    git.stop()
+    await delete_namespace(kube, namespace)
+
+
+async def call(e, method, path, user=None, json_body=None, data=None, headers=None):
+    h = dict(headers or {})
+    if user:
+        h["Authorization"] = f"token {e.tokens[user]}"
+    async with aiohttp.ClientSession() as s:
+        async with s.request(
+            method, e.url + path, json=json_body, data=data, headers=h, allow_redirects=False
+        ) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+
+
+async def objects(e):
+    core, batch = client.CoreV1Api(e.kube), client.BatchV1Api(e.kube)
+    cms = await core.list_namespaced_config_map(e.namespace)
+    jobs = await batch.list_namespaced_job(e.namespace)
+    return sorted(c.metadata.name for c in cms.items if c.metadata.name.startswith("imgbuild")), [
+        j.metadata.name for j in jobs.items
+    ]
+
+
+def sign(body: bytes, secret: bytes = SECRET) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+async def test_api_end_to_end(env):
+    e = env
+    e.git.create_repo("api-nb", {"Dockerfile": f"FROM {e.base}\nRUN echo line-one\n"}, tag="v1")
+    repo = e.git.url("api-nb")
+    assert (await call(e, "GET", "health"))[0] == 200
+    # no token, or a token without the build scope
+    assert (await call(e, "POST", "api/builds", json_body={"repo": repo, "ref": "v1"}))[0] == 403
+    status, body = await call(e, "POST", "api/builds", "eve", {"repo": repo, "ref": "v1"})
+    assert status == 403 and "custom:image-builder:build" in body["message"]
+    e.runner.paused = True
+    status, build = await call(e, "POST", "api/builds", "alice", {"repo": repo, "ref": "v1"})
+    assert status == 202, build
+    assert build["phase"] == "pending" and build["image"] == f"{e.namespace}/api-nb:v1"
+    status, again = await call(e, "POST", "api/builds", "alice", {"repo": repo, "ref": "v1"})
+    assert (status, again["id"]) == (200, build["id"])
+    bid = build["id"]
+    # another user's build is invisible; an admin sees it
+    assert (await call(e, "GET", f"api/builds/{bid}", "bob"))[0] == 404
+    assert (await call(e, "DELETE", f"api/builds/{bid}", "bob"))[0] == 404
+    assert (await call(e, "GET", f"api/builds/{bid}", "root"))[0] == 200
+    assert [b["id"] for b in (await call(e, "GET", "api/builds", "alice"))[1]["builds"]] == [bid]
+    assert (await call(e, "GET", "api/builds", "bob"))[1]["builds"] == []
+
+    # catalog shows it building
+    async def building():
+        _, imgs = await call(e, "GET", "api/images", "alice")
+        return [i for i in imgs["images"] if i["image"].endswith("api-nb:v1")]
+
+    assert (await wait_for(building))[0]["phase"] == "building"
+
+    # events: read until the first phase event, then reconnect with Last-Event-ID
+    headers = {"Authorization": f"token {e.tokens['alice']}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(e.url + f"api/builds/{bid}/events", headers=headers) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            first_id = None
+            async for raw in r.content:
+                line = raw.decode().strip()
+                if line.startswith("id: "):
+                    first_id = line[4:]
+                if line.startswith("event: phase"):
+                    break
+    assert first_id == "0:pending"
+    e.runner.paused = False
+    events = []
+    async with aiohttp.ClientSession() as s:
+        async with s.get(
+            e.url + f"api/builds/{bid}/events", headers={**headers, "Last-Event-ID": first_id}
+        ) as r:
+            async for raw in r.content:
+                events.append(raw.decode().rstrip("\n"))
+    text = "\n".join(events)
+    assert "event: end" in text and "pending" not in text.split("event: phase", 1)[-1][:40]
+    assert '"phase": "ready"' in text and "line-one" in text
+    status, final = await call(e, "GET", f"api/builds/{bid}", "alice")
+    assert final["phase"] == "ready" and final["digest"].startswith("sha256:")
+    status, logs = await call(e, "GET", f"api/builds/{bid}/logs", "alice")
+    assert status == 200 and "==> pushed" in logs
+    # events after the end replay and close; they never start a build
+    before = await objects(e)
+    status, _ = await call(e, "GET", f"api/builds/{bid}/events", "alice")
+    assert status == 200 and await objects(e) == before
+    _, imgs = await call(e, "GET", "api/images", "alice")
+    ready = next(i for i in imgs["images"] if i["image"].endswith("api-nb:v1"))
+    assert ready["phase"] == "ready" and ready["digest"] == final["digest"]
+    status, metrics = await call(e, "GET", "metrics")
+    assert 'aicoe_builder_builds_total{phase="ready"}' in metrics
+
+
+async def test_cancel_limits_and_webhook(env):
+    e = env
+    e.runner.paused = True
+    repos = []
+    for name in ("c1", "c2", "c3"):
+        e.git.create_repo(name, {"Dockerfile": f"FROM {e.base}\n"}, tag="v1")
+        repos.append(e.git.url(name))
+    s1, b1 = await call(e, "POST", "api/builds", "alice", {"repo": repos[0], "ref": "v1"})
+    s2, b2 = await call(e, "POST", "api/builds", "alice", {"repo": repos[1], "ref": "v1"})
+    assert (s1, s2) == (202, 202)
+    before = await objects(e)
+    status, body = await call(e, "POST", "api/builds", "alice", {"repo": repos[2], "ref": "v1"})
+    assert status == 429 and "limit 2" in body["message"]
+    assert await objects(e) == before
+    # cancel frees a slot
+    status, cancelled = await call(e, "DELETE", f"api/builds/{b1['id']}", "alice")
+    assert status == 200 and cancelled["phase"] == "cancelled"
+    assert (await call(e, "POST", "api/builds", "alice", {"repo": repos[2], "ref": "v1"}))[0] == 202
+    # admin cancels someone else's build
+    assert (await call(e, "DELETE", f"api/builds/{b2['id']}", "root"))[1]["phase"] == "cancelled"
+
+    # webhook: unsigned / badly signed -> 401, nothing created
+    e.git.create_repo("hook", {"Dockerfile": f"FROM {e.base}\n"}, tag="v9")
+    payload = json.dumps(
+        {
+            "action": "published",
+            "release": {"tag_name": "v9"},
+            "repository": {"clone_url": e.git.url("hook")},
+            "sender": {"login": "octo"},
+        }
+    ).encode()
+    before = await objects(e)
+    hdr = {"X-GitHub-Event": "release", "Content-Type": "application/json"}
+    assert (await call(e, "POST", "api/webhooks/github", data=payload, headers=hdr))[0] == 401
+    bad = {**hdr, "X-Hub-Signature-256": sign(payload, b"wrong")}
+    assert (await call(e, "POST", "api/webhooks/github", data=payload, headers=bad))[0] == 401
+    assert await objects(e) == before
+    good = {**hdr, "X-Hub-Signature-256": sign(payload)}
+    status, build = await call(e, "POST", "api/webhooks/github", data=payload, headers=good)
+    assert status == 202 and build["requester"] == "github:octo" and build["ref"] == "v9"
+    ping = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(b"{}")}
+    assert (await call(e, "POST", "api/webhooks/github", data=b"{}", headers=ping))[0] == 202
+
+
+BAD_HTTP = [
+    ({"repo": "http://127.0.0.2/x.git", "ref": "v1"}, 400),  # loopback not allowlisted
+    ({"repo": "https://169.254.169.254/latest", "ref": "v1"}, 400),
+    ({"repo": "file:///etc/passwd", "ref": "v1"}, 400),
+    ({"repo": "ext::sh -c id", "ref": "v1"}, 400),
+    ({"repo": "GIT", "ref": "--upload-pack=touch /tmp/x"}, 400),
+    ({"repo": "GIT", "ref": "v1", "strategy": "magic"}, 400),
+    ({"repo": "GIT", "ref": "v1", "dockerfile": "../x"}, 400),
+    ({"repo": "GIT", "ref": "v1", "context_dir": "a/../../b"}, 400),
+    ({"repo": "GIT", "ref": "v1", "extra": True}, 400),
+    ({"repo": "GIT", "ref": "no-such-tag"}, 422),
+    (b"{not json", 400),
+    (b"x" * (10 << 20), 413),
+]
+
+
+@pytest.mark.parametrize(("body", "code"), BAD_HTTP, ids=[str(i) for i in range(len(BAD_HTTP))])
+async def test_bad_http_inputs_create_nothing(env, body, code):
+    e = env
+    before = await objects(e)
+    if isinstance(body, dict):
+        body = {k: (e.git.url("bad") if v == "GIT" else v) for k, v in body.items()}
+        status, reply = await call(e, "POST", "api/builds", "alice", body)
+    else:
+        status, reply = await call(e, "POST", "api/builds", "alice", data=body)
+    assert status == code, reply
+    assert isinstance(reply, dict) and reply["message"]
+    assert await objects(e) == before

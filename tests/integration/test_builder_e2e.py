@@ -1,0 +1,204 @@
+"""The builder end to end on this machine: a local Git repo over HTTP, the real API server,
+real buildah builds run by the job runner from the Job's own command, Debian's docker-registry
+on loopback, and the ImageStream registered with the real digest."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import pytest_asyncio
+from builder_harness import GitServer, JobRunner, Registry, push_base_image
+from kube_helpers import wait_for
+from kubernetes_asyncio import client
+
+from aicoe_spawner.builder.__main__ import Settings, build_service
+from aicoe_spawner.builder.requests import BuildRequestError
+from aicoe_spawner.catalog import TagPhase, parse_imagestream
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture(scope="module")
+async def infra(tmp_path_factory):
+    root = tmp_path_factory.mktemp("builder-infra")
+    git = GitServer(root / "git")
+    registry = Registry(root / "registry")
+    base = push_base_image(registry, root)
+    yield git, registry, base, root
+    registry.stop()
+    git.stop()
+
+
+@pytest_asyncio.fixture
+async def builder(kube, namespace, infra, tmp_path):
+    registry = infra[1]
+    runner = JobRunner(kube, namespace, tmp_path)
+    runner.start()
+    settings = Settings(
+        namespace=namespace,
+        registry=registry.host,
+        allowed_hosts=(),
+        private_hosts=("127.0.0.1",),
+        allow_http=True,
+        tls_verify=False,
+        max_per_user=5,
+        max_total=10,
+    )
+    service = build_service(kube, settings, log_reader=runner.read_log)
+    service.start(0.2)
+    yield service, runner
+    await service.stop()
+    await runner.stop()
+
+
+async def stream(kube, namespace, name):
+    return await client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        "image.openshift.io", "v1", namespace, "imagestreams", name
+    )
+
+
+async def finished(service, build_id, timeout=120):
+    async def done():
+        b = await service.get(build_id)
+        return b if b and b.phase in ("ready", "failed", "cancelled") else None
+
+    return await wait_for(done, timeout=timeout, interval=0.2)
+
+
+async def test_dockerfile_build_end_to_end(kube, namespace, infra, builder):
+    git, registry, base, _ = infra
+    service, runner = builder
+    sha = git.create_repo(
+        "dockerfile-nb",
+        {
+            "Dockerfile": f'FROM {base}\nRUN echo built > /hello.txt\nCMD ["cat", "/hello.txt"]\n',
+            "README.md": "hello\n",
+        },
+        tag="v1.0",
+    )
+    t0 = time.monotonic()
+    status, build = await service.submit({"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "alice")
+    assert status == 202 and build.spec.commit == sha and build.phase == "pending"
+    # building is visible in the catalog right away
+    image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
+    assert image.tag("v1.0").phase is TagPhase.BUILDING
+    # the same repo at the same commit is the same build
+    status2, again = await service.submit({"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "bob")
+    assert (status2, again.id) == (200, build.id)
+
+    done = await finished(service, build.id)
+    elapsed = time.monotonic() - t0
+    assert done.phase == "ready", done.message + done.log
+    digest = registry.manifest_digest(f"{namespace}/dockerfile-nb", "v1.0")
+    assert done.digest == digest
+    image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
+    tag = image.tag("v1.0")
+    assert tag.phase is TagPhase.READY and tag.digest == digest
+    assert tag.image_ref == f"{registry.host}/{namespace}/dockerfile-nb@{digest}"
+    assert tag.build_commit == sha and image.creator == "alice"
+    assert "==> pushed" in done.log
+    print(f"\nDockerfile build: {elapsed:.1f} s end to end, job {runner.durations} s")
+    # the job's pod and Job may go; the log stays
+    await service.backend.cleanup(done.spec)
+    assert "==> pushed" in (await service.get(build.id)).log
+
+
+async def test_source_strategy_end_to_end(kube, namespace, infra, builder):
+    git, registry, base, _ = infra
+    service, _ = builder
+    git.create_repo(
+        "s2i-nb",
+        {
+            ".aicoe-ci.yaml": f"build:\n  build-stratergy: Source\n  base-image: {base}\n"
+            "  custom-tag: latest\n",
+            "hello.txt": "from s2i\n",
+        },
+        tag="v2",
+    )
+    t0 = time.monotonic()
+    status, build = await service.submit({"repo": git.url("s2i-nb"), "ref": "v2"}, "carol")
+    assert status == 202 and build.spec.strategy == "source" and build.spec.tag == "latest"
+    done = await finished(service, build.id)
+    assert done.phase == "ready", done.message + done.log
+    assert "s2i assemble" in done.log
+    digest = registry.manifest_digest(f"{namespace}/s2i-nb", "latest")
+    tag = parse_imagestream(await stream(kube, namespace, "s2i-nb")).tag("latest")
+    assert tag.ready and tag.digest == digest == done.digest
+    print(f"\nsource build: {time.monotonic() - t0:.1f} s end to end")
+
+
+async def test_failed_build_marks_tag_failed_with_log_tail(kube, namespace, infra, builder):
+    git, _, base, _ = infra
+    service, _ = builder
+    git.create_repo("broken-nb", {"Dockerfile": f"FROM {base}\nRUN echo oops-marker && exit 3\n"})
+    status, build = await service.submit({"repo": git.url("broken-nb"), "ref": "main"}, "dave")
+    assert status == 202 and build.spec.ref_kind == "branch"
+    done = await finished(service, build.id)
+    assert done.phase == "failed"
+    assert "oops-marker" in done.log
+    tag = parse_imagestream(await stream(kube, namespace, "broken-nb")).tag("main")
+    assert tag.phase is TagPhase.FAILED and "exit code" in tag.message
+
+
+async def test_unknown_ref_and_restart(kube, namespace, infra, builder, tmp_path):
+    git, _, base, _ = infra
+    service, runner = builder
+    git.create_repo("restart-nb", {"Dockerfile": f"FROM {base}\nRUN true\n"}, tag="v1")
+    with pytest.raises(BuildRequestError) as info:
+        await service.submit({"repo": git.url("restart-nb"), "ref": "nope"}, "erin")
+    assert info.value.field == "ref"
+    runner.paused = True  # the build is not running yet when the builder "restarts"
+    status, build = await service.submit({"repo": git.url("restart-nb"), "ref": "v1"}, "erin")
+    assert status == 202
+    await service.stop()
+    # a new builder process (no memory of the first) picks the build up and finishes it
+    settings = Settings(
+        namespace=namespace,
+        registry=infra[1].host,
+        allowed_hosts=(),
+        private_hosts=("127.0.0.1",),
+        allow_http=True,
+        tls_verify=False,
+    )
+    second = build_service(kube, settings, log_reader=runner.read_log)
+    second.start(0.2)
+    try:
+        runner.paused = False
+        done = await finished(second, build.id)
+        assert done.phase == "ready"
+        assert len([j for j in runner.seen if build.id in j]) == 1
+    finally:
+        await second.stop()
+
+
+async def test_two_replicas_never_build_the_same_commit_twice(kube, namespace, infra, tmp_path):
+    git, registry, base, _ = infra
+    runner = JobRunner(kube, namespace, tmp_path)
+    settings = Settings(
+        namespace=namespace,
+        registry=registry.host,
+        allowed_hosts=(),
+        private_hosts=("127.0.0.1",),
+        allow_http=True,
+        tls_verify=False,
+    )
+    replicas = [build_service(kube, settings, log_reader=runner.read_log) for _ in range(2)]
+    git.create_repo("twin-nb", {"Dockerfile": f"FROM {base}\nRUN true\n"}, tag="v1")
+    body = {"repo": git.url("twin-nb"), "ref": "v1"}
+    results = await asyncio.gather(*(r.submit(body, user) for r in replicas for user in ("a", "b")))
+    assert sorted(status for status, _ in results) == [200, 200, 200, 202]
+    assert len({b.id for _, b in results}) == 1
+    for r in replicas:
+        r.start(0.2)
+    runner.start()
+    try:
+        done = await finished(replicas[1], results[0][1].id)
+        assert done.phase == "ready"
+        jobs = await client.BatchV1Api(kube).list_namespaced_job(namespace)
+        assert len(jobs.items) == 1 and len(runner.seen) == 1
+    finally:
+        for r in replicas:
+            await r.stop()
+        await runner.stop()
