@@ -4,11 +4,16 @@ started on the image digest."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from jupyterhub import orm
+from jupyterhub.utils import url_path_join
+from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
+from sqlalchemy import event
 from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default, validate
 
@@ -17,6 +22,7 @@ from .catalog import NOTEBOOK_IMAGE_LABEL, format_image_ref
 from .watch import ImageStreamWatch
 
 ANNOTATION_PREFIX = "aicoe-spawner.io/"
+SECRET_ENV_COMPONENT = "singleuser-secret-env"
 
 DEFAULT_SIZES = [
     {
@@ -60,6 +66,34 @@ _templates.filters["memory"] = opts.format_memory
 def _literal(value: str) -> str:
     """Protect text from KubeSpawner's ``str.format`` expansion of annotations and labels."""
     return value.replace("{", "{{").replace("}", "}}")
+
+
+def without_secret_values(user_options: Any) -> Any:
+    """``user_options`` as they may be stored: ``secret_env`` values replaced by their names.
+
+    Returns the input unchanged when there is nothing to strip (a copy otherwise).
+    """
+    if not isinstance(user_options, dict) or "secret_env" not in user_options:
+        return user_options
+    stripped = dict(user_options)
+    secret = stripped.pop("secret_env")
+    names = (
+        list(stripped.get("secret_env_names") or [])
+        if isinstance(stripped.get("secret_env_names"), list)
+        else []
+    )
+    if isinstance(secret, dict):
+        names += [str(n) for n in secret if str(n) not in names]
+    stripped["secret_env_names"] = sorted(names, key=str)
+    return stripped
+
+
+@event.listens_for(orm.Spawner.user_options, "set", retval=True)
+def _never_store_secret_values(target, value, oldvalue, initiator):
+    """JupyterHub saves the user_options of every spawn request in its database before the
+    spawner sees them (REST API, form, links): keep only the names of secret env vars there.
+    The spawner still gets the values in memory (``Spawner.user_options``)."""
+    return without_secret_values(value)
 
 
 class AICoESpawner(KubeSpawner):
@@ -201,6 +235,15 @@ class AICoESpawner(KubeSpawner):
     def _default_options_from_form(self):
         return _options_from_form
 
+    def options_from_query(self, query_data):
+        """``/hub/spawn?…`` links take the form's fields, except secrets: a URL ends up in
+        browser histories and access logs."""
+        if any(str(k).startswith("secret_env") for k in query_data):
+            raise web.HTTPError(
+                400, "secret_env: secret values cannot be given in a link; use the form"
+            )
+        return super().options_from_query(query_data)
+
     @default("apply_user_options")
     def _default_apply_user_options(self):
         return AICoESpawner.apply_aicoe_options
@@ -212,6 +255,8 @@ class AICoESpawner(KubeSpawner):
         JupyterHub calls this (as ``apply_user_options``) before ``start()`` for the form,
         ``/hub/spawn?…`` links and the REST API alike.
         """
+        # Whatever happens next, secret values do not stay in the spawner's user_options.
+        self.user_options = without_secret_values(user_options)
         watch = self.catalog_watch()
         if not await watch.wait_synced(self.catalog_sync_timeout):
             raise web.HTTPError(503, "image: the image catalog is not available yet, try again")
@@ -224,6 +269,8 @@ class AICoESpawner(KubeSpawner):
         self.user_options = canonical
         if self.orm_spawner is not None:
             self.orm_spawner.user_options = canonical
+            if self.db is not None:
+                self.db.commit()
 
     _APPLIED_TRAITS = (
         "image",
@@ -261,6 +308,8 @@ class AICoESpawner(KubeSpawner):
             self.tolerations = [*self.tolerations, *self.gpu_tolerations]
             self.node_selector = {**self.node_selector, **self.gpu_node_selector}
         self._user_env = dict(chosen.env)
+        self._secret_env = dict(chosen.secret_env)
+        self._secret_env_names = sorted(chosen.secret_env)
         self.extra_annotations = {
             **self.extra_annotations,
             f"{ANNOTATION_PREFIX}image-stream": _literal(chosen.image.key),
@@ -271,13 +320,201 @@ class AICoESpawner(KubeSpawner):
         }
 
     _user_env: dict[str, str] = {}
+    _secret_env: dict[str, str] = {}
+    _secret_env_names: list[str] = []
     _configured: dict[str, Any] | None = None
 
-    def get_env(self) -> dict[str, str]:
-        """KubeSpawner's env plus the user's variables, set literally (never expanded)."""
+    def get_env(self) -> dict[str, Any]:
+        """KubeSpawner's env plus the user's variables, set literally (never expanded), and
+        the user's secret variables as references to their Secret (never their values)."""
         env = super().get_env()
         env.update(self._user_env)
+        for name in self._secret_env_names:
+            env[name] = {"valueFrom": {"secretKeyRef": {"name": self.secret_env_name, "key": name}}}
         return env
+
+    # -- secret env vars: a per-user Secret, owned by the pod -------------------------------
+
+    @property
+    def secret_env_name(self) -> str:
+        """Name of the Secret that holds this server's secret env values."""
+        return f"{self.pod_name}-env"
+
+    def start(self):
+        self._start_future = asyncio.ensure_future(self._start_with_secret_env())
+        return self._start_future
+
+    async def _start_with_secret_env(self):
+        if self._secret_env_names:
+            await self._create_secret_env()
+        self._starting = True
+        try:
+            return await self._start()
+        except BaseException:
+            if self._secret_env_written:
+                await self._delete_secret_env()
+            raise
+        finally:
+            self._starting = False
+
+    # Whether this server's Secret exists (kept in the spawner state across hub restarts), so
+    # that spawns without secret env vars make no extra API requests.
+    _secret_env_written = False
+
+    def get_state(self):
+        state = super().get_state()
+        if self._secret_env_written:
+            state["secret_env_secret"] = self.secret_env_name
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._secret_env_written = bool(state.get("secret_env_secret"))
+
+    def clear_state(self):
+        super().clear_state()
+        self._secret_env_written = False
+
+    def _secret_env_metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.secret_env_name,
+            "labels": {
+                "app.kubernetes.io/managed-by": "aicoe-spawner",
+                "component": SECRET_ENV_COMPONENT,
+                "hub.jupyter.org/servername": self._expand_user_properties("{servername}"),
+            },
+            "annotations": {
+                "hub.jupyter.org/username": self.user.name,
+                f"{ANNOTATION_PREFIX}pod": self.pod_name,
+            },
+        }
+
+    async def _create_secret_env(self) -> None:
+        values = dict(self._secret_env)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": self._secret_env_metadata(),
+            "data": {
+                name: base64.b64encode(values.get(name, "").encode("utf-8")).decode("ascii")
+                for name in self._secret_env_names
+            },
+        }
+        try:
+            try:
+                await asyncio.wait_for(
+                    self.api.create_namespaced_secret(self.namespace, body),
+                    self.k8s_api_request_timeout,
+                )
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                # Left over from a spawn whose stop did not finish: replace it.
+                await self._delete_secret_env(force=True)
+                await asyncio.wait_for(
+                    self.api.create_namespaced_secret(self.namespace, body),
+                    self.k8s_api_request_timeout,
+                )
+        except ApiException as e:
+            # Never log the body: it holds the values.
+            self.log.error(
+                "Could not create Secret %s/%s for %s: %s %s",
+                self.namespace,
+                self.secret_env_name,
+                self._log_name,
+                e.status,
+                e.reason,
+            )
+            raise web.HTTPError(
+                500, "secret_env: could not store the secret environment variables"
+            ) from None
+        finally:
+            # The values now live in the Secret only.
+            self._secret_env = {}
+        self._secret_env_written = True
+        self.log.info(
+            "Stored secret env %s for %s in Secret %s",
+            ", ".join(self._secret_env_names),
+            self._log_name,
+            self.secret_env_name,
+        )
+
+    async def _own_secret_env(self, pod_uid: str) -> None:
+        """Make the pod the Secret's owner: Kubernetes deletes it with the pod."""
+        patch = {
+            "metadata": {
+                "ownerReferences": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": self.pod_name,
+                        "uid": pod_uid,
+                        "blockOwnerDeletion": False,
+                        "controller": False,
+                    }
+                ]
+            }
+        }
+        try:
+            await asyncio.wait_for(
+                self.api.patch_namespaced_secret(self.secret_env_name, self.namespace, patch),
+                self.k8s_api_request_timeout,
+            )
+        except (ApiException, TimeoutError) as e:
+            # Not fatal: stop() deletes the Secret as well.
+            self.log.warning("Could not set the owner of Secret %s: %s", self.secret_env_name, e)
+
+    async def _delete_secret_env(self, force: bool = False) -> None:
+        if not (force or self._secret_env_written):
+            return
+        try:
+            await asyncio.wait_for(
+                self.api.delete_namespaced_secret(self.secret_env_name, self.namespace),
+                self.k8s_api_request_timeout,
+            )
+        except ApiException as e:
+            if e.status != 404:
+                self.log.warning(
+                    "Could not delete Secret %s: %s %s", self.secret_env_name, e.status, e.reason
+                )
+            else:
+                self._secret_env_written = False
+        except TimeoutError:
+            self.log.warning("Timed out deleting Secret %s", self.secret_env_name)
+        else:
+            self._secret_env_written = False
+            self.log.info("Deleted Secret %s", self.secret_env_name)
+
+    async def _make_create_pod_request(self, pod, request_timeout):
+        created = await super()._make_create_pod_request(pod, request_timeout)
+        if created and self._secret_env_names:
+            uid = await self._created_pod_uid()
+            if uid:
+                await self._own_secret_env(uid)
+        return created
+
+    async def _created_pod_uid(self, timeout: float = 10) -> str | None:
+        ref_key = f"{self.namespace}/{self.pod_name}"
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            pod = self.pod_reflector.pods.get(ref_key)
+            uid = (pod or {}).get("metadata", {}).get("uid")
+            if uid and not pod["metadata"].get("deletionTimestamp"):
+                return uid
+            await asyncio.sleep(0.05)
+        return None
+
+    _starting = False
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now)
+        finally:
+            # KubeSpawner's start() stops a conflicting old pod before creating the new one:
+            # the new Secret stays (a failed start deletes it itself).
+            if not self._starting:
+                await self._delete_secret_env()
 
     # -- the options form -------------------------------------------------------------------
 
@@ -292,20 +529,90 @@ class AICoESpawner(KubeSpawner):
         catalog = watch.catalog
         policy = self.user_policy()
         selected = self._preselection(catalog, policy)
-        images = [i for i in catalog.visible() if policy.allows_image(i)]
+        images = [
+            _image_view(i, self.namespace, selected["image"])
+            for i in catalog.visible()
+            if policy.allows_image(i)
+        ]
+        if selected["image"] is None:
+            # No valid default (e.g. nothing ready yet): preselect the first usable card.
+            first = next((i for i in images if i["usable"]), None)
+            if first is not None:
+                first["selected"] = True
+        namespaces = list(dict.fromkeys(i["namespace"] for i in images))
+        groups = [(ns, [i for i in images if i["namespace"] == ns]) for ns in namespaces]
+        state = {
+            "version": watch.version,
+            "stale": watch.stale,
+            "shape": [[i["key"], [t["ref"] for t in i["tags"]]] for i in images],
+            "tags": {
+                t["ref"]: {"phase": t["phase"], "message": t["message"]}
+                for i in images
+                for t in i["tags"]
+            },
+        }
+        base_url = self.hub.base_url if self.hub is not None else "/hub/"
+        user_path = self.user.escaped_name if self.user is not None else ""
+        poll_url = url_path_join(base_url, "spawn", user_path)
+        if self.name:
+            poll_url = url_path_join(poll_url, self.name)
+        config = {
+            "spawn_url": url_path_join(base_url, "spawn"),
+            "poll_url": poll_url,
+            "poll_interval_ms": int(self.form_poll_interval * 1000),
+            "reserved_names": sorted(policy.reserved_env_names),
+            "reserved_prefixes": list(policy.reserved_env_prefixes),
+            "max_env_vars": policy.max_env_vars,
+            "max_env_value_bytes": policy.max_env_value_bytes,
+            "max_cpu": policy.max_cpu,
+            "max_memory": policy.max_memory,
+            "max_cpu_text": opts.format_cpu(policy.max_cpu) if policy.max_cpu is not None else "",
+            "max_memory_text": opts.format_memory(policy.max_memory)
+            if policy.max_memory is not None
+            else "",
+            "max_gpus": policy.max_gpus,
+        }
+        env_rows = [
+            {"name": k, "value": v, "secret": False} for k, v in sorted(selected["env"].items())
+        ] + [{"name": k, "value": "", "secret": True} for k in selected["secret_env_names"]]
         return _templates.get_template("options_form.html").render(
             images=images,
+            groups=groups,
             policy=policy,
+            sizes=[_size_view(s) for s in policy.sizes],
             selected=selected,
             stale=watch.stale,
-            default_namespace=self.namespace,
-            format_image_ref=format_image_ref,
+            state=state,
+            config=config,
+            env_rows=env_rows,
+            filter_threshold=self.form_filter_threshold,
         )
+
+    form_poll_interval = Float(
+        2.0,
+        config=True,
+        help="""Seconds between the options form's checks for image readiness changes while
+        it is open (it re-reads its own page). 0 turns live updates off.""",
+    )
+    form_filter_threshold = Int(
+        8, config=True, help="Show a filter box above the images when there are more than this."
+    )
 
     def _preselection(self, catalog, policy) -> dict[str, Any]:
         """The saved choices while still valid, else the defaults."""
-        for candidate in (self.user_options or {}, {}):
-            candidate = {k: v for k, v in dict(candidate).items() if k != "secret_env_names"}
+        saved = dict(self.user_options or {})
+        names = saved.get("secret_env_names")
+        secret_names = [
+            n
+            for n in (names if isinstance(names, list) else [])
+            if isinstance(n, str)
+            and opts.ENV_NAME_RE.fullmatch(n)
+            and not policy.env_name_reserved(n)
+        ]
+        for candidate in (saved, {}):
+            candidate = {
+                k: v for k, v in candidate.items() if k not in ("secret_env_names", "secret_env")
+            }
             try:
                 chosen = opts.validate(candidate, catalog, policy, self.namespace)
             except opts.OptionsError as e:
@@ -320,11 +627,97 @@ class AICoESpawner(KubeSpawner):
                 "image": format_image_ref(chosen.image, chosen.tag, self.namespace),
                 "size": chosen.size.name,
                 "cpu": chosen.cpu,
-                "memory": chosen.memory,
+                "memory": candidate.get("memory") if chosen.memory is not None else None,
                 "gpus": chosen.gpus,
                 "env": chosen.env,
+                "secret_env_names": [n for n in secret_names if n not in chosen.env],
             }
-        return {"image": None, "size": None, "cpu": None, "memory": None, "gpus": 0, "env": {}}
+        size = policy.default_size()
+        return {
+            "image": None,
+            "size": size.name if size else None,
+            "cpu": None,
+            "memory": None,
+            "gpus": 0,
+            "env": {},
+            "secret_env_names": secret_names,
+        }
+
+
+def _image_view(image, default_namespace: str, selected_ref: str | None) -> dict[str, Any]:
+    """What the form shows of one image (plain data; the template escapes all of it)."""
+    tags = []
+    for tag in image.offered_tags():
+        tags.append(
+            {
+                "ref": format_image_ref(image, tag, default_namespace),
+                "name": tag.name,
+                "phase": str(tag.phase),
+                "message": tag.message,
+                "ready": tag.ready,
+                "recommended": tag.recommended,
+                "default": tag.default,
+                "software": tag.software,
+                "python_dependencies": tag.python_dependencies,
+                "commit": tag.build_commit,
+            }
+        )
+    refs = [t["ref"] for t in tags]
+    chosen = selected_ref if selected_ref in refs else None
+    if chosen is None:
+        ready = [t for t in tags if t["ready"]]
+        for wanted in (lambda t: t["default"], lambda t: t["recommended"], lambda t: True):
+            found = next((t for t in ready if wanted(t)), None)
+            if found is not None:
+                chosen = found["ref"]
+                break
+    if chosen is None and tags:
+        chosen = tags[0]["ref"]
+    search = " ".join(
+        [image.display_name, image.name, image.description, *image.recommended_accelerators]
+        + [p.name for t in image.offered_tags() for p in (*t.software, *t.python_dependencies)]
+    )
+    return {
+        "key": image.key,
+        "namespace": image.namespace,
+        "name": image.name,
+        "display_name": image.display_name,
+        "description": image.description,
+        "url": image.url,
+        "accelerators": list(image.recommended_accelerators),
+        "creator": image.creator,
+        "tags": tags,
+        "chosen": chosen,
+        "selected": chosen is not None and chosen == selected_ref,
+        "usable": any(t["ready"] for t in tags),
+        "search": search.casefold(),
+    }
+
+
+def _size_view(size: opts.Size) -> dict[str, Any]:
+    """A size with its resources in words."""
+    parts = []
+    if size.cpu_guarantee is not None or size.mem_guarantee is not None:
+        got = [
+            opts.format_cpu(size.cpu_guarantee) if size.cpu_guarantee is not None else None,
+            f"{opts.format_memory(size.mem_guarantee)} memory"
+            if size.mem_guarantee is not None
+            else None,
+        ]
+        parts.append("Guaranteed " + " and ".join(p for p in got if p))
+    if size.cpu_limit is not None or size.mem_limit is not None:
+        up = [
+            opts.format_cpu(size.cpu_limit) if size.cpu_limit is not None else None,
+            f"{opts.format_memory(size.mem_limit)} memory" if size.mem_limit is not None else None,
+        ]
+        parts.append("can use up to " + " and ".join(p for p in up if p))
+    words = ", ".join(parts)
+    return {
+        "name": size.name,
+        "display_name": size.display_name,
+        "description": size.description,
+        "words": (words[:1].upper() + words[1:]) if words else "No fixed resources",
+    }
 
 
 def _options_from_form(form_data: dict[str, list[str]]) -> dict[str, Any]:

@@ -59,6 +59,8 @@ class LocalPodRunner:
         argv = list(container.get("command") or []) + list(container.get("args") or [])
         if not argv:
             argv = ["jupyterhub-singleuser"]
+        if os.geteuid() == 0 and Path(argv[0]).name.startswith("jupyter"):
+            argv.append("--allow-root")  # a container would run as its image's user
         executable = shutil.which(argv[0], path=env["PATH"]) or argv[0]
         log_file = (home / "server.log").open("ab")
         proc = await asyncio.create_subprocess_exec(

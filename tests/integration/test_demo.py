@@ -53,7 +53,7 @@ def demo(tmp_path: Path):
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"demo exited with {proc.returncode}:\n{log_path.read_text()}")
-            if "ready in" in log_path.read_text():
+            if "and log in with any name" in log_path.read_text():
                 break
             if time.monotonic() - started > 120:
                 raise AssertionError(f"demo not ready:\n{log_path.read_text()}")
@@ -81,7 +81,7 @@ def test_demo_reaches_jupyterlab_in_chromium(demo, tmp_path):
             page.fill("input[name=password]", "any")
             page.click("input[type=submit], button[type=submit]")
             page.wait_for_url("**/hub/spawn**", timeout=30_000)
-            page.select_option("select[name=image]", "jupyter-datascience-notebook:2025.2")
+            page.check('input[name=image][value="jupyter-datascience-notebook:2025.2"]')
             page.check("input[name=size][value=medium]")
             page.click("form#spawn_form [type=submit]")
             page.wait_for_url("**/user/newcomer/lab**", timeout=90_000)
