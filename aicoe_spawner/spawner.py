@@ -328,7 +328,9 @@ class AICoESpawner(KubeSpawner):
         """KubeSpawner's env plus the user's variables, set literally (never expanded), and
         the user's secret variables as references to their Secret (never their values)."""
         env = super().get_env()
-        env.update(self._user_env)
+        # Kubernetes expands $(VAR) in env values and turns $$ into $: doubling every $ makes
+        # the container see exactly what the user typed.
+        env.update({name: value.replace("$", "$$") for name, value in self._user_env.items()})
         for name in self._secret_env_names:
             env[name] = {"valueFrom": {"secretKeyRef": {"name": self.secret_env_name, "key": name}}}
         return env

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -18,6 +19,20 @@ from urllib.parse import urlsplit, urlunsplit
 from kubernetes_asyncio import client
 
 log = logging.getLogger("aicoe.devcluster.podrunner")
+
+_ENV_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand_env_value(value: str, defined: dict[str, str]) -> str:
+    """What the kubelet does to an env value: ``$$`` becomes ``$`` and ``$(NAME)`` becomes
+    the value of an earlier variable NAME (left as is when NAME is undefined)."""
+
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return defined.get(match.group(1), match.group(0))
+
+    return _ENV_REF.sub(replace, value)
 
 
 class LocalPodRunner:
@@ -99,7 +114,7 @@ class LocalPodRunner:
         for entry in entries:
             name = entry["name"]
             if "value" in entry or "valueFrom" not in entry:
-                env[name] = entry.get("value", "")
+                env[name] = expand_env_value(entry.get("value", ""), env)
                 continue
             ref = entry["valueFrom"].get("secretKeyRef")
             if ref:

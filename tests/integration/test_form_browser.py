@@ -273,7 +273,8 @@ async def test_choose_everything_with_a_secret_and_start(env, kube):
         assert int(res["limits"]["memory"]) == 4 * 2**30  # from the size
         assert res["limits"]["nvidia.com/gpu"] == "1"
         env_vars = {e["name"]: e for e in c["env"]}
-        assert env_vars["FOO"]["value"] == "{username} $x"
+        # Escaped for Kubernetes' $(VAR) expansion ($$ -> $): the container sees "{username} $x".
+        assert env_vars["FOO"]["value"] == "{username} $$x"
         secret_name = f"{pod['metadata']['name']}-env"
         assert env_vars["API_KEY"] == {
             "name": "API_KEY",

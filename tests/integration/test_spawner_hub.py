@@ -155,7 +155,7 @@ async def test_rest_every_option_lands_on_the_pod(env, kube):
         "image": "datascience:1.0",
         "size": "large",
         "gpus": 2,
-        "env": {"MY_VAR": "hello", "TEMPLATE": "{username} {{x}}", "EMPTY": ""},
+        "env": {"MY_VAR": "hello", "TEMPLATE": "{username} {{x}}", "EMPTY": "", "REF": "$(HOME)"},
     }
     pod = await spawn_ok(env, kube, user, {"user_options": options}, groups=["big"])
     c = container(pod)
@@ -173,6 +173,7 @@ async def test_rest_every_option_lands_on_the_pod(env, kube):
     assert env_vars["MY_VAR"] == "hello"
     assert env_vars["TEMPLATE"] == "{username} {{x}}"  # literal, never expanded
     assert env_vars["EMPTY"] == ""
+    assert env_vars["REF"] == "$$(HOME)"  # Kubernetes would expand $(HOME); $$ keeps it literal
     assert env_vars["ADMIN_SET"] == "from-admin"
     assert env_vars["JUPYTER_IMAGE"] == c["image"]
     ann = pod["metadata"]["annotations"]
