@@ -49,5 +49,5 @@ build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver
 build helm "$here/helm" helm.sh/helm/v3/cmd/helm
 "$bin/kube-apiserver" --version
-"$bin/etcd" --version | head -1
+"$bin/etcd" --version | sed -n 1p
 "$bin/helm" version --short
