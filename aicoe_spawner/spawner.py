@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+from collections import OrderedDict
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -18,7 +20,7 @@ from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default, validate
 
 from . import options as opts
-from .catalog import NOTEBOOK_IMAGE_LABEL, format_image_ref
+from .catalog import NOTEBOOK_IMAGE_LABEL, Catalog, format_image_ref
 from .watch import ImageStreamWatch
 
 ANNOTATION_PREFIX = "aicoe-spawner.io/"
@@ -59,6 +61,10 @@ _templates = Environment(
     loader=PackageLoader("aicoe_spawner", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
 )
+# Rendered options forms by their inputs (catalog version, policy, preselection, settings).
+_rendered_forms: OrderedDict[tuple, str] = OrderedDict()
+_RENDERED_FORMS_MAX = 64
+
 _templates.filters["cpu"] = opts.format_cpu
 _templates.filters["memory"] = opts.format_memory
 
@@ -268,9 +274,8 @@ class AICoESpawner(KubeSpawner):
         canonical = chosen.to_user_options(self.namespace)
         self.user_options = canonical
         if self.orm_spawner is not None:
+            # JupyterHub commits right after start() begins; no extra commit needed here.
             self.orm_spawner.user_options = canonical
-            if self.db is not None:
-                self.db.commit()
 
     _APPLIED_TRAITS = (
         "image",
@@ -531,6 +536,61 @@ class AICoESpawner(KubeSpawner):
         catalog = watch.catalog
         policy = self.user_policy()
         selected = self._preselection(catalog, policy)
+        config = self._form_config(policy)
+        # The form is a pure function of these inputs: users with the same policy and choice
+        # share one rendering per catalog version.
+        key = (
+            id(watch),
+            watch.version,
+            watch.stale,
+            repr(policy),
+            json.dumps(selected, sort_keys=True, default=str),
+            json.dumps(config, sort_keys=True),
+            self.namespace,
+            self.form_filter_threshold,
+        )
+        cached = _rendered_forms.get(key)
+        if cached is not None:
+            _rendered_forms.move_to_end(key)
+            return cached
+        html = self._render_form_html(watch, catalog, policy, selected, config)
+        _rendered_forms[key] = html
+        while len(_rendered_forms) > _RENDERED_FORMS_MAX:
+            _rendered_forms.popitem(last=False)
+        return html
+
+    def _form_config(self, policy: opts.Policy) -> dict[str, Any]:
+        """Settings the form's script needs."""
+        base_url = self.hub.base_url if self.hub is not None else "/hub/"
+        user_path = self.user.escaped_name if self.user is not None else ""
+        poll_url = url_path_join(base_url, "spawn", user_path)
+        if self.name:
+            poll_url = url_path_join(poll_url, self.name)
+        return {
+            "spawn_url": url_path_join(base_url, "spawn"),
+            "poll_url": poll_url,
+            "poll_interval_ms": int(self.form_poll_interval * 1000),
+            "reserved_names": sorted(policy.reserved_env_names),
+            "reserved_prefixes": list(policy.reserved_env_prefixes),
+            "max_env_vars": policy.max_env_vars,
+            "max_env_value_bytes": policy.max_env_value_bytes,
+            "max_cpu": policy.max_cpu,
+            "max_memory": policy.max_memory,
+            "max_cpu_text": opts.format_cpu(policy.max_cpu) if policy.max_cpu is not None else "",
+            "max_memory_text": opts.format_memory(policy.max_memory)
+            if policy.max_memory is not None
+            else "",
+            "max_gpus": policy.max_gpus,
+        }
+
+    def _render_form_html(
+        self,
+        watch: ImageStreamWatch,
+        catalog: Catalog,
+        policy: opts.Policy,
+        selected: dict[str, Any],
+        config: dict[str, Any],
+    ) -> str:
         images = [
             _image_view(i, self.namespace, selected["image"])
             for i in catalog.visible()
@@ -552,27 +612,6 @@ class AICoESpawner(KubeSpawner):
                 for i in images
                 for t in i["tags"]
             },
-        }
-        base_url = self.hub.base_url if self.hub is not None else "/hub/"
-        user_path = self.user.escaped_name if self.user is not None else ""
-        poll_url = url_path_join(base_url, "spawn", user_path)
-        if self.name:
-            poll_url = url_path_join(poll_url, self.name)
-        config = {
-            "spawn_url": url_path_join(base_url, "spawn"),
-            "poll_url": poll_url,
-            "poll_interval_ms": int(self.form_poll_interval * 1000),
-            "reserved_names": sorted(policy.reserved_env_names),
-            "reserved_prefixes": list(policy.reserved_env_prefixes),
-            "max_env_vars": policy.max_env_vars,
-            "max_env_value_bytes": policy.max_env_value_bytes,
-            "max_cpu": policy.max_cpu,
-            "max_memory": policy.max_memory,
-            "max_cpu_text": opts.format_cpu(policy.max_cpu) if policy.max_cpu is not None else "",
-            "max_memory_text": opts.format_memory(policy.max_memory)
-            if policy.max_memory is not None
-            else "",
-            "max_gpus": policy.max_gpus,
         }
         env_rows = [
             {"name": k, "value": v, "secret": False} for k, v in sorted(selected["env"].items())

@@ -9,8 +9,12 @@ AICOE_BUILDER_ALLOW_HTTP      "true": plain http for the private hosts
 AICOE_BUILDER_TLS_VERIFY      "false": push/pull without TLS verification
 AICOE_BUILDER_PUSH_SECRET     dockerconfigjson Secret mounted into build pods
 AICOE_BUILDER_IMAGE           the buildah image of build pods
-AICOE_BUILDER_BACKEND         kubernetes (default) | openshift | auto
+AICOE_BUILDER_BACKEND         kubernetes (default) | openshift | auto (openshift when the API
+                              server serves build.openshift.io, found by discovery)
 AICOE_BUILDER_MAX_PER_USER, AICOE_BUILDER_MAX_TOTAL, AICOE_BUILDER_TIMEOUT (seconds)
+AICOE_BUILDER_BRANCH_TTL      seconds images built from branches live (0, default: forever)
+AICOE_BUILDER_JOB_RETENTION   seconds finished build Jobs/Builds are kept (default 600)
+AICOE_BUILDER_CLEANUP_INTERVAL  seconds between cleanup runs (default 60)
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 """
@@ -29,6 +33,7 @@ from tornado.httpserver import HTTPServer
 from ..watch import ImageStreamWatch
 from .app import make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
+from .backends.openshift import OpenShiftBackend, choose_backend
 from .registration import Registrar
 from .requests import BuildDefaults, RepoPolicy
 from .service import BuildService, Limits
@@ -58,6 +63,9 @@ class Settings:
     webhook_secret: str = ""
     kubeconfig: str | None = None
     interval: float = 1.0
+    branch_ttl: int = 0
+    job_retention: int = 600
+    cleanup_interval: float = 60.0
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -78,30 +86,57 @@ class Settings:
             webhook_secret=g("AICOE_BUILDER_WEBHOOK_SECRET", ""),
             kubeconfig=g("AICOE_BUILDER_KUBECONFIG") or g("KUBECONFIG"),
             interval=float(g("AICOE_BUILDER_INTERVAL", "1")),
+            branch_ttl=int(g("AICOE_BUILDER_BRANCH_TTL", "0")),
+            job_retention=int(g("AICOE_BUILDER_JOB_RETENTION", "600")),
+            cleanup_interval=float(g("AICOE_BUILDER_CLEANUP_INTERVAL", "60")),
         )
 
 
-def build_service(api: client.ApiClient, s: Settings, log_reader=None) -> BuildService:
-    if s.backend not in ("kubernetes", "auto"):
-        raise SystemExit(f"backend {s.backend!r} is not available in this version")
-    backend = KubernetesBackend(
-        api,
-        JobConfig(
-            builder_image=s.builder_image,
-            push_secret=s.push_secret,
-            tls_verify=s.tls_verify,
-            timeout_seconds=s.timeout,
-        ),
-        log_reader=log_reader,
-    )
+def build_service(
+    api: client.ApiClient, s: Settings, log_reader=None, *, backend: str | None = None
+) -> BuildService:
+    """The service for ``backend`` (default ``s.backend``; ``auto`` must be resolved first
+    with :func:`make_service` / ``choose_backend``)."""
+    name = backend or s.backend
+    if name == "kubernetes":
+        impl = KubernetesBackend(
+            api,
+            JobConfig(
+                builder_image=s.builder_image,
+                push_secret=s.push_secret,
+                tls_verify=s.tls_verify,
+                timeout_seconds=s.timeout,
+            ),
+            log_reader=log_reader,
+        )
+    elif name == "openshift":
+        impl = OpenShiftBackend(api, timeout_seconds=s.timeout, log_reader=log_reader)
+    elif name == "auto":
+        raise ValueError("backend 'auto' is resolved by make_service (API discovery)")
+    else:
+        raise SystemExit(f"unknown backend {name!r} (kubernetes | openshift | auto)")
     return BuildService(
         BuildStore(api, s.namespace),
-        backend,
-        Registrar(api),
+        impl,
+        # On OpenShift the build's output and the image controller write the ImageStream tag
+        Registrar(api, write_status=name == "kubernetes", branch_ttl_seconds=s.branch_ttl),
         policy=RepoPolicy(s.allowed_hosts, s.private_hosts, s.allow_http),
         defaults=BuildDefaults(namespace=s.namespace, registry=s.registry),
-        limits=Limits(per_user=s.max_per_user, total=s.max_total),
+        limits=Limits(
+            per_user=s.max_per_user,
+            total=s.max_total,
+            branch_ttl_seconds=s.branch_ttl,
+            cleanup_after_seconds=s.job_retention,
+            cleanup_interval_seconds=s.cleanup_interval,
+        ),
     )
+
+
+async def make_service(api: client.ApiClient, s: Settings, log_reader=None) -> BuildService:
+    """:func:`build_service` with ``auto`` resolved by API discovery."""
+    name = await choose_backend(api, s.backend)
+    logging.getLogger("aicoe_spawner.builder").info("build backend: %s", name)
+    return build_service(api, s, log_reader, backend=name)
 
 
 async def _main() -> None:
@@ -113,7 +148,7 @@ async def _main() -> None:
     else:
         await config.load_kube_config(config_file=s.kubeconfig, client_configuration=configuration)
     api = client.ApiClient(configuration)
-    service = build_service(api, s)
+    service = await make_service(api, s)
     service.start(s.interval)
     watch = ImageStreamWatch(
         client.CustomObjectsApi(api), (s.namespace,), "opendatahub.io/notebook-image=true"

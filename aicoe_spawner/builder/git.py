@@ -8,10 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from collections import OrderedDict
 
 from .requests import BuildRequestError, is_sha
 
 TIMEOUT = 60
+# (repo, commit, path) -> content: what a commit holds never changes, so a dedup hit or a
+# retry does not fetch the commit again (bounded; oldest entries go first)
+_FILE_CACHE: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
+FILE_CACHE_SIZE = 256
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_ASKPASS": "/bin/false",
@@ -66,7 +71,19 @@ async def resolve_ref(repo: str, ref: str) -> tuple[str, str]:
 
 
 async def read_file_at(repo: str, commit: str, ref: str, path: str) -> str | None:
-    """The content of ``path`` at ``commit`` (None if absent); a shallow fetch."""
+    """The content of ``path`` at ``commit`` (None if absent); a shallow fetch, cached."""
+    key = (repo, commit, path)
+    if key in _FILE_CACHE:
+        _FILE_CACHE.move_to_end(key)
+        return _FILE_CACHE[key]
+    text = await _read_file_at(repo, commit, ref, path)
+    _FILE_CACHE[key] = text
+    while len(_FILE_CACHE) > FILE_CACHE_SIZE:
+        _FILE_CACHE.popitem(last=False)
+    return text
+
+
+async def _read_file_at(repo: str, commit: str, ref: str, path: str) -> str | None:
     with tempfile.TemporaryDirectory(prefix="aicoe-git-") as tmp:
         await _git("init", "-q", tmp)
         p = _protocols(repo)

@@ -48,9 +48,36 @@ def new_stream(spec: BuildSpec) -> dict[str, Any]:
     }
 
 
-def with_tag(stream: dict, spec: BuildSpec, phase: str, message: str = "") -> dict:
+EXPIRES_ANNOTATION = "aicoe-spawner.io/expires-at"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+
+def _stamp(t: datetime.datetime) -> str:
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_stamp(value: Any) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.UTC
+        )
+    except ValueError:
+        return None
+
+
+def with_tag(
+    stream: dict,
+    spec: BuildSpec,
+    phase: str,
+    message: str = "",
+    *,
+    image_from: bool = True,
+    expires_at: datetime.datetime | None = None,
+) -> dict:
     """``stream`` with spec tag ``spec.tag`` describing the build in ``phase``
-    (building|failed|ready|cancelled)."""
+    (building|failed|ready|cancelled). ``image_from``: the tag points at the pushed image
+    (plain Kubernetes); on OpenShift the build's output writes the tag, so it has no ``from``.
+    ``expires_at``: images built from branches expire (tag annotation, see :func:`expired`)."""
     out = copy.deepcopy(stream)
     tags = out.setdefault("spec", {}).setdefault("tags", []) or []
     out["spec"]["tags"] = tags
@@ -69,9 +96,36 @@ def with_tag(stream: dict, spec: BuildSpec, phase: str, message: str = "") -> di
         ann[BUILD_MESSAGE_ANNOTATION] = (message or "build failed")[-MESSAGE_LIMIT:]
     else:
         ann.pop(BUILD_MESSAGE_ANNOTATION, None)
+    if expires_at is not None:
+        ann[EXPIRES_ANNOTATION] = _stamp(expires_at)
+    else:
+        ann.pop(EXPIRES_ANNOTATION, None)
     tag["annotations"] = ann
-    tag["from"] = {"kind": "DockerImage", "name": spec.output_image}
+    if image_from:
+        tag["from"] = {"kind": "DockerImage", "name": spec.output_image}
     tag.setdefault("referencePolicy", {"type": "Local"})
+    return out
+
+
+def expired(stream: dict, now: datetime.datetime) -> list[tuple[str, str]]:
+    """(tag, build id) of the spec tags of ``stream`` whose expiry annotation is past."""
+    out = []
+    for tag in ((stream or {}).get("spec") or {}).get("tags") or []:
+        ann = (tag or {}).get("annotations") or {}
+        when = _parse_stamp(ann.get(EXPIRES_ANNOTATION)) if EXPIRES_ANNOTATION in ann else None
+        if when is not None and when <= now and tag.get("name"):
+            out.append((tag["name"], ann.get("aicoe-spawner.io/build-id", "")))
+    return out
+
+
+def without_tags(stream: dict, names: set[str]) -> dict:
+    """``stream`` without the spec and status tags ``names``."""
+    out = copy.deepcopy(stream)
+    spec = out.get("spec") or {}
+    spec["tags"] = [t for t in spec.get("tags") or [] if (t or {}).get("name") not in names]
+    status = out.get("status")
+    if isinstance(status, dict) and status.get("tags") is not None:
+        status["tags"] = [t for t in status["tags"] if (t or {}).get("tag") not in names]
     return out
 
 
@@ -103,9 +157,35 @@ def with_status_tag(stream: dict, spec: BuildSpec, digest: str) -> dict:
 class Registrar:
     """Applies :func:`with_tag` / :func:`with_status_tag` to the API server."""
 
-    def __init__(self, api: client.ApiClient, *, write_status: bool = True) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        write_status: bool = True,
+        branch_ttl_seconds: int = 0,
+    ) -> None:
         self.custom = client.CustomObjectsApi(api)
-        self.write_status = write_status  # False on OpenShift: the build controller does it
+        # False on OpenShift: the build's output and the image controller write the tag
+        self.write_status = write_status
+        self.branch_ttl_seconds = branch_ttl_seconds  # 0: branch images never expire
+
+    def _expiry(self, spec: BuildSpec) -> datetime.datetime | None:
+        """Tags built from a branch expire ``branch_ttl_seconds`` after their last write
+        (a rebuild of the branch renews them); tags and commits never do."""
+        if self.branch_ttl_seconds <= 0 or spec.ref_kind != "branch":
+            return None
+        now = datetime.datetime.now(datetime.UTC)
+        return now + datetime.timedelta(seconds=self.branch_ttl_seconds)
+
+    def _with_tag(self, stream: dict, spec: BuildSpec, phase: str, message: str) -> dict:
+        return with_tag(
+            stream,
+            spec,
+            phase,
+            message,
+            image_from=self.write_status,
+            expires_at=self._expiry(spec),
+        )
 
     async def _read(self, spec: BuildSpec) -> dict | None:
         try:
@@ -123,11 +203,11 @@ class Registrar:
             current = await self._read(spec)
             try:
                 if current is None:
-                    body = with_tag(new_stream(spec), spec, phase, message)
+                    body = self._with_tag(new_stream(spec), spec, phase, message)
                     return await self.custom.create_namespaced_custom_object(
                         GROUP, VERSION, spec.namespace, PLURAL, body
                     )
-                body = with_tag(current, spec, phase, message)
+                body = self._with_tag(current, spec, phase, message)
                 if body == current:
                     return current
                 return await self.custom.replace_namespaced_custom_object(
@@ -158,3 +238,80 @@ class Registrar:
                     raise
                 await asyncio.sleep(0.02 * (attempt + 1))
         raise RuntimeError("unreachable")
+
+    async def expire(self, namespace: str, now: datetime.datetime | None = None) -> list[dict]:
+        """Remove the expired spec and status tags of this builder's ImageStreams in
+        ``namespace`` (and a stream left without tags). Returns what was removed:
+        ``{"stream", "tag", "build_id"}`` per tag (``tag`` None: the stream was deleted)."""
+        now = now or datetime.datetime.now(datetime.UTC)
+        streams = await self.custom.list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            label_selector=f"{MANAGED_BY_LABEL}=aicoe-image-builder",
+        )
+        removed: list[dict] = []
+        for stream in streams.get("items") or []:
+            name = stream["metadata"]["name"]
+            for attempt in range(20):
+                gone = expired(stream, now)
+                if not gone:
+                    break
+                try:
+                    removed.extend(await self._remove(namespace, stream, gone))
+                    break
+                except ApiException as e:
+                    if e.status == 404:
+                        break
+                    if e.status != 409 or attempt == 19:
+                        raise
+                    await asyncio.sleep(0.02 * (attempt + 1))
+                    try:
+                        stream = await self.custom.get_namespaced_custom_object(
+                            GROUP, VERSION, namespace, PLURAL, name
+                        )
+                    except ApiException as e2:
+                        if e2.status == 404:
+                            break
+                        raise
+        return removed
+
+    async def _remove(self, namespace: str, stream: dict, gone: list[tuple[str, str]]) -> list:
+        name = stream["metadata"]["name"]
+        names = {tag for tag, _ in gone}
+        body = without_tags(stream, names)
+        removed = [{"stream": name, "tag": tag, "build_id": bid} for tag, bid in gone]
+        if not body["spec"]["tags"]:
+            await self.custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body={"preconditions": {"resourceVersion": stream["metadata"]["resourceVersion"]}},
+            )
+            return [*removed, {"stream": name, "tag": None, "build_id": ""}]
+        updated = await self.custom.replace_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, body
+        )
+        status_tags = ((updated.get("status") or {}).get("tags")) or []
+        if any((t or {}).get("tag") in names for t in status_tags):
+            # the status subresource (plain Kubernetes; OpenShift's image controller prunes
+            # status tags of removed spec tags itself)
+            for attempt in range(20):
+                try:
+                    await self.custom.replace_namespaced_custom_object_status(
+                        GROUP, VERSION, namespace, PLURAL, name, without_tags(updated, names)
+                    )
+                    break
+                except ApiException as e:
+                    if e.status in (404, 405):
+                        break
+                    if e.status != 409 or attempt == 19:
+                        raise
+                    await asyncio.sleep(0.02 * (attempt + 1))
+                    updated = await self.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, name
+                    )
+        return removed

@@ -40,7 +40,8 @@ class Limits:
     per_user: int = 2
     total: int = 10
     branch_ttl_seconds: int = 0  # 0 = images built from branches never expire
-    cleanup_after_seconds: int = 600  # finished Jobs/pods are deleted after this
+    cleanup_after_seconds: int = 600  # finished Jobs/pods (Builds) are deleted after this
+    cleanup_interval_seconds: float = 60.0  # how often the periodic cleanup runs
 
 
 @dataclass
@@ -75,6 +76,17 @@ def _seconds_since(stamp: str) -> float:
     except ValueError:
         return 0.0
     return (datetime.datetime.now(datetime.UTC) - t).total_seconds()
+
+
+def _seconds_since_any(stamp: str) -> float:
+    """Seconds since an API server timestamp (``...Z`` with or without fractions)."""
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            t = datetime.datetime.strptime(stamp, fmt).replace(tzinfo=datetime.UTC)
+        except ValueError:
+            continue
+        return (datetime.datetime.now(datetime.UTC) - t).total_seconds()
+    return 0.0
 
 
 class BuildService:
@@ -115,6 +127,9 @@ class BuildService:
         commit, kind = await git.resolve_ref(request.repo, request.ref)
         ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
         spec = resolve_spec(request, commit, kind, parse_ci_config(ci_text), self.defaults, user)
+        validate = getattr(self.backend, "validate", None)
+        if validate is not None:
+            validate(spec)  # BuildRequestError (400) for what this backend cannot build
         existing = await self.store.get(spec.id)
         if existing is not None and existing.phase not in ("failed", "cancelled"):
             self.metrics.requests.labels("dedup").inc()
@@ -239,7 +254,43 @@ class BuildService:
             log.info("build %s (%s): %s -> %s", new.id, new.spec.image, build.phase, new.phase)
         return new
 
+    # -- cleanup -------------------------------------------------------------------------
+
+    async def cleanup_once(self) -> dict[str, list]:
+        """Expired branch images (spec and status tags, a stream left empty, and the records
+        of their builds) and finished build Jobs/Builds past their retention. Safe to run on
+        every replica at once (deletes of what is gone are no-ops)."""
+        namespace = self.store.namespace
+        removed = await self.registrar.expire(namespace)
+        records = await self.store.list()
+        deleted_records = []
+        expired_tags = {(r["stream"], r["tag"]) for r in removed if r["tag"]}
+        for build in records:
+            if build.active or (build.spec.stream, build.spec.tag) not in expired_tags:
+                continue
+            await self.backend.cleanup(build.spec)
+            await self.store.delete(build.id)
+            self.builds.pop(build.id, None)
+            deleted_records.append(build.id)
+        active = {b.id for b in records if b.active}
+        deleted_objects = []
+        for name, finished in await self.backend.finished_objects(namespace):
+            if name.removeprefix("imgbuild-") in active:
+                continue  # reconcile has not read its result yet
+            if _seconds_since_any(finished) > self.limits.cleanup_after_seconds:
+                await self.backend.delete_object(namespace, name)
+                deleted_objects.append(name)
+        if removed or deleted_objects:
+            log.info(
+                "cleanup: expired %s; deleted records %s and build objects %s",
+                [f"{r['stream']}:{r['tag']}" if r["tag"] else r["stream"] for r in removed],
+                deleted_records,
+                deleted_objects,
+            )
+        return {"expired": removed, "records": deleted_records, "objects": deleted_objects}
+
     async def run(self, interval: float = 1.0) -> None:
+        last_cleanup = 0.0
         while True:
             try:
                 await self.reconcile_once()
@@ -247,6 +298,14 @@ class BuildService:
                 raise
             except Exception:
                 log.exception("reconcile failed; retrying")
+            if time.monotonic() - last_cleanup >= self.limits.cleanup_interval_seconds:
+                last_cleanup = time.monotonic()
+                try:
+                    await self.cleanup_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("cleanup failed; retrying later")
             await asyncio.sleep(interval)
 
     def start(self, interval: float = 1.0) -> None:

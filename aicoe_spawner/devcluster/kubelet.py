@@ -121,7 +121,14 @@ class FakeKubelet:
     async def _maybe_start(self, core: client.CoreV1Api, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         status = pod.get("status") or {}
-        if meta.get("deletionTimestamp") or status.get("phase") == "Running":
+        # A kubelet never revives a pod that ran to completion (the API server refuses the
+        # Succeeded/Failed -> Running transition anyway): build pods finished by the
+        # builder's job runner stay finished.
+        if meta.get("deletionTimestamp") or status.get("phase") in (
+            "Running",
+            "Succeeded",
+            "Failed",
+        ):
             return
         name, namespace = meta["name"], meta["namespace"]
         pod_ip = self.pod_ip

@@ -5,12 +5,15 @@ on loopback, and the ImageStream registered with the real digest."""
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
 
 import pytest
 import pytest_asyncio
 from builder_harness import GitServer, JobRunner, Registry, push_base_image
-from kube_helpers import wait_for
+from hub_harness import FakeSingleUser, Hub
+from kube_helpers import user_pods, wait_for
 from kubernetes_asyncio import client
 
 from aicoe_spawner.builder.__main__ import Settings, build_service
@@ -202,3 +205,64 @@ async def test_two_replicas_never_build_the_same_commit_twice(kube, namespace, i
         for r in replicas:
             await r.stop()
         await runner.stop()
+
+
+def _image_options(page: str) -> dict[str, str]:
+    """value -> phase (+ " disabled") of every image option of the spawn form."""
+    found = {}
+    for m in re.finditer(r'<option value="([^"]+)" data-phase="(\w+)"([^>]*)>', page):
+        found[html.unescape(m.group(1))] = m.group(2) + (
+            " disabled" if "disabled" in m.group(3) else ""
+        )
+    return found
+
+
+async def test_built_image_is_offered_and_spawned_on_its_digest(
+    kube, namespace, infra, builder, control_plane, fake_kubelet, tmp_path
+):
+    """The issue's Show item: a real Dockerfile build -> the spawner's form lists the image
+    as ready, and a spawn runs the pod on exactly the registered digest reference."""
+    git, registry, base, _ = infra
+    service, _ = builder
+    git.create_repo(
+        "spawn-nb", {"Dockerfile": f"FROM {base}\nRUN echo spawned > /hello.txt\n"}, tag="v1"
+    )
+    status, build = await service.submit({"repo": git.url("spawn-nb"), "ref": "v1"}, "alice")
+    assert status == 202
+    done = await finished(service, build.id)
+    assert done.phase == "ready", done.message + done.log
+    digest = registry.manifest_digest(f"{namespace}/spawn-nb", "v1")
+    registered = f"{registry.host}/{namespace}/spawn-nb@{digest}"
+    assert done.digest == digest
+    await service.backend.cleanup(done.spec)  # the build pod is gone; the image stays ready
+
+    singleuser = FakeSingleUser()
+    hub = Hub(
+        tmp_path / "hub",
+        control_plane.kubeconfig,
+        namespace,
+        singleuser.port,
+        f"c.AICoESpawner.image_namespaces = [{namespace!r}]\n",
+    )
+    await hub.start()
+    web = None
+    try:
+        user = "spawner-of-built"
+        await hub.ensure_user(user)
+        web = await hub.login(user)
+        page = await web.spawn_page(user)
+        assert _image_options(page).get("spawn-nb:v1") == "ready", _image_options(page)
+        status, reply = await hub.api(
+            "POST", f"/users/{user}/server", json={"image": "spawn-nb:v1"}
+        )
+        assert status in (201, 202), (status, reply, hub.log_tail(30))
+        await hub.wait_ready(user)
+        pods = await user_pods(kube, namespace, user)
+        assert len(pods) == 1
+        assert pods[0]["spec"]["containers"][0]["image"] == registered
+        await hub.stop_server(user)
+    finally:
+        if web is not None:
+            await web.close()
+        await hub.stop()
+        singleuser.stop()

@@ -279,3 +279,41 @@ class KubernetesBackend:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+    def validate(self, spec: BuildSpec) -> None:
+        """Every valid spec can be built by a Job."""
+
+    async def finished_objects(self, namespace: str) -> list[tuple[str, str]]:
+        """(name, finish time) of this builder's finished Jobs in ``namespace``."""
+        jobs = await raw_json(
+            self.batch.list_namespaced_job(
+                namespace,
+                label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}",
+                _preload_content=False,
+            )
+        )
+        out = []
+        for job in jobs["items"]:
+            status = job.get("status") or {}
+            ends = [
+                c.get("lastTransitionTime") or ""
+                for c in status.get("conditions") or []
+                if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            ]
+            if ends:
+                out.append((job["metadata"]["name"], status.get("completionTime") or max(ends)))
+        return out
+
+    async def delete_object(self, namespace: str, name: str) -> None:
+        try:
+            await self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        try:
+            await self.core.delete_collection_namespaced_pod(
+                namespace, label_selector=f"job-name={name}"
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise

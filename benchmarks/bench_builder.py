@@ -1,0 +1,355 @@
+"""The image builder service under load: a real ``aicoe-image-builder`` process (its console
+entry point, configured by environment variables as JupyterHub passes them), authenticated by
+a real JupyterHub, against a local kube-apiserver and a local Git server.
+
+- ``POST api/builds`` dedup hits: the same repo at the same commit, answered 200 with the
+  existing build (each hit resolves the ref with ``git ls-remote`` and reads .aicoe-ci.yaml);
+- ``GET api/images`` with ``--images`` (default 1,000) catalog images (1 tag per stream);
+- ``--listeners`` (default 100) event-stream clients on one build: thread count and RSS of the
+  service before/with them, and how long until every one has seen the build end (cancel);
+- the service's RSS (VmRSS and peak VmHWM) idle, after the load and after the listeners.
+
+There is no reference implementation to compare with (BinderHub needs a cluster), so the
+figures are absolute; every loop is bounded (``--seconds`` per throughput phase).
+
+    .venv/bin/python benchmarks/bench_builder.py [--images 1000] [--listeners 100]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from common import (
+    REPO,
+    Row,
+    arg_parser,
+    control_plane,
+    create_namespace,
+    create_streams,
+    print_table,
+    rss_kib,
+    run,
+    say,
+)
+
+from aicoe_spawner.devcluster.controlplane import free_port
+
+sys.path.insert(0, str(REPO / "tests"))
+from builder_harness import GitServer
+from hub_harness import Hub
+
+PREFIX = "/services/image-builder/"
+
+
+def threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return -1
+
+
+def memory(pid: int) -> str:
+    r = rss_kib(pid)
+    return f"RSS {r['VmRSS'] / 1024:.1f} MiB (peak {r['VmHWM'] / 1024:.1f} MiB)"
+
+
+async def throughput(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict,
+    body: dict | None,
+    expect: int,
+    seconds: float,
+    concurrency: int,
+    max_requests: int,
+) -> tuple[float, int, list[float]]:
+    """(requests/s, requests, latencies) of ``concurrency`` clients for ``seconds``."""
+    done = 0
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < deadline and done < max_requests:
+            t0 = time.monotonic()
+            async with session.request(method, url, json=body, headers=headers) as r:
+                await r.read()
+                if r.status != expect:
+                    raise RuntimeError(f"{method} {url}: {r.status} {await r.text()}")
+            latencies.append(time.monotonic() - t0)
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.monotonic() - started), done, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+async def main(args) -> list[Row]:
+    rows: list[Row] = []
+    work = Path(tempfile.mkdtemp(prefix="bench-builder-"))
+    async with control_plane() as (plane, api):
+        namespace = f"bench-builder-{uuid.uuid4().hex[:6]}"
+        await create_namespace(api, namespace)
+        await create_streams(plane, namespace, args.images, tags=1)
+        git = GitServer(work / "git")
+        git.create_repo("bench-nb", {"Dockerfile": "FROM scratch\n"}, tag="v1")
+        token = os.urandom(16).hex()
+        port = free_port()
+        hub = Hub(
+            work / "hub",
+            plane.kubeconfig,
+            namespace,
+            free_port(),
+            f"""
+c.JupyterHub.custom_scopes = {{
+    "custom:image-builder:build": {{"description": "submit image builds"}},
+    "custom:image-builder:admin": {{"description": "see and cancel all image builds"}},
+}}
+c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
+    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
+    "oauth_client_allowed_scopes": ["custom:image-builder:build"]}})
+c.JupyterHub.load_roles.append(
+    {{"name": "builders", "users": ["alice"],
+      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]}})
+""",
+        )
+        await hub.start()
+        status, body = await hub.api("POST", "/users/alice")
+        status, body = await hub.api("POST", "/users/alice/tokens", json={})
+        assert status == 201, body
+        headers = {"Authorization": f"token {body['token']}"}
+        env = dict(
+            os.environ,
+            AICOE_BUILDER_NAMESPACE=namespace,
+            AICOE_BUILDER_REGISTRY="registry.local:5000",
+            AICOE_BUILDER_ALLOWED_HOSTS="",
+            AICOE_BUILDER_PRIVATE_HOSTS="127.0.0.1",
+            AICOE_BUILDER_ALLOW_HTTP="true",
+            AICOE_BUILDER_KUBECONFIG=str(plane.kubeconfig),
+            AICOE_BUILDER_MAX_PER_USER="5",
+            JUPYTERHUB_API_TOKEN=token,
+            JUPYTERHUB_API_URL=f"{hub.url}/hub/api",
+            JUPYTERHUB_BASE_URL="/",
+            JUPYTERHUB_SERVICE_PREFIX=PREFIX,
+            JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}",
+            JUPYTERHUB_CLIENT_ID="service-image-builder",
+            JUPYTERHUB_OAUTH_CALLBACK_URL=f"{PREFIX}oauth_callback",
+            JUPYTERHUB_OAUTH_ACCESS_SCOPES=json.dumps(["access:services!service=image-builder"]),
+        )
+        log = (work / "builder.log").open("wb")
+        proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [sys.executable, "-m", "aicoe_spawner.builder"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}{PREFIX}"
+        connector = aiohttp.TCPConnector(limit=0)
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        async with session.get(base + "health") as r:
+                            if r.status == 200 and (await r.json())["synced"]:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError((work / "builder.log").read_text()[-3000:])
+                    await asyncio.sleep(0.2)
+                say(f"builder process {proc.pid} up; idle: {memory(proc.pid)}")
+                idle_rss = rss_kib(proc.pid)["VmRSS"]
+
+                build_body = {"repo": git.url("bench-nb"), "ref": "v1"}
+                async with session.post(base + "api/builds", json=build_body, headers=headers) as r:
+                    assert r.status == 202, await r.text()
+                    build = await r.json()
+
+                # 1. POST api/builds dedup hits
+                rate, n, lat = await throughput(
+                    session,
+                    "POST",
+                    base + "api/builds",
+                    headers,
+                    build_body,
+                    200,
+                    args.seconds,
+                    args.concurrency,
+                    5000,
+                )
+                say(
+                    f"POST api/builds (dedup hit): {rate:.1f} req/s over {n} requests, "
+                    f"{args.concurrency} clients; p50 {pct(lat, 0.5):.1f} ms p90 "
+                    f"{pct(lat, 0.9):.1f} ms"
+                )
+                rows.append(
+                    Row(
+                        "builder",
+                        "POST api/builds dedup hits",
+                        f"{rate:.1f} req/s",
+                        "-",
+                        "-",
+                        "-",
+                        "info",
+                    )
+                )
+
+                # 2. GET api/images at N images
+                async with session.get(base + "api/images", headers=headers) as r:
+                    images = (await r.json())["images"]
+                assert len(images) >= args.images, len(images)
+                rate, n, lat = await throughput(
+                    session,
+                    "GET",
+                    base + "api/images",
+                    headers,
+                    None,
+                    200,
+                    args.seconds,
+                    args.concurrency,
+                    5000,
+                )
+                say(
+                    f"GET api/images ({len(images)} images): {rate:.1f} req/s over {n} requests; "
+                    f"p50 {pct(lat, 0.5):.1f} ms p90 {pct(lat, 0.9):.1f} ms"
+                )
+                rows.append(
+                    Row(
+                        "builder",
+                        f"GET api/images, {len(images)} images",
+                        f"{rate:.1f} req/s",
+                        "-",
+                        "-",
+                        "-",
+                        "info",
+                    )
+                )
+                loaded = rss_kib(proc.pid)
+                say(f"after the request load: {memory(proc.pid)}")
+
+                # 3. listeners on one build's event stream
+                before_threads, before_rss = threads(proc.pid), rss_kib(proc.pid)["VmRSS"]
+                ended = 0
+                connected = 0
+                all_connected = asyncio.Event()
+
+                async def listen() -> None:
+                    nonlocal ended, connected
+                    url = base + f"api/builds/{build['id']}/events"
+                    timeout = aiohttp.ClientTimeout(total=120)
+                    async with session.get(url, headers=headers, timeout=timeout) as r:
+                        assert r.status == 200
+                        first = True
+                        async for raw in r.content:
+                            line = raw.decode().strip()
+                            if first and line.startswith("event: phase"):
+                                first = False
+                                connected += 1
+                                if connected == args.listeners:
+                                    all_connected.set()
+                            if line == "event: end":
+                                ended += 1
+                                return
+
+                tasks = [asyncio.create_task(listen()) for _ in range(args.listeners)]
+                await asyncio.wait_for(all_connected.wait(), 60)
+                await asyncio.sleep(1)
+                with_threads, with_rss = threads(proc.pid), rss_kib(proc.pid)["VmRSS"]
+                say(
+                    f"{args.listeners} event-stream listeners: threads {before_threads} -> "
+                    f"{with_threads}, RSS {before_rss / 1024:.1f} -> {with_rss / 1024:.1f} MiB "
+                    f"(+{(with_rss - before_rss) / args.listeners:.0f} KiB per listener)"
+                )
+                t0 = time.monotonic()
+                async with session.delete(base + f"api/builds/{build['id']}", headers=headers) as r:
+                    assert r.status == 200, await r.text()
+                await asyncio.wait_for(asyncio.gather(*tasks), 60)
+                fanout = time.monotonic() - t0
+                assert ended == args.listeners, ended
+                say(f"cancel -> all {ended} listeners saw the end in {fanout * 1000:.0f} ms")
+                rows.append(
+                    Row(
+                        "builder",
+                        f"{args.listeners} SSE listeners: threads",
+                        f"{before_threads} -> {with_threads}",
+                        "-",
+                        "-",
+                        "no growth",
+                        "info",
+                    )
+                )
+                rows.append(
+                    Row(
+                        "builder",
+                        f"{args.listeners} SSE listeners: RSS",
+                        f"{before_rss / 1024:.1f} -> {with_rss / 1024:.1f} MiB",
+                        "-",
+                        "-",
+                        "-",
+                        "info",
+                    )
+                )
+                rows.append(
+                    Row(
+                        "builder",
+                        "cancel -> every listener ended",
+                        f"{fanout * 1000:.0f} ms",
+                        "-",
+                        "-",
+                        "-",
+                        "info",
+                    )
+                )
+                await asyncio.sleep(0.5)
+                final = rss_kib(proc.pid)
+                say(f"after the listeners: {memory(proc.pid)}, threads {threads(proc.pid)}")
+                rows.append(
+                    Row(
+                        "builder",
+                        "service RSS idle / loaded / final (peak)",
+                        f"{idle_rss / 1024:.1f} / {loaded['VmRSS'] / 1024:.1f} / "
+                        f"{final['VmRSS'] / 1024:.1f} ({final['VmHWM'] / 1024:.1f}) MiB",
+                        "-",
+                        "-",
+                        "-",
+                        "info",
+                    )
+                )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+            await hub.stop()
+            git.stop()
+    say()
+    print_table(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    parser = arg_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--listeners", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per throughput phase")
+    parser.add_argument("--concurrency", type=int, default=8)
+    run(main, parser)
