@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# The hub and image-builder image of the aicoe-spawner Helm chart:
+#   docker build -t quay.io/aicoe/aicoe-spawner:0.1.0 .
+# Runs as a non-root numeric user (OpenShift assigns its own UID; group 0 owns /srv/jupyterhub).
+
+FROM python:3.12-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY aicoe_spawner ./aicoe_spawner
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-compile . \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+
+FROM python:3.12-slim-bookworm
+LABEL org.opencontainers.image.title="aicoe-spawner" \
+      org.opencontainers.image.description="JupyterHub with AICoESpawner and the image builder service" \
+      org.opencontainers.image.licenses="BSD-3-Clause"
+# git: the builder resolves refs and reads .aicoe-ci.yaml; tini: signal handling as PID 1.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git=1:2.39.* tini=0.19.* ca-certificates=2023* \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
+RUN useradd --uid 1000 --gid 0 --home-dir /srv/jupyterhub --create-home --shell /usr/sbin/nologin jovyan \
+    && chmod g=u /srv/jupyterhub
+WORKDIR /srv/jupyterhub
+USER 1000
+EXPOSE 8081 8080
+ENTRYPOINT ["tini", "--"]
+CMD ["jupyterhub", "--config", "/usr/local/etc/jupyterhub/jupyterhub_config.py"]
