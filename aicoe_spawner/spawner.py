@@ -15,6 +15,7 @@ from jupyterhub.utils import url_path_join
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
+from markupsafe import Markup
 from sqlalchemy import event
 from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default, validate
@@ -64,6 +65,9 @@ _templates = Environment(
 # Rendered options forms by their inputs (catalog version, policy, preselection, settings).
 _rendered_forms: OrderedDict[tuple, str] = OrderedDict()
 _RENDERED_FORMS_MAX = 64
+# Rendered image cards by (stream, resourceVersion, choice); a few per stream.
+_rendered_cards: OrderedDict[tuple, Markup] = OrderedDict()
+_RENDERED_CARDS_MAX = 50_000
 
 _templates.filters["cpu"] = opts.format_cpu
 _templates.filters["memory"] = opts.format_memory
@@ -601,6 +605,11 @@ class AICoESpawner(KubeSpawner):
             first = next((i for i in images if i["usable"]), None)
             if first is not None:
                 first["selected"] = True
+        versions = {i.key: i.resource_version for i in catalog.images}
+        cards = {
+            view["key"]: _image_card(view, versions.get(view["key"], ""), self.namespace)
+            for view in images
+        }
         namespaces = list(dict.fromkeys(i["namespace"] for i in images))
         groups = [(ns, [i for i in images if i["namespace"] == ns]) for ns in namespaces]
         state = {
@@ -618,6 +627,7 @@ class AICoESpawner(KubeSpawner):
         ] + [{"name": k, "value": "", "secret": True} for k in selected["secret_env_names"]]
         return _templates.get_template("options_form.html").render(
             images=images,
+            cards=cards,
             groups=groups,
             policy=policy,
             sizes=[_size_view(s) for s in policy.sizes],
@@ -683,6 +693,21 @@ class AICoESpawner(KubeSpawner):
             "env": {},
             "secret_env_names": secret_names,
         }
+
+
+def _image_card(view: dict[str, Any], resource_version: str, namespace: str) -> Markup:
+    """The HTML of one image card, rendered once per stream version and choice: after a change
+    to one stream only its card is rendered again."""
+    key = (view["key"], resource_version, namespace, view["chosen"], view["selected"])
+    html = _rendered_cards.get(key)
+    if html is None:
+        html = Markup(_templates.get_template("_image_card.html").render(image=view))
+        _rendered_cards[key] = html
+        while len(_rendered_cards) > _RENDERED_CARDS_MAX:
+            _rendered_cards.popitem(last=False)
+    else:
+        _rendered_cards.move_to_end(key)
+    return html
 
 
 def _image_view(image, default_namespace: str, selected_ref: str | None) -> dict[str, Any]:
