@@ -295,22 +295,37 @@ pre{{background:#f4f4f4;max-height:20em;overflow:auto}}</style></head><body>
 const base = {base};
 const xsrf = {xsrf};
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => "&#" + c.charCodeAt(0) + ";");
-async function load() {{
-  const r = await fetch(base + "api/builds"); const j = await r.json();
+// builds by id, merged from the list, the submit reply and the event stream; the list may
+// lag a moment behind, so a known build is kept and its phase never goes backwards
+const builds = new Map(); const rank = {{pending: 0, building: 1}};
+function upsert(b) {{
+  const old = builds.get(b.id);
+  if (!old || (rank[old.phase] ?? 2) <= (rank[b.phase] ?? 2)) builds.set(b.id, b);
+}}
+function render() {{
   document.getElementById("builds").innerHTML =
     "<tr><th>image</th><th>ref</th><th>phase</th><th></th></tr>" +
-    j.builds.map(b => `<tr><td>${{esc(b.image)}}</td><td>${{esc(b.ref)}}</td>` +
+    [...builds.values()].map(b => `<tr><td>${{esc(b.image)}}</td><td>${{esc(b.ref)}}</td>` +
       `<td>${{esc(b.phase)}}</td><td><a href="#" data-id="${{esc(b.id)}}">log</a></td></tr>`)
     .join("");
 }}
+async function load() {{
+  const r = await fetch(base + "api/builds", {{headers: {{"X-XSRFToken": xsrf}}}});
+  if (!r.ok) return;
+  (await r.json()).builds.forEach(upsert); render();
+}}
 let source;
-document.getElementById("builds").onclick = e => {{
-  const id = e.target.dataset.id; if (!id) return; e.preventDefault();
+function watch(id) {{
   if (source) source.close(); const out = document.getElementById("log"); out.textContent = "";
-  source = new EventSource(base + "api/builds/" + id + "/events");
+  // JupyterHub checks XSRF on script-initiated GETs too; EventSource cannot send headers
+  source = new EventSource(base + "api/builds/" + encodeURIComponent(id) + "/events?_xsrf=" +
+    encodeURIComponent(xsrf));
   source.addEventListener("log", ev => {{ out.textContent += JSON.parse(ev.data).line + "\\n"; }});
-  source.addEventListener("phase", () => load());
+  source.addEventListener("phase", ev => {{ upsert(JSON.parse(ev.data)); render(); }});
   source.addEventListener("end", () => source.close());
+}}
+document.getElementById("builds").onclick = e => {{
+  const id = e.target.dataset.id; if (!id) return; e.preventDefault(); watch(id);
 }};
 document.getElementById("f").onsubmit = async e => {{
   e.preventDefault(); const d = Object.fromEntries(new FormData(e.target));
@@ -318,7 +333,8 @@ document.getElementById("f").onsubmit = async e => {{
   const r = await fetch(base + "api/builds", {{method: "POST", body: JSON.stringify(d),
     headers: {{"Content-Type": "application/json", "X-XSRFToken": xsrf}}}});
   const j = await r.json(); document.getElementById("msg").textContent =
-    r.ok ? `build ${{j.id}}: ${{j.phase}}` : j.message; load();
+    r.ok ? `build ${{j.id}}: ${{j.phase}}` : j.message;
+  if (r.ok) {{ upsert(j); render(); watch(j.id); }} else load();
 }};
 load(); setInterval(load, 5000);
 </script></body></html>"""
@@ -331,8 +347,18 @@ class CallbackHandler(HubOAuthCallbackHandler):
 
 
 class PageHandler(AuthHandler):
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "message", None) or getattr(exc, "log_message", None)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(
+            f"<!doctype html><title>{status_code}</title><h1>{status_code}</h1>"
+            f"<p>{html.escape(message or self._reason)}</p>"
+        )
+
     @web.authenticated
     def get(self) -> None:
+        self.require(BUILD_SCOPE)  # the page exists to submit builds
         self.finish(
             PAGE.format(
                 user=html.escape(self.user_name()),

@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from kube_helpers import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
@@ -18,17 +18,6 @@ from kubespawner import KubeSpawner
 from aicoe_spawner.devcluster import ControlPlane, ControlPlaneError, api_client
 
 IMAGE_API = ("image.openshift.io", "v1")
-
-
-async def _wait_for(predicate, timeout: float = 10, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(interval)
 
 
 async def test_pod_runs_and_is_ready_by_kubespawners_rule(kube, fake_kubelet, namespace):
@@ -48,7 +37,7 @@ async def test_pod_runs_and_is_ready_by_kubespawners_rule(kube, fake_kubelet, na
         data = await pod.json()
         return data if data.get("status", {}).get("phase") == "Running" else None
 
-    pod = await _wait_for(running)
+    pod = await wait_for(running)
     # KubeSpawner's own readiness rule, on the dict it gets from its reflector.
     assert KubeSpawner.is_pod_running(None, pod) is True
     assert pod["status"]["podIP"] == "127.0.0.1"
@@ -61,7 +50,7 @@ async def test_pod_runs_and_is_ready_by_kubespawners_rule(kube, fake_kubelet, na
             e for e in events.items if e.involved_object.name == "probe" and e.reason == "Started"
         ]
 
-    assert await _wait_for(started_event)
+    assert await wait_for(started_event)
 
 
 async def test_imagestream_status_round_trips_through_status_subresource(kube, namespace):
@@ -211,7 +200,7 @@ async def test_fake_kubelet_recovers_after_apiserver_restart(
         pod = await core.read_namespaced_pod("after-restart", namespace)
         return pod.status.phase == "Running"
 
-    await _wait_for(running, timeout=15)
+    await wait_for(running, timeout=15)
 
 
 def test_missing_binaries_raise_not_skip(tmp_path, monkeypatch):

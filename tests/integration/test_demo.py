@@ -12,20 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import sync_playwright
 
 from aicoe_spawner.devcluster.controlplane import free_port
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
@@ -73,7 +63,7 @@ def test_demo_reaches_jupyterlab_in_chromium(demo, tmp_path):
     output = log_path.read_text()
     assert "LOCAL PROCESSES" in output  # the demo says plainly how pods run
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(f"{url}/hub/login")

@@ -1,0 +1,211 @@
+"""The builder's web page in a real browser (Debian's chromium via playwright): logged in to a
+real JupyterHub, through the service's OAuth round trip, submitting builds that the harness
+really builds (buildah against the loopback registry), watching the phase and the log live, and
+rendering hostile text as text."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+
+import pytest
+import pytest_asyncio
+from browser import chromium, login, screenshot
+from builder_harness import GitServer, JobRunner, Registry, push_base_image
+from hub_harness import Hub
+from jupyterhub.services.auth import HubOAuth
+from kubernetes_asyncio import client
+from playwright.async_api import expect
+from tornado.httpserver import HTTPServer
+
+from aicoe_spawner.builder.__main__ import Settings, build_service
+from aicoe_spawner.builder.app import make_app
+from aicoe_spawner.devcluster import delete_namespace
+from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_spawner.watch import ImageStreamWatch
+
+pytestmark = pytest.mark.integration
+PREFIX = "/services/image-builder/"
+XSS = "<img src=x onerror=window.__xss=1>"
+XSS2 = "<script>window.__xss=2</script>"
+TIMEOUT = 45_000  # ms, for a real buildah build
+
+
+@pytest_asyncio.fixture(scope="module")
+async def env(kube, control_plane, tmp_path_factory):
+    """A hub with the builder registered as an OAuth service, the builder, git, a registry and
+    one browser for the module."""
+    tmp_path = tmp_path_factory.mktemp("builder-page")
+    namespace = f"t-bpage-{uuid.uuid4().hex[:6]}"
+    await client.CoreV1Api(kube).create_namespace({"metadata": {"name": namespace}})
+    git = GitServer(tmp_path / "git")
+    registry = Registry(tmp_path / "registry")
+    base = push_base_image(registry, tmp_path)
+    token = secrets.token_hex(16)
+    port = free_port()
+    hub = Hub(
+        tmp_path / "hub",
+        control_plane.kubeconfig,
+        namespace,
+        free_port(),
+        f"""
+c.JupyterHub.custom_scopes = {{
+    "custom:image-builder:build": {{"description": "submit image builds"}},
+    "custom:image-builder:admin": {{"description": "see and cancel all image builds"}},
+}}
+c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
+    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
+    "oauth_client_allowed_scopes": ["custom:image-builder:build",
+                                    "custom:image-builder:admin"]}})
+c.JupyterHub.load_roles.extend([
+    {{"name": "builders", "users": ["alice"],
+      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]}},
+    {{"name": "viewers", "users": ["eve"], "scopes": ["access:services!service=image-builder"]}},
+])
+""",
+    )
+    await hub.start()
+    runner = JobRunner(kube, namespace, tmp_path)
+    runner.start()
+    settings = Settings(
+        namespace=namespace,
+        registry=registry.host,
+        allowed_hosts=(),
+        private_hosts=("127.0.0.1",),
+        allow_http=True,
+        tls_verify=False,
+        max_per_user=4,
+        max_total=10,
+    )
+    service = build_service(kube, settings, log_reader=runner.read_log)
+    service.start(0.2)
+    watch = ImageStreamWatch(
+        client.CustomObjectsApi(kube), (namespace,), "opendatahub.io/notebook-image=true"
+    )
+    watch.start()
+    auth = HubOAuth(
+        api_token=token,
+        api_url=f"{hub.url}/hub/api",
+        hub_prefix="/hub/",
+        base_url=PREFIX,
+        oauth_client_id="service-image-builder",
+        oauth_redirect_uri=f"{PREFIX}oauth_callback",  # as the hub registers it
+        access_scopes={"access:services!service=image-builder"},
+    )
+    server = HTTPServer(make_app(service, auth, watch, prefix=PREFIX))
+    server.listen(port, "127.0.0.1")
+    e = type("Env", (), {})()
+    e.hub, e.git, e.base, e.runner = hub, git, base, runner
+    e.page_url = f"{hub.url}{PREFIX}"  # through the hub's proxy, as users reach it
+    async with chromium() as browser:
+        e.browser = browser
+        yield e
+    server.stop()
+    await watch.stop()
+    await service.stop()
+    await runner.stop()
+    await hub.stop()
+    registry.stop()
+    git.stop()
+    await delete_namespace(kube, namespace)
+
+
+async def open_page(e, user: str):
+    """Log ``user`` in to the hub, then open the builder page (hub OAuth round trip)."""
+    up = await login(e.browser, e.hub.url, user)
+    # let the hub's post-login redirects settle: they set the session cookie the service's
+    # OAuth token and XSRF token are bound to
+    await up.page.wait_for_load_state("networkidle")
+    response = await up.page.goto(e.page_url)
+    return up, response
+
+
+async def test_page_requires_the_build_scope(env):
+    e = env
+    # a user who may access the service but not submit builds: 403 from the page itself
+    up, response = await open_page(e, "eve")
+    try:
+        assert up.page.url == e.page_url  # the OAuth round trip completed
+        assert response.status == 403
+        body = await up.page.text_content("body")
+        assert "custom:image-builder:build" in body and "Signed in" not in body
+    finally:
+        await up.close()
+    # a user who may not even access the service: the hub refuses the OAuth authorization
+    up, response = await open_page(e, "mallory")
+    try:
+        assert response.status == 403
+        assert "Notebook image builder" not in await up.page.content()
+    finally:
+        await up.close()
+
+
+async def test_page_submits_a_build_and_shows_phase_and_log_live(env):
+    e = env
+    e.git.create_repo(
+        "page-nb", {"Dockerfile": f"FROM {e.base}\nRUN echo page-line-one\n"}, tag="v1"
+    )
+    up, response = await open_page(e, "alice")
+    page = up.page
+    try:
+        assert response.status == 200 and page.url == e.page_url
+        await expect(page.locator("body")).to_contain_text("Signed in as alice")
+        await page.evaluate("window.__loaded = 'once'")  # no reload may happen below
+        e.runner.paused = True
+        await page.fill("input[name=repo]", e.git.url("page-nb"))
+        await page.fill("input[name=ref]", "v1")
+        await page.select_option("select[name=strategy]", "dockerfile")
+        await page.click("#f button")
+        await expect(page.locator("#msg")).to_have_text(re.compile(r"^build \S+: pending$"))
+        row = page.locator("#builds tr", has_text="page-nb")
+        await expect(row).to_have_count(1)
+        phase = row.locator("td").nth(2)
+        await expect(phase).to_have_text("pending")
+        # the harness now runs the Job's buildah command; the page follows without a reload
+        e.runner.paused = False
+        log = page.locator("#log")
+        await expect(log).to_contain_text("page-line-one", timeout=TIMEOUT)
+        await expect(phase).to_have_text("ready", timeout=TIMEOUT)
+        await expect(log).to_contain_text("==> pushed", timeout=TIMEOUT)
+        assert await page.evaluate("window.__loaded") == "once"
+        # the log link replays the finished build's log from the start
+        await page.evaluate("document.getElementById('log').textContent = ''")
+        await row.locator("a", has_text="log").click()
+        await expect(log).to_contain_text("page-line-one")
+        await expect(log).to_contain_text("==> pushed")
+        await screenshot(page, "builder-page")
+        assert up.errors == [] and up.dialogs == []
+    finally:
+        e.runner.paused = False
+        await up.close()
+
+
+async def test_page_renders_hostile_text_as_text(env):
+    e = env
+    # a ref the validator refuses: its message echoes the payload, shown as text
+    up, _ = await open_page(e, "alice")
+    page = up.page
+    try:
+        e.git.create_repo(
+            "page-xss",
+            {"Dockerfile": f"FROM {e.base}\nRUN echo '{XSS}' && echo '{XSS2}'\n"},
+            tag="v1",
+        )
+        await page.fill("input[name=repo]", e.git.url("page-xss"))
+        await page.fill("input[name=ref]", XSS)
+        await page.click("#f button")
+        await expect(page.locator("#msg")).to_contain_text(XSS)
+        assert await page.locator("#msg img").count() == 0
+        # a repository whose build log carries markup: the log shows it verbatim
+        await page.fill("input[name=ref]", "v1")
+        await page.click("#f button")
+        log = page.locator("#log")
+        await expect(log).to_contain_text(XSS, timeout=TIMEOUT)
+        await expect(log).to_contain_text(XSS2, timeout=TIMEOUT)
+        await expect(page.locator("#builds tr", has_text="page-xss")).to_have_count(1)
+        assert await page.locator("img, #log script, #builds script").count() == 0
+        assert await page.evaluate("typeof window.__xss") == "undefined"
+        assert up.errors == [] and up.dialogs == []
+    finally:
+        await up.close()
