@@ -19,12 +19,27 @@ from pathlib import Path
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from aicoe_spawner.builder.__main__ import Settings
 from aicoe_spawner.devcluster.controlplane import free_port
 
 MERGE = "application/merge-patch+json"
 
 
 # -- git over http -------------------------------------------------------------------------
+
+
+def local_settings(namespace: str, registry: str, **overrides) -> Settings:
+    """Builder settings for this machine: the loopback Git server and registry allowed
+    explicitly (the defaults refuse them), plain HTTP, no TLS verification."""
+    return Settings(
+        namespace=namespace,
+        registry=registry,
+        allowed_hosts=(),
+        private_hosts=("127.0.0.1",),
+        allow_http=True,
+        tls_verify=False,
+        **overrides,
+    )
 
 
 class GitServer:

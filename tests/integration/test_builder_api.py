@@ -12,14 +12,14 @@ import uuid
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer, JobRunner, Registry, push_base_image
+from builder_harness import GitServer, JobRunner, Registry, local_settings, push_base_image
 from hub_harness import Hub
 from jupyterhub.services.auth import HubOAuth
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
 from tornado.httpserver import HTTPServer
 
-from aicoe_spawner.builder.__main__ import Settings, build_service
+from aicoe_spawner.builder.__main__ import build_service
 from aicoe_spawner.builder.app import make_app
 from aicoe_spawner.devcluster import delete_namespace
 from aicoe_spawner.devcluster.controlplane import free_port
@@ -67,16 +67,7 @@ c.JupyterHub.load_roles.extend([
     await hub.start()
     runner = JobRunner(kube, namespace, tmp_path)
     runner.start()
-    settings = Settings(
-        namespace=namespace,
-        registry=registry.host,
-        allowed_hosts=(),
-        private_hosts=("127.0.0.1",),
-        allow_http=True,
-        tls_verify=False,
-        max_per_user=2,
-        max_total=10,
-    )
+    settings = local_settings(namespace, registry.host, max_per_user=2, max_total=10)
     service = build_service(kube, settings, log_reader=runner.read_log)
     service.start(0.2)
     watch = ImageStreamWatch(

@@ -11,12 +11,12 @@ import time
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer, JobRunner, Registry, push_base_image
+from builder_harness import GitServer, JobRunner, Registry, local_settings, push_base_image
 from hub_harness import FakeSingleUser, Hub
 from kube_helpers import user_pods, wait_for
 from kubernetes_asyncio import client
 
-from aicoe_spawner.builder.__main__ import Settings, build_service
+from aicoe_spawner.builder.__main__ import build_service
 from aicoe_spawner.builder.requests import BuildRequestError
 from aicoe_spawner.catalog import TagPhase, parse_imagestream
 
@@ -39,16 +39,7 @@ async def builder(kube, namespace, infra, tmp_path):
     registry = infra[1]
     runner = JobRunner(kube, namespace, tmp_path)
     runner.start()
-    settings = Settings(
-        namespace=namespace,
-        registry=registry.host,
-        allowed_hosts=(),
-        private_hosts=("127.0.0.1",),
-        allow_http=True,
-        tls_verify=False,
-        max_per_user=5,
-        max_total=10,
-    )
+    settings = local_settings(namespace, registry.host, max_per_user=5, max_total=10)
     service = build_service(kube, settings, log_reader=runner.read_log)
     service.start(0.2)
     yield service, runner
@@ -82,14 +73,22 @@ async def test_dockerfile_build_end_to_end(kube, namespace, infra, builder):
         tag="v1.0",
     )
     t0 = time.monotonic()
-    status, build = await service.submit({"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "alice")
-    assert status == 202 and build.spec.commit == sha and build.phase == "pending"
-    # building is visible in the catalog right away
-    image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
-    assert image.tag("v1.0").phase is TagPhase.BUILDING
-    # the same repo at the same commit is the same build
-    status2, again = await service.submit({"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "bob")
-    assert (status2, again.id) == (200, build.id)
+    runner.paused = True  # hold the Job so that "building" can be seen before it finishes
+    try:
+        status, build = await service.submit(
+            {"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "alice"
+        )
+        assert status == 202 and build.spec.commit == sha and build.phase == "pending"
+        # building is visible in the catalog right away
+        image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
+        assert image.tag("v1.0").phase is TagPhase.BUILDING
+        # the same repo at the same commit is the same build
+        status2, again = await service.submit(
+            {"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "bob"
+        )
+        assert (status2, again.id) == (200, build.id)
+    finally:
+        runner.paused = False
 
     done = await finished(service, build.id)
     elapsed = time.monotonic() - t0
@@ -157,14 +156,7 @@ async def test_unknown_ref_and_restart(kube, namespace, infra, builder, tmp_path
     assert status == 202
     await service.stop()
     # a new builder process (no memory of the first) picks the build up and finishes it
-    settings = Settings(
-        namespace=namespace,
-        registry=infra[1].host,
-        allowed_hosts=(),
-        private_hosts=("127.0.0.1",),
-        allow_http=True,
-        tls_verify=False,
-    )
+    settings = local_settings(namespace, infra[1].host)
     second = build_service(kube, settings, log_reader=runner.read_log)
     second.start(0.2)
     try:
@@ -179,14 +171,7 @@ async def test_unknown_ref_and_restart(kube, namespace, infra, builder, tmp_path
 async def test_two_replicas_never_build_the_same_commit_twice(kube, namespace, infra, tmp_path):
     git, registry, base, _ = infra
     runner = JobRunner(kube, namespace, tmp_path)
-    settings = Settings(
-        namespace=namespace,
-        registry=registry.host,
-        allowed_hosts=(),
-        private_hosts=("127.0.0.1",),
-        allow_http=True,
-        tls_verify=False,
-    )
+    settings = local_settings(namespace, registry.host)
     replicas = [build_service(kube, settings, log_reader=runner.read_log) for _ in range(2)]
     git.create_repo("twin-nb", {"Dockerfile": f"FROM {base}\nRUN true\n"}, tag="v1")
     body = {"repo": git.url("twin-nb"), "ref": "v1"}

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer, JobRunner, Registry, push_base_image
+from builder_harness import GitServer, JobRunner, Registry, local_settings, push_base_image
 from helm_chart import apply, render
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
 
-from aicoe_spawner.builder.__main__ import Settings, build_service
+from aicoe_spawner.builder.__main__ import build_service
 from aicoe_spawner.catalog import TagPhase, parse_imagestream
 from aicoe_spawner.devcluster import api_client
 
@@ -48,14 +48,7 @@ async def test_builder_builds_with_the_charts_service_account(
     api = await api_client(token_kubeconfig(request.status.token, namespace))
     runner = JobRunner(kube, namespace, tmp_path)
     runner.start()
-    settings = Settings(
-        namespace=namespace,
-        registry=registry.host,
-        allowed_hosts=(),
-        private_hosts=("127.0.0.1",),
-        allow_http=True,
-        tls_verify=False,
-    )
+    settings = local_settings(namespace, registry.host)
     service = build_service(api, settings, log_reader=runner.read_log)
     service.start(0.2)
     try:
