@@ -42,6 +42,7 @@ class ImageStreamWatch:
         *,
         watch_timeout: int = 300,
         max_backoff: float = 5.0,
+        page_size: int = 250,
         log: logging.Logger | logging.LoggerAdapter = log,
     ) -> None:
         self.log = log
@@ -50,6 +51,7 @@ class ImageStreamWatch:
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
         self.max_backoff = max_backoff
+        self.page_size = page_size
         self._images: dict[tuple[str, str], NotebookImage] = {}
         self._catalog: Catalog | None = None
         self._synced_namespaces: set[str] = set()
@@ -165,16 +167,29 @@ class ImageStreamWatch:
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def _list(self, namespace: str) -> str:
-        self.api_requests += 1
-        response = await self.api.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, label_selector=self.label_selector
-        )
+        """List in pages (a consistent snapshot) so that a large catalog is never decoded in
+        one piece; returns the snapshot's resourceVersion."""
         fresh: dict[tuple[str, str], NotebookImage] = {}
-        for obj in response.get("items", []):
-            obj.setdefault("metadata", {}).setdefault("namespace", namespace)
-            image = parse_imagestream(obj)
-            if image is not None:
-                fresh[(namespace, image.name)] = image
+        token: str | None = None
+        while True:
+            self.api_requests += 1
+            response = await self.api.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                label_selector=self.label_selector,
+                limit=self.page_size,
+                **({"_continue": token} if token else {}),
+            )
+            for obj in response.get("items", []):
+                obj.setdefault("metadata", {}).setdefault("namespace", namespace)
+                image = parse_imagestream(obj)
+                if image is not None:
+                    fresh[(namespace, image.name)] = image
+            token = response["metadata"].get("continue")
+            if not token:
+                break
         for key in [k for k in self._images if k[0] == namespace]:
             if key not in fresh:
                 del self._images[key]

@@ -174,3 +174,23 @@ async def test_shared_watch_is_one_per_process_and_selector(kube, namespace):
         assert len(made) == 2
     finally:
         await ImageStreamWatch.stop_all()
+
+
+async def test_first_listing_is_paginated_and_complete(kube, namespace):
+    for i in range(5):
+        await create_imagestream(kube, namespace, f"paged-{i}", {"v1": {}})
+    w = ImageStreamWatch(client.CustomObjectsApi(kube), (namespace,), SELECTOR, page_size=2)
+    w.start()
+    try:
+        assert await w.wait_synced(10)
+        assert names(w) == {f"paged-{i}" for i in range(5)}
+        assert w.api_requests >= 3  # three pages of at most two streams
+
+        await create_imagestream(kube, namespace, "paged-new", {"v1": {}})
+
+        async def watched():
+            return "paged-new" in names(w)
+
+        await wait_for(watched, timeout=2)  # the watch starts from the snapshot's version
+    finally:
+        await w.stop()
