@@ -44,7 +44,7 @@ from common import (
 from aicoe_spawner.devcluster.controlplane import free_port
 
 sys.path.insert(0, str(REPO / "tests"))
-from builder_harness import GitServer
+from builder_harness import GitServer, builder_service_config
 from hub_harness import Hub
 
 PREFIX = "/services/image-builder/"
@@ -116,17 +116,11 @@ async def main(args) -> list[Row]:
             plane.kubeconfig,
             namespace,
             free_port(),
-            f"""
-c.JupyterHub.custom_scopes = {{
-    "custom:image-builder:build": {{"description": "submit image builds"}},
-    "custom:image-builder:admin": {{"description": "see and cancel all image builds"}},
-}}
-c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
-    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
-    "oauth_client_allowed_scopes": ["custom:image-builder:build"]}})
+            builder_service_config(token, port, ("custom:image-builder:build",))
+            + """
 c.JupyterHub.load_roles.append(
-    {{"name": "builders", "users": ["alice"],
-      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]}})
+    {"name": "builders", "users": ["alice"],
+      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]})
 """,
         )
         await hub.start()

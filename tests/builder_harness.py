@@ -42,6 +42,24 @@ def local_settings(namespace: str, registry: str, **overrides) -> Settings:
     )
 
 
+def builder_service_config(
+    token: str,
+    port: int,
+    allowed_scopes: tuple[str, ...] = ("custom:image-builder:build", "custom:image-builder:admin"),
+) -> str:
+    """jupyterhub_config.py lines registering the builder as the external service
+    ``image-builder`` on 127.0.0.1:port, with its two custom scopes."""
+    return f"""
+c.JupyterHub.custom_scopes = {{
+    "custom:image-builder:build": {{"description": "submit image builds"}},
+    "custom:image-builder:admin": {{"description": "see and cancel all image builds"}},
+}}
+c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
+    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
+    "oauth_client_allowed_scopes": {list(allowed_scopes)!r}}})
+"""
+
+
 class GitServer:
     """Serves the bare repositories under ``root`` with ``git http-backend`` (smart HTTP)."""
 

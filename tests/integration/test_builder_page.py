@@ -12,7 +12,14 @@ import uuid
 import pytest
 import pytest_asyncio
 from browser import chromium, login, screenshot
-from builder_harness import GitServer, JobRunner, Registry, local_settings, push_base_image
+from builder_harness import (
+    GitServer,
+    JobRunner,
+    Registry,
+    builder_service_config,
+    local_settings,
+    push_base_image,
+)
 from hub_harness import Hub
 from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client
@@ -49,19 +56,12 @@ async def env(kube, control_plane, tmp_path_factory):
         control_plane.kubeconfig,
         namespace,
         free_port(),
-        f"""
-c.JupyterHub.custom_scopes = {{
-    "custom:image-builder:build": {{"description": "submit image builds"}},
-    "custom:image-builder:admin": {{"description": "see and cancel all image builds"}},
-}}
-c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
-    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
-    "oauth_client_allowed_scopes": ["custom:image-builder:build",
-                                    "custom:image-builder:admin"]}})
+        builder_service_config(token, port)
+        + """
 c.JupyterHub.load_roles.extend([
-    {{"name": "builders", "users": ["alice"],
-      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]}},
-    {{"name": "viewers", "users": ["eve"], "scopes": ["access:services!service=image-builder"]}},
+    {"name": "builders", "users": ["alice"],
+      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]},
+    {"name": "viewers", "users": ["eve"], "scopes": ["access:services!service=image-builder"]},
 ])
 """,
     )
