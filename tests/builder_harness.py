@@ -60,6 +60,65 @@ c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
 """
 
 
+class BuilderStack:
+    """The builder service in-process, as a JupyterHub service: job runner, build service,
+    ImageStream watch and the tornado app on 127.0.0.1:port under ``prefix``."""
+
+    def __init__(
+        self,
+        kube,
+        namespace: str,
+        registry: str,
+        workdir: Path,
+        *,
+        token: str,
+        hub_url: str,
+        port: int,
+        prefix: str,
+        oauth_redirect_uri: str,
+        webhook_secret: bytes | None = None,
+        **settings,
+    ) -> None:
+        from jupyterhub.services.auth import HubOAuth
+        from tornado.httpserver import HTTPServer
+
+        from aicoe_spawner.builder.__main__ import build_service
+        from aicoe_spawner.builder.app import make_app
+        from aicoe_spawner.watch import ImageStreamWatch
+
+        self.runner = JobRunner(kube, namespace, workdir)
+        self.runner.start()
+        self.service = build_service(
+            kube, local_settings(namespace, registry, **settings), log_reader=self.runner.read_log
+        )
+        self.service.start(0.2)
+        self.watch = ImageStreamWatch(
+            client.CustomObjectsApi(kube), (namespace,), "opendatahub.io/notebook-image=true"
+        )
+        self.watch.start()
+        auth = HubOAuth(
+            api_token=token,
+            api_url=f"{hub_url}/hub/api",
+            hub_prefix="/hub/",
+            base_url=prefix,
+            oauth_client_id="service-image-builder",
+            oauth_redirect_uri=oauth_redirect_uri,
+            access_scopes={"access:services!service=image-builder"},
+        )
+        extra = {"webhook_secret": webhook_secret} if webhook_secret is not None else {}
+        self.server = HTTPServer(
+            make_app(self.service, auth, self.watch, prefix=prefix, **extra),
+            max_body_size=16 << 20,
+        )
+        self.server.listen(port, "127.0.0.1")
+
+    async def stop(self) -> None:
+        self.server.stop()
+        await self.watch.stop()
+        await self.service.stop()
+        await self.runner.stop()
+
+
 class GitServer:
     """Serves the bare repositories under ``root`` with ``git http-backend`` (smart HTTP)."""
 

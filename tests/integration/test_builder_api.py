@@ -13,24 +13,18 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from builder_harness import (
+    BuilderStack,
     GitServer,
-    JobRunner,
     Registry,
     builder_service_config,
-    local_settings,
     push_base_image,
 )
 from hub_harness import Hub
-from jupyterhub.services.auth import HubOAuth
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
-from tornado.httpserver import HTTPServer
 
-from aicoe_spawner.builder.__main__ import build_service
-from aicoe_spawner.builder.app import make_app
 from aicoe_spawner.devcluster import delete_namespace
 from aicoe_spawner.devcluster.controlplane import free_port
-from aicoe_spawner.watch import ImageStreamWatch
 
 pytestmark = pytest.mark.integration
 PREFIX = "/services/image-builder/"
@@ -65,28 +59,21 @@ c.JupyterHub.load_roles.extend([
 """,
     )
     await hub.start()
-    runner = JobRunner(kube, namespace, tmp_path)
-    runner.start()
-    settings = local_settings(namespace, registry.host, max_per_user=2, max_total=10)
-    service = build_service(kube, settings, log_reader=runner.read_log)
-    service.start(0.2)
-    watch = ImageStreamWatch(
-        client.CustomObjectsApi(kube), (namespace,), "opendatahub.io/notebook-image=true"
-    )
-    watch.start()
-    auth = HubOAuth(
-        api_token=token,
-        api_url=f"{hub.url}/hub/api",
-        hub_prefix="/hub/",
-        base_url=PREFIX,
-        oauth_client_id="service-image-builder",
+    stack = BuilderStack(
+        kube,
+        namespace,
+        registry.host,
+        tmp_path,
+        token=token,
+        hub_url=hub.url,
+        port=port,
+        prefix=PREFIX,
         oauth_redirect_uri=f"http://127.0.0.1:{port}{PREFIX}oauth_callback",
-        access_scopes={"access:services!service=image-builder"},
+        webhook_secret=SECRET,
+        max_per_user=2,
+        max_total=10,
     )
-    server = HTTPServer(
-        make_app(service, auth, watch, prefix=PREFIX, webhook_secret=SECRET), max_body_size=16 << 20
-    )
-    server.listen(port, "127.0.0.1")
+    service, runner = stack.service, stack.runner
     git.create_repo("bad", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
     tokens = {}
     for user in ("alice", "bob", "root", "eve"):
@@ -105,10 +92,7 @@ c.JupyterHub.load_roles.extend([
     )
     e.namespace, e.registry = namespace, registry
     yield e
-    server.stop()
-    await watch.stop()
-    await service.stop()
-    await runner.stop()
+    await stack.stop()
     await hub.stop()
     registry.stop()
     git.stop()

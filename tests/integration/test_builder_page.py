@@ -13,24 +13,18 @@ import pytest
 import pytest_asyncio
 from browser import chromium, login, screenshot
 from builder_harness import (
+    BuilderStack,
     GitServer,
-    JobRunner,
     Registry,
     builder_service_config,
-    local_settings,
     push_base_image,
 )
 from hub_harness import Hub
-from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client
 from playwright.async_api import expect
-from tornado.httpserver import HTTPServer
 
-from aicoe_spawner.builder.__main__ import build_service
-from aicoe_spawner.builder.app import make_app
 from aicoe_spawner.devcluster import delete_namespace
 from aicoe_spawner.devcluster.controlplane import free_port
-from aicoe_spawner.watch import ImageStreamWatch
 
 pytestmark = pytest.mark.integration
 PREFIX = "/services/image-builder/"
@@ -66,36 +60,27 @@ c.JupyterHub.load_roles.extend([
 """,
     )
     await hub.start()
-    runner = JobRunner(kube, namespace, tmp_path)
-    runner.start()
-    settings = local_settings(namespace, registry.host, max_per_user=4, max_total=10)
-    service = build_service(kube, settings, log_reader=runner.read_log)
-    service.start(0.2)
-    watch = ImageStreamWatch(
-        client.CustomObjectsApi(kube), (namespace,), "opendatahub.io/notebook-image=true"
-    )
-    watch.start()
-    auth = HubOAuth(
-        api_token=token,
-        api_url=f"{hub.url}/hub/api",
-        hub_prefix="/hub/",
-        base_url=PREFIX,
-        oauth_client_id="service-image-builder",
+    stack = BuilderStack(
+        kube,
+        namespace,
+        registry.host,
+        tmp_path,
+        token=token,
+        hub_url=hub.url,
+        port=port,
+        prefix=PREFIX,
         oauth_redirect_uri=f"{PREFIX}oauth_callback",  # as the hub registers it
-        access_scopes={"access:services!service=image-builder"},
+        max_per_user=4,
+        max_total=10,
     )
-    server = HTTPServer(make_app(service, auth, watch, prefix=PREFIX))
-    server.listen(port, "127.0.0.1")
+    runner = stack.runner
     e = type("Env", (), {})()
     e.hub, e.git, e.base, e.runner = hub, git, base, runner
     e.page_url = f"{hub.url}{PREFIX}"  # through the hub's proxy, as users reach it
     async with chromium() as browser:
         e.browser = browser
         yield e
-    server.stop()
-    await watch.stop()
-    await service.stop()
-    await runner.stop()
+    await stack.stop()
     await hub.stop()
     registry.stop()
     git.stop()
