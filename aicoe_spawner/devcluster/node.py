@@ -331,6 +331,7 @@ class RealNode:
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
+            "--authentication-skip-lookup=true",
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
             "--v=1",
