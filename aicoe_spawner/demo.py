@@ -132,51 +132,51 @@ def stop_process_group(proc: subprocess.Popen | None, timeout: float = 20) -> No
         proc.wait(10)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=8000, help="public port of the hub")
-    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".cache" / "demo")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
-    started = time.monotonic()
-    stop = {"now": False}
+class Demo:
+    """The product on a cluster with a real node: example repositories on a git server that
+    pods reach, a base notebook ImageStream, and JupyterHub from the example config with the
+    builder as a hub-managed service. ``extra_config`` is appended to the hub's config."""
 
-    def handle(signum, frame):
-        stop["now"] = True
-        raise KeyboardInterrupt
+    def __init__(
+        self,
+        plane: ControlPlane,
+        node: RealNode,
+        workdir: Path,
+        port: int,
+        extra_config: str = "",
+    ) -> None:
+        self.plane, self.node = plane, node
+        self.workdir = workdir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.builder_url = f"{self.url}/services/image-builder"
+        self.extra_config = extra_config
+        self.git: GitServer | None = None
+        self.hub: subprocess.Popen | None = None
+        self.repos: dict[str, str] = {}
+        self.hub_log = workdir / "jupyterhub.log"
 
-    signal.signal(signal.SIGTERM, handle)
-    workdir = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "jupyterhub.sqlite").unlink(missing_ok=True)
-
-    plane = ControlPlane(workdir / "cluster", real_node=True)
-    node: RealNode | None = None
-    git: GitServer | None = None
-    hub: subprocess.Popen | None = None
-    try:
-        say("starting etcd + kube-apiserver (built by tools/build.sh) ...")
-        plane.start()
-        say(f"Kubernetes API at {plane.server} ready in {plane.startup_seconds:.1f} s")
-        say("starting a real node: containerd, kubelet, scheduler, controller-manager, registry")
-        say("(the first run builds the notebook and builder images with buildah: minutes)")
-        node = RealNode(plane, workdir / "node").start(images=("notebook", "builder"))
-        say(f"node Ready in {node.timings['start']:.1f} s; pods on bridge {node.bridge}")
-        git = GitServer(workdir / "git", address=node.node_ip).start()
-        repos = {
-            name: git.add_repo(
+    def start(self) -> Demo:
+        node = self.node
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "jupyterhub.sqlite").unlink(missing_ok=True)
+        node.ensure_image("builder")
+        self.git = GitServer(self.workdir / "git", address=node.node_ip).start()
+        self.repos = {
+            name: self.git.add_repo(
                 name,
                 EXAMPLE_REPOS / name,
                 substitutions={"NOTEBOOK_IMAGE": node.images["notebook"]},
             )
             for name in sorted(p.name for p in EXAMPLE_REPOS.iterdir() if p.is_dir())
         }
-        asyncio.run(prepare_cluster(plane.kubeconfig, node.images["notebook"]))
-
-        config = hub_config(workdir, args.port, node.node_ip)
+        asyncio.run(prepare_cluster(self.plane.kubeconfig, node.images["notebook"]))
+        config = hub_config(self.workdir, self.port, node.node_ip)
+        if self.extra_config:
+            config.write_text(config.read_text() + textwrap.dedent(self.extra_config))
         env = dict(
             os.environ,
-            KUBECONFIG=str(plane.kubeconfig),
+            KUBECONFIG=str(self.plane.kubeconfig),
             AICOE_NAMESPACE=NAMESPACE,
             AICOE_REGISTRY=node.registry,
             AICOE_BUILDER_IMAGE=node.images["builder"],
@@ -186,43 +186,90 @@ def main(argv: list[str] | None = None) -> None:
             AICOE_BUILDER_TLS_VERIFY="false",
         )
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        with (workdir / "jupyterhub.log").open("ab") as hub_log:
-            hub = subprocess.Popen(
+        with self.hub_log.open("ab") as hub_log:
+            self.hub = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-                cwd=workdir,
+                cwd=self.workdir,
                 env=env,
                 stdout=hub_log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        url = f"http://127.0.0.1:{args.port}"
-        wait_http(f"{url}/hub/api/", hub)
-        wait_http(f"{url}/services/image-builder/health", hub)
-        say("what runs where:")
-        say(f"  JupyterHub          {url}  (log in with any name; 'admin' is an admin)")
-        say(f"  image builder page  {url}/services/image-builder/")
-        for name, repo in repos.items():
-            say(f"  example repository  {repo}  ({name})")
-        say(f"  registry            http://{node.registry}  (the node pulls from it)")
-        say(f"  Kubernetes API      {plane.server}  (KUBECONFIG={plane.kubeconfig})")
-        say(f"  logs                {workdir}/jupyterhub.log, {node.workdir}/*.log")
-        say(f"ready in {time.monotonic() - started:.1f} s: open {url} and log in with any name")
-        say("press Ctrl-C to stop")
-        while not stop["now"] and hub.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        say("stopping ...")
-        stop_process_group(hub)
-        for pid in processes_mentioning(str(workdir)):  # the builder service, if still there
+        wait_http(f"{self.url}/hub/api/", self.hub)
+        wait_http(f"{self.builder_url}/health", self.hub)
+        return self
+
+    def stop(self) -> None:
+        stop_process_group(self.hub)
+        for pid in processes_mentioning(str(self.workdir)):  # the builder, if still there
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        if git is not None:
-            git.stop()
+        if self.git is not None:
+            self.git.stop()
+
+    def describe(self) -> list[str]:
+        """What runs where, for the newcomer."""
+        lines = [
+            f"  JupyterHub          {self.url}  (log in with any name; 'admin' is an admin)",
+            f"  image builder page  {self.builder_url}/",
+        ]
+        lines += [f"  example repository  {url}  ({name})" for name, url in self.repos.items()]
+        lines += [
+            f"  registry            http://{self.node.registry}  (the node pulls from it)",
+            f"  Kubernetes API      {self.plane.server}  (KUBECONFIG={self.plane.kubeconfig})",
+            f"  logs                {self.hub_log}, {self.node.workdir}/*.log",
+        ]
+        return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8000, help="public port of the hub")
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".cache" / "demo")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
+    started = time.monotonic()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    workdir = args.workdir.resolve()
+    plane = ControlPlane(workdir / "cluster", real_node=True)
+    node: RealNode | None = None
+    demo: Demo | None = None
+    try:
+        say("starting etcd + kube-apiserver (built by tools/build.sh) ...")
+        plane.start()
+        say(f"Kubernetes API at {plane.server} ready in {plane.startup_seconds:.1f} s")
+        say("starting a real node: containerd, kubelet, scheduler, controller-manager, registry")
+        say("(the first run builds the notebook and builder images with buildah: minutes)")
+        node = RealNode(plane, workdir / "node").start(images=("notebook", "builder"))
+        say(f"node Ready in {node.timings['start']:.1f} s; pods run on bridge {node.bridge}")
+        demo = Demo(plane, node, workdir, args.port).start()
+        say("what runs where:")
+        for line in demo.describe():
+            say(line)
+        say(
+            f"ready in {time.monotonic() - started:.1f} s: open {demo.url} and log in with any name"
+        )
+        say("build an example repository on the builder page, then Launch it; Ctrl-C stops all")
+        assert demo.hub is not None
+        while demo.hub.poll() is None:
+            time.sleep(0.5)
+        say(f"JupyterHub exited with {demo.hub.returncode}; see {demo.hub_log}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("stopping ...")
+        if demo is not None:
+            demo.stop()
         if node is not None:
             node.stop()
         plane.stop()
