@@ -113,6 +113,8 @@ c.AICoESpawner.group_policies = {
 # It builds images from Git repositories (API, web page, GitHub webhooks) and publishes them
 # as notebook ImageStreams. JupyterHub starts it and passes JUPYTERHUB_* variables to it.
 builder_token = os.environ.get("IMAGE_BUILDER_API_TOKEN") or secrets.token_hex(32)
+# The spawn page links to the builder's page.
+c.AICoESpawner.builder_url = "/services/image-builder/"
 c.JupyterHub.services = [
     {
         "name": "image-builder",

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"Kubernetes API at {plane.server} ready in {plane.startup_seconds:.1f} s")
         say("starting a real node: containerd, kubelet, scheduler, controller-manager, registry")
         say("(the first run builds the notebook and builder images with buildah: minutes)")
-        node = RealNode(plane, workdir / "node").start(images=("notebook", "builder"))
+        node = RealNode(plane).start(images=("notebook", "builder"))
         say(f"node Ready in {node.timings['start']:.1f} s; pods run on bridge {node.bridge}")
         demo = Demo(plane, node, workdir, args.port).start()
         say("what runs where:")

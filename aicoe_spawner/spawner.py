@@ -648,8 +648,15 @@ class AICoESpawner(KubeSpawner):
             config=config,
             env_rows=env_rows,
             filter_threshold=self.form_filter_threshold,
+            builder_url=self.builder_url,
         )
 
+    builder_url = Unicode(
+        "",
+        config=True,
+        help="""URL of the image builder's page (e.g. "/services/image-builder/"). When set,
+        the options form links to it: "Build an image from a repository".""",
+    )
     form_poll_interval = Float(
         2.0,
         config=True,

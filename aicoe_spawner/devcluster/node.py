@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -78,11 +80,12 @@ def iptables_rules() -> str:
 class RealNode:
     """Node components for ``plane`` (started with ``real_node=True``), under ``workdir``."""
 
-    def __init__(self, plane: ControlPlane, workdir: Path | None = None) -> None:
+    def __init__(self, plane: ControlPlane) -> None:
         if plane.pki is None:
             raise ControlPlaneError("start the control plane before the node")
         self.plane = plane
-        self.workdir = Path(workdir or plane.workdir / "node")
+        # short: unix sockets (containerd, the kubelet's pod-resources) allow 107 bytes
+        self.workdir = Path(tempfile.mkdtemp(prefix="aicoe-node-"))
         self.id = uuid.uuid4().hex[:8]
         self.index = pick_network_index()
         self.bridge = f"aicoe{self.index}"
@@ -144,6 +147,8 @@ class RealNode:
         self._unmount_all()
         self._remove_cgroups()
         self._terminate("registry")
+        if not any(p.startswith(str(self.workdir)) for p in mountpoints()):
+            shutil.rmtree(self.workdir, ignore_errors=True)
         _ip("link", "delete", self.bridge, check=False)
         for veth in re.findall(r"^\d+: (veth\w+)@", _ip("-o", "link").stdout, re.M):
             # veths of our pods whose network namespace is already gone
