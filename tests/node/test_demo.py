@@ -106,8 +106,12 @@ def test_newcomer_builds_a_repository_and_launches_it_in_jupyterlab(demo):
             page.wait_for_url(f"**/user/{USER}/lab**", timeout=300_000)
             page.wait_for_selector(".jp-DirListing-item", timeout=120_000)
             page.locator(".jp-DirListing-itemText", has_text="hello.ipynb").dblclick()
-            notebook = page.locator(".jp-Notebook")
-            expect(notebook).to_contain_text("Hello from a Dockerfile build", timeout=60_000)
+            rendered = page.locator(".jp-Notebook .jp-RenderedMarkdown h1")
+            expect(rendered).to_contain_text("Hello from a Dockerfile build", timeout=60_000)
+            # the notebook's kernel runs in the built image too
+            expect(page.locator(".jp-StatusBar-TextItem", has_text="Idle")).to_be_visible(
+                timeout=120_000
+            )
             timings["Launch → notebook in JupyterLab"] = time.monotonic() - clicked
             page.screenshot(path=ARTIFACTS / "5-jupyterlab.png")
             assert errors == [], errors
