@@ -180,6 +180,7 @@ def effective_policy(
             gpus = max(gpus, group_gpus)
 
     allowed = tuple(s for s in configured if any(fnmatchcase(s.name, p) for p in size_patterns))
+
     def bound(label: str, value: Any, parse) -> Any:
         try:
             return None if value is None else parse(value)

@@ -1,0 +1,200 @@
+"""The ``/hub/spawn`` page for AICoESpawner, and the hub startup check.
+
+JupyterHub's own page starts a server as soon as a ``/hub/spawn?…`` link is opened, sends a
+link opened while the server runs to the old server, and re-renders a rejected form with
+defaults. :class:`SpawnPage` (a subclass of JupyterHub's ``SpawnHandler``) instead:
+
+- shows a link's choice in the form and starts nothing until the user presses Start;
+- says so when the user's server already runs with other options, and offers to stop it and
+  start the link's choice;
+- re-renders a rejected choice with the user's entries and the message by its field, and logs
+  one line.
+
+:func:`attach_to_hub` runs when the spawner module is imported inside a starting JupyterHub:
+once the hub builds its handlers it checks the spawner's configuration (a mistake stops the hub
+with a message) and serves the spawn URLs with :class:`SpawnPage`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyterhub.handlers.pages import SpawnHandler
+from jupyterhub.scopes import needs_scope
+from jupyterhub.utils import maybe_future
+from tornado import web
+
+from . import options as opts
+from .form_view import FormContext
+
+_RESERVED_QUERY = ("next", "display_name")
+
+
+def describe(options: dict[str, Any]) -> str:
+    """A choice in words: ``"minimal:2025.2, size medium, 1 GPU"``."""
+    parts = [str(options.get("image", "the default image"))]
+    parts.append(f"size {options['size']}" if options.get("size") else "the default size")
+    for key in ("cpu", "memory"):
+        if options.get(key):
+            parts.append(f"{key} {options[key]}")
+    gpus = options.get("gpus") or 0
+    parts.append(f"{gpus} GPU" + ("" if gpus == 1 else "s"))
+    return ", ".join(parts)
+
+
+def _same_choice(running: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(running.get(k) == wanted.get(k) for k in opts.LINK_FIELDS)
+
+
+class SpawnPage(SpawnHandler):
+    """JupyterHub's spawn page, with links that never start anything by themselves."""
+
+    def _spawner_for(self, user_name: str, server_name: str, display_name: str):
+        user = self.current_user
+        if user_name != user.name:
+            user = self.find_user(user_name)
+            if user is None:
+                raise web.HTTPError(404, f"No such user: {user_name}")
+        return user, user.get_or_create_spawner(server_name, display_name, replace_failed=True)
+
+    def _reject(self, spawner, error: opts.OptionsError, source: str) -> None:
+        self.set_status(400)
+        self.log.warning("Rejected %s options for %s: %s", source, spawner._log_name, error)
+
+    async def _page(self, user, spawner, context: FormContext) -> None:
+        form = await spawner.render_options_form(context)
+        self.finish(await self._render_form(for_user=user, spawner_options_form=form))
+
+    # -- GET: a link ------------------------------------------------------------------------
+
+    @needs_scope("servers")
+    async def _get(self, user_name, server_name, display_name):
+        from .spawner import AICoESpawner, OptionsRejected
+
+        query = {
+            key: [v.decode("utf8", "replace") for v in values]
+            for key, values in self.request.query_arguments.items()
+            if key not in _RESERVED_QUERY
+        }
+        query = self._get_user_options(query) if query else {}
+        if not query:
+            return await super()._get(user_name, server_name, display_name)
+        if server_name:
+            await self._check_named_server_request(
+                self.find_user(user_name) or self.current_user, server_name, display_name
+            )
+        user, spawner = self._spawner_for(user_name, server_name, display_name)
+        if not isinstance(spawner, AICoESpawner) or spawner.pending:
+            return await super()._get(user_name, server_name, display_name)
+        spawner.handler = self
+        try:
+            raw = await maybe_future(spawner.options_from_query(query))
+            chosen = await spawner.check_user_options(raw)
+        except OptionsRejected as e:
+            self._reject(spawner, e.error, "link")
+            shown = {k: v for k, v in query.items() if k in opts.LINK_FIELDS}
+            return await self._page(user, spawner, FormContext(entries=shown, error=e.error))
+        finally:
+            spawner.handler = None
+        wanted = chosen.to_user_options(spawner.namespace)
+        if spawner.ready:
+            running = spawner.user_options or {}
+            if _same_choice(running, wanted):
+                return self.redirect(self.get_next_url(user, default=user.server_url(server_name)))
+            notice = {
+                "kind": "running",
+                "running": describe(running),
+                "starts": describe(wanted),
+                "server_url": user.server_url(server_name),
+            }
+        else:
+            notice = {"kind": "link", "starts": describe(wanted)}
+        await self._page(user, spawner, FormContext(entries=query, notice=notice))
+
+    # -- POST: the form ---------------------------------------------------------------------
+
+    @needs_scope("servers")
+    async def _post(self, user_name, server_name, display_name):
+        from .spawner import AICoESpawner, OptionsRejected
+
+        if server_name:
+            await self._check_named_server_request(
+                self.find_user(user_name) or self.current_user, server_name, display_name
+            )
+        user, spawner = self._spawner_for(user_name, server_name, display_name)
+        if not isinstance(spawner, AICoESpawner) or spawner.pending:
+            return await super()._post(user_name, server_name, display_name)
+        form = {
+            key: [v.decode("utf8", "replace") for v in values]
+            for key, values in self.request.body_arguments.items()
+        }
+        replace = form.get("_replace_running") == ["1"]
+        try:
+            raw = await maybe_future(spawner.run_options_from_form(form))
+            chosen = await spawner.check_user_options(raw)
+        except OptionsRejected as e:
+            self._reject(spawner, e.error, "form")
+            return await self._page(user, spawner, FormContext(entries=form, error=e.error))
+        if spawner.ready:
+            wanted = chosen.to_user_options(spawner.namespace)
+            if not replace:
+                self.set_status(409)
+                notice = {
+                    "kind": "running",
+                    "running": describe(spawner.user_options or {}),
+                    "starts": describe(wanted),
+                    "server_url": user.server_url(server_name),
+                }
+                return await self._page(user, spawner, FormContext(entries=form, notice=notice))
+            self.log.info("Stopping %s to start a new choice", spawner._log_name)
+            await self.stop_single_user(user, server_name)
+            if spawner._stop_future is not None and not spawner._stop_future.done():
+                await spawner._stop_future
+        pending_url = self._get_pending_url(user, server_name)
+        return await self._wrap_spawn_single_user(
+            user, server_name, display_name, spawner, pending_url, raw
+        )
+
+
+# -- hub integration ----------------------------------------------------------------------
+
+
+def attach_to_hub() -> None:
+    """Inside a starting JupyterHub: once it builds its handlers, check the spawner's
+    configuration and serve the spawn URLs with :class:`SpawnPage`. Elsewhere: nothing."""
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:  # pragma: no cover - JupyterHub is a dependency
+        return
+    if not JupyterHub.initialized():
+        return
+    app = JupyterHub.instance()
+    if getattr(app, "_aicoe_attached", False):
+        return
+    app._aicoe_attached = True
+    app.observe(_on_handlers, names="handlers")
+
+
+def _on_handlers(change) -> None:
+    from .spawner import AICoESpawner
+
+    app = change.owner
+    if not change.new or not issubclass(app.spawner_class, AICoESpawner):
+        return
+    handlers = [
+        (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h for h in change.new
+    ]
+    if handlers == list(change.new):
+        return  # already ours
+    check_configuration(app)
+    app.handlers = handlers
+
+
+def check_configuration(app) -> None:
+    """Stop the hub with a message if the spawner's configuration cannot work."""
+    try:
+        spawner = app.spawner_class(config=app.config, _mock=True, _config_check=True)
+        spawner.check_configuration()
+    except Exception as e:
+        app.log.critical("AICoESpawner cannot start with this configuration: %s", e)
+        app.exit(1)
