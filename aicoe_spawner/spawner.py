@@ -111,7 +111,15 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, KubeSpawner):
         config=True,
         help="""Sizes a user can choose: a list of dicts with name, display_name, description,
         cpu_guarantee, cpu_limit (cores, e.g. 0.5 or "500m"), mem_guarantee, mem_limit
-        (e.g. "2Gi") and default (true for the preselected size).""",
+        (e.g. "2Gi"), default (true for the preselected size) and, as in a KubeSpawner
+        profile, kubespawner_override (pod settings for this size only, e.g.
+        {"node_selector": {"pool": "highmem"}, "tolerations": [...],
+        "extra_resource_limits": {...}, "volumes": [...], "volume_mounts": [...],
+        "extra_labels": {...}}) and profile_options (selects whose choices override more).
+        The image cannot be overridden: it is the user's choice from the catalog. Checked when
+        the hub starts; a mistake stops the hub with a message. If KubeSpawner's profile_list
+        is set (e.g. z2jh singleuser.profileList), its profiles are the sizes and this
+        setting must stay unset.""",
     )
     allow_custom_resources = Bool(
         False,

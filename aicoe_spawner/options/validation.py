@@ -149,9 +149,12 @@ def _size_alias(options: dict, policy: Policy) -> dict:
     profile = options.pop("profile")
     if "size" in options and options["size"] != profile:
         raise OptionsError("profile", f"{_show(profile)} and size {_show(options['size'])} differ")
+    try:
+        size = _validate_size({"size": profile}, policy)
+    except OptionsError as e:
+        raise OptionsError("profile", e.reason) from None
     options["size"] = profile
-    size = policy.size(profile) if isinstance(profile, str) else None
-    if size is not None and "size_options" not in options:
+    if "size_options" not in options:
         flat = {o.name: options.pop(o.name) for o in size.options if o.name in options}
         if flat:
             options["size_options"] = flat

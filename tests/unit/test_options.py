@@ -375,9 +375,7 @@ def test_to_user_options_keeps_no_secret_value():
 
 
 def test_saved_options_validate_again():
-    opts = check(
-        {"cpu": "2", "memory": 300_000_001, "secret_env": {"S": "x"}, "env": {"A": "1"}}
-    )
+    opts = check({"cpu": "2", "memory": 300_000_001, "secret_env": {"S": "x"}, "env": {"A": "1"}})
     saved = opts.to_user_options(NS)
     assert "cpu" in saved and saved["memory"] == "300000001"
     again = check(saved)

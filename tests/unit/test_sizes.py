@@ -203,7 +203,7 @@ def test_rest_kubespawner_flat_option_and_size_options():
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"profile": "nope"}, "size"),
+        ({"profile": "nope"}, "profile"),
         ({"profile": "gpu", "size": "small-shared-nodes"}, "profile"),
         ({"size": "gpu", "size_options": {"gpu_type": "h100"}}, "size_options.gpu_type"),
         ({"size": "gpu", "size_options": {"colour": "red"}}, "size_options.colour"),
