@@ -17,6 +17,7 @@ with a message) and serves the spawn URLs with :class:`SpawnPage`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from jupyterhub.handlers.pages import SpawnHandler
@@ -160,34 +161,39 @@ class SpawnPage(SpawnHandler):
 
 
 def attach_to_hub() -> None:
-    """Inside a starting JupyterHub: once it builds its handlers, check the spawner's
-    configuration and serve the spawn URLs with :class:`SpawnPage`. Elsewhere: nothing."""
-    try:
-        from jupyterhub.app import JupyterHub
-    except ImportError:  # pragma: no cover - JupyterHub is a dependency
+    """Once JupyterHub builds its handlers (``JupyterHub.init_handlers``, before it creates the
+    tornado application): check the spawner's configuration and serve the spawn URLs with
+    :class:`SpawnPage`, if the hub's spawner is an AICoESpawner.
+
+    JupyterHub offers spawners no hook for either, and it imports the spawner class while the
+    application object is still being built, so this wraps ``init_handlers`` of the class once.
+    """
+    from jupyterhub.app import JupyterHub
+
+    if getattr(JupyterHub.init_handlers, "_aicoe_spawn_page", False):
         return
-    if not JupyterHub.initialized():
-        return
-    app = JupyterHub.instance()
-    if getattr(app, "_aicoe_attached", False):
-        return
-    app._aicoe_attached = True
-    app.observe(_on_handlers, names="handlers")
+    original = JupyterHub.init_handlers
+
+    @functools.wraps(original)
+    def init_handlers(app):
+        original(app)
+        install(app)
+
+    init_handlers._aicoe_spawn_page = True
+    JupyterHub.init_handlers = init_handlers
 
 
-def _on_handlers(change) -> None:
+def install(app) -> None:
+    """Check the configuration and swap JupyterHub's spawn page for ours in ``app.handlers``."""
     from .spawner import AICoESpawner
 
-    app = change.owner
-    if not change.new or not issubclass(app.spawner_class, AICoESpawner):
+    if not issubclass(app.spawner_class, AICoESpawner):
         return
-    handlers = [
-        (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h for h in change.new
-    ]
-    if handlers == list(change.new):
-        return  # already ours
     check_configuration(app)
-    app.handlers = handlers
+    app.handlers = [
+        (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h
+        for h in app.handlers
+    ]
 
 
 def check_configuration(app) -> None:
