@@ -24,6 +24,7 @@ from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
 from jupyterhub.utils import maybe_future
 from tornado import web
+from tornado.httputil import url_concat
 
 from . import options as opts
 from .form_view import FormContext
@@ -61,6 +62,23 @@ class SpawnPage(SpawnHandler):
     def _reject(self, spawner, error: opts.OptionsError, source: str) -> None:
         self.set_status(400)
         self.log.warning("Rejected %s options for %s: %s", source, spawner._log_name, error)
+
+    async def _render_form(self, for_user, spawner_options_form, message="", html_message=""):
+        # JupyterHub posts the form back to the request's URL, query included: a link's query
+        # (which may hold what a link must not carry) is not repeated into the page.
+        next_url = self.get_argument("next", None)
+        action = url_concat(self.request.path, {"next": next_url} if next_url else {})
+        auth_state = await for_user.get_auth_state()
+        return await self.render_template(
+            "spawn.html",
+            for_user=for_user,
+            auth_state=auth_state,
+            spawner_options_form=spawner_options_form,
+            error_message=message,
+            html_error_message=html_message,
+            url=url_concat(action, {"_xsrf": self.xsrf_token.decode("ascii")}),
+            spawner=for_user.spawner,
+        )
 
     async def _page(self, user, spawner, context: FormContext) -> None:
         form = await spawner.render_options_form(context)
