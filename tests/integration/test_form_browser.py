@@ -653,7 +653,10 @@ async def test_a_choice_the_server_rejects_comes_back_with_the_entries_and_the_m
         # Past the page's own checks (as a script or an old page would post).
         await page.get_by_label("Memory", exact=True).fill("1")
         await page.evaluate("document.getElementById('spawn_form').submit()")
-        await expect(page.locator("#aicoe-memory-error")).to_contain_text("at least 256 MiB")
+        # The server's own message, by the field it is about.
+        await expect(page.locator("#aicoe-memory-error")).to_have_text(
+            "must be at least 256 MiB, got '1'"
+        )
         await expect(page.locator("#aicoe-memory-error")).to_be_visible()
         await expect(page.get_by_label("Memory", exact=True)).to_have_value("1")
         await expect(page.get_by_label("CPU cores")).to_have_value("1.25")
