@@ -206,6 +206,17 @@ c.AICoESpawner.sizes = [{"name": "small"}]""",
             {"name": "gpu", "kubespawner_override": {"tolerations": "not-a-list"}}]""",
         ["size 'gpu'", "'tolerations'"],
     ),
+    (
+        """c.AICoESpawner.sizes = [
+            {"name": "big", "kubespawner_override": {"image": "quay.io/x/y:1"}}]""",
+        ["size 'big'", "'image'", "ImageStream"],
+    ),
+    (
+        """c.KubeSpawner.profile_list = [
+            {"display_name": "Any", "profile_options": {"image": {"unlisted_choice": {
+                "enabled": True, "kubespawner_override": {"image": "{value}"}}}}}]""",
+        ["profile 'Any'", "unlisted_choice", "choices"],
+    ),
 ]
 
 

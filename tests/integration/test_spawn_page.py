@@ -32,7 +32,9 @@ c.AICoESpawner.sizes = [
     {"name": "small", "display_name": "Small", "cpu_guarantee": 0.5, "cpu_limit": 1,
      "mem_guarantee": "1Gi", "mem_limit": "2Gi", "default": True},
     {"name": "medium", "display_name": "Medium", "cpu_guarantee": 1, "cpu_limit": 2,
-     "mem_guarantee": "2Gi", "mem_limit": "4Gi"},
+     "mem_guarantee": "2Gi", "mem_limit": "4Gi",
+     "kubespawner_override": {"extra_labels": {"tier": "medium"},
+                              "node_selector": {"disk": "ssd"}}},
 ]
 c.AICoESpawner.allow_custom_resources = True
 c.AICoESpawner.max_cpu = 4
@@ -147,6 +149,17 @@ async def test_a_link_shows_its_choice_and_starts_nothing_until_start(env, kube)
         assert container(pod)["image"] == reference(env.namespace, "minimal", "2025.1")
         assert pod["metadata"]["annotations"]["aicoe-spawner.io/size"] == "medium"
         assert container(pod)["resources"]["limits"]["cpu"] in ("1.5", "1500m")
+        # The size's own overrides.
+        assert pod["metadata"]["labels"]["tier"] == "medium"
+        assert pod["spec"]["nodeSelector"] == {"disk": "ssd"}
+        await env.stop_server(user)
+        # The next spawn, at another size, has none of them.
+        status, body = await env.api("POST", f"/users/{user}/server", json={"size": "small"})
+        assert status in (201, 202), body
+        await env.wait_ready(user)
+        pod = (await user_pods(kube, env.namespace, user))[0]
+        assert "tier" not in pod["metadata"]["labels"]
+        assert not pod["spec"].get("nodeSelector")
         await env.stop_server(user)
     finally:
         await web.close()
