@@ -155,7 +155,11 @@ def _size_alias(options: dict, policy: Policy) -> dict:
         raise OptionsError("profile", e.reason) from None
     options["size"] = profile
     if "size_options" not in options:
-        flat = {o.name: options.pop(o.name) for o in size.options if o.name in options}
+        flat = {
+            o.name: options.pop(o.name)
+            for o in size.options
+            if o.name in options and o.name not in KNOWN_KEYS
+        }
         if flat:
             options["size_options"] = flat
     return options
