@@ -45,7 +45,11 @@ c.AICoESpawner.sizes = [
     {"name": "medium", "display_name": "Medium", "description": "For everyday work",
      "cpu_guarantee": 1, "cpu_limit": 2, "mem_guarantee": "2Gi", "mem_limit": "4Gi"},
     {"name": "large", "display_name": "Large", "cpu_guarantee": 2, "cpu_limit": 4,
-     "mem_guarantee": "4Gi", "mem_limit": "8Gi"},
+     "mem_guarantee": "4Gi", "mem_limit": "8Gi",
+     "profile_options": {"disk": {"display_name": "Local disk", "choices": {
+         "hdd": {"display_name": "HDD", "kubespawner_override": {"node_selector": {"disk": "hdd"}}},
+         "ssd": {"display_name": "SSD", "kubespawner_override": {"node_selector": {"disk": "ssd"}}},
+     }}}},
 ]
 c.AICoESpawner.default_policy = {"images": ["*"], "sizes": ["small", "medium"]}
 c.AICoESpawner.group_policies = {"big": {"sizes": ["large"], "max_gpus": 2}}
@@ -674,6 +678,30 @@ async def test_a_choice_the_server_rejects_comes_back_with_the_entries_and_the_m
         pod = (await user_pods(kube, env.namespace, user))[0]
         assert int(container(pod)["resources"]["limits"]["memory"]) == 2 * 2**30
         await env.stop_server(user)
+        assert up.errors == []
+    finally:
+        await up.close()
+
+
+async def test_a_size_option_is_part_of_the_form(env, kube):
+    user = new_user()
+    up = await open_form(env, user, groups=["big"])
+    page = up.page
+    try:
+        disk = page.get_by_label("Local disk")
+        await expect(disk).to_have_value("hdd")  # the first choice is the default
+        await disk.select_option("ssd")
+        await expect(page.get_by_label("Large")).to_be_checked()
+        await page.get_by_role("button", name="Start").click()
+        await env.wait_ready(user)
+        pod = (await user_pods(kube, env.namespace, user))[0]
+        assert pod["spec"]["nodeSelector"] == {"disk": "ssd"}
+        _, model = await env.api("GET", f"/users/{user}")
+        assert model["servers"][""]["user_options"]["size_options"] == {"disk": "ssd"}
+        await env.stop_server(user)
+        # The form remembers the choice.
+        await page.goto(f"/hub/spawn/{user}")
+        await expect(page.get_by_label("Local disk")).to_have_value("ssd")
         assert up.errors == []
     finally:
         await up.close()
