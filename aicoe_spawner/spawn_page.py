@@ -51,12 +51,15 @@ def _same_choice(running: dict[str, Any], wanted: dict[str, Any]) -> bool:
 class SpawnPage(SpawnHandler):
     """JupyterHub's spawn page, with links that never start anything by themselves."""
 
-    def _spawner_for(self, user_name: str, server_name: str, display_name: str):
+    async def _spawner_for(self, user_name: str, server_name: str, display_name: str):
+        """(user, spawner) as JupyterHub's handler finds them; 404 for an unknown user."""
         user = self.current_user
         if user_name != user.name:
             user = self.find_user(user_name)
             if user is None:
                 raise web.HTTPError(404, f"No such user: {user_name}")
+        if server_name:
+            await self._check_named_server_request(user, server_name, display_name)
         return user, user.get_or_create_spawner(server_name, display_name, replace_failed=True)
 
     def _reject(self, spawner, error: opts.OptionsError, source: str) -> None:
@@ -98,11 +101,7 @@ class SpawnPage(SpawnHandler):
         query = self._get_user_options(query) if query else {}
         if not query:
             return await super()._get(user_name, server_name, display_name)
-        if server_name:
-            await self._check_named_server_request(
-                self.find_user(user_name) or self.current_user, server_name, display_name
-            )
-        user, spawner = self._spawner_for(user_name, server_name, display_name)
+        user, spawner = await self._spawner_for(user_name, server_name, display_name)
         if not isinstance(spawner, AICoESpawner) or spawner.pending:
             return await super()._get(user_name, server_name, display_name)
         spawner.handler = self
@@ -128,7 +127,14 @@ class SpawnPage(SpawnHandler):
             }
         else:
             notice = {"kind": "link", "starts": describe(wanted)}
-        await self._page(user, spawner, FormContext(entries=query, notice=notice))
+        # The form shows exactly what would start: the link's choice with defaults filled in.
+        shown = {
+            **query,
+            "image": [wanted["image"]],
+            "size": [wanted["size"]],
+            "gpus": [str(wanted["gpus"])],
+        }
+        await self._page(user, spawner, FormContext(entries=shown, notice=notice))
 
     # -- POST: the form ---------------------------------------------------------------------
 
@@ -136,11 +142,7 @@ class SpawnPage(SpawnHandler):
     async def _post(self, user_name, server_name, display_name):
         from .spawner import AICoESpawner, OptionsRejected
 
-        if server_name:
-            await self._check_named_server_request(
-                self.find_user(user_name) or self.current_user, server_name, display_name
-            )
-        user, spawner = self._spawner_for(user_name, server_name, display_name)
+        user, spawner = await self._spawner_for(user_name, server_name, display_name)
         if not isinstance(spawner, AICoESpawner) or spawner.pending:
             return await super()._post(user_name, server_name, display_name)
         form = {

@@ -161,6 +161,16 @@ async def test_a_link_shows_its_choice_and_starts_nothing_until_start(env, kube)
         assert "tier" not in pod["metadata"]["labels"]
         assert not pod["spec"].get("nodeSelector")
         await env.stop_server(user)
+        # A link shows what it starts: what it does not say is the default, not the user's
+        # last choice.
+        await env.api("POST", f"/users/{user}/server", json={"size": "medium", "cpu": "3"})
+        await env.wait_ready(user)
+        await env.stop_server(user)
+        status, page = await web.get(f"/hub/spawn/{user}?image=minimal:2025.1")
+        assert status == 200
+        assert "size small" in text_of(page, "aicoe-link-starts")
+        assert re.search(r'value="small"\s+checked', page)
+        assert field_value(page, "aicoe-cpu") == ""
     finally:
         await web.close()
 
