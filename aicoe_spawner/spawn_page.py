@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import jupyterhub.log as hub_log
 from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
 from jupyterhub.utils import maybe_future
@@ -98,7 +99,9 @@ class SpawnPage(SpawnHandler):
             for key, values in self.request.query_arguments.items()
             if key not in _RESERVED_QUERY
         }
-        query = self._get_user_options(query) if query else {}
+        if any(k.startswith("opt-") for k in query):
+            # JupyterHub's prefixed form (?opt-image=…): then only prefixed keys count.
+            query = {k[4:]: v for k, v in query.items() if k.startswith("opt-") and k[4:]}
         if not query:
             return await super()._get(user_name, server_name, display_name)
         user, spawner = await self._spawner_for(user_name, server_name, display_name)
@@ -210,6 +213,10 @@ def install(app) -> None:
     if not issubclass(app.spawner_class, AICoESpawner):
         return
     check_configuration(app)
+    # A link with secret_env_value=… is refused, but its URL still reaches the request log:
+    # JupyterHub scrubs query values whose names contain these words; add "secret".
+    if "secret" not in hub_log.SCRUB_PARAM_KEYS:
+        hub_log.SCRUB_PARAM_KEYS = (*hub_log.SCRUB_PARAM_KEYS, "secret")
     app.handlers = [
         (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h
         for h in app.handlers

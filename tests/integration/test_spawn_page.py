@@ -197,7 +197,11 @@ async def test_links_carry_only_image_size_cpu_memory_gpus(env, kube, query, fie
         assert "leak" not in page and "PYTHONWARNINGS" not in page.split('id="aicoe-options"')[1]
         assert await user_pods(kube, env.namespace, user) == []
         assert (await server_model(env, user))["servers"] == {}
-        assert "Traceback" not in env.log_since(offset)
+        logged = env.log_since(offset)
+        assert "Traceback" not in logged and "leak" not in logged
+        # One line says why (the request's own line aside).
+        lines = [ln for ln in logged.splitlines() if "cannot be given in a link" in ln]
+        assert len(lines) == 1, lines
     finally:
         await web.close()
 
