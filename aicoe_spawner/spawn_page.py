@@ -108,6 +108,8 @@ class SpawnPage(SpawnHandler):
         if not isinstance(spawner, AICoESpawner) or spawner.pending:
             return await super()._get(user_name, server_name, display_name)
         spawner.handler = self
+        # As JupyterHub's page does: auth state may shape the form.
+        await spawner.run_auth_state_hook(await user.get_auth_state())
         try:
             raw = await maybe_future(spawner.options_from_query(query))
             chosen = await spawner.check_user_options(raw)
