@@ -47,7 +47,10 @@ c.AICoESpawner.image_namespaces = image_namespaces
 c.AICoESpawner.image_label_selector = "opendatahub.io/notebook-image=true"
 
 # Sizes users choose from. cpu_* in cores, mem_* as Kubernetes quantities; "default" marks the
-# preselected one.
+# preselected one. Like a KubeSpawner profile, a size may add "kubespawner_override" (pod
+# settings for that size only: node_selector, tolerations, extra_resource_limits, volumes,
+# volume_mounts, extra_labels, ...) and "profile_options". An existing c.KubeSpawner.profile_list
+# is read as the sizes instead (then leave this unset).
 c.AICoESpawner.sizes = [
     {
         "name": "small",
@@ -76,12 +79,17 @@ c.AICoESpawner.sizes = [
         "cpu_limit": 4,
         "mem_guarantee": "8Gi",
         "mem_limit": "16Gi",
+        # e.g. the high-memory node pool:
+        # "kubespawner_override": {"node_selector": {"node-pool": "highmem"}},
     },
 ]
 # Let users type their own CPU/memory, up to these bounds.
 c.AICoESpawner.allow_custom_resources = True
 c.AICoESpawner.max_cpu = 4
 c.AICoESpawner.max_memory = "16Gi"
+# ... and no less than these (form, links and REST alike).
+c.AICoESpawner.min_cpu = 0.1
+c.AICoESpawner.min_memory = "256Mi"
 
 # GPUs: none for most users (max_gpus = 0); the gpu-users group below may ask for up to 2.
 # Pods with GPUs get the limit below, these tolerations and this node selector.

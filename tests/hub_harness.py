@@ -148,6 +148,19 @@ class Hub:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
 
+    def log_size(self) -> int:
+        """Where the hub log ends now: pass it to :meth:`log_since`."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        """What the hub logged after ``offset``."""
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
     def log_tail(self, lines: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -240,8 +253,15 @@ class WebSession:
         assert status == 200, (status, page[:500])
         return page
 
-    async def post_form(self, user: str, fields: list[tuple[str, str]]) -> tuple[int, str]:
-        page = await self.spawn_page(user)
+    async def post_form(
+        self, user: str, fields: list[tuple[str, str]], page_path: str | None = None
+    ) -> tuple[int, str]:
+        """Post ``fields`` with the form of ``page_path`` (default: the user's spawn page)."""
+        if page_path is None:
+            page = await self.spawn_page(user)
+        else:
+            status, page = await self.get(page_path)
+            assert status == 200, (status, page[:500])
         action = re.search(r'<form[^>]*action="([^"]+)"', page)
         assert action, page[:2000]
         url = action.group(1).replace("&amp;", "&")

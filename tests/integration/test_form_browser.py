@@ -45,7 +45,11 @@ c.AICoESpawner.sizes = [
     {"name": "medium", "display_name": "Medium", "description": "For everyday work",
      "cpu_guarantee": 1, "cpu_limit": 2, "mem_guarantee": "2Gi", "mem_limit": "4Gi"},
     {"name": "large", "display_name": "Large", "cpu_guarantee": 2, "cpu_limit": 4,
-     "mem_guarantee": "4Gi", "mem_limit": "8Gi"},
+     "mem_guarantee": "4Gi", "mem_limit": "8Gi",
+     "profile_options": {"disk": {"display_name": "Local disk", "choices": {
+         "hdd": {"display_name": "HDD", "kubespawner_override": {"node_selector": {"disk": "hdd"}}},
+         "ssd": {"display_name": "SSD", "kubespawner_override": {"node_selector": {"disk": "ssd"}}},
+     }}}},
 ]
 c.AICoESpawner.default_policy = {"images": ["*"], "sizes": ["small", "medium"]}
 c.AICoESpawner.group_policies = {"big": {"sizes": ["large"], "max_gpus": 2}}
@@ -275,7 +279,7 @@ async def test_choose_everything_with_a_secret_and_start(env, kube):
         env_vars = {e["name"]: e for e in c["env"]}
         # Escaped for Kubernetes' $(VAR) expansion ($$ -> $): the container sees "{username} $x".
         assert env_vars["FOO"]["value"] == "{username} $$x"
-        secret_name = f"{pod['metadata']['name']}-env"
+        secret_name = f"{pod['metadata']['name']}.secret-env"
         assert env_vars["API_KEY"] == {
             "name": "API_KEY",
             "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "API_KEY"}},
@@ -473,7 +477,16 @@ async def test_launch_link_reproduces_the_choice_for_another_user(env, kube):
     await env.ensure_user(bob, ["big"])
     other = await login(env.browser, env.url, bob)
     try:
+        # Opening the link shows what it starts, and starts nothing until bob presses Start.
         await other.page.goto(link)
+        notice = other.page.locator("#aicoe-link-notice")
+        await expect(notice).to_contain_text("minimal:2025.1, size large, 2 GPUs")
+        assert await user_pods(kube, env.namespace, bob) == []
+        _, model = await env.api("GET", f"/users/{bob}")
+        assert model["servers"] == {}
+        await expect(other.page.get_by_label("Large")).to_be_checked()
+        await expect(other.page.get_by_label("Number of GPUs")).to_have_value("2")
+        await other.page.get_by_role("button", name="Start").click()
         await env.wait_ready(bob)
         pod = (await user_pods(kube, env.namespace, bob))[0]
         assert container(pod)["image"] == reference(env.namespace, "minimal", "2025.1")
@@ -600,6 +613,95 @@ async def test_env_rows_and_resources_are_checked_as_you_type(env, kube):
                 .map(el => el.outerHTML)"""
         )
         assert unlabeled == []
+        assert up.errors == []
+    finally:
+        await up.close()
+
+
+async def test_cpu_takes_any_value_within_bounds_with_inline_messages(env, kube):
+    user = new_user()
+    up = await open_form(env, user)
+    page = up.page
+    try:
+        cpu, memory = page.get_by_label("CPU cores"), page.get_by_label("Memory", exact=True)
+        await cpu.fill("0.05")
+        await expect(page.locator("#aicoe-cpu-error")).to_have_text("At least 0.1 CPU.")
+        await memory.fill("100Mi")
+        await expect(page.locator("#aicoe-memory-error")).to_have_text("At least 256 MiB.")
+        await page.get_by_role("button", name="Start").click()
+        await expect(page.locator("#aicoe-cpu-error")).to_be_visible()
+        assert await user_pods(kube, env.namespace, user) == []
+        await cpu.fill("2.25")
+        await memory.fill("3Gi")
+        await expect(cpu).not_to_have_class("is-invalid")
+        assert await cpu.evaluate("el => el.validity.valid")
+        await page.get_by_role("button", name="Start").click()
+        await env.wait_ready(user)
+        pod = (await user_pods(kube, env.namespace, user))[0]
+        assert container(pod)["resources"]["limits"]["cpu"] in ("2.25", "2250m")
+        await env.stop_server(user)
+        assert up.errors == []
+    finally:
+        await up.close()
+
+
+async def test_a_choice_the_server_rejects_comes_back_with_the_entries_and_the_message(env, kube):
+    user = new_user()
+    up = await open_form(env, user)
+    page = up.page
+    try:
+        await page.get_by_label("Medium").check()
+        await page.get_by_label("CPU cores").fill("1.25")
+        await page.locator(".aicoe-env-name").first.fill("KEEP_ME")
+        await page.locator(".aicoe-env-value").first.fill("typed")
+        # Past the page's own checks (as a script or an old page would post).
+        await page.get_by_label("Memory", exact=True).fill("1")
+        await page.evaluate("document.getElementById('spawn_form').submit()")
+        # The server's own message, by the field it is about.
+        await expect(page.locator("#aicoe-memory-error")).to_have_text(
+            "must be at least 256 MiB, got '1'"
+        )
+        await expect(page.locator("#aicoe-memory-error")).to_be_visible()
+        await expect(page.get_by_label("Memory", exact=True)).to_have_value("1")
+        await expect(page.get_by_label("CPU cores")).to_have_value("1.25")
+        await expect(page.get_by_label("Medium")).to_be_checked()
+        await expect(page.locator(".aicoe-env-name").first).to_have_value("KEEP_ME")
+        await expect(page.locator(".aicoe-env-value").first).to_have_value("typed")
+        assert "HTTP 400" not in await page.content()
+        await expect(page.locator(".spawn-error-msg")).to_have_count(0)
+        assert await user_pods(kube, env.namespace, user) == []
+        # Fixing the field clears the message and starts.
+        await page.get_by_label("Memory", exact=True).fill("2Gi")
+        await expect(page.locator("#aicoe-memory-error")).to_be_hidden()
+        await page.get_by_role("button", name="Start").click()
+        await env.wait_ready(user)
+        pod = (await user_pods(kube, env.namespace, user))[0]
+        assert int(container(pod)["resources"]["limits"]["memory"]) == 2 * 2**30
+        await env.stop_server(user)
+        assert up.errors == []
+    finally:
+        await up.close()
+
+
+async def test_a_size_option_is_part_of_the_form(env, kube):
+    user = new_user()
+    up = await open_form(env, user, groups=["big"])
+    page = up.page
+    try:
+        disk = page.get_by_label("Local disk")
+        await expect(disk).to_have_value("hdd")  # the first choice is the default
+        await disk.select_option("ssd")
+        await expect(page.get_by_label("Large")).to_be_checked()
+        await page.get_by_role("button", name="Start").click()
+        await env.wait_ready(user)
+        pod = (await user_pods(kube, env.namespace, user))[0]
+        assert pod["spec"]["nodeSelector"] == {"disk": "ssd"}
+        _, model = await env.api("GET", f"/users/{user}")
+        assert model["servers"][""]["user_options"]["size_options"] == {"disk": "ssd"}
+        await env.stop_server(user)
+        # The form remembers the choice.
+        await page.goto(f"/hub/spawn/{user}")
+        await expect(page.get_by_label("Local disk")).to_have_value("ssd")
         assert up.errors == []
     finally:
         await up.close()

@@ -10,6 +10,7 @@ from traitlets import HasTraits
 from traitlets.config import PyFileConfigLoader
 
 from aicoe_spawner.devcluster.controlplane import REPO_ROOT
+from aicoe_spawner.options import Size
 from aicoe_spawner.spawner import AICoESpawner
 
 
@@ -63,6 +64,7 @@ def test_example_config_is_valid_for_the_spawner_and_the_hub(monkeypatch):
         spawner = SimpleNamespace(
             **{**defaults, **settings},
             user=SimpleNamespace(groups=[SimpleNamespace(name=g) for g in groups]),
+            configured_sizes=lambda: [Size.from_config(s) for s in settings["sizes"]],
         )
         policy = AICoESpawner.user_policy(spawner)
         assert policy.max_gpus == max_gpus

@@ -370,8 +370,13 @@ async def test_spawn_link_with_query_arguments(env, kube):
     await env.ensure_user(user)
     web = await env.login(user)
     try:
-        status, _ = await web.get(
-            f"/hub/spawn/{user}?image=minimal:2025.1&size=medium", allow_redirects=False
+        link = f"/hub/spawn/{user}?image=minimal:2025.1&size=medium"
+        # Opening the link starts nothing: it shows the choice, the user presses Start.
+        status, page = await web.get(link, allow_redirects=False)
+        assert status == 200 and 'id="aicoe-link-notice"' in page
+        assert await user_pods(kube, env.namespace, user) == []
+        status, _ = await web.post_form(
+            user, [("image", "minimal:2025.1"), ("size", "medium")], page_path=link
         )
         assert status == 302
         await env.wait_ready(user)

@@ -375,9 +375,9 @@ def test_to_user_options_keeps_no_secret_value():
 
 
 def test_saved_options_validate_again():
-    opts = check({"cpu": "2", "memory": 1000, "secret_env": {"S": "x"}, "env": {"A": "1"}})
+    opts = check({"cpu": "2", "memory": 300_000_001, "secret_env": {"S": "x"}, "env": {"A": "1"}})
     saved = opts.to_user_options(NS)
-    assert "cpu" in saved and saved["memory"] == "1000"
+    assert "cpu" in saved and saved["memory"] == "300000001"
     again = check(saved)
     assert (again.image, again.tag, again.size, again.cpu, again.memory, again.env) == (
         opts.image,
@@ -389,9 +389,10 @@ def test_saved_options_validate_again():
     )
     assert again.secret_env == {}
     assert "cpu" not in check({}).to_user_options(NS)
-    tiny = check({"cpu": "100u"}).to_user_options(NS)
+    no_minimum = make_policy(min_cpu=0)
+    tiny = check({"cpu": "100u"}, no_minimum).to_user_options(NS)
     assert tiny["cpu"] == "1m"
-    assert check(tiny).cpu == 0.001
+    assert check(tiny, no_minimum).cpu == 0.001
 
 
 # -- validate: rejections ---------------------------------------------------------------------

@@ -1,0 +1,235 @@
+"""The ``/hub/spawn`` page for AICoESpawner, and the hub startup check.
+
+JupyterHub's own page starts a server as soon as a ``/hub/spawn?…`` link is opened, sends a
+link opened while the server runs to the old server, and re-renders a rejected form with
+defaults. :class:`SpawnPage` (a subclass of JupyterHub's ``SpawnHandler``) instead:
+
+- shows a link's choice in the form and starts nothing until the user presses Start;
+- says so when the user's server already runs with other options, and offers to stop it and
+  start the link's choice;
+- re-renders a rejected choice with the user's entries and the message by its field, and logs
+  one line.
+
+:func:`attach_to_hub` runs when the spawner module is imported inside a starting JupyterHub:
+once the hub builds its handlers it checks the spawner's configuration (a mistake stops the hub
+with a message) and serves the spawn URLs with :class:`SpawnPage`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jupyterhub.log as hub_log
+from jupyterhub.handlers.pages import SpawnHandler
+from jupyterhub.scopes import needs_scope
+from jupyterhub.utils import maybe_future
+from tornado import web
+from tornado.httputil import url_concat
+
+from . import options as opts
+from .form_view import FormContext
+
+_RESERVED_QUERY = ("next", "display_name")
+
+
+def describe(options: dict[str, Any]) -> str:
+    """A choice in words: ``"minimal:2025.2, size medium, 1 GPU"``."""
+    parts = [str(options.get("image", "the default image"))]
+    parts.append(f"size {options['size']}" if options.get("size") else "the default size")
+    for key in ("cpu", "memory"):
+        if options.get(key):
+            parts.append(f"{key} {options[key]}")
+    gpus = options.get("gpus") or 0
+    parts.append(f"{gpus} GPU" + ("" if gpus == 1 else "s"))
+    return ", ".join(parts)
+
+
+def _same_choice(running: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(running.get(k) == wanted.get(k) for k in opts.LINK_FIELDS)
+
+
+class SpawnPage(SpawnHandler):
+    """JupyterHub's spawn page, with links that never start anything by themselves."""
+
+    async def _spawner_for(self, user_name: str, server_name: str, display_name: str):
+        """(user, spawner) as JupyterHub's handler finds them; 404 for an unknown user."""
+        user = self.current_user
+        if user_name != user.name:
+            user = self.find_user(user_name)
+            if user is None:
+                raise web.HTTPError(404, f"No such user: {user_name}")
+        if server_name:
+            await self._check_named_server_request(user, server_name, display_name)
+        return user, user.get_or_create_spawner(server_name, display_name, replace_failed=True)
+
+    def _reject(self, spawner, error: opts.OptionsError, source: str) -> None:
+        self.set_status(400)
+        self.log.warning("Rejected %s options for %s: %s", source, spawner._log_name, error)
+
+    async def _render_form(self, for_user, spawner_options_form, message="", html_message=""):
+        # JupyterHub posts the form back to the request's URL, query included: a link's query
+        # (which may hold what a link must not carry) is not repeated into the page.
+        next_url = self.get_argument("next", None)
+        action = url_concat(self.request.path, {"next": next_url} if next_url else {})
+        auth_state = await for_user.get_auth_state()
+        return await self.render_template(
+            "spawn.html",
+            for_user=for_user,
+            auth_state=auth_state,
+            spawner_options_form=spawner_options_form,
+            error_message=message,
+            html_error_message=html_message,
+            url=url_concat(action, {"_xsrf": self.xsrf_token.decode("ascii")}),
+            spawner=for_user.spawner,
+        )
+
+    async def _page(self, user, spawner, context: FormContext) -> None:
+        form = await spawner.render_options_form(context)
+        self.finish(await self._render_form(for_user=user, spawner_options_form=form))
+
+    # -- GET: a link ------------------------------------------------------------------------
+
+    @needs_scope("servers")
+    async def _get(self, user_name, server_name, display_name):
+        from .spawner import AICoESpawner, OptionsRejected
+
+        query = {
+            key: [v.decode("utf8", "replace") for v in values]
+            for key, values in self.request.query_arguments.items()
+            if key not in _RESERVED_QUERY
+        }
+        if any(k.startswith("opt-") for k in query):
+            # JupyterHub's prefixed form (?opt-image=…): then only prefixed keys count.
+            query = {k[4:]: v for k, v in query.items() if k.startswith("opt-") and k[4:]}
+        if not query:
+            return await super()._get(user_name, server_name, display_name)
+        user, spawner = await self._spawner_for(user_name, server_name, display_name)
+        if not isinstance(spawner, AICoESpawner) or spawner.pending:
+            return await super()._get(user_name, server_name, display_name)
+        spawner.handler = self
+        # As JupyterHub's page does: auth state may shape the form.
+        await spawner.run_auth_state_hook(await user.get_auth_state())
+        try:
+            raw = await maybe_future(spawner.options_from_query(query))
+            chosen = await spawner.check_user_options(raw)
+        except OptionsRejected as e:
+            self._reject(spawner, e.error, "link")
+            shown = {k: v for k, v in query.items() if k in opts.LINK_FIELDS}
+            return await self._page(user, spawner, FormContext(entries=shown, error=e.error))
+        finally:
+            spawner.handler = None
+        wanted = chosen.to_user_options(spawner.namespace)
+        if spawner.ready:
+            running = spawner.user_options or {}
+            if _same_choice(running, wanted):
+                return self.redirect(self.get_next_url(user, default=user.server_url(server_name)))
+            notice = {
+                "kind": "running",
+                "running": describe(running),
+                "starts": describe(wanted),
+                "server_url": user.server_url(server_name),
+            }
+        else:
+            notice = {"kind": "link", "starts": describe(wanted)}
+        # The form shows exactly what would start: the link's choice with defaults filled in.
+        shown = {
+            **query,
+            "image": [wanted["image"]],
+            "size": [wanted["size"]],
+            "gpus": [str(wanted["gpus"])],
+        }
+        await self._page(user, spawner, FormContext(entries=shown, notice=notice))
+
+    # -- POST: the form ---------------------------------------------------------------------
+
+    @needs_scope("servers")
+    async def _post(self, user_name, server_name, display_name):
+        from .spawner import AICoESpawner, OptionsRejected
+
+        user, spawner = await self._spawner_for(user_name, server_name, display_name)
+        if not isinstance(spawner, AICoESpawner) or spawner.pending:
+            return await super()._post(user_name, server_name, display_name)
+        form = {
+            key: [v.decode("utf8", "replace") for v in values]
+            for key, values in self.request.body_arguments.items()
+        }
+        replace = form.get("_replace_running") == ["1"]
+        try:
+            raw = await maybe_future(spawner.run_options_from_form(form))
+            chosen = await spawner.check_user_options(raw)
+        except OptionsRejected as e:
+            self._reject(spawner, e.error, "form")
+            return await self._page(user, spawner, FormContext(entries=form, error=e.error))
+        if spawner.ready:
+            wanted = chosen.to_user_options(spawner.namespace)
+            if not replace:
+                self.set_status(409)
+                notice = {
+                    "kind": "running",
+                    "running": describe(spawner.user_options or {}),
+                    "starts": describe(wanted),
+                    "server_url": user.server_url(server_name),
+                }
+                return await self._page(user, spawner, FormContext(entries=form, notice=notice))
+            self.log.info("Stopping %s to start a new choice", spawner._log_name)
+            await self.stop_single_user(user, server_name)
+            if spawner._stop_future is not None and not spawner._stop_future.done():
+                await spawner._stop_future
+        pending_url = self._get_pending_url(user, server_name)
+        return await self._wrap_spawn_single_user(
+            user, server_name, display_name, spawner, pending_url, raw
+        )
+
+
+# -- hub integration ----------------------------------------------------------------------
+
+
+def attach_to_hub() -> None:
+    """Once JupyterHub builds its handlers (``JupyterHub.init_handlers``, before it creates the
+    tornado application): check the spawner's configuration and serve the spawn URLs with
+    :class:`SpawnPage`, if the hub's spawner is an AICoESpawner.
+
+    JupyterHub offers spawners no hook for either, and it imports the spawner class while the
+    application object is still being built, so this wraps ``init_handlers`` of the class once.
+    """
+    from jupyterhub.app import JupyterHub
+
+    if getattr(JupyterHub.init_handlers, "_aicoe_spawn_page", False):
+        return
+    original = JupyterHub.init_handlers
+
+    @functools.wraps(original)
+    def init_handlers(app):
+        original(app)
+        install(app)
+
+    init_handlers._aicoe_spawn_page = True
+    JupyterHub.init_handlers = init_handlers
+
+
+def install(app) -> None:
+    """Check the configuration and swap JupyterHub's spawn page for ours in ``app.handlers``."""
+    from .spawner import AICoESpawner
+
+    if not issubclass(app.spawner_class, AICoESpawner):
+        return
+    check_configuration(app)
+    # A link with secret_env_value=… is refused, but its URL still reaches the request log:
+    # JupyterHub scrubs query values whose names contain these words; add "secret".
+    if "secret" not in hub_log.SCRUB_PARAM_KEYS:
+        hub_log.SCRUB_PARAM_KEYS = (*hub_log.SCRUB_PARAM_KEYS, "secret")
+    app.handlers = [
+        (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h
+        for h in app.handlers
+    ]
+
+
+def check_configuration(app) -> None:
+    """Stop the hub with a message if the spawner's configuration cannot work."""
+    try:
+        spawner = app.spawner_class(config=app.config, _mock=True, _config_check=True)
+        spawner.check_configuration()
+    except Exception as e:
+        app.log.critical("AICoESpawner cannot start with this configuration: %s", e)
+        app.exit(1)
