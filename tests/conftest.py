@@ -3,10 +3,15 @@ test, a fake kubelet, and ServiceAccount tokens bound to Roles.
 
 The control plane is never optional: if it cannot start, every test that needs it errors (the
 run fails); nothing is skipped.
+
+Every test gets the marker of its tier from its directory, so each tier runs alone:
+``-m unit`` (pure, no control plane), ``-m integration`` (a real kube-apiserver),
+``-m node`` (a real kubelet and containerd); ``-m "not integration and not node"`` is ``unit``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from _pytest.mark.expression import Expression
 from kubernetes_asyncio import client
 
 from aicoe_spawner.devcluster import (
@@ -28,6 +34,11 @@ from aicoe_spawner.devcluster import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+# The tier of each test directory: the marker its tests get.
+TIERS = {"unit": "unit", "integration": "integration", "node": "node"}
+# Fixtures that start or need the control plane: a unit test may use none of them.
+CONTROL_PLANE_FIXTURES = {"control_plane", "kube", "fake_kubelet", "namespace"}
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "imagestreams"
 
@@ -102,6 +113,40 @@ def token_kubeconfig(control_plane: ControlPlane, tmp_path: Path) -> Callable[[s
         )
 
     return make
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m`` naming only tiers, a tier directory the expression cannot select is not even
+    imported (some integration modules run built binaries such as helm at import)."""
+    markexpr = config.getoption("markexpr")
+    path = Path(collection_path).resolve()
+    if not markexpr or path.parent != TESTS or path.name not in TIERS:
+        return None
+    names = set(re.findall(r"[^\s()]+", markexpr)) - {"and", "or", "not"}
+    if not names <= set(TIERS.values()):
+        return None
+    tier = TIERS[path.name]
+    if Expression.compile(markexpr).evaluate(lambda name, /, **kwargs: name == tier):
+        return None
+    return True
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier (the first directory under tests/). A test outside a tier
+    directory, or a unit test that uses the control plane, is a collection error."""
+    misplaced = []
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+        tier = TIERS.get(parts[0]) if len(parts) > 1 else None
+        if tier is None:
+            misplaced.append(f"{item.nodeid}: not under tests/{{{','.join(TIERS)}}}/")
+            continue
+        if tier == "unit" and CONTROL_PLANE_FIXTURES & set(item.fixturenames):
+            misplaced.append(f"{item.nodeid}: a unit test using the control plane")
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+    if misplaced:
+        raise pytest.UsageError("tests outside their tier:\n  " + "\n  ".join(misplaced))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
