@@ -10,6 +10,7 @@ from urllib.parse import quote
 from hub_harness import in_process_spawner
 from kube_helpers import create_imagestream
 from kubernetes_asyncio import client
+from kubernetes_asyncio.config import kube_config
 
 from aicoe_spawner import spawner as spawner_module
 from aicoe_spawner.spawner import AICoESpawner
@@ -25,7 +26,12 @@ def form_config(form: str) -> dict:
     return json.loads(found.group(1))
 
 
-async def test_many_users_share_one_rendering_with_their_own_poll_url(kube, namespace, monkeypatch):
+async def test_many_users_share_one_rendering_with_their_own_poll_url(
+    control_plane, kube, namespace, monkeypatch
+):
+    # KubeSpawner loads the default kubeconfig when a spawner is constructed.
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(control_plane.kubeconfig))
     await create_imagestream(
         kube, namespace, "minimal", {"1": {f"{A}workbench-image-recommended": "true"}}
     )
