@@ -138,13 +138,15 @@ async def main(args) -> list[Row]:
         Prepare = Callable[[int], Callable[[], Awaitable[str]]]
 
         async def measure(prepare_c: Prepare, prepare_r: Prepare) -> tuple[Stats, Stats]:
-            """Interleaved page loads; ``prepare_*(n)`` sets up (untimed) and returns the load."""
+            """Interleaved page loads; ``prepare_*(n)`` sets up (untimed) and returns the load.
+            Each load starts after a full garbage collection (untimed), so that neither side
+            pays for the other's garbage (spawner objects are reference cycles)."""
             times_c: list[float] = []
             times_r: list[float] = []
-            gc.collect()
             for n in range(args.renders):
                 for which in (0, 1) if n % 2 == 0 else (1, 0):
                     load = (prepare_c if which == 0 else prepare_r)(n)
+                    gc.collect()
                     t0 = time.perf_counter()
                     await load()
                     (times_c if which == 0 else times_r).append(time.perf_counter() - t0)
