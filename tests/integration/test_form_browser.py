@@ -28,7 +28,6 @@ from kubernetes_asyncio.client.rest import ApiException
 from playwright.async_api import expect
 
 from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.spawner import without_secret_values
 
 A = "opendatahub.io/"
 DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}
@@ -723,13 +722,3 @@ async def test_narrow_screen_filter_and_accelerator_hint(env, kube):
         assert width <= NARROW["width"], width
     finally:
         await up.close()
-
-
-def test_stored_user_options_keep_only_secret_names():
-    options = {"image": "a:1", "secret_env": {"B": "v1", "A": "v2"}, "env": {"X": "y"}}
-    stored = without_secret_values(options)
-    assert stored == {"image": "a:1", "env": {"X": "y"}, "secret_env_names": ["A", "B"]}
-    assert options["secret_env"] == {"B": "v1", "A": "v2"}  # the caller's dict is untouched
-    assert without_secret_values({"image": "a:1"}) == {"image": "a:1"}
-    assert without_secret_values(None) is None
-    assert without_secret_values({"secret_env": "junk"}) == {"secret_env_names": []}
