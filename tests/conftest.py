@@ -4,9 +4,11 @@ test, a fake kubelet, and ServiceAccount tokens bound to Roles.
 The control plane is never optional: if it cannot start, every test that needs it errors (the
 run fails); nothing is skipped.
 
-Every test gets the marker of its tier from its directory, so each tier runs alone:
-``-m unit`` (pure, no control plane), ``-m integration`` (a real kube-apiserver),
-``-m node`` (a real kubelet and containerd); ``-m "not integration and not node"`` is ``unit``.
+Every test gets the markers of its tier from its directory: ``unit`` (pure, no control plane),
+``integration`` (a real kube-apiserver), ``node`` (a real kubelet and containerd, on top of the
+API server: node tests are ``integration`` too). So ``-m unit`` and ``-m "not integration"``
+need no control plane, ``-m "integration and not node"`` needs no node, ``-m node`` is the node
+tier alone.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from aicoe_spawner.devcluster import (
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-# The tier of each test directory: the marker its tests get.
-TIERS = {"unit": "unit", "integration": "integration", "node": "node"}
+# The tier of each test directory: the markers its tests get.
+TIERS = {"unit": ("unit",), "integration": ("integration",), "node": ("node", "integration")}
 # Fixtures that start or need the control plane: a unit test may use none of them.
 CONTROL_PLANE_FIXTURES = {"control_plane", "kube", "fake_kubelet", "namespace"}
 SHARED = REPO.parent / "shared"
@@ -123,10 +125,10 @@ def pytest_ignore_collect(collection_path, config):
     if not markexpr or path.parent != TESTS or path.name not in TIERS:
         return None
     names = set(re.findall(r"[^\s()]+", markexpr)) - {"and", "or", "not"}
-    if not names <= set(TIERS.values()):
+    if not names <= {m for markers in TIERS.values() for m in markers}:
         return None
-    tier = TIERS[path.name]
-    if Expression.compile(markexpr).evaluate(lambda name, /, **kwargs: name == tier):
+    markers = TIERS[path.name]
+    if Expression.compile(markexpr).evaluate(lambda name, /, **kwargs: name in markers):
         return None
     return True
 
@@ -137,14 +139,15 @@ def pytest_collection_modifyitems(config, items):
     misplaced = []
     for item in items:
         parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
-        tier = TIERS.get(parts[0]) if len(parts) > 1 else None
-        if tier is None:
+        markers = TIERS.get(parts[0]) if len(parts) > 1 else None
+        if markers is None:
             misplaced.append(f"{item.nodeid}: not under tests/{{{','.join(TIERS)}}}/")
             continue
-        if tier == "unit" and CONTROL_PLANE_FIXTURES & set(item.fixturenames):
+        if "unit" in markers and CONTROL_PLANE_FIXTURES & set(item.fixturenames):
             misplaced.append(f"{item.nodeid}: a unit test using the control plane")
             continue
-        item.add_marker(getattr(pytest.mark, tier))
+        for marker in markers:
+            item.add_marker(getattr(pytest.mark, marker))
     if misplaced:
         raise pytest.UsageError("tests outside their tier:\n  " + "\n  ".join(misplaced))
 
