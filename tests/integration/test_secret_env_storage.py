@@ -22,14 +22,16 @@ A = "opendatahub.io/"
 DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}
 
 # Spawns of users named "held-*" wait in auth_state_hook -- after JupyterHub saved their
-# user_options, before the spawner validates them -- until the test creates release-<user>.
+# user_options, before the spawner validates them: they say so with holding-<user> and wait
+# until the test creates release-<user>.
 HUB_CONFIG = """
 import asyncio, pathlib
 
 async def hold_spawn(spawner, auth_state):
     if spawner.user.name.startswith("held-"):
-        release = pathlib.Path(__file__).parent / f"release-{spawner.user.name}"
-        while not release.exists():
+        here = pathlib.Path(__file__).parent
+        (here / f"holding-{spawner.user.name}").touch()
+        while not (here / f"release-{spawner.user.name}").exists():
             await asyncio.sleep(0.05)
 
 c.Spawner.auth_state_hook = hold_spawn
@@ -137,12 +139,13 @@ async def test_pending_spawn_stores_no_secret_value(env, kube):
     )
     try:
 
-        async def pending():
-            status, model = await env.api("GET", f"/users/{user}")
-            return status == 200 and model.get("pending") == "spawn"
+        async def holding():
+            return (env.workdir / f"holding-{user}").exists()
 
-        await wait_for(pending, timeout=30)
+        await wait_for(holding, timeout=30)
         # JupyterHub has saved this request's user_options and the spawn waits.
+        status, model = await env.api("GET", f"/users/{user}")
+        assert status == 200 and model["pending"] == "spawn", model
         assert_only_names_stored(env, user, value, ["TOKEN"])
     finally:
         (env.workdir / f"release-{user}").touch()
