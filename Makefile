@@ -1,5 +1,7 @@
 # The two commands: `make demo` runs the hub on a local control plane; `make test` runs the tests.
-.PHONY: setup test lint format demo
+# `make screenshots` refreshes docs/screenshots/ from the browser tests (tests write theirs to
+# the ignored test-artifacts/).
+.PHONY: setup test lint format demo screenshots
 
 setup:
 	scripts/setup.sh
@@ -14,6 +16,10 @@ format: setup
 
 test: setup lint
 	.venv/bin/python -m pytest -p no:cacheprovider
+
+screenshots: setup
+	AICOE_SCREENSHOTS_DIR=docs/screenshots .venv/bin/python -m pytest -p no:cacheprovider \
+		tests/integration/test_form_browser.py tests/integration/test_builder_page.py
 
 demo: setup
 	.venv/bin/python -m aicoe_spawner.demo

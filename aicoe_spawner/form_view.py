@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2.utils import htmlsafe_json_dumps
 from jupyterhub.utils import url_path_join
 from markupsafe import Markup
 
@@ -25,9 +26,13 @@ _templates = Environment(
     loader=PackageLoader("aicoe_spawner", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
 )
-# Rendered options forms by their inputs (catalog version, policy, preselection, settings).
-_rendered_forms: OrderedDict[tuple, str] = OrderedDict()
+# Rendered options forms by their inputs (catalog version, policy, preselection, settings),
+# split around the per-user poll URL: (before, after). Users with the same policy and choice
+# share one entry however many users the hub has.
+_rendered_forms: OrderedDict[tuple, tuple[str, str]] = OrderedDict()
 _RENDERED_FORMS_MAX = 64
+# Stands for the poll URL in a cached rendering (as the JSON string the template writes).
+_POLL_URL_SLOT = "aicoe-poll-url-slot-7c1f0b"
 # Rendered image cards by (stream, resourceVersion, choice); a few per stream.
 _rendered_cards: OrderedDict[tuple, Markup] = OrderedDict()
 _RENDERED_CARDS_MAX = 50_000
@@ -97,7 +102,9 @@ class FormView:
         selected = self._preselection(catalog, policy)
         config = self._form_config(policy)
         # The form is a pure function of these inputs: users with the same policy and choice
-        # share one rendering per catalog version.
+        # share one rendering per catalog version. The poll URL names the user: it is put into
+        # the cached rendering per request instead of being part of the key.
+        poll_url = config.pop("poll_url")
         key = (
             id(watch),
             watch.version,
@@ -108,15 +115,21 @@ class FormView:
             self.namespace,
             self.form_filter_threshold,
         )
+        poll_url_json = str(htmlsafe_json_dumps(poll_url))
         cached = _rendered_forms.get(key)
         if cached is not None:
             _rendered_forms.move_to_end(key)
-            return cached
-        html = self._render_form_html(watch, catalog, policy, selected, config)
-        _rendered_forms[key] = html
+            return poll_url_json.join(cached)
+        html = self._render_form_html(
+            watch, catalog, policy, selected, {**config, "poll_url": _POLL_URL_SLOT}
+        )
+        parts = html.split(str(htmlsafe_json_dumps(_POLL_URL_SLOT)))
+        if len(parts) != 2:  # the slot must be the config's poll_url and nothing else
+            raise RuntimeError("options form: the poll URL slot is not in the form exactly once")
+        _rendered_forms[key] = (parts[0], parts[1])
         while len(_rendered_forms) > _RENDERED_FORMS_MAX:
             _rendered_forms.popitem(last=False)
-        return html
+        return poll_url_json.join(parts)
 
     def _form_config(self, policy: opts.Policy) -> dict[str, Any]:
         """Settings the form's script needs."""

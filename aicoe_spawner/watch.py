@@ -199,6 +199,16 @@ class ImageStreamWatch:
         return response["metadata"]["resourceVersion"]
 
     async def _watch(self, namespace: str, resource_version: str) -> str:
+        try:
+            return await self._watch_events(namespace, resource_version)
+        except ApiException as e:
+            # kubernetes_asyncio turns a watch's ERROR event into an ApiException: 410 Gone
+            # (resourceVersion too old) is expected, not a failure.
+            if e.status == 410:
+                raise _Relist() from None
+            raise
+
+    async def _watch_events(self, namespace: str, resource_version: str) -> str:
         self.api_requests += 1
         w = watch.Watch()
         async with w.stream(

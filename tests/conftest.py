@@ -3,10 +3,17 @@ test, a fake kubelet, and ServiceAccount tokens bound to Roles.
 
 The control plane is never optional: if it cannot start, every test that needs it errors (the
 run fails); nothing is skipped.
+
+Every test gets the markers of its tier from its directory: ``unit`` (pure, no control plane),
+``integration`` (a real kube-apiserver), ``node`` (a real kubelet and containerd, on top of the
+API server: node tests are ``integration`` too). So ``-m unit`` and ``-m "not integration"``
+need no control plane, ``-m "integration and not node"`` needs no node, ``-m node`` is the node
+tier alone.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from _pytest.mark.expression import Expression
 from kubernetes_asyncio import client
 
 from aicoe_spawner.devcluster import (
@@ -28,6 +36,11 @@ from aicoe_spawner.devcluster import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+# The tier of each test directory: the markers its tests get.
+TIERS = {"unit": ("unit",), "integration": ("integration",), "node": ("node", "integration")}
+# Fixtures that start or need the control plane: a unit test may use none of them.
+CONTROL_PLANE_FIXTURES = {"control_plane", "kube", "fake_kubelet", "namespace"}
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "imagestreams"
 
@@ -102,6 +115,41 @@ def token_kubeconfig(control_plane: ControlPlane, tmp_path: Path) -> Callable[[s
         )
 
     return make
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m`` naming only tiers, a tier directory the expression cannot select is not even
+    imported (some integration modules run built binaries such as helm at import)."""
+    markexpr = config.getoption("markexpr")
+    path = Path(collection_path).resolve()
+    if not markexpr or path.parent != TESTS or path.name not in TIERS:
+        return None
+    names = set(re.findall(r"[^\s()]+", markexpr)) - {"and", "or", "not"}
+    if not names <= {m for markers in TIERS.values() for m in markers}:
+        return None
+    markers = TIERS[path.name]
+    if Expression.compile(markexpr).evaluate(lambda name, /, **kwargs: name in markers):
+        return None
+    return True
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier (the first directory under tests/). A test outside a tier
+    directory, or a unit test that uses the control plane, is a collection error."""
+    misplaced = []
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+        markers = TIERS.get(parts[0]) if len(parts) > 1 else None
+        if markers is None:
+            misplaced.append(f"{item.nodeid}: not under tests/{{{','.join(TIERS)}}}/")
+            continue
+        if "unit" in markers and CONTROL_PLANE_FIXTURES & set(item.fixturenames):
+            misplaced.append(f"{item.nodeid}: a unit test using the control plane")
+            continue
+        for marker in markers:
+            item.add_marker(getattr(pytest.mark, marker))
+    if misplaced:
+        raise pytest.UsageError("tests outside their tier:\n  " + "\n  ".join(misplaced))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -280,3 +280,42 @@ def _input_value(page: str, name: str) -> str:
     )
     assert match, f"no input {name} on page"
     return match.group(1)
+
+
+# -- spawners outside a hub -------------------------------------------------------------------
+
+
+class StandInUser:
+    """Just enough of ``jupyterhub.user.User`` to build a spawner and render its form."""
+
+    def __init__(self, name: str, groups: tuple[str, ...] = ()) -> None:
+        from types import SimpleNamespace
+        from urllib.parse import quote
+
+        self.name = name
+        self.escaped_name = quote(name, safe="@~")
+        self.id = 1
+        self.url = f"/user/{self.escaped_name}/"
+        self.groups = [SimpleNamespace(name=g) for g in groups]
+
+
+def in_process_spawner(spawner_class: type, user: str, namespace: str, **traits: Any):
+    """A spawner built in this process with a stand-in user and hub (as the benchmarks build
+    them); it shares this process's ImageStreamWatch for its namespace."""
+    from types import SimpleNamespace
+
+    hub = SimpleNamespace(
+        public_host="",
+        url="http://127.0.0.1:8081/hub/",
+        base_url="/hub/",
+        api_url="http://127.0.0.1:8081/hub/api",
+    )
+    return spawner_class(_mock=True, user=StandInUser(user), hub=hub, namespace=namespace, **traits)
+
+
+def files_containing(directory: Path, needle: str) -> list[str]:
+    """Names of the files in ``directory`` (a hub's database, journal, log, ...) whose bytes
+    contain ``needle``."""
+    return [
+        p.name for p in directory.iterdir() if p.is_file() and needle.encode() in p.read_bytes()
+    ]

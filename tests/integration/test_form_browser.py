@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 import uuid
 from itertools import count
 
 import pytest_asyncio
 from browser import DESKTOP, NARROW, chromium, login, screenshot
-from hub_harness import FakeSingleUser, Hub
+from hub_harness import FakeSingleUser, Hub, files_containing
 from kube_helpers import (
     IMAGE_API,
     MERGE,
@@ -27,7 +28,6 @@ from kubernetes_asyncio.client.rest import ApiException
 from playwright.async_api import expect
 
 from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.spawner import without_secret_values
 
 A = "opendatahub.io/"
 DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}
@@ -35,6 +35,8 @@ XSS = '<img src=x onerror="window.__xss=1;alert(1)">'
 XSS2 = "<script>window.__xss=2;alert(2)</script>"
 XSS3 = "\"'><svg/onload=window.__xss=3>"
 XSS_URL = 'https://example.com/"><svg/onload=window.__xss=4>'
+# Ends the script element that embeds the form's JSON, if anything lets it through unescaped.
+SCRIPT_END = "</script><script>window.__xss=6;alert(6)</script>"
 SECRET = "s3cr3t-" + uuid.uuid4().hex
 
 HUB_CONFIG = """
@@ -176,6 +178,44 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
         {"1": {}},
         annotations={f"{A}notebook-image-url": "javascript:window.__xss=5", "x": XSS},
     )
+    # Failure messages (a build's, an import's) travel in the form's embedded JSON state.
+    await create_imagestream(
+        kube,
+        ns,
+        "script-end",
+        {
+            "v1": {f"{A}workbench-image-recommended": "true"},
+            "broken": {
+                "aicoe-spawner.io/build-phase": "failed",
+                "aicoe-spawner.io/build-message": SCRIPT_END,
+            },
+            "import": {},
+        },
+        ready=[],
+        annotations={
+            f"{A}notebook-image-name": SCRIPT_END,
+            f"{A}notebook-image-desc": SCRIPT_END,
+            f"{A}notebook-image-order": "5",
+        },
+    )
+    await client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        *IMAGE_API,
+        ns,
+        "imagestreams",
+        "script-end",
+        {
+            "status": {
+                "tags": [
+                    {
+                        "tag": "v1",
+                        "items": [{"dockerImageReference": reference(ns, "script-end", "v1")}],
+                    },
+                    {"tag": "import", "conditions": [{"status": "False", "message": SCRIPT_END}]},
+                ]
+            }
+        },
+        _content_type=MERGE,
+    )
     for i in range(5):
         await create_imagestream(
             kube, ns, f"extra-{i}", {"1": {}}, annotations={f"{A}notebook-image-order": "50"}
@@ -207,9 +247,7 @@ def container(pod: dict) -> dict:
 
 def hub_files_contain(hub: Hub, needle: str) -> list[str]:
     """Names of the hub's files (database, journal, log) whose bytes contain ``needle``."""
-    return [
-        p.name for p in hub.workdir.iterdir() if p.is_file() and needle.encode() in p.read_bytes()
-    ]
+    return files_containing(hub.workdir, needle)
 
 
 async def read_secret(kube, namespace: str, name: str) -> dict | None:
@@ -546,6 +584,43 @@ async def test_xss_payloads_render_as_text(env, kube):
         await up.close()
 
 
+async def test_script_end_in_failure_messages_stays_inside_the_embedded_json(env, kube):
+    """A build or import failure message holding ``</script>`` is data in the form's JSON
+    state (which the live updates parse again on every poll), never the end of its element."""
+    user = new_user()
+    up = await open_form(env, user)
+    page = up.page
+    try:
+        await page.wait_for_timeout(1500)  # a few live-update polls parse the state again
+        assert await page.evaluate("typeof window.__xss") == "undefined"
+        assert up.dialogs == [] and up.errors == []
+        assert await page.locator("#aicoe-options script").count() == 3  # our own
+        hostile = card(page, "script-end")
+        await expect(hostile.locator("label.form-check-label")).to_have_text(SCRIPT_END)
+        for details in await hostile.locator("details").all():
+            await details.locator("summary").click()
+        for ref in ("broken", "import"):
+            await expect(
+                hostile.locator(f".aicoe-tag[data-ref$='{ref}'] .aicoe-tag-message")
+            ).to_have_text(SCRIPT_END)
+    finally:
+        await up.close()
+
+    # The page as served: the messages are whole strings inside the JSON.
+    web = await env.login(user)
+    try:
+        page_html = await web.spawn_page(user)
+    finally:
+        await web.close()
+    form = page_html.split('id="aicoe-options"', 1)[1]
+    island = re.search(r'<script type="application/json" id="aicoe-state">(.*?)</script>', form)
+    assert island, form[:2000]
+    tags = json.loads(island.group(1))["tags"]
+    assert tags["script-end:broken"] == {"phase": "failed", "message": SCRIPT_END}
+    assert tags["script-end:import"] == {"phase": "failed", "message": SCRIPT_END}
+    assert "<script>window.__xss" not in page_html
+
+
 # -- validation as you type, keyboard, narrow screens -------------------------------------------
 
 
@@ -597,9 +672,19 @@ async def test_env_rows_and_resources_are_checked_as_you_type(env, kube):
         await expect(page.locator("#aicoe-memory-error")).to_contain_text("At most 8 GiB")
         await page.get_by_label("Memory", exact=True).fill("8 Gi")
         await expect(page.locator("#aicoe-memory-error")).to_contain_text("quantity")
-        # An invalid form is not submitted.
+        # An invalid form is not submitted: no request leaves the browser (the live-update
+        # polls are GETs of the page from a script; a submission is a POST or a navigation).
+        sent = []
+
+        def record(request):
+            if request.method != "GET" or request.is_navigation_request():
+                sent.append(f"{request.method} {request.url}")
+
+        page.on("request", record)
         await page.get_by_role("button", name="Start").click()
-        await page.wait_for_timeout(300)
+        await page.wait_for_timeout(2000)
+        page.remove_listener("request", record)
+        assert sent == []
         assert f"/hub/spawn/{user}" in page.url
         assert await user_pods(kube, env.namespace, user) == []
         await page.get_by_label("CPU cores").fill("2")
@@ -739,13 +824,3 @@ async def test_narrow_screen_filter_and_accelerator_hint(env, kube):
         assert width <= NARROW["width"], width
     finally:
         await up.close()
-
-
-def test_stored_user_options_keep_only_secret_names():
-    options = {"image": "a:1", "secret_env": {"B": "v1", "A": "v2"}, "env": {"X": "y"}}
-    stored = without_secret_values(options)
-    assert stored == {"image": "a:1", "env": {"X": "y"}, "secret_env_names": ["A", "B"]}
-    assert options["secret_env"] == {"B": "v1", "A": "v2"}  # the caller's dict is untouched
-    assert without_secret_values({"image": "a:1"}) == {"image": "a:1"}
-    assert without_secret_values(None) is None
-    assert without_secret_values({"secret_env": "junk"}) == {"secret_env_names": []}

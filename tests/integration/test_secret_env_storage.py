@@ -1,0 +1,158 @@
+"""Secret env values never reach the hub's database or log: not when the spawn is rejected, and
+not while it is pending (JupyterHub saves a request's user_options in its database before the
+spawner sees them). A real JupyterHub process, the real API server, the fake kubelet; the
+database is read from its file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from itertools import count
+
+import pytest_asyncio
+from hub_harness import FakeSingleUser, Hub, files_containing
+from kube_helpers import create_imagestream, user_pods, wait_for
+from kubernetes_asyncio import client
+
+from aicoe_spawner.devcluster import delete_namespace
+
+A = "opendatahub.io/"
+DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}
+
+# Spawns of users named "held-*" wait in auth_state_hook -- after JupyterHub saved their
+# user_options, before the spawner validates them: they say so with holding-<user> and wait
+# until the test creates release-<user>.
+HUB_CONFIG = """
+import asyncio, pathlib
+
+async def hold_spawn(spawner, auth_state):
+    if spawner.user.name.startswith("held-"):
+        here = pathlib.Path(__file__).parent
+        (here / f"holding-{spawner.user.name}").touch()
+        while not (here / f"release-{spawner.user.name}").exists():
+            await asyncio.sleep(0.05)
+
+c.Spawner.auth_state_hook = hold_spawn
+c.AICoESpawner.max_gpus = 0
+"""
+
+_users = count()
+
+
+def new_user(prefix: str = "s") -> str:
+    return f"{prefix}{next(_users)}-{uuid.uuid4().hex[:4]}"
+
+
+def secret_value() -> str:
+    return "never-stored-" + uuid.uuid4().hex
+
+
+@pytest_asyncio.fixture(scope="module")
+async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
+    ns = f"t-secret-{uuid.uuid4().hex[:6]}"
+    await client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
+    await create_imagestream(kube, ns, "minimal", {"1.0": DEFAULT})
+    singleuser = FakeSingleUser()
+    hub = Hub(
+        tmp_path_factory.mktemp("secrethub"),
+        control_plane.kubeconfig,
+        ns,
+        singleuser.port,
+        HUB_CONFIG,
+    )
+    await hub.start()
+    yield hub
+    await hub.stop()
+    singleuser.stop()
+    await delete_namespace(kube, ns)
+
+
+def stored_user_options(hub: Hub, user: str) -> dict | None:
+    """The user_options of the user's default server, as the hub's database file holds them."""
+    db = sqlite3.connect(hub.workdir / "jupyterhub.sqlite")
+    try:
+        rows = db.execute(
+            "select spawners.user_options from spawners join users"
+            " on spawners.user_id = users.id where users.name = ? and spawners.name = ''",
+            (user,),
+        ).fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 1, rows
+    return json.loads(rows[0][0]) if rows[0][0] else None
+
+
+def assert_only_names_stored(hub: Hub, user: str, value: str, names: list[str]) -> None:
+    assert files_containing(hub.workdir, value) == []  # database, journal, log
+    stored = stored_user_options(hub, user)
+    assert stored is not None and "secret_env" not in stored, stored
+    assert stored["secret_env_names"] == names
+
+
+async def test_rejected_rest_spawn_stores_no_secret_value(env, kube):
+    user, value = new_user(), secret_value()
+    await env.ensure_user(user)
+    status, body = await env.api(
+        "POST",
+        f"/users/{user}/server",
+        json={"image": "no-such-image:1", "secret_env": {"API_KEY": value}},
+    )
+    assert status == 400 and "image" in body["message"], (status, body)
+    assert value not in json.dumps(body)
+    assert await user_pods(kube, env.namespace, user) == []
+    assert_only_names_stored(env, user, value, ["API_KEY"])
+
+
+async def test_rejected_form_post_stores_no_secret_value(env, kube):
+    user, value = new_user(), secret_value()
+    await env.ensure_user(user)
+    web = await env.login(user)
+    try:
+        status, page = await web.post_form(
+            user,
+            [
+                ("image", "minimal:1.0"),
+                ("gpus", "3"),
+                ("secret_env_name", "DB_PASSWORD"),
+                ("secret_env_value", value),
+            ],
+        )
+    finally:
+        await web.close()
+    assert status == 400 and "gpus" in page, (status, page[:500])
+    assert value not in page
+    assert await user_pods(kube, env.namespace, user) == []
+    assert_only_names_stored(env, user, value, ["DB_PASSWORD"])
+
+
+async def test_pending_spawn_stores_no_secret_value(env, kube):
+    user, value = new_user("held-"), secret_value()
+    await env.ensure_user(user)
+    spawn = asyncio.create_task(
+        env.api(
+            "POST",
+            f"/users/{user}/server",
+            json={"image": "minimal:1.0", "secret_env": {"TOKEN": value}},
+        )
+    )
+    try:
+
+        async def holding():
+            return (env.workdir / f"holding-{user}").exists()
+
+        await wait_for(holding, timeout=30)
+        # JupyterHub has saved this request's user_options and the spawn waits.
+        status, model = await env.api("GET", f"/users/{user}")
+        assert status == 200 and model["pending"] == "spawn", model
+        assert_only_names_stored(env, user, value, ["TOKEN"])
+    finally:
+        (env.workdir / f"release-{user}").touch()
+    status, body = await spawn
+    assert status in (201, 202), (status, body)
+    await env.wait_ready(user)
+    pod = (await user_pods(kube, env.namespace, user))[0]
+    assert value not in json.dumps(pod)
+    assert_only_names_stored(env, user, value, ["TOKEN"])
+    await env.stop_server(user)
