@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import git
-from .ci_config import parse_ci_config
+from .ci_config import parse_ci_configs
+from .registration import OwnershipError
 from .requests import (
     BuildDefaults,
     BuildRequest,
     BuildRequestError,
+    BuildSpec,
     RepoPolicy,
     Resolver,
     parse_build_request,
@@ -124,17 +126,53 @@ class BuildService:
         return await self.submit_request(request, user)
 
     async def submit_request(self, request: BuildRequest, user: str) -> tuple[int, Build]:
+        """:meth:`submit_all`, answering with the first image's build."""
+        status, builds = await self.submit_all(request, user)
+        return status, builds[0]
+
+    async def submit_all(self, request: BuildRequest, user: str) -> tuple[int, list[Build]]:
+        """One build per image of the repo (one per ``.aicoe-ci.yaml`` overlay): 202 when one
+        was created, else 200 with the existing ones. ``user`` is the requester identity
+        (see :mod:`.identity`); builds are per requester, so another user's build is never
+        returned nor replaced."""
         commit, kind = await git.resolve_ref(request.repo, request.ref)
         ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
-        spec = resolve_spec(request, commit, kind, parse_ci_config(ci_text), self.defaults, user)
-        validate = getattr(self.backend, "validate", None)
-        if validate is not None:
-            validate(spec)  # BuildRequestError (400) for what this backend cannot build
+        specs = []
+        for ci in parse_ci_configs(ci_text):
+            spec = resolve_spec(request, commit, kind, ci, self.defaults, user)
+            spec = await self._writable(spec, request, commit, kind, ci, user)
+            validate = getattr(self.backend, "validate", None)
+            if validate is not None:
+                validate(spec)  # BuildRequestError (400) for what this backend cannot build
+            specs.append(spec)
+        if len({(s.stream, t) for s in specs for t in (s.tag, *s.extra_tags)}) < sum(
+            1 + len(s.extra_tags) for s in specs
+        ):
+            raise BuildRequestError(
+                ".aicoe-ci.yaml overlays", "two overlays name the same image stream and tag"
+            )
+        results = [await self._submit_spec(spec, user) for spec in specs]
+        status = 202 if any(code == 202 for code, _ in results) else 200
+        return status, [build for _, build in results]
+
+    async def _writable(self, spec: BuildSpec, request, commit, kind, ci, user) -> BuildSpec:
+        """``spec``, or with the hashed default name when the short one is another repo's;
+        OwnershipError (409) when the chosen stream is not the builder's for this repo."""
+        why = await self.registrar.check(spec)
+        if why is not None and spec.name_field == "repo":
+            spec = resolve_spec(request, commit, kind, ci, self.defaults, user, hashed_name=True)
+            why = await self.registrar.check(spec)
+        if why is not None:
+            self.metrics.requests.labels("refused").inc()
+            raise OwnershipError(spec, why)
+        return spec
+
+    async def _submit_spec(self, spec: BuildSpec, user: str) -> tuple[int, Build]:
         existing = await self.store.get(spec.id)
         if existing is not None and existing.phase not in ("failed", "cancelled"):
             self.metrics.requests.labels("dedup").inc()
             return 200, existing
-        if existing is not None:  # retry of a failed/cancelled build
+        if existing is not None:  # the same requester retries a failed/cancelled build
             await self.backend.cleanup(existing.spec)
             await self.store.delete(existing.id)
         active = await self.store.list(active_only=True)
@@ -154,10 +192,15 @@ class BuildService:
         if not created:
             self.metrics.requests.labels("dedup").inc()
             return 200, build
+        try:
+            # before the build runs: a stream taken meanwhile refuses it (409)
+            await self.registrar.mark(spec, "building")
+        except OwnershipError:
+            await self.store.delete(build.id)
+            raise
         self.metrics.requests.labels("created").inc()
         self.metrics.builds.labels("pending").inc()
         await self.backend.submit(spec)
-        await self.registrar.mark(spec, "building")
         await self._cache(build)
         return 202, build
 
@@ -173,7 +216,10 @@ class BuildService:
         build = await self.store.update(
             build, phase="cancelled", message="cancelled", finished=now()
         )
-        await self.registrar.mark(build.spec, "cancelled")
+        try:
+            await self.registrar.mark(build.spec, "cancelled")
+        except OwnershipError as e:
+            log.warning("build %s cancelled; its stream is not writable: %s", build.id, e)
         self.metrics.builds.labels("cancelled").inc()
         await self._cache(build)
         return build
