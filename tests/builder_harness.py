@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import subprocess
@@ -60,6 +63,37 @@ c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
     "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
     "oauth_client_allowed_scopes": {list(allowed_scopes)!r}}})
 """
+
+
+async def api_call(
+    url: str,
+    method: str,
+    path: str,
+    token: str | None = None,
+    json_body=None,
+    data=None,
+    headers=None,
+):
+    """(status, JSON or text) of one request to the builder at ``url`` (its prefix)."""
+    import aiohttp
+
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"token {token}"
+    async with aiohttp.ClientSession() as s:
+        async with s.request(
+            method, url + path, json=json_body, data=data, headers=h, allow_redirects=False
+        ) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+
+
+def github_signature(body: bytes, secret: bytes) -> str:
+    """GitHub's ``X-Hub-Signature-256`` header value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 class BuilderStack:
@@ -181,27 +215,52 @@ class GitServer:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}.git"
 
-    def create_repo(self, name: str, files: dict[str, str], tag: str | None = None) -> str:
-        """A bare repo ``name`` with one commit of ``files`` (and ``tag``); returns the SHA."""
+    def create_repo(
+        self,
+        name: str,
+        files: dict[str, str],
+        tag: str | None = None,
+        symlinks: dict[str, str] | None = None,
+    ) -> str:
+        """A bare repo ``name`` with one commit of ``files`` and ``symlinks`` (path ->
+        target) (and ``tag``); returns the SHA."""
         work = Path(tempfile.mkdtemp(prefix="git-work-"))
+        subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+        sha = self._commit(work, files, symlinks or {}, tag)
+        bare = self.root / f"{name}.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+        shutil.rmtree(work)
+        return sha
+
+    def update_repo(self, name: str, files: dict[str, str], tag: str | None = None) -> str:
+        """A new commit of ``files`` on ``main`` of repo ``name`` (and ``tag``); the SHA."""
+        work = Path(tempfile.mkdtemp(prefix="git-work-"))
+        bare = self.root / f"{name}.git"
+        subprocess.run(["git", "clone", "-q", str(bare), str(work)], check=True)
+        sha = self._commit(work, files, {}, tag)
+        g = ["git", "-C", str(work), "push", "-q", "origin", "main"]
+        subprocess.run(g + ([f"refs/tags/{tag}"] if tag else []), check=True)
+        shutil.rmtree(work)
+        return sha
+
+    @staticmethod
+    def _commit(work: Path, files: dict[str, str], symlinks: dict[str, str], tag) -> str:
         for path, text in files.items():
             (work / path).parent.mkdir(parents=True, exist_ok=True)
             (work / path).write_text(text)
             if path.endswith((".sh", "assemble", "run")):
                 (work / path).chmod(0o755)
+        for path, target in symlinks.items():
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).symlink_to(target)
         g = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-        subprocess.run([*g, "init", "-q", "-b", "main"], check=True)
         subprocess.run([*g, "add", "-A"], check=True)
-        subprocess.run([*g, "commit", "-q", "-m", "initial"], check=True)
+        subprocess.run([*g, "commit", "-q", "-m", "change"], check=True)
         if tag:
             subprocess.run([*g, "tag", "-a", tag, "-m", tag], check=True)
-        sha = subprocess.run(
+        return subprocess.run(
             [*g, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        bare = self.root / f"{name}.git"
-        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
-        shutil.rmtree(work)
-        return sha
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -274,9 +333,15 @@ def buildah_args(root: Path) -> list[str]:
     ]
 
 
-def push_base_image(registry: Registry, workdir: Path) -> str:
-    """A busybox image with /etc/passwd and an s2i scripts label, pushed to the registry."""
-    ctx = workdir / "base-ctx"
+def push_base_image(
+    registry: Registry,
+    workdir: Path,
+    scripts_url: str = "image:///usr/libexec/s2i",
+    name: str = "base/busybox:1",
+) -> str:
+    """A busybox image with /etc/passwd and an s2i scripts label (``scripts_url``), pushed to
+    the registry as ``name``."""
+    ctx = workdir / f"base-ctx-{name.replace('/', '-').replace(':', '-')}"
     (ctx / "bin").mkdir(parents=True, exist_ok=True)
     (ctx / "etc").mkdir(exist_ok=True)
     (ctx / "tmp").mkdir(exist_ok=True)
@@ -297,10 +362,10 @@ def push_base_image(registry: Registry, workdir: Path) -> str:
     run.chmod(0o755)
     (ctx / "Dockerfile").write_text(
         "FROM scratch\nCOPY . /\nRUN mkdir -p /opt/app && chown 1001:0 /opt/app\n"
-        "LABEL io.openshift.s2i.scripts-url=image:///usr/libexec/s2i\n"
+        f"LABEL io.openshift.s2i.scripts-url={json.dumps(scripts_url)}\n"
         'CMD ["/bin/sh"]\n'
     )
-    image = f"{registry.host}/base/busybox:1"
+    image = f"{registry.host}/{name}"
     store = workdir / "base-storage"
     b = buildah_args(store)
     subprocess.run(
@@ -412,8 +477,10 @@ class JobRunner:
             code = await proc.wait()
         term = own / "termination-log"
         message = term.read_text() if term.exists() else ""
-        if not message and code != 0 and container.get("terminationMessagePolicy") == (
-            "FallbackToLogsOnError"
+        if (
+            not message
+            and code != 0
+            and container.get("terminationMessagePolicy") == ("FallbackToLogsOnError")
         ):
             message = "\n".join(log_path.read_text(errors="replace").splitlines()[-80:])[-2048:]
         return code, message
