@@ -82,9 +82,10 @@ async def test_dockerfile_build_end_to_end(kube, namespace, infra, builder):
         # building is visible in the catalog right away
         image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
         assert image.tag("v1.0").phase is TagPhase.BUILDING
-        # the same repo at the same commit is the same build
+        # the same repo at the same commit is the same build (per requester: another user
+        # gets a build of their own, test_builder_trust)
         status2, again = await service.submit(
-            {"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "bob"
+            {"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "alice"
         )
         assert (status2, again.id) == (200, build.id)
     finally:
