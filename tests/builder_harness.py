@@ -410,8 +410,10 @@ class JobRunner:
         )
 
     async def read_log(self, namespace: str, pod: str, container: str | None = None) -> str | None:
+        """The log of ``container`` of ``pod`` (all containers' when None), None if none."""
         paths = self.logs.get(pod) or {}
-        chosen = [paths[container]] if container in paths else list(paths.values())
+        chosen = list(paths.values()) if container is None else [paths.get(container)]
+        chosen = [p for p in chosen if p is not None]
         texts = [p.read_text(errors="replace") for p in chosen if p.exists()]
         return "".join(texts) if texts else None
 

@@ -375,6 +375,14 @@ class BuildSpec:
     # what chose ``stream``: "name", ".aicoe-ci.yaml build.registry-project" or "repo"
     name_field: str = "repo"
     overlay: str = ""  # the .aicoe-ci.yaml overlay this image is built for
+    # ``id`` is per requester; identical builds of different requesters share ``content_id``
+    # and run as one Job (named after ``job_id``, the build that started it)
+    content_id: str = ""
+    job_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content_id", self.content_id or self.id)
+        object.__setattr__(self, "job_id", self.job_id or self.id)
 
     @property
     def image(self) -> str:
@@ -444,11 +452,12 @@ def resolve_spec(
         "output_image": output_image,
         "namespace": defaults.namespace,
         "extra_tags": list(extra_tags),
-        # one build per requester: another user's request never returns (or replaces) it
-        "requester": requester,
     }
+    # one record per requester: another user's request never returns (or replaces) it
+    record_id = build_id(request.repo, commit, {**options, "requester": requester})
     return BuildSpec(
-        id=build_id(request.repo, commit, options),
+        id=record_id,
+        content_id=build_id(request.repo, commit, options),
         repo=request.repo,
         ref=request.ref,
         commit=commit,

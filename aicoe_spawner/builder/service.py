@@ -9,7 +9,7 @@ import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -168,14 +168,25 @@ class BuildService:
         return spec
 
     async def _submit_spec(self, spec: BuildSpec, user: str) -> tuple[int, Build]:
+        """The requester's own build of ``spec``: their existing one (200); else a record of
+        their own that follows the same build of another requester (200, no second Job);
+        else a new build (202)."""
         existing = await self.store.get(spec.id)
         if existing is not None and existing.phase not in ("failed", "cancelled"):
             self.metrics.requests.labels("dedup").inc()
             return 200, existing
-        if existing is not None:  # the same requester retries a failed/cancelled build
-            await self.backend.cleanup(existing.spec)
+        if existing is not None:  # the same requester retries their failed/cancelled build
             await self.store.delete(existing.id)
-        active = await self.store.list(active_only=True)
+        records = await self.store.list()
+        shared = next(
+            (
+                b
+                for b in records
+                if b.spec.content_id == spec.content_id and b.phase not in ("failed", "cancelled")
+            ),
+            None,
+        )
+        active = [b for b in records if b.active]
         mine = [b for b in active if b.spec.requester == user]
         if len(mine) >= self.limits.per_user:
             self.metrics.requests.labels("limited").inc()
@@ -183,11 +194,13 @@ class BuildService:
                 f"{user} has {len(mine)} builds running (limit {self.limits.per_user}); "
                 "wait for one to finish or cancel one"
             )
-        if len(active) >= self.limits.total:
+        if shared is None and len(active) >= self.limits.total:
             self.metrics.requests.labels("limited").inc()
             raise LimitError(
                 f"{len(active)} builds are running (service limit {self.limits.total}); retry later"
             )
+        if shared is not None:
+            return 200, await self._follow(replace(spec, job_id=shared.spec.job_id), shared)
         build, created = await self.store.create(Build(spec=spec, created=now()))
         if not created:
             self.metrics.requests.labels("dedup").inc()
@@ -200,9 +213,33 @@ class BuildService:
             raise
         self.metrics.requests.labels("created").inc()
         self.metrics.builds.labels("pending").inc()
+        if existing is not None or await self.backend.exists(spec):
+            await self.backend.cleanup(spec)  # the failed Job this retry replaces
         await self.backend.submit(spec)
         await self._cache(build)
         return 202, build
+
+    async def _follow(self, spec: BuildSpec, shared: Build) -> Build:
+        """A record of the requester's own for the build ``shared`` (same content, another
+        requester): it follows the same Job, or is ready with the same digest."""
+        self.metrics.requests.labels("shared").inc()
+        if shared.phase == "ready":
+            build = Build(
+                spec=spec,
+                phase="ready",
+                created=now(),
+                started=shared.started,
+                finished=shared.finished,
+                digest=shared.digest,
+                log=shared.log,
+            )
+        else:
+            build = Build(spec=spec, created=now())
+        build, _ = await self.store.create(build)
+        if build.phase == "ready":
+            await self.registrar.ready(spec, build.digest)
+        await self._cache(build)
+        return build
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -210,14 +247,22 @@ class BuildService:
         return await self.store.get(build_id)
 
     async def cancel(self, build: Build) -> Build:
+        """Cancel ``build``; its Job stops unless another requester's build follows it."""
         if not build.active:
             return build
-        await self.backend.cancel(build.spec)
+        others = [
+            b
+            for b in await self.store.list(active_only=True)
+            if b.spec.job_id == build.spec.job_id and b.id != build.id
+        ]
+        if not others:
+            await self.backend.cancel(build.spec)
         build = await self.store.update(
             build, phase="cancelled", message="cancelled", finished=now()
         )
         try:
-            await self.registrar.mark(build.spec, "cancelled")
+            if not others:
+                await self.registrar.mark(build.spec, "cancelled")
         except OwnershipError as e:
             log.warning("build %s cancelled; its stream is not writable: %s", build.id, e)
         self.metrics.builds.labels("cancelled").inc()
@@ -318,7 +363,7 @@ class BuildService:
             await self.store.delete(build.id)
             self.builds.pop(build.id, None)
             deleted_records.append(build.id)
-        active = {b.id for b in records if b.active}
+        active = {b.spec.job_id for b in records if b.active}
         deleted_objects = []
         for name, finished in await self.backend.finished_objects(namespace):
             if name.removeprefix("imgbuild-") in active:

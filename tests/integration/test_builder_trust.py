@@ -210,7 +210,8 @@ async def test_a_build_never_writes_a_stream_it_does_not_own(env):
     assert status == 409 and "belongs to another repository" in reply["message"], reply
     assert await state(e) == before
     status, again = await call(e, "POST", "api/builds", "bob", {**body, "name": "by-a"})
-    assert status == 202 and again["image"] == f"{e.namespace}/by-a:v1"
+    assert status == 200 and again["image"] == f"{e.namespace}/by-a:v1"
+    assert again["requester"] == "bob" and again["phase"] == "ready"
     await settle(e)
 
 
@@ -289,8 +290,10 @@ async def test_builds_and_identities_are_per_requester(env):
         assert status == 202
         assert (await call(e, "POST", "api/builds", "alice", body))[1]["id"] == a["id"]
         status, b = await call(e, "POST", "api/builds", "bob", body)
-        # bob gets a build of his own, never alice's
-        assert status == 202 and b["id"] != a["id"] and b["requester"] == "bob"
+        # bob gets a build of his own, never alice's; it shares her Job (no second build)
+        assert status == 200 and b["id"] != a["id"] and b["requester"] == "bob"
+        jobs = (await state(e))[1]
+        assert f"imgbuild-{a['id']}" in jobs and f"imgbuild-{b['id']}" not in jobs
         assert (await call(e, "GET", f"api/builds/{a['id']}", "bob"))[0] == 404
         listed = (await call(e, "GET", "api/builds", "bob"))[1]["builds"]
         assert a["id"] not in {x["id"] for x in listed}
@@ -316,11 +319,17 @@ async def test_builds_and_identities_are_per_requester(env):
         status, own = await call(
             e, "POST", "api/builds", "github:octo", {"repo": e.git.url("hooked"), "ref": "v3"}
         )
-        assert (
-            status == 202 and own["requester"] == "user:github:octo" and own["id"] != hooked["id"]
-        )
+        assert status == 200 and own["requester"] == "user:github:octo"
+        assert own["id"] != hooked["id"]
+
+        # alice cancelling hers leaves bob's running: their Job stays
+        status, cancelled = await call(e, "DELETE", f"api/builds/{a['id']}", "alice")
+        assert status == 200 and cancelled["phase"] == "cancelled"
+        assert f"imgbuild-{a['id']}" in (await state(e))[1]
     finally:
         e.runner.paused = False
+    assert (await finished(e, b["id"], "bob"))["phase"] == "ready"
+    assert (await call(e, "GET", f"api/builds/{a['id']}", "alice"))[1]["phase"] == "cancelled"
 
     # resubmitting someone else's failed build leaves their record alone
     nodf = {"repo": e.git.url("nodockerfile"), "ref": "v1"}

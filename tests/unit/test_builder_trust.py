@@ -101,8 +101,10 @@ def test_failed_rebuild_keeps_the_tag_in_service():
 
 
 def test_builds_are_per_requester():
-    assert spec(user="alice").id != spec(user="bob").id
-    assert spec(user="alice").id == spec(user="alice").id
+    alice, bob = spec(user="alice"), spec(user="bob")
+    assert alice.id != bob.id and alice.id == spec(user="alice").id
+    # the same content: one Job can serve both
+    assert alice.content_id == bob.content_id and alice.job_id == alice.id
 
 
 def test_identities_never_collide():

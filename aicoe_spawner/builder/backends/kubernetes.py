@@ -128,7 +128,7 @@ def job_name(build_id: str) -> str:
 def build_labels(spec: BuildSpec) -> dict[str, str]:
     return {
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"{L}build-id": spec.id,
+        f"{L}build-id": spec.job_id,
         f"{L}repo-hash": repo_hash(spec.repo),
         f"{L}commit": spec.commit[:63],
         f"{L}requester": user_label(spec.requester),
@@ -246,7 +246,7 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(spec.id),
+            "name": job_name(spec.job_id),
             "namespace": job_namespace(spec, config),
             "labels": labels,
             "annotations": build_annotations(spec),
@@ -324,7 +324,7 @@ class KubernetesBackend:
         try:
             return await raw_json(
                 self.batch.read_namespaced_job(
-                    job_name(spec.id), self._ns(spec), _preload_content=False
+                    job_name(spec.job_id), self._ns(spec), _preload_content=False
                 )
             )
         except ApiException as e:
@@ -336,7 +336,7 @@ class KubernetesBackend:
         pods = await raw_json(
             self.core.list_namespaced_pod(
                 self._ns(spec),
-                label_selector=f"job-name={job_name(spec.id)}",
+                label_selector=f"job-name={job_name(spec.job_id)}",
                 _preload_content=False,
             )
         )
@@ -370,7 +370,7 @@ class KubernetesBackend:
         await self.cleanup(spec)
 
     async def cleanup(self, spec: BuildSpec) -> None:
-        await self.delete_object(spec.namespace, job_name(spec.id))
+        await self.delete_object(spec.namespace, job_name(spec.job_id))
 
     def validate(self, spec: BuildSpec) -> None:
         """Every valid spec can be built by a Job."""
