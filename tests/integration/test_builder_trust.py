@@ -458,6 +458,96 @@ async def test_builds_may_run_in_their_own_namespace(kube, namespace, tmp_path):
         await delete_namespace(kube, builds_ns)
 
 
+# -- real .aicoe-ci.yaml files ----------------------------------------------------------
+
+
+async def test_overlays_build_one_image_each_and_containerfile_is_a_strategy(env):
+    e = env
+    e.git.create_repo(
+        "overlaid",
+        {
+            ".aicoe-ci.yaml": "build:\n  build-stratergy: Containerfile\n  custom-tag: latest\n"
+            "overlays:\n"
+            "  - name: cpu\n    build:\n      registry-project: overlaid-cpu-image\n"
+            "  - name: gpu\n    build:\n      dockerfile-path: gpu/Containerfile\n",
+            "Containerfile": f"FROM {e.base}\nRUN echo cpu-overlay\n",
+            "gpu/Containerfile": f"FROM {e.base}\nRUN echo gpu-overlay\n",
+        },
+        tag="v5",
+    )
+    status, reply = await call(
+        e, "POST", "api/builds", "alice", {"repo": e.git.url("overlaid"), "ref": "v5"}
+    )
+    assert status == 202, reply
+    builds = reply["builds"]
+    assert [b["image"] for b in builds] == [
+        f"{e.namespace}/overlaid-cpu-image:v5",
+        f"{e.namespace}/overlaid-gpu:v5",
+    ]
+    assert reply["id"] == builds[0]["id"]
+    for b, line in zip(builds, ("cpu-overlay", "gpu-overlay"), strict=True):
+        assert (await finished(e, b["id"]))["phase"] == "ready"
+        log = (await call(e, "GET", f"api/builds/{b['id']}/logs", "alice"))[1]
+        assert line in log
+    shown = await images(e)
+    for stream in ("overlaid-cpu-image", "overlaid-gpu"):
+        # custom-tag: a second tag of the same image
+        release, custom = (shown[f"{e.namespace}/{stream}:{t}"] for t in ("v5", "latest"))
+        assert release["phase"] == custom["phase"] == "ready"
+        assert release["digest"] == custom["digest"]
+        assert e.registry.manifest_digest(f"{e.namespace}/{stream}", "latest") == custom["digest"]
+    # asking again is the same builds
+    status, again = await call(
+        e, "POST", "api/builds", "alice", {"repo": e.git.url("overlaid"), "ref": "v5"}
+    )
+    assert status == 200 and [b["id"] for b in again["builds"]] == [b["id"] for b in builds]
+
+
+async def test_a_tag_only_in_status_is_a_version(env):
+    e = env
+    digest = "sha256:" + "5" * 64
+    custom = client.CustomObjectsApi(e.kube)
+    await custom.create_namespaced_custom_object(
+        *IMAGE_API,
+        e.namespace,
+        "imagestreams",
+        {
+            "apiVersion": "image.openshift.io/v1",
+            "kind": "ImageStream",
+            "metadata": {"name": "bc-pushed", "labels": {"opendatahub.io/notebook-image": "true"}},
+            "spec": {"lookupPolicy": {"local": True}},
+        },
+    )
+    await custom.patch_namespaced_custom_object_status(
+        *IMAGE_API,
+        e.namespace,
+        "imagestreams",
+        "bc-pushed",
+        {
+            "status": {
+                "tags": [
+                    {
+                        "tag": "latest",
+                        "items": [
+                            {
+                                "dockerImageReference": f"registry.local/x/bc@{digest}",
+                                "image": digest,
+                            }
+                        ],
+                    }
+                ]
+            }
+        },
+        _content_type="application/merge-patch+json",
+    )
+
+    async def offered():
+        return (await images(e)).get(f"{e.namespace}/bc-pushed:latest")
+
+    shown = await wait_for(offered, timeout=10)
+    assert shown["phase"] == "ready" and shown["digest"] == digest
+
+
 # -- bad input: a clear 4xx, nothing changed --------------------------------------------
 
 DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
