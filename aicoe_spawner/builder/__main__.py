@@ -35,6 +35,7 @@ from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client, config
 from tornado.httpserver import HTTPServer
 
+from ..options import parse_memory
 from ..watch import ImageStreamWatch
 from .app import make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
@@ -49,6 +50,15 @@ def _list(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     if value is None:
         return default
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _quantity(value: str) -> str:
+    """A storage quantity (``20Gi``), checked at start instead of at the first build."""
+    try:
+        parse_memory(value)
+    except ValueError as e:
+        raise SystemExit(f"AICOE_BUILDER_BUILD_STORAGE: {e}") from None
+    return value
 
 
 @dataclass
@@ -97,7 +107,7 @@ class Settings:
             job_retention=int(g("AICOE_BUILDER_JOB_RETENTION", "600")),
             cleanup_interval=float(g("AICOE_BUILDER_CLEANUP_INTERVAL", "60")),
             build_namespace=g("AICOE_BUILDER_BUILD_NAMESPACE") or None,
-            build_storage=g("AICOE_BUILDER_BUILD_STORAGE") or cls.build_storage,
+            build_storage=_quantity(g("AICOE_BUILDER_BUILD_STORAGE") or cls.build_storage),
         )
 
 

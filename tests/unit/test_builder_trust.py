@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from aicoe_spawner.builder.__main__ import Settings
 from aicoe_spawner.builder.app import parse_last_event_id, webhook_request
 from aicoe_spawner.builder.backends.kubernetes import (
     BUILD_SCRIPT,
@@ -265,3 +266,13 @@ def test_good_last_event_ids():
     assert parse_last_event_id("") == (0, "")
     assert parse_last_event_id("12:building") == (12, "building")
     assert parse_last_event_id("3:") == (3, "")
+
+
+def test_build_storage_size_sets_limits_and_a_request_within_them():
+    small = job_manifest(spec(), JobConfig(storage_size="512Mi"))["spec"]["template"]["spec"]
+    for c in small["initContainers"] + small["containers"]:
+        assert c["resources"]["requests"]["ephemeral-storage"] == "512Mi"
+        assert c["resources"]["limits"]["ephemeral-storage"] == "512Mi"
+    assert {v["emptyDir"]["sizeLimit"] for v in small["volumes"]} == {"512Mi"}
+    with pytest.raises(SystemExit):
+        Settings.from_env({"AICOE_BUILDER_BUILD_STORAGE": "lots"})

@@ -17,6 +17,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from ...options import parse_memory
 from ..kube import raw_json
 from ..requests import BuildSpec, repo_hash, user_label
 from ..source import s2i_dockerfile
@@ -200,8 +201,10 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         push_mounts.append(
             {"name": "push-secret", "mountPath": "/var/run/secrets/push", "readOnly": True}
         )
+    # request at most 1Gi of the node's disk for scheduling; the limit is the sized storage
+    request = size if parse_memory(size) < parse_memory("1Gi") else "1Gi"
     resources = {
-        "requests": {**config.resources.get("requests", {}), "ephemeral-storage": "1Gi"},
+        "requests": {**config.resources.get("requests", {}), "ephemeral-storage": request},
         "limits": {**config.resources.get("limits", {}), "ephemeral-storage": size},
     }
     # buildah's chroot isolation changes user ids (what the real node proves: docs/deploy.md)
