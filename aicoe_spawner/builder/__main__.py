@@ -9,8 +9,9 @@ AICOE_BUILDER_ALLOW_HTTP      "true": plain http for the private hosts
 AICOE_BUILDER_TLS_VERIFY      "false": push/pull without TLS verification
 AICOE_BUILDER_PUSH_SECRET     dockerconfigjson Secret mounted into the push step of build pods
                               (never into the step that runs the repository's Dockerfile)
-AICOE_BUILDER_BUILD_NAMESPACE namespace build Jobs run in (default: AICOE_BUILDER_NAMESPACE);
-                              e.g. "notebook-builds", confined by the chart's NetworkPolicy
+AICOE_BUILDER_BUILD_NAMESPACE namespace build Jobs run in (Kubernetes backend; default:
+                              AICOE_BUILDER_NAMESPACE), e.g. "notebook-builds", confined by
+                              the chart's NetworkPolicy; records and ImageStreams stay put
 AICOE_BUILDER_BUILD_STORAGE   size of each build pod emptyDir (buildah storage, the image
                               archive) and the pod's ephemeral-storage limit (default 20Gi)
 AICOE_BUILDER_IMAGE           the buildah image of build pods

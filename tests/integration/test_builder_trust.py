@@ -15,6 +15,7 @@ import pytest_asyncio
 from builder_harness import (
     BuilderStack,
     GitServer,
+    JobRunner,
     Registry,
     api_call,
     builder_service_config,
@@ -435,26 +436,48 @@ async def test_base_image_label_never_reaches_a_shell_or_sed(env):
     assert done["phase"] == "ready", log  # built with the default scripts directory
 
 
-async def test_builds_may_run_in_their_own_namespace(kube, namespace, tmp_path):
-    git = GitServer(tmp_path / "git")
+async def test_builds_may_run_in_their_own_namespace(env, kube, namespace, tmp_path):
+    """Records and ImageStreams in the builder's namespace; Jobs and pods in the build
+    namespace, where the job runner (playing the kubelet) runs them."""
+    e = env
     builds_ns = f"{namespace}-builds"
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": builds_ns}})
+    runner = JobRunner(kube, builds_ns, tmp_path)
+    runner.start()
+    settings = local_settings(namespace, e.registry.host, build_namespace=builds_ns)
+    service = build_service(kube, settings, log_reader=runner.read_log)
+    service.start(0.2)
+    batch = client.BatchV1Api(kube)
     try:
-        git.create_repo("elsewhere", {"Dockerfile": "FROM scratch\n"}, tag="v1")
-        service = build_service(
-            kube, local_settings(namespace, "registry.local:5000", build_namespace=builds_ns)
-        )
-        status, build = await service.submit({"repo": git.url("elsewhere"), "ref": "v1"}, "alice")
+        e.git.create_repo("elsewhere", {"Dockerfile": f"FROM {e.base}\nRUN echo away\n"}, tag="v1")
+        status, build = await service.submit({"repo": e.git.url("elsewhere"), "ref": "v1"}, "al")
         assert status == 202
-        batch = client.BatchV1Api(kube)
-        assert [j.metadata.name for j in (await batch.list_namespaced_job(builds_ns)).items] == [
-            f"imgbuild-{build.id}"
-        ]
+        jobs = [j.metadata.name for j in (await batch.list_namespaced_job(builds_ns)).items]
+        assert jobs == [f"imgbuild-{build.id}"]
         assert (await batch.list_namespaced_job(namespace)).items == []
-        await service.cancel(build)
-        assert (await batch.list_namespaced_job(builds_ns)).items == []
+
+        async def done():
+            b = await service.get(build.id)
+            return b if b.phase in ("ready", "failed") else None
+
+        finished_build = await wait_for(done, timeout=120, interval=0.2)
+        assert finished_build.phase == "ready" and "away" in finished_build.log
+        stream = await client.CustomObjectsApi(kube).get_namespaced_custom_object(
+            *IMAGE_API, namespace, "imagestreams", "elsewhere"
+        )
+        assert stream["status"]["tags"][0]["items"][0]["image"] == finished_build.digest
+
+        # (without the reconcile loop: a cancel racing a reconcile is the store's concern)
+        await service.stop()
+        runner.paused = True
+        e.git.create_repo("elsewhere-2", {"Dockerfile": f"FROM {e.base}\n"}, tag="v1")
+        _, second = await service.submit({"repo": e.git.url("elsewhere-2"), "ref": "v1"}, "al")
+        await service.cancel(second)
+        names = [j.metadata.name for j in (await batch.list_namespaced_job(builds_ns)).items]
+        assert names == [f"imgbuild-{build.id}"]
     finally:
-        git.stop()
+        await service.stop()
+        await runner.stop()
         await delete_namespace(kube, builds_ns)
 
 
