@@ -13,6 +13,7 @@
 #   AICOE_REGISTRY             registry the builder pushes to (default: image-registry.local:5000)
 #   IMAGE_BUILDER_API_TOKEN    the builder's JupyterHub API token (default: generated per start)
 #   KUBECONFIG                 outside a cluster: the kubeconfig of the hub and the builder
+#   AICOE_BUILDER_*            passed on to the image builder service (docs/builder.md)
 import os
 import secrets
 import sys
@@ -119,10 +120,21 @@ c.JupyterHub.services = [
         "url": "http://127.0.0.1:8890",
         "api_token": builder_token,
         "display": True,
+        # The page signs users in with the hub's OAuth: the tokens it gets may carry the
+        # builder's two scopes (without this every user gets 403 on the page).
+        "oauth_client_allowed_scopes": [
+            "custom:image-builder:build",
+            "custom:image-builder:admin",
+        ],
+        "oauth_no_confirm": True,
         "environment": {
             "AICOE_BUILDER_NAMESPACE": namespace,
             "AICOE_BUILDER_REGISTRY": os.environ.get("AICOE_REGISTRY", "image-registry.local:5000"),
             "KUBECONFIG": os.environ.get("KUBECONFIG", ""),
+            # Every other builder setting (AICOE_BUILDER_IMAGE, _ALLOWED_HOSTS, _PRIVATE_HOSTS,
+            # _ALLOW_HTTP, _TLS_VERIFY, _WEBHOOK_SECRET, _PUSH_SECRET, ...; see
+            # docs/builder.md) is passed on from the hub's environment.
+            **{k: v for k, v in os.environ.items() if k.startswith("AICOE_BUILDER_")},
         },
     }
 ]

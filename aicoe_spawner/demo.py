@@ -1,18 +1,18 @@
-"""``make demo``: JupyterHub with AICoESpawner on a local Kubernetes API server.
+"""``make demo``: the whole product on a real single-node Kubernetes cluster on this machine.
 
-Starts etcd + kube-apiserver from tools/ on loopback, installs the ImageStream CRD, applies
-example notebook ImageStreams (ready, digest-pinned), runs a fake kubelet whose pods run as
-local ``jupyterhub-singleuser`` processes, and JupyterHub with the dummy authenticator.
+Starts etcd + kube-apiserver, a real node (containerd, kubelet, scheduler, controller-manager)
+with a local registry, a local git server with two example repositories, and JupyterHub
+started from the project's own ``jupyterhub_config.py`` (AICoESpawner and the image builder
+as a hub-managed service). Pods and build Jobs run in real containers. Ctrl-C stops
+everything and leaves nothing running.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -23,85 +23,92 @@ from pathlib import Path
 
 from kubernetes_asyncio import client
 
-from .devcluster import BackgroundLoop, ControlPlane, FakeKubelet, api_client, install_crds
-from .devcluster.cluster import load_manifests
-from .devcluster.controlplane import CRD_DIR, REPO_ROOT, free_port
-from .devcluster.podrunner import LocalPodRunner
+from .devcluster import ControlPlane, api_client, install_crds
+from .devcluster.controlplane import REPO_ROOT
+from .devcluster.gitserver import GitServer
+from .devcluster.node import RealNode, processes_mentioning
 
 NAMESPACE = "aicoe-demo"
-DEMO_STREAMS = Path(__file__).resolve().parent / "devcluster" / "demo_imagestreams.yaml"
+EXAMPLE_REPOS = REPO_ROOT / "examples" / "repos"
+EXAMPLE_CONFIG = REPO_ROOT / "jupyterhub_config.py"
 CHP = REPO_ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 MERGE = "application/merge-patch+json"
+A = "opendatahub.io/"
 
 
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-async def prepare_cluster(kubeconfig: Path) -> int:
-    """CRD, namespace and ready example ImageStreams; returns the number of streams."""
+async def prepare_cluster(kubeconfig: Path, notebook_image: str) -> None:
+    """CRDs, the demo namespace and one ready notebook ImageStream (the base image)."""
     api = await api_client(kubeconfig)
     try:
-        await install_crds(api, [CRD_DIR / "imagestreams.image.openshift.io.yaml"])
+        await install_crds(api)
         await client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
         custom = client.CustomObjectsApi(api)
-        streams = load_manifests(DEMO_STREAMS)
-        for stream in streams:
-            name = stream["metadata"]["name"]
-            await custom.create_namespaced_custom_object(
-                "image.openshift.io", "v1", NAMESPACE, "imagestreams", stream
-            )
-            tags = []
-            for tag in stream["spec"]["tags"]:
-                digest = hashlib.sha256(f"{name}:{tag['name']}".encode()).hexdigest()
-                ref = f"quay.io/opendatahub/{name}@sha256:{digest}"
-                tags.append({"tag": tag["name"], "items": [{"dockerImageReference": ref}]})
-            await custom.patch_namespaced_custom_object_status(
-                "image.openshift.io",
-                "v1",
-                NAMESPACE,
-                "imagestreams",
-                name,
-                {"status": {"tags": tags}},
-                _content_type=MERGE,
-            )
-        return len(streams)
+        stream = {
+            "apiVersion": "image.openshift.io/v1",
+            "kind": "ImageStream",
+            "metadata": {
+                "name": "jupyterlab",
+                "labels": {"opendatahub.io/notebook-image": "true"},
+                "annotations": {
+                    f"{A}notebook-image-name": "JupyterLab (Debian)",
+                    f"{A}notebook-image-desc": "JupyterLab on Debian, built on this machine",
+                    f"{A}notebook-image-order": "1",
+                },
+            },
+            "spec": {
+                "tags": [
+                    {
+                        "name": "latest",
+                        "annotations": {f"{A}notebook-image-recommended": "true"},
+                        "from": {"kind": "DockerImage", "name": notebook_image},
+                    }
+                ]
+            },
+        }
+        await custom.create_namespaced_custom_object(
+            "image.openshift.io", "v1", NAMESPACE, "imagestreams", stream
+        )
+        status = {"tags": [{"tag": "latest", "items": [{"dockerImageReference": notebook_image}]}]}
+        await custom.patch_namespaced_custom_object_status(
+            "image.openshift.io",
+            "v1",
+            NAMESPACE,
+            "imagestreams",
+            "jupyterlab",
+            {"status": status},
+            _content_type=MERGE,
+        )
     finally:
         await api.close()
 
 
-def hub_config(workdir: Path, port: int, hub_port: int, api_port: int) -> Path:
+def hub_config(workdir: Path, port: int, node_ip: str) -> Path:
+    """The example ``jupyterhub_config.py`` as a hub admin would use it, plus what only a
+    laptop demo needs (where to listen, where to keep state)."""
     config = f"""
-    # Written by `make demo`: AICoESpawner on the local control plane.
+    # Written by `make demo`: the project's example config, then the demo's own settings.
     c = get_config()  # noqa
-    c.JupyterHub.ip = "127.0.0.1"
-    c.JupyterHub.port = {port}
-    c.JupyterHub.hub_ip = "127.0.0.1"
-    c.JupyterHub.hub_port = {hub_port}
-    c.JupyterHub.hub_connect_ip = "127.0.0.1"
-    c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+    load_subconfig({str(EXAMPLE_CONFIG)!r})  # noqa
+    c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+    c.JupyterHub.hub_ip = {node_ip!r}          # pods reach the hub API on the node IP
+    c.JupyterHub.hub_connect_ip = {node_ip!r}
     c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
-    c.ConfigurableHTTPProxy.auth_token = {secrets.token_hex(16)!r}
     c.JupyterHub.db_url = "sqlite:///{workdir / "jupyterhub.sqlite"}"
     c.JupyterHub.cookie_secret_file = "{workdir / "jupyterhub_cookie_secret"}"
-    c.JupyterHub.authenticator_class = "dummy"   # any user name, any password
-    c.Authenticator.allow_all = True
-    c.Authenticator.admin_users = {{"admin"}}
-    c.JupyterHub.spawner_class = "aicoe"
-    c.KubeSpawner.namespace = {NAMESPACE!r}
+    c.JupyterHub.cleanup_servers = True
     c.KubeSpawner.storage_pvc_ensure = False
-    c.KubeSpawner.start_timeout = 120
-    c.KubeSpawner.http_timeout = 90
     c.Spawner.default_url = "/lab"
-    c.AICoESpawner.allow_custom_resources = True
-    c.AICoESpawner.max_gpus = 1
     """
     path = workdir / "jupyterhub_config.py"
     path.write_text(textwrap.dedent(config))
     return path
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -111,7 +118,111 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
                 return
         except OSError:
             time.sleep(0.2)
-    raise SystemExit(f"[demo] JupyterHub did not answer at {url} within {timeout} s")
+    raise SystemExit(f"[demo] no answer at {url} within {timeout} s")
+
+
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+class Demo:
+    """The product on a cluster with a real node: example repositories on a git server that
+    pods reach, a base notebook ImageStream, and JupyterHub from the example config with the
+    builder as a hub-managed service. ``extra_config`` is appended to the hub's config."""
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        node: RealNode,
+        workdir: Path,
+        port: int,
+        extra_config: str = "",
+    ) -> None:
+        self.plane, self.node = plane, node
+        self.workdir = workdir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.builder_url = f"{self.url}/services/image-builder"
+        self.extra_config = extra_config
+        self.git: GitServer | None = None
+        self.hub: subprocess.Popen | None = None
+        self.repos: dict[str, str] = {}
+        self.hub_log = workdir / "jupyterhub.log"
+
+    def start(self) -> Demo:
+        node = self.node
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "jupyterhub.sqlite").unlink(missing_ok=True)
+        node.ensure_image("builder")
+        self.git = GitServer(self.workdir / "git", address=node.node_ip).start()
+        self.repos = {
+            name: self.git.add_repo(
+                name,
+                EXAMPLE_REPOS / name,
+                substitutions={"NOTEBOOK_IMAGE": node.images["notebook"]},
+            )
+            for name in sorted(p.name for p in EXAMPLE_REPOS.iterdir() if p.is_dir())
+        }
+        asyncio.run(prepare_cluster(self.plane.kubeconfig, node.images["notebook"]))
+        config = hub_config(self.workdir, self.port, node.node_ip)
+        if self.extra_config:
+            config.write_text(config.read_text() + textwrap.dedent(self.extra_config))
+        env = dict(
+            os.environ,
+            KUBECONFIG=str(self.plane.kubeconfig),
+            AICOE_NAMESPACE=NAMESPACE,
+            AICOE_REGISTRY=node.registry,
+            AICOE_BUILDER_IMAGE=node.images["builder"],
+            AICOE_BUILDER_ALLOWED_HOSTS=node.node_ip,
+            AICOE_BUILDER_PRIVATE_HOSTS=node.node_ip,
+            AICOE_BUILDER_ALLOW_HTTP="true",
+            AICOE_BUILDER_TLS_VERIFY="false",
+        )
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with self.hub_log.open("ab") as hub_log:
+            self.hub = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+                cwd=self.workdir,
+                env=env,
+                stdout=hub_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        wait_http(f"{self.url}/hub/api/", self.hub)
+        wait_http(f"{self.builder_url}/health", self.hub)
+        return self
+
+    def stop(self) -> None:
+        stop_process_group(self.hub)
+        for pid in processes_mentioning(str(self.workdir)):  # the builder, if still there
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self.git is not None:
+            self.git.stop()
+
+    def describe(self) -> list[str]:
+        """What runs where, for the newcomer."""
+        lines = [
+            f"  JupyterHub          {self.url}  (log in with any name; 'admin' is an admin)",
+            f"  image builder page  {self.builder_url}/",
+        ]
+        lines += [f"  example repository  {url}  ({name})" for name, url in self.repos.items()]
+        lines += [
+            f"  registry            http://{self.node.registry}  (the node pulls from it)",
+            f"  Kubernetes API      {self.plane.server}  (KUBECONFIG={self.plane.kubeconfig})",
+            f"  logs                {self.hub_log}, {self.node.workdir}/*.log",
+        ]
+        return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,80 +232,48 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
     started = time.monotonic()
-    say("Pods run as LOCAL PROCESSES on this machine: a fake kubelet starts each spawned pod's")
-    say("jupyterhub-singleuser command with the pod's environment on its own 127.0.0.N address.")
-    say("The Kubernetes API server, the ImageStreams and the pods themselves are real objects.")
 
-    workdir = args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    for stale in ("jupyterhub.sqlite",):
-        (workdir / stale).unlink(missing_ok=True)
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
 
-    plane = ControlPlane()
-    say("starting etcd + kube-apiserver (built by tools/build.sh) ...")
-    plane.start()
-    say(f"Kubernetes API at {plane.server} ready in {plane.startup_seconds:.1f} s")
-    say(f"kubeconfig: {plane.kubeconfig}")
-    loop = BackgroundLoop("demo-kubelet")
-    hub: subprocess.Popen | None = None
-    runner_holder: list[LocalPodRunner] = []
+    signal.signal(signal.SIGTERM, interrupt)
+    workdir = args.workdir.resolve()
+    plane = ControlPlane(workdir / "cluster", real_node=True)
+    node: RealNode | None = None
+    demo: Demo | None = None
     try:
-        count = asyncio.run(prepare_cluster(plane.kubeconfig))
-        say(f"applied {count} example notebook ImageStreams in namespace {NAMESPACE}")
-
-        async def kubelet_main() -> None:
-            api = await api_client(plane.kubeconfig)
-            runner = LocalPodRunner(api, workdir / "pods")
-            runner_holder.append(runner)
-            kubelet = FakeKubelet(
-                plane.kubeconfig, on_pod=runner.start_pod, on_delete=runner.stop_pod
-            )
-            try:
-                await kubelet.run()
-            finally:
-                await runner.stop_all()
-                await api.close()
-
-        loop.start(kubelet_main)
-
-        config = hub_config(workdir, args.port, free_port(), free_port())
-        env = dict(os.environ, KUBECONFIG=str(plane.kubeconfig))
-        hub_log = (workdir / "jupyterhub.log").open("ab")
-        hub = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-            cwd=workdir,
-            env=env,
-            stdout=hub_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        say("starting etcd + kube-apiserver (built by tools/build.sh) ...")
+        plane.start()
+        say(f"Kubernetes API at {plane.server} ready in {plane.startup_seconds:.1f} s")
+        say("starting a real node: containerd, kubelet, scheduler, controller-manager, registry")
+        say("(the first run builds the notebook and builder images with buildah: minutes)")
+        node = RealNode(plane, workdir / "node").start(images=("notebook", "builder"))
+        say(f"node Ready in {node.timings['start']:.1f} s; pods run on bridge {node.bridge}")
+        demo = Demo(plane, node, workdir, args.port).start()
+        say("what runs where:")
+        for line in demo.describe():
+            say(line)
+        say(
+            f"ready in {time.monotonic() - started:.1f} s: open {demo.url} and log in with any name"
         )
-        url = f"http://127.0.0.1:{args.port}"
-        wait_http(f"{url}/hub/api/", hub)
-        say(f"ready in {time.monotonic() - started:.1f} s: open {url} and log in with any name")
-        say(f"hub log: {workdir / 'jupyterhub.log'}; press Ctrl-C to stop")
-        stop = {"now": False}
-
-        def handle(signum, frame):
-            stop["now"] = True
-
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
-        while not stop["now"] and hub.poll() is None:
+        say("build an example repository on the builder page, then Launch it; Ctrl-C stops all")
+        assert demo.hub is not None
+        while demo.hub.poll() is None:
             time.sleep(0.5)
+        say(f"JupyterHub exited with {demo.hub.returncode}; see {demo.hub_log}")
+    except KeyboardInterrupt:
+        pass
     finally:
+        # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("stopping ...")
-        if hub is not None and hub.poll() is None:
-            os.killpg(hub.pid, signal.SIGTERM)
-            try:
-                hub.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(hub.pid, signal.SIGKILL)
-        loop.stop()
-        for runner in runner_holder:
-            for proc in runner.processes.values():
-                if proc.returncode is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
+        if demo is not None:
+            demo.stop()
+        if node is not None:
+            node.stop()
         plane.stop()
+        say("stopped; nothing left running")
 
 
 if __name__ == "__main__":

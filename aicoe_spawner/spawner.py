@@ -361,12 +361,23 @@ class AICoESpawner(KubeSpawner):
         self._starting = True
         try:
             return await self._start()
+        except TimeoutError as e:
+            if self._secret_env_written:
+                await self._delete_secret_env()
+            reason = self._last_warning()
+            raise TimeoutError(f"{e} {reason}" if reason else str(e)) from e
         except BaseException:
             if self._secret_env_written:
                 await self._delete_secret_env()
             raise
         finally:
             self._starting = False
+
+    def _last_warning(self) -> str:
+        """The cluster's last warning about this pod (e.g. the scheduler's "0/1 nodes are
+        available: 1 Insufficient nvidia.com/gpu."), for the user's spawn failure message."""
+        warnings = [e for e in self.events if e.get("type") == "Warning" and e.get("message")]
+        return f"Last event: {warnings[-1]['message']}" if warnings else ""
 
     # Whether this server's Secret exists (kept in the spawner state across hub restarts), so
     # that spawns without secret env vars make no extra API requests.

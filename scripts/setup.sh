@@ -7,9 +7,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # Debian packages: git (builder), chromium (browser tests), buildah + docker-registry +
-# busybox-static (real image builds on this machine).
+# busybox-static + mmdebstrap (images built on this machine), and the real test node's
+# container runtime and network: containerd, runc, CNI plugins, iproute2, iptables.
 need_apt=()
-for pkg in git chromium buildah docker-registry busybox-static; do
+for pkg in git chromium buildah docker-registry busybox-static mmdebstrap containerd runc \
+  containernetworking-plugins iproute2 iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -28,8 +30,6 @@ else
   echo "setup: .venv up to date"
 fi
 
-tools/build.sh
-
 chp=.cache/node/node_modules/.bin/configurable-http-proxy
 if [ ! -x "$chp" ]; then
   echo "setup: installing configurable-http-proxy with npm into .cache/node"
@@ -38,3 +38,5 @@ if [ ! -x "$chp" ]; then
 else
   echo "setup: configurable-http-proxy present"
 fi
+
+tools/build.sh

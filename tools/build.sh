@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver, etcd) and helm from the pinned Go modules
+# Builds the test cluster (kube-apiserver, etcd; kubelet, kube-scheduler and
+# kube-controller-manager for the real node) and helm from the pinned Go modules
 # under tools/ into .cache/bin/, reusing binaries whose inputs (go.mod, go.sum, flags) are unchanged.
 #   tools/build.sh            build what is missing or stale
 #   tools/build.sh --force    rebuild everything
@@ -18,7 +19,7 @@ helm_version=$(modver "$here/helm" helm.sh/helm/v3)
 
 stamp() { # version-stamping ldflags
   case "$1" in
-    kube-apiserver)
+    kube-apiserver|kubelet|kube-scheduler|kube-controller-manager)
       local f=""
       for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         f="$f -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
@@ -48,6 +49,10 @@ build() { # name module-dir package
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver
 build helm "$here/helm" helm.sh/helm/v3/cmd/helm
+for cmd in kubelet kube-scheduler kube-controller-manager; do  # the real node
+  build "$cmd" "$here/kube" "k8s.io/kubernetes/cmd/$cmd"
+done
 "$bin/kube-apiserver" --version
+"$bin/kubelet" --version
 "$bin/etcd" --version | sed -n 1p
 "$bin/helm" version --short

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import json
 import logging
 import os
@@ -18,6 +17,8 @@ from tornado import web
 
 from ..watch import ImageStreamWatch
 from .identity import github_identity, hub_identity
+from .page import STATIC, page_context
+from .page import environment as page_environment
 from .requests import (
     BuildRequest,
     BuildRequestError,
@@ -327,65 +328,6 @@ class MetricsHandler(BaseHandler):
         self.finish(generate_latest(self.service.metrics.registry))
 
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Image builder</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px}}
-pre{{background:#f4f4f4;max-height:20em;overflow:auto}}</style></head><body>
-<h1>Notebook image builder</h1><p>Signed in as {user}</p>
-<form id="f"><input name="repo" size="50" placeholder="https://github.com/org/repo" required>
-<input name="ref" placeholder="tag, branch or commit" required>
-<select name="strategy"><option value="">(from .aicoe-ci.yaml)</option>
-<option>dockerfile</option><option>source</option></select><button>Build</button></form>
-<p id="msg"></p><table id="builds"><tr><th>image</th><th>ref</th><th>phase</th><th></th></tr>
-</table><pre id="log"></pre>
-<script>
-const base = {base};
-const xsrf = {xsrf};
-const esc = s => String(s ?? "").replace(/[&<>"']/g, c => "&#" + c.charCodeAt(0) + ";");
-// builds by id, merged from the list, the submit reply and the event stream; the list may
-// lag a moment behind, so a known build is kept and its phase never goes backwards
-const builds = new Map(); const rank = {{pending: 0, building: 1}};
-function upsert(b) {{
-  const old = builds.get(b.id);
-  if (!old || (rank[old.phase] ?? 2) <= (rank[b.phase] ?? 2)) builds.set(b.id, b);
-}}
-function render() {{
-  document.getElementById("builds").innerHTML =
-    "<tr><th>image</th><th>ref</th><th>phase</th><th></th></tr>" +
-    [...builds.values()].map(b => `<tr><td>${{esc(b.image)}}</td><td>${{esc(b.ref)}}</td>` +
-      `<td>${{esc(b.phase)}}</td><td><a href="#" data-id="${{esc(b.id)}}">log</a></td></tr>`)
-    .join("");
-}}
-async function load() {{
-  const r = await fetch(base + "api/builds", {{headers: {{"X-XSRFToken": xsrf}}}});
-  if (!r.ok) return;
-  (await r.json()).builds.forEach(upsert); render();
-}}
-let source;
-function watch(id) {{
-  if (source) source.close(); const out = document.getElementById("log"); out.textContent = "";
-  // JupyterHub checks XSRF on script-initiated GETs too; EventSource cannot send headers
-  source = new EventSource(base + "api/builds/" + encodeURIComponent(id) + "/events?_xsrf=" +
-    encodeURIComponent(xsrf));
-  source.addEventListener("log", ev => {{ out.textContent += JSON.parse(ev.data).line + "\\n"; }});
-  source.addEventListener("phase", ev => {{ upsert(JSON.parse(ev.data)); render(); }});
-  source.addEventListener("end", () => source.close());
-}}
-document.getElementById("builds").onclick = e => {{
-  const id = e.target.dataset.id; if (!id) return; e.preventDefault(); watch(id);
-}};
-document.getElementById("f").onsubmit = async e => {{
-  e.preventDefault(); const d = Object.fromEntries(new FormData(e.target));
-  if (!d.strategy) delete d.strategy;
-  const r = await fetch(base + "api/builds", {{method: "POST", body: JSON.stringify(d),
-    headers: {{"Content-Type": "application/json", "X-XSRFToken": xsrf}}}});
-  const j = await r.json(); document.getElementById("msg").textContent =
-    r.ok ? `build ${{j.id}}: ${{j.phase}}` : j.message;
-  if (r.ok) {{ upsert(j); render(); watch(j.id); }} else load();
-}};
-load(); setInterval(load, 5000);
-</script></body></html>"""
-
-
 class CallbackHandler(HubOAuthCallbackHandler):
     @property
     def hub_auth(self):
@@ -394,24 +336,42 @@ class CallbackHandler(HubOAuthCallbackHandler):
 
 class PageHandler(AuthHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as a hub page: the status, what is wrong, and a way back."""
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "message", None) or getattr(exc, "log_message", None)
+        user = self.current_user.get("name", "") if isinstance(self.current_user, dict) else ""
+        context = page_context(
+            user=user,
+            hub_prefix=self.hub_auth.hub_prefix,
+            prefix=self.settings["prefix"],
+            xsrf=self.xsrf_token.decode(),
+            admin=False,
+        )
+        if not user:
+            context["user"] = None
         self.set_header("Content-Type", "text/html; charset=utf-8")
+        template = self.settings["templates"].get_template("builder_error.html")
         self.finish(
-            f"<!doctype html><title>{status_code}</title><h1>{status_code}</h1>"
-            f"<p>{html.escape(message or self._reason)}</p>"
+            template.render(
+                context,
+                status_code=status_code,
+                reason=self._reason,
+                message=message or self._reason,
+            )
         )
 
     @web.authenticated
     def get(self) -> None:
         self.require(BUILD_SCOPE)  # the page exists to submit builds
-        self.finish(
-            PAGE.format(
-                user=html.escape(self.user_name()),
-                base=json.dumps(self.settings["prefix"]).replace("<", "\\u003c"),
-                xsrf=json.dumps(self.xsrf_token.decode()).replace("<", "\\u003c"),
-            )
+        hub_prefix = self.hub_auth.hub_prefix
+        context = page_context(
+            user=(self.current_user or {}).get("name", ""),  # as the hub shows it
+            hub_prefix=hub_prefix,
+            prefix=self.settings["prefix"],
+            xsrf=self.xsrf_token.decode(),
+            admin=self.is_admin(),
         )
+        self.finish(self.settings["templates"].get_template("builder.html").render(context))
 
 
 def make_app(
@@ -436,6 +396,7 @@ def make_app(
         (prefix + "api/webhooks/github", WebhookHandler),
         (prefix + "health", HealthHandler),
         (prefix + "metrics", MetricsHandler),
+        (prefix + "static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     return web.Application(
         routes,
@@ -444,5 +405,6 @@ def make_app(
         image_watch=image_watch,
         webhook_secret=webhook_secret,
         prefix=prefix,
+        templates=page_environment(),
         cookie_secret=cookie_secret or os.urandom(32),
     )

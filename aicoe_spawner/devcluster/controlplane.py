@@ -92,9 +92,14 @@ class ControlPlane:
     ``restart_apiserver()`` stops and starts kube-apiserver on the same port and etcd.
     """
 
-    def __init__(self, workdir: Path | None = None, *, keep_workdir: bool = False) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, keep_workdir: bool = False, real_node: bool = False
+    ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aicoe-controlplane-"))
         self.keep_workdir = keep_workdir
+        # With a real node (node.RealNode) the ServiceAccount admission plugin is on, as on any
+        # cluster, and the API server reaches kubelets by their InternalIP.
+        self.real_node = real_node
         self.etcd_bin = find_binary("etcd")
         self.apiserver_bin = find_binary("kube-apiserver")
         self.etcd_port = free_port()
@@ -164,7 +169,11 @@ class ControlPlane:
             f"--service-account-key-file={self.pki.sa_pub}",
             f"--service-account-signing-key-file={self.pki.sa_key}",
             "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount,StorageObjectInUseProtection",
+            *(
+                ["--kubelet-preferred-address-types=InternalIP"]
+                if self.real_node
+                else ["--disable-admission-plugins=ServiceAccount,StorageObjectInUseProtection"]
+            ),
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
@@ -263,6 +272,16 @@ class ControlPlane:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return ctx
+
+    def get(self, path: str) -> dict | None:
+        """GET an API path as admin; None when it does not answer 200."""
+        try:
+            with urllib.request.urlopen(
+                f"{self.server}{path}", timeout=5, context=self._ssl_context()
+            ) as resp:
+                return json.loads(resp.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
 
     def _apiserver_ready(self) -> bool:
         ctx = self._ssl_context()

@@ -105,14 +105,14 @@ async def test_page_requires_the_build_scope(env):
         assert up.page.url == e.page_url  # the OAuth round trip completed
         assert response.status == 403
         body = await up.page.text_content("body")
-        assert "custom:image-builder:build" in body and "Signed in" not in body
+        assert "custom:image-builder:build" in body and "Build a notebook image" not in body
     finally:
         await up.close()
     # a user who may not even access the service: the hub refuses the OAuth authorization
     up, response = await open_page(e, "mallory")
     try:
         assert response.status == 403
-        assert "Notebook image builder" not in await up.page.content()
+        assert "Build a notebook image" not in await up.page.content()
     finally:
         await up.close()
 
@@ -126,30 +126,37 @@ async def test_page_submits_a_build_and_shows_phase_and_log_live(env):
     page = up.page
     try:
         assert response.status == 200 and page.url == e.page_url
-        await expect(page.locator("body")).to_contain_text("Signed in as alice")
+        await expect(page.locator("#login_widget")).to_contain_text("alice")
+        await expect(page.locator("h1")).to_have_text("Build a notebook image")
         await page.evaluate("window.__loaded = 'once'")  # no reload may happen below
         e.runner.paused = True
         await page.fill("input[name=repo]", e.git.url("page-nb"))
         await page.fill("input[name=ref]", "v1")
-        await page.select_option("select[name=strategy]", "dockerfile")
-        await page.click("#f button")
-        await expect(page.locator("#msg")).to_have_text(re.compile(r"^build \S+: pending$"))
+        await page.get_by_text("Build options").click()  # the options are folded away
+        await page.get_by_label("Strategy").select_option("dockerfile")
+        await page.click("#build-button")
+        await expect(page.locator("#form-message")).to_have_text(
+            re.compile(r"^Build of \S+: pending$")
+        )
         row = page.locator("#builds tr", has_text="page-nb")
         await expect(row).to_have_count(1)
-        phase = row.locator("td").nth(2)
+        phase = row.locator("td").nth(3)
         await expect(phase).to_have_text("pending")
         # the harness now runs the Job's buildah command; the page follows without a reload
         e.runner.paused = False
-        log = page.locator("#log")
+        log = page.locator("#detail-log")
         await expect(log).to_contain_text("page-line-one", timeout=TIMEOUT)
         await expect(phase).to_have_text("ready", timeout=TIMEOUT)
         await expect(log).to_contain_text("==> pushed", timeout=TIMEOUT)
         assert await page.evaluate("window.__loaded") == "once"
-        # the log link replays the finished build's log from the start
-        await page.evaluate("document.getElementById('log').textContent = ''")
-        await row.locator("a", has_text="log").click()
+        # Details replays the finished build's log from the start
+        await page.evaluate("document.getElementById('detail-log').textContent = ''")
+        await row.get_by_role("button", name=re.compile("^Details")).click()
         await expect(log).to_contain_text("page-line-one")
         await expect(log).to_contain_text("==> pushed")
+        launch = row.get_by_role("link", name=re.compile("^Launch"))
+        href = await launch.get_attribute("href")
+        assert href.startswith("/hub/spawn?image=") and "page-nb" in href
         await screenshot(page, "builder-page")
         assert up.errors == [] and up.dialogs == []
     finally:
@@ -170,17 +177,20 @@ async def test_page_renders_hostile_text_as_text(env):
         )
         await page.fill("input[name=repo]", e.git.url("page-xss"))
         await page.fill("input[name=ref]", XSS)
-        await page.click("#f button")
-        await expect(page.locator("#msg")).to_contain_text(XSS)
-        assert await page.locator("#msg img").count() == 0
+        await page.click("#build-button")
+        await expect(page.locator("#form-message")).to_contain_text(XSS)
+        assert await page.locator("#form-message img").count() == 0
         # a repository whose build log carries markup: the log shows it verbatim
         await page.fill("input[name=ref]", "v1")
-        await page.click("#f button")
-        log = page.locator("#log")
+        await page.click("#build-button")
+        log = page.locator("#detail-log")
         await expect(log).to_contain_text(XSS, timeout=TIMEOUT)
         await expect(log).to_contain_text(XSS2, timeout=TIMEOUT)
         await expect(page.locator("#builds tr", has_text="page-xss")).to_have_count(1)
-        assert await page.locator("img, #log script, #builds script").count() == 0
+        assert (
+            await page.locator("#image-builder img, #detail-log script, #builds script").count()
+            == 0
+        )
         assert await page.evaluate("typeof window.__xss") == "undefined"
         assert up.errors == [] and up.dialogs == []
     finally:

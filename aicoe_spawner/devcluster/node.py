@@ -1,0 +1,466 @@
+"""A real single-node cluster on this machine: containerd + runc, bridge CNI, kubelet,
+kube-scheduler and kube-controller-manager beside a ``ControlPlane``, and a local registry
+that the node pulls from. Test and demo use only; needs root.
+
+Everything it makes is its own: a bridge ``aicoe<N>`` with gateway ``10.244.<N>.1`` (the node
+IP, which pods use to reach services on the host), containerd's root/state/socket, the
+kubelet's root, a cgroup root ``/aicoe-<id>`` — and ``stop()`` removes all of it: processes,
+mounts, network namespaces, interfaces and cgroups (checked by ``leftovers()``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from .controlplane import ControlPlane, ControlPlaneError, find_binary, free_port
+from .images import ImageBuilder, cache_dir
+
+log = logging.getLogger("aicoe.devcluster.node")
+
+NODE_NAME = "aicoe-node"
+CNI_BIN = Path("/usr/lib/cni")
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def pick_network_index() -> int:
+    """The first N for which neither bridge ``aicoe<N>`` nor 10.244.<N>.0/24 is in use."""
+    links = _ip("-o", "link").stdout
+    addrs = _ip("-o", "addr").stdout
+    for n in range(10, 250):
+        if f"aicoe{n}:" not in links and f"10.244.{n}." not in addrs:
+            return n
+    raise ControlPlaneError("no free aicoe<N> bridge / 10.244.<N>.0/24 subnet")
+
+
+def mountpoints() -> list[str]:
+    """Every mount point of this mount namespace, in mount order."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        points.append(line.split()[4].replace("\\040", " "))
+    return points
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def iptables_rules() -> str:
+    """All IPv4 iptables rules (without counters and comments)."""
+    proc = subprocess.run(["iptables-save"], capture_output=True, text=True)
+    return "\n".join(line for line in proc.stdout.splitlines() if line and line[0] not in "#:")
+
+
+class RealNode:
+    """Node components for ``plane`` (started with ``real_node=True``), under ``workdir``."""
+
+    def __init__(self, plane: ControlPlane, workdir: Path | None = None) -> None:
+        if plane.pki is None:
+            raise ControlPlaneError("start the control plane before the node")
+        self.plane = plane
+        self.workdir = Path(workdir or plane.workdir / "node")
+        self.id = uuid.uuid4().hex[:8]
+        self.index = pick_network_index()
+        self.bridge = f"aicoe{self.index}"
+        self.subnet = f"10.244.{self.index}.0/24"
+        self.node_ip = f"10.244.{self.index}.1"
+        self.cgroup_root = f"/aicoe-{self.id}"
+        self.socket = self.workdir / "containerd" / "containerd.sock"
+        self.registry_port = free_port()
+        self.registry = f"{self.node_ip}:{self.registry_port}"
+        self.kubelet_port = free_port()
+        self.images: dict[str, str] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.timings: dict[str, float] = {}
+        self._iptables_before = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, images: tuple[str, ...] = ("notebook",), timeout: float = 120) -> RealNode:
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._iptables_before = iptables_rules()
+        try:
+            self._start_network()
+            self._start_registry(timeout)
+            t = time.monotonic()
+            builder = ImageBuilder()
+            for name in ("pause", *images):
+                self.images[name] = builder.ensure(name, self.registry)
+            self.timings["images"] = time.monotonic() - t
+            self._start_containerd(timeout)
+            self._start_kubelet()
+            self._start_controllers()
+            self._wait_node_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["start"] = time.monotonic() - started
+        return self
+
+    def ensure_image(self, name: str) -> str:
+        """Registry reference (by digest) of one of the project's images, built if missing."""
+        if name not in self.images:
+            self.images[name] = ImageBuilder().ensure(name, self.registry)
+        return self.images[name]
+
+    def stop(self) -> None:
+        """Stop everything and remove every trace of the node."""
+        for name in ("kube-scheduler", "kube-controller-manager", "kubelet"):
+            self._terminate(name)
+        self._kill_cgroup_processes()
+        self._terminate("containerd")
+        for pid in processes_mentioning(str(self.socket)):  # containerd shims
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._kill_cgroup_processes()
+        self._unmount_all()
+        self._remove_cgroups()
+        self._terminate("registry")
+        _ip("link", "delete", self.bridge, check=False)
+        for veth in re.findall(r"^\d+: (veth\w+)@", _ip("-o", "link").stdout, re.M):
+            # veths of our pods whose network namespace is already gone
+            master = _ip("-o", "link", "show", veth, check=False).stdout
+            if f"master {self.bridge} " in master:
+                _ip("link", "delete", veth, check=False)
+
+    def leftovers(self) -> list[str]:
+        """What of this node still exists on the machine (empty after ``stop()``)."""
+        found = []
+        for pid in processes_mentioning(str(self.workdir)):
+            found.append(f"process {pid}")
+        for point in mountpoints():
+            if point.startswith(str(self.workdir)) or self.cgroup_root in point:
+                found.append(f"mount {point}")
+        if _ip("link", "show", self.bridge, check=False).returncode == 0:
+            found.append(f"interface {self.bridge}")
+        if f"10.244.{self.index}." in _ip("-o", "addr").stdout:
+            found.append(f"address in {self.subnet}")
+        for controller in self._cgroup_hierarchies():
+            if (controller / self.cgroup_root.lstrip("/")).exists():
+                found.append(f"cgroup {controller}{self.cgroup_root}")
+        if iptables_rules() != self._iptables_before:
+            found.append("iptables rules changed")
+        return found
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = []
+        for name, path in self.logs.items():
+            try:
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            out.append(f"---- {name} (last {len(text)} lines) ----")
+            out.extend(text)
+        return "\n".join(out)
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _start_network(self) -> None:
+        """The bridge, with the gateway address that is also the node IP."""
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.node_ip}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        conf_dir = self.workdir / "cni"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        conflist = {
+            "cniVersion": "1.0.0",
+            "name": f"aicoe-{self.id}",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": True,
+                    "ipMasq": False,  # pods reach the host only: no NAT to the outside
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": self.subnet, "gateway": self.node_ip}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(self.workdir / "cni-ipam"),
+                    },
+                },
+                {"type": "loopback"},
+            ],
+        }
+        (conf_dir / "10-aicoe.conflist").write_text(json.dumps(conflist, indent=2))
+
+    def _start_registry(self, timeout: float) -> None:
+        storage = cache_dir() / "registry"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "registry.yml"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                version: 0.1
+                log: {{level: warn, accesslog: {{disabled: true}}}}
+                storage:
+                  filesystem: {{rootdirectory: {storage}}}
+                  delete: {{enabled: true}}
+                http: {{addr: "{self.registry}"}}
+                """
+            )
+        )
+        self._spawn("registry", ["docker-registry", "serve", str(config)])
+        self._wait_for(lambda: self._http_ok(f"http://{self.registry}/v2/"), "registry", timeout)
+
+    def _start_containerd(self, timeout: float) -> None:
+        root = self.workdir / "containerd"
+        root.mkdir(parents=True, exist_ok=True)
+        config = root / "config.toml"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                version = 2
+                root = "{root / "root"}"
+                state = "{root / "state"}"
+                [grpc]
+                  address = "{self.socket}"
+                [ttrpc]
+                  address = "{self.socket}.ttrpc"
+                [debug]
+                  level = "warn"
+                [metrics]
+                  address = ""
+                [plugins."io.containerd.grpc.v1.cri"]
+                  sandbox_image = "{self.images["pause"]}"
+                  restrict_oom_score_adj = true
+                  netns_mounts_under_state_dir = true
+                  enable_selinux = false
+                  [plugins."io.containerd.grpc.v1.cri".containerd]
+                    snapshotter = "overlayfs"
+                    default_runtime_name = "runc"
+                    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+                      runtime_type = "io.containerd.runc.v2"
+                      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+                        SystemdCgroup = false
+                  [plugins."io.containerd.grpc.v1.cri".cni]
+                    bin_dir = "{CNI_BIN}"
+                    conf_dir = "{self.workdir / "cni"}"
+                  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{self.registry}"]
+                    endpoint = ["http://{self.registry}"]
+                """
+            )
+        )
+        self._spawn("containerd", ["containerd", "--config", str(config)])
+        self._wait_for(self.socket.exists, "containerd", timeout)
+
+    def _start_kubelet(self) -> None:
+        kubelet_dir = self.workdir / "kubelet"
+        kubelet_dir.mkdir(parents=True, exist_ok=True)
+        for controller in self._cgroup_hierarchies():
+            (controller / self.cgroup_root.lstrip("/")).mkdir(exist_ok=True)
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": self.node_ip,
+            "port": self.kubelet_port,
+            "readOnlyPort": 0,
+            "healthzPort": 0,
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": self.cgroup_root,
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "authentication": {
+                "anonymous": {"enabled": True},
+                "webhook": {"enabled": False},
+            },
+            "authorization": {"mode": "AlwaysAllow"},  # a test node on a private bridge
+            "enforceNodeAllocatable": [],
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+                "imagefs.available": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "makeIPTablesUtilChains": False,
+            "serializeImagePulls": False,
+            "resolvConf": "/etc/resolv.conf",
+            "volumeStatsAggPeriod": "0s",
+        }
+        config_path = kubelet_dir / "config.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        self._spawn(
+            "kubelet",
+            [
+                str(find_binary("kubelet")),
+                f"--config={config_path}",
+                f"--kubeconfig={self.plane.kubeconfig}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={self.node_ip}",
+                f"--root-dir={kubelet_dir / 'root'}",
+                f"--cert-dir={kubelet_dir / 'pki'}",
+                "--v=1",
+            ],
+        )
+
+    def _start_controllers(self) -> None:
+        pki = self.plane.pki
+        assert pki is not None
+        kubeconfig = str(self.plane.kubeconfig)
+        common = [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--authentication-skip-lookup=true",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--v=1",
+        ]
+        self._spawn(
+            "kube-scheduler",
+            [str(find_binary("kube-scheduler")), *common, f"--secure-port={free_port()}"],
+        )
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(find_binary("kube-controller-manager")),
+                *common,
+                f"--secure-port={free_port()}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                "--controllers=*",
+                "--use-service-account-credentials=false",
+            ],
+        )
+
+    def _wait_node_ready(self, timeout: float) -> None:
+        t = time.monotonic()
+
+        def ready() -> bool:
+            node = self.plane.get(f"/api/v1/nodes/{NODE_NAME}")
+            if not node:
+                return False
+            conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+            taints = node.get("spec", {}).get("taints") or []
+            return conditions.get("Ready") == "True" and not taints
+
+        self._wait_for(ready, "node", timeout)
+        self.timings["node_ready"] = time.monotonic() - t
+
+    # -- teardown --------------------------------------------------------------------------
+
+    @staticmethod
+    def _cgroup_hierarchies() -> list[Path]:
+        """Mounted cgroup hierarchies (v1 controllers and the unified v2 one)."""
+        found = []
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            _, point, fstype, *_ = line.split()
+            if fstype in ("cgroup", "cgroup2") and point.startswith(str(CGROUP_FS)):
+                found.append(Path(point))
+        return found
+
+    def _kill_cgroup_processes(self) -> None:
+        for controller in self._cgroup_hierarchies():
+            root = controller / self.cgroup_root.lstrip("/")
+            if not root.exists():
+                continue
+            for procs in root.rglob("cgroup.procs"):
+                try:
+                    pids = procs.read_text().split()
+                except OSError:
+                    continue
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
+        time.sleep(0.2)
+
+    def _remove_cgroups(self) -> None:
+        for controller in self._cgroup_hierarchies():
+            root = controller / self.cgroup_root.lstrip("/")
+            if not root.exists():
+                continue
+            dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            for path in [*dirs, root]:
+                for _ in range(20):
+                    try:
+                        path.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        self._kill_cgroup_processes()
+
+    def _unmount_all(self) -> None:
+        prefix = str(self.workdir)
+        for point in reversed(mountpoints()):
+            if point.startswith(prefix):
+                subprocess.run(["umount", "--lazy", point], capture_output=True)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        path = self.workdir / f"{name}.log"
+        self.logs[name] = path
+        with path.open("ab") as out:
+            self.procs[name] = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def _terminate(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def _wait_for(self, ready, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise ControlPlaneError(
+                        f"{name} exited with code {proc.returncode} while waiting for {what}\n"
+                        f"{self.log_tail()}"
+                    )
+            if ready():
+                return
+            time.sleep(0.2)
+        raise ControlPlaneError(f"{what} not ready after {timeout} s\n{self.log_tail()}")
+
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False

@@ -1,0 +1,52 @@
+"""The real-node tier: a control plane of its own with kubelet, containerd, scheduler and
+controller-manager (``aicoe_spawner.devcluster.node``), so pods run in real containers.
+
+Like the control plane, the node is never optional: if it cannot start, these tests error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from kubernetes_asyncio import client
+from node_harness import NodeCluster, start_node_cluster, stop_node_cluster
+
+from aicoe_spawner.devcluster import api_client, install_crds
+
+_running: list[NodeCluster] = []
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[NodeCluster]:
+    """A control plane and a real node for the whole session, with the notebook image."""
+    cluster = start_node_cluster()
+    node = cluster.node
+    print(
+        f"\nreal node ready in {node.timings['start']:.1f} s "
+        f"(images {node.timings['images']:.1f} s, node Ready {node.timings['node_ready']:.1f} s)"
+    )
+    _running.append(cluster)
+    yield cluster
+    _running.remove(cluster)
+    stop_node_cluster(cluster)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def node_kube(node_cluster: NodeCluster) -> AsyncIterator[client.ApiClient]:
+    """An admin client for the node cluster, with the CRDs installed."""
+    api = await api_client(node_cluster.plane.kubeconfig)
+    await install_crds(api)
+    yield api
+    await api.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the node's logs (containerd, kubelet, scheduler, …) to failing tests."""
+    report = yield
+    if report.failed:
+        for cluster in _running:
+            report.sections.append(("real node logs", cluster.log_tail()))
+    return report

@@ -1,0 +1,91 @@
+"""The real node itself: it runs a Job to completion in a container, with a ServiceAccount
+token from the real ServiceAccount controller, and stopping it leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+from kubernetes_asyncio import client
+from node_harness import start_node_cluster, stop_node_cluster
+
+from aicoe_spawner.devcluster import api_client
+from aicoe_spawner.devcluster.node import iptables_rules, mountpoints
+
+pytestmark = pytest.mark.node
+
+
+def interfaces() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+
+
+async def wait_job(batch: client.BatchV1Api, namespace: str, name: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = await batch.read_namespaced_job(name, namespace)
+        if job.status.succeeded or job.status.failed:
+            return job
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"job {name} did not finish in {timeout} s")
+
+
+async def test_a_job_runs_in_a_container_and_stopping_leaves_nothing_behind():
+    before = (interfaces(), set(mountpoints()), iptables_rules())
+    cluster = await asyncio.to_thread(start_node_cluster, ())
+    node = cluster.node
+    try:
+        api = await api_client(cluster.plane.kubeconfig)
+        try:
+            core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+            # The ServiceAccount controller (controller-manager) creates the default account.
+            deadline = time.monotonic() + 60
+            while not (await core.list_namespaced_service_account("default")).items:
+                assert time.monotonic() < deadline, "no default ServiceAccount"
+                await asyncio.sleep(0.5)
+            job = {
+                "metadata": {"name": "hello"},
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "hello",
+                                    "image": node.images["pause"],
+                                    "command": [
+                                        "/bin/busybox",
+                                        "sh",
+                                        "-c",
+                                        "echo hello from $(/bin/busybox hostname);"
+                                        " /bin/busybox ls /var/run/secrets/kubernetes.io/"
+                                        "serviceaccount",
+                                    ],
+                                }
+                            ],
+                        }
+                    },
+                },
+            }
+            await batch.create_namespaced_job("default", job)
+            done = await wait_job(batch, "default", "hello")
+            assert done.status.succeeded == 1, done.status
+            pods = await core.list_namespaced_pod("default", label_selector="job-name=hello")
+            pod = pods.items[0]
+            assert pod.spec.node_name == "aicoe-node"
+            assert pod.status.pod_ip.startswith(f"10.244.{node.index}.")
+            logs = await core.read_namespaced_pod_log(pod.metadata.name, "default")
+            assert f"hello from {pod.metadata.name}" in logs
+            assert "token" in logs  # ServiceAccount admission + a token from the real controller
+        finally:
+            await api.close()
+    finally:
+        await asyncio.to_thread(stop_node_cluster, cluster)
+    assert node.leftovers() == []
+    after = (interfaces(), set(mountpoints()), iptables_rules())
+    assert after[0] == before[0], f"interfaces left: {after[0] - before[0]}"
+    assert after[1] - before[1] == set(), f"mounts left: {after[1] - before[1]}"
+    assert after[2] == before[2], "iptables rules changed"

@@ -1,0 +1,36 @@
+"""Start and stop a control plane with a real node (kubelet, containerd, scheduler,
+controller-manager) for the node tier and the demo-journey tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aicoe_spawner.devcluster import ControlPlane
+from aicoe_spawner.devcluster.node import RealNode
+
+
+@dataclass
+class NodeCluster:
+    plane: ControlPlane
+    node: RealNode
+
+    def log_tail(self) -> str:
+        return self.plane.log_tail(30) + "\n" + self.node.log_tail(40)
+
+
+def start_node_cluster(images: tuple[str, ...] = ("notebook",)) -> NodeCluster:
+    plane = ControlPlane(real_node=True)
+    try:
+        plane.start()
+        node = RealNode(plane).start(images=images)
+    except BaseException:
+        plane.stop()
+        raise
+    return NodeCluster(plane, node)
+
+
+def stop_node_cluster(cluster: NodeCluster) -> None:
+    try:
+        cluster.node.stop()
+    finally:
+        cluster.plane.stop()
