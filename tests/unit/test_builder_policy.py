@@ -276,3 +276,14 @@ def test_build_storage_size_sets_limits_and_a_request_within_them():
     assert {v["emptyDir"]["sizeLimit"] for v in small["volumes"]} == {"512Mi"}
     with pytest.raises(SystemExit):
         Settings.from_env({"AICOE_BUILDER_BUILD_STORAGE": "lots"})
+
+
+def test_custom_tag_on_openshift_follows_the_built_image():
+    """On OpenShift the build output writes the release tag; the custom tag points at the
+    same image (ImageStreamImage by digest), which the image controller resolves."""
+    [ci] = parse_ci_configs("build:\n  custom-tag: latest\n")
+    s = spec(ci=ci)
+    stream = with_tag(new_stream(s), s, "ready", image_from=False, digest=D1)
+    tags = {t["name"]: t for t in stream["spec"]["tags"]}
+    assert "from" not in tags["v1"]
+    assert tags["latest"]["from"] == {"kind": "ImageStreamImage", "name": f"org-nb@{D1}"}
