@@ -300,7 +300,11 @@ def parse_imagestream(obj: dict) -> NotebookImage | None:
         hidden=_is_true(ann.get(f"{_A}notebook-image-hidden")),
         recommended_accelerators=tuple(a for a in accelerators if isinstance(a, str) and a),
         creator=_str(ann.get(f"{_A}notebook-image-creator")) or None,
-        tags=tuple(_tag(spec, statuses.get(tag, {})) for tag, spec in specs.items()),
+        # a tag only in status.tags (pushed by a BuildConfig) is a version as in ODH
+        tags=tuple(_tag(spec, statuses.get(tag, {})) for tag, spec in specs.items())
+        + tuple(
+            _tag({"name": tag}, status) for tag, status in statuses.items() if tag not in specs
+        ),
         resource_version=_str(meta.get("resourceVersion")),
     )
 

@@ -1,12 +1,17 @@
 """What the builder's end-to-end tests need on this machine: a Git server over HTTP on
 loopback (git http-backend as CGI), Debian's docker-registry on loopback, a busybox base image,
-and a job runner that plays the Job controller and kubelet for build Jobs: it runs the Job's own
-container command here (buildah with vfs storage and chroot isolation) and writes pod and Job
-status back to the API server."""
+and a job runner that plays the Job controller and kubelet for build Jobs: it runs the pod's
+own init containers and containers here, one after the other (buildah with vfs storage and
+chroot isolation), each seeing only the volumes it mounts (emptyDirs and Secrets as host
+directories), and writes pod and Job status back to the API server."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import subprocess
@@ -58,6 +63,37 @@ c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
     "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
     "oauth_client_allowed_scopes": {list(allowed_scopes)!r}}})
 """
+
+
+async def api_call(
+    url: str,
+    method: str,
+    path: str,
+    token: str | None = None,
+    json_body=None,
+    data=None,
+    headers=None,
+):
+    """(status, JSON or text) of one request to the builder at ``url`` (its prefix)."""
+    import aiohttp
+
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"token {token}"
+    async with aiohttp.ClientSession() as s:
+        async with s.request(
+            method, url + path, json=json_body, data=data, headers=h, allow_redirects=False
+        ) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+
+
+def github_signature(body: bytes, secret: bytes) -> str:
+    """GitHub's ``X-Hub-Signature-256`` header value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 class BuilderStack:
@@ -179,27 +215,52 @@ class GitServer:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}.git"
 
-    def create_repo(self, name: str, files: dict[str, str], tag: str | None = None) -> str:
-        """A bare repo ``name`` with one commit of ``files`` (and ``tag``); returns the SHA."""
+    def create_repo(
+        self,
+        name: str,
+        files: dict[str, str],
+        tag: str | None = None,
+        symlinks: dict[str, str] | None = None,
+    ) -> str:
+        """A bare repo ``name`` with one commit of ``files`` and ``symlinks`` (path ->
+        target) (and ``tag``); returns the SHA."""
         work = Path(tempfile.mkdtemp(prefix="git-work-"))
+        subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+        sha = self._commit(work, files, symlinks or {}, tag)
+        bare = self.root / f"{name}.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+        shutil.rmtree(work)
+        return sha
+
+    def update_repo(self, name: str, files: dict[str, str], tag: str | None = None) -> str:
+        """A new commit of ``files`` on ``main`` of repo ``name`` (and ``tag``); the SHA."""
+        work = Path(tempfile.mkdtemp(prefix="git-work-"))
+        bare = self.root / f"{name}.git"
+        subprocess.run(["git", "clone", "-q", str(bare), str(work)], check=True)
+        sha = self._commit(work, files, {}, tag)
+        g = ["git", "-C", str(work), "push", "-q", "origin", "main"]
+        subprocess.run(g + ([f"refs/tags/{tag}"] if tag else []), check=True)
+        shutil.rmtree(work)
+        return sha
+
+    @staticmethod
+    def _commit(work: Path, files: dict[str, str], symlinks: dict[str, str], tag) -> str:
         for path, text in files.items():
             (work / path).parent.mkdir(parents=True, exist_ok=True)
             (work / path).write_text(text)
             if path.endswith((".sh", "assemble", "run")):
                 (work / path).chmod(0o755)
+        for path, target in symlinks.items():
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).symlink_to(target)
         g = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-        subprocess.run([*g, "init", "-q", "-b", "main"], check=True)
         subprocess.run([*g, "add", "-A"], check=True)
-        subprocess.run([*g, "commit", "-q", "-m", "initial"], check=True)
+        subprocess.run([*g, "commit", "-q", "-m", "change"], check=True)
         if tag:
             subprocess.run([*g, "tag", "-a", tag, "-m", tag], check=True)
-        sha = subprocess.run(
+        return subprocess.run(
             [*g, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        bare = self.root / f"{name}.git"
-        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
-        shutil.rmtree(work)
-        return sha
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -272,9 +333,15 @@ def buildah_args(root: Path) -> list[str]:
     ]
 
 
-def push_base_image(registry: Registry, workdir: Path) -> str:
-    """A busybox image with /etc/passwd and an s2i scripts label, pushed to the registry."""
-    ctx = workdir / "base-ctx"
+def push_base_image(
+    registry: Registry,
+    workdir: Path,
+    scripts_url: str = "image:///usr/libexec/s2i",
+    name: str = "base/busybox:1",
+) -> str:
+    """A busybox image with /etc/passwd and an s2i scripts label (``scripts_url``), pushed to
+    the registry as ``name``."""
+    ctx = workdir / f"base-ctx-{name.replace('/', '-').replace(':', '-')}"
     (ctx / "bin").mkdir(parents=True, exist_ok=True)
     (ctx / "etc").mkdir(exist_ok=True)
     (ctx / "tmp").mkdir(exist_ok=True)
@@ -295,10 +362,10 @@ def push_base_image(registry: Registry, workdir: Path) -> str:
     run.chmod(0o755)
     (ctx / "Dockerfile").write_text(
         "FROM scratch\nCOPY . /\nRUN mkdir -p /opt/app && chown 1001:0 /opt/app\n"
-        "LABEL io.openshift.s2i.scripts-url=image:///usr/libexec/s2i\n"
+        f"LABEL io.openshift.s2i.scripts-url={json.dumps(scripts_url)}\n"
         'CMD ["/bin/sh"]\n'
     )
-    image = f"{registry.host}/base/busybox:1"
+    image = f"{registry.host}/{name}"
     store = workdir / "base-storage"
     b = buildah_args(store)
     subprocess.run(
@@ -323,9 +390,11 @@ class JobRunner:
         self.namespace = namespace
         self.workdir = workdir
         self.seen: set[str] = set()
-        self.logs: dict[str, Path] = {}
+        self.logs: dict[str, dict[str, Path]] = {}
         self.durations: dict[str, float] = {}
         self.paused = False
+        # job name -> container name -> the environment it ran with (what a test inspects)
+        self.environments: dict[str, dict[str, dict[str, str]]] = {}
         self.tasks: list[asyncio.Task] = []
         self._loop_task: asyncio.Task | None = None
 
@@ -340,9 +409,13 @@ class JobRunner:
             *[t for t in [self._loop_task, *self.tasks] if t], return_exceptions=True
         )
 
-    async def read_log(self, namespace: str, pod: str) -> str | None:
-        path = self.logs.get(pod)
-        return path.read_text(errors="replace") if path and path.exists() else None
+    async def read_log(self, namespace: str, pod: str, container: str | None = None) -> str | None:
+        """The log of ``container`` of ``pod`` (all containers' when None), None if none."""
+        paths = self.logs.get(pod) or {}
+        chosen = list(paths.values()) if container is None else [paths.get(container)]
+        chosen = [p for p in chosen if p is not None]
+        texts = [p.read_text(errors="replace") for p in chosen if p.exists()]
+        return "".join(texts) if texts else None
 
     async def _loop(self) -> None:
         while True:
@@ -358,6 +431,61 @@ class JobRunner:
                         self.seen.add(name)
                         self.tasks.append(asyncio.create_task(self._run(job)))
             await asyncio.sleep(0.2)
+
+    async def _volumes(self, pod_spec: dict, tmp: Path) -> dict[str, Path]:
+        """Each pod volume as a host directory: emptyDirs empty, Secrets with their keys."""
+        out = {}
+        for volume in pod_spec.get("volumes") or []:
+            path = tmp / "volumes" / volume["name"]
+            path.mkdir(parents=True)
+            if "secret" in volume:
+                secret = await self.core.read_namespaced_secret(
+                    volume["secret"]["secretName"], self.namespace
+                )
+                for key, value in (secret.data or {}).items():
+                    (path / key).write_bytes(base64.b64decode(value))
+            out[volume["name"]] = path
+        return out
+
+    async def _run_container(
+        self, pod: str, job: str, container: dict, volumes: dict[str, Path], tmp: Path
+    ) -> tuple[int, str]:
+        """Run one container's command with its env; paths under its mounts are mapped to
+        the volumes' host directories. (exit code, termination message)."""
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts") or []}
+
+        def host(value: str) -> str:
+            for mount, path in mounts.items():
+                if value == mount or value.startswith(mount + "/"):
+                    return str(path) + value[len(mount) :]
+            return value
+
+        env = {e["name"]: host(e.get("value", "")) for e in container.get("env", [])}
+        own = tmp / container["name"]
+        own.mkdir()
+        env.update(
+            PATH=os.environ["PATH"],
+            HOME=str(own),
+            TERMINATION_LOG=str(own / "termination-log"),
+            TMPDIR=str(own),
+        )
+        self.environments[job][container["name"]] = env
+        log_path = own / "log"
+        self.logs[pod][container["name"]] = log_path
+        with log_path.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *container["command"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=own
+            )
+            code = await proc.wait()
+        term = own / "termination-log"
+        message = term.read_text() if term.exists() else ""
+        if (
+            not message
+            and code != 0
+            and container.get("terminationMessagePolicy") == ("FallbackToLogsOnError")
+        ):
+            message = "\n".join(log_path.read_text(errors="replace").splitlines()[-80:])[-2048:]
+        return code, message
 
     async def _run(self, job: dict) -> None:
         name = job["metadata"]["name"]
@@ -375,56 +503,44 @@ class JobRunner:
             {"status": {"startTime": stamp, "active": 1}},
             _content_type=MERGE,
         )
-        container = template["spec"]["containers"][0]
+        pod_spec = template["spec"]
         tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self.workdir))
-        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
-        env.update(
-            PATH=os.environ["PATH"],
-            HOME=str(tmp),
-            BUILDAH_ROOT=str(tmp / "storage"),
-            TERMINATION_LOG=str(tmp / "termination-log"),
-            TMPDIR=str(tmp),
-        )
-        log_path = tmp / "log"
-        self.logs[pod_name] = log_path
+        volumes = await self._volumes(pod_spec, tmp)
+        self.logs[pod_name] = {}
+        self.environments[name] = {}
         start = time.monotonic()
-        with log_path.open("wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *container["command"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp
+        statuses: dict[str, list] = {"initContainerStatuses": [], "containerStatuses": []}
+        code, message = 0, ""
+        steps = [("initContainerStatuses", c) for c in pod_spec.get("initContainers") or []]
+        steps += [("containerStatuses", c) for c in pod_spec["containers"]]
+        for key, container in steps:
+            if code != 0:
+                break
+            code, message = await self._run_container(pod_name, name, container, volumes, tmp)
+            statuses[key].append(
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": code,
+                            "message": message,
+                            "startedAt": stamp,
+                            "finishedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "reason": "Completed" if code == 0 else "Error",
+                        }
+                    },
+                }
             )
-            code = await proc.wait()
         self.durations[name] = time.monotonic() - start
-        term = tmp / "termination-log"
-        message = term.read_text() if term.exists() else ""
-        if not message and code != 0:  # FallbackToLogsOnError
-            message = "\n".join(log_path.read_text(errors="replace").splitlines()[-80:])[-2048:]
         end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         await self.core.patch_namespaced_pod_status(
             pod_name,
             self.namespace,
-            {
-                "status": {
-                    "phase": "Succeeded" if code == 0 else "Failed",
-                    "containerStatuses": [
-                        {
-                            "name": "build",
-                            "image": container["image"],
-                            "imageID": "",
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {
-                                "terminated": {
-                                    "exitCode": code,
-                                    "message": message,
-                                    "startedAt": stamp,
-                                    "finishedAt": end,
-                                    "reason": "Completed" if code == 0 else "Error",
-                                }
-                            },
-                        }
-                    ],
-                }
-            },
+            {"status": {"phase": "Succeeded" if code == 0 else "Failed", **statuses}},
             _content_type=MERGE,
         )
         if code == 0:

@@ -7,7 +7,13 @@ AICOE_BUILDER_ALLOWED_HOSTS   comma-separated Git host globs (default github.com
 AICOE_BUILDER_PRIVATE_HOSTS   hosts allowed to resolve to private/loopback addresses
 AICOE_BUILDER_ALLOW_HTTP      "true": plain http for the private hosts
 AICOE_BUILDER_TLS_VERIFY      "false": push/pull without TLS verification
-AICOE_BUILDER_PUSH_SECRET     dockerconfigjson Secret mounted into build pods
+AICOE_BUILDER_PUSH_SECRET     dockerconfigjson Secret mounted into the push step of build pods
+                              (never into the step that runs the repository's Dockerfile)
+AICOE_BUILDER_BUILD_NAMESPACE namespace build Jobs run in (Kubernetes backend; default:
+                              AICOE_BUILDER_NAMESPACE), e.g. "notebook-builds", confined by
+                              the chart's NetworkPolicy; records and ImageStreams stay put
+AICOE_BUILDER_BUILD_STORAGE   size of each build pod emptyDir (buildah storage, the image
+                              archive) and the pod's ephemeral-storage limit (default 20Gi)
 AICOE_BUILDER_IMAGE           the buildah image of build pods
 AICOE_BUILDER_BACKEND         kubernetes (default) | openshift | auto (openshift when the API
                               server serves build.openshift.io, found by discovery)
@@ -30,6 +36,7 @@ from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client, config
 from tornado.httpserver import HTTPServer
 
+from ..options import parse_memory
 from ..watch import ImageStreamWatch
 from .app import make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
@@ -44,6 +51,15 @@ def _list(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     if value is None:
         return default
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _quantity(value: str) -> str:
+    """A storage quantity (``20Gi``), checked at start instead of at the first build."""
+    try:
+        parse_memory(value)
+    except ValueError as e:
+        raise SystemExit(f"AICOE_BUILDER_BUILD_STORAGE: {e}") from None
+    return value
 
 
 @dataclass
@@ -66,6 +82,8 @@ class Settings:
     branch_ttl: int = 0
     job_retention: int = 600
     cleanup_interval: float = 60.0
+    build_namespace: str | None = None
+    build_storage: str = "20Gi"
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -89,6 +107,8 @@ class Settings:
             branch_ttl=int(g("AICOE_BUILDER_BRANCH_TTL", "0")),
             job_retention=int(g("AICOE_BUILDER_JOB_RETENTION", "600")),
             cleanup_interval=float(g("AICOE_BUILDER_CLEANUP_INTERVAL", "60")),
+            build_namespace=g("AICOE_BUILDER_BUILD_NAMESPACE") or None,
+            build_storage=_quantity(g("AICOE_BUILDER_BUILD_STORAGE") or cls.build_storage),
         )
 
 
@@ -106,6 +126,8 @@ def build_service(
                 push_secret=s.push_secret,
                 tls_verify=s.tls_verify,
                 timeout_seconds=s.timeout,
+                namespace=s.build_namespace,
+                storage_size=s.build_storage,
             ),
             log_reader=log_reader,
         )

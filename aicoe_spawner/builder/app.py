@@ -16,9 +16,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
 from ..watch import ImageStreamWatch
+from .identity import github_identity, hub_identity
 from .page import STATIC, page_context
 from .page import environment as page_environment
-from .requests import BuildRequest, BuildRequestError, validate_ref, validate_repo_url
+from .requests import (
+    BuildRequest,
+    BuildRequestError,
+    parse_build_request,
+    validate_ref,
+    validate_repo_url,
+)
 from .service import BuildService
 from .store import Build
 
@@ -35,6 +42,28 @@ class JSONError(web.HTTPError):
         super().__init__(status, message)
         self.message = message
         self.field = field
+
+
+def builds_view(builds: list[Build]) -> dict[str, Any]:
+    """The first image's build; with ``.aicoe-ci.yaml`` overlays, all of them in ``builds``."""
+    view = builds[0].view()
+    if len(builds) > 1:
+        view["builds"] = [b.view() for b in builds]
+    return view
+
+
+def parse_last_event_id(header: str) -> tuple[int, str]:
+    """``Last-Event-ID: <lines sent>:<phase>`` -> (lines, phase); BuildRequestError if not."""
+    lines, sep, phase = header.partition(":")
+    if not header:
+        return 0, ""
+    if not (sep and lines.isascii() and lines.isdigit() and len(lines) <= 9) or (
+        phase and phase not in ("pending", "building", "ready", "failed", "cancelled")
+    ):
+        raise BuildRequestError(
+            "Last-Event-ID", "must be an id this stream sent (<lines>:<phase>), e.g. 12:building"
+        )
+    return int(lines), phase
 
 
 class BaseHandler(web.RequestHandler):
@@ -59,6 +88,8 @@ class BaseHandler(web.RequestHandler):
             return json.loads(body or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             raise JSONError(400, f"body: not valid JSON ({e})", "body") from None
+        except RecursionError:
+            raise JSONError(400, "body: JSON nested too deeply", "body") from None
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -81,8 +112,7 @@ class AuthHandler(HubOAuthenticated, BaseHandler):
         model = self.current_user
         if not model:
             raise JSONError(403, "authentication required")
-        kind = model.get("kind", "user")
-        return model["name"] if kind == "user" else f"service:{model['name']}"
+        return hub_identity(model.get("kind", "user"), model["name"])
 
     def is_admin(self) -> bool:
         return ADMIN_SCOPE in self.scopes()
@@ -112,10 +142,11 @@ class BuildsHandler(AuthHandler):
         self.require(BUILD_SCOPE)
         body = self.json_body()
         try:
-            status, build = await self.service.submit(body, self.user_name())
+            request = parse_build_request(body, self.service.policy, self.service.resolver)
+            status, builds = await self.service.submit_all(request, self.user_name())
         except BuildRequestError as e:
             raise JSONError(e.status, str(e), e.field) from None
-        self.write_json(build.view(), status)
+        self.write_json(builds_view(builds), status)
 
 
 class BuildHandler(AuthHandler):
@@ -154,12 +185,13 @@ class EventsHandler(AuthHandler):
     @web.authenticated
     async def get(self, build_id: str) -> None:
         build = await self.visible_build(build_id)
+        try:
+            sent, phase_sent = parse_last_event_id(self.request.headers.get("Last-Event-ID", ""))
+        except BuildRequestError as e:
+            raise JSONError(400, str(e), e.field) from None
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        last = self.request.headers.get("Last-Event-ID", "")
-        lines_sent, _, phase_sent = last.partition(":")
-        sent = int(lines_sent) if lines_sent.isdigit() else 0
         service = self.service
         while True:
             current = service.builds.get(build_id) or build
@@ -225,20 +257,33 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), header.encode())
 
 
-def webhook_request(event: str, payload: Any) -> tuple[str, str] | None:
-    """(repo clone URL, tag) for a release published / tag created event, else None."""
+def _object(payload: dict, key: str) -> dict:
+    value = payload.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BuildRequestError(key, "must be a JSON object")
+    return value
+
+
+def webhook_request(event: str, payload: Any) -> tuple[str, str, Any] | None:
+    """(repo clone URL, tag, sender login) for a release published / tag created event, None
+    for other events; BuildRequestError (400) naming the field for a malformed payload."""
     if not isinstance(payload, dict):
-        return None
-    repo = (payload.get("repository") or {}).get("clone_url")
+        raise BuildRequestError("body", "must be a JSON object")
+    repository, release, sender = (_object(payload, k) for k in ("repository", "release", "sender"))
     if event == "release" and payload.get("action") == "published":
-        ref = (payload.get("release") or {}).get("tag_name")
+        ref, ref_field = release.get("tag_name"), "release.tag_name"
     elif event == "create" and payload.get("ref_type") == "tag":
-        ref = payload.get("ref")
+        ref, ref_field = payload.get("ref"), "ref"
     else:
         return None
-    if not isinstance(repo, str) or not isinstance(ref, str):
-        return None
-    return repo, ref
+    repo = repository.get("clone_url")
+    if not isinstance(repo, str):
+        raise BuildRequestError("repository.clone_url", "must be the repository's clone URL")
+    if not isinstance(ref, str):
+        raise BuildRequestError(ref_field, "must be the tag name (a string)")
+    return repo, ref, sender.get("login")
 
 
 class WebhookHandler(BaseHandler):
@@ -253,22 +298,23 @@ class WebhookHandler(BaseHandler):
         if not verify_signature(secret, body, self.request.headers.get("X-Hub-Signature-256")):
             raise JSONError(401, "X-Hub-Signature-256: missing or invalid signature")
         event = self.request.headers.get("X-GitHub-Event", "")
+        if not event:
+            raise JSONError(400, "X-GitHub-Event: missing (GitHub sends the event name)")
         if event == "ping":
             return self.write_json({"message": "pong"})
         payload = self.json_body()
-        found = webhook_request(event, payload)
-        if found is None:
-            return self.write_json({"message": f"event {event[:40]!r} ignored"}, 202)
-        repo, ref = found
         service = self.service
         try:
+            found = webhook_request(event, payload)
+            if found is None:
+                return self.write_json({"message": f"event {event[:40]!r} ignored"}, 202)
+            repo, ref, sender = found
             repo = validate_repo_url(repo, service.policy, service.resolver)
             request = BuildRequest(repo=repo, ref=validate_ref(ref))
-            sender = (payload.get("sender") or {}).get("login") or "unknown"
-            status, build = await service.submit_request(request, f"github:{sender}")
+            status, builds = await service.submit_all(request, github_identity(sender))
         except BuildRequestError as e:
             raise JSONError(e.status, str(e), e.field) from None
-        self.write_json(build.view(), status)
+        self.write_json(builds_view(builds), status)
 
 
 class HealthHandler(BaseHandler):
@@ -319,7 +365,7 @@ class PageHandler(AuthHandler):
         self.require(BUILD_SCOPE)  # the page exists to submit builds
         hub_prefix = self.hub_auth.hub_prefix
         context = page_context(
-            user=self.user_name(),
+            user=(self.current_user or {}).get("name", ""),  # as the hub shows it
             hub_prefix=hub_prefix,
             prefix=self.settings["prefix"],
             xsrf=self.xsrf_token.decode(),

@@ -1,7 +1,11 @@
-"""Writes the ImageStream for a build: the stream (notebook label, ODH annotations), its tag
-(build commit, build phase/message) and, when the build pushed an image, the status tag
+"""Writes the ImageStream for a build: the stream (notebook label, ODH annotations), its tags
+(build commit, build phase/message) and, when the build pushed an image, the status tags
 pinned to the digest (status subresource). Pure ``with_*`` functions + a thin async shell that
-retries on conflicts (several replicas may write the same stream)."""
+retries on conflicts (several replicas may write the same stream).
+
+The builder writes only streams it owns for the build's repository (:func:`ownership`); a
+failed build publishes a generic reason (:func:`public_reason`), never its log, and never
+takes a tag that already serves an image out of service."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..catalog import BUILD_MESSAGE_ANNOTATION, BUILD_PHASE_ANNOTATION, NOTEBOOK_IMAGE_LABEL
-from .requests import BuildSpec
+from .requests import BuildRequestError, BuildSpec
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
@@ -25,12 +29,53 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+SOURCE_REPO_ANNOTATION = "aicoe-spawner.io/source-repo"
+LAST_BUILD_ANNOTATION = "aicoe-spawner.io/last-build"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGER = "aicoe-image-builder"
+
+
+class OwnershipError(BuildRequestError):
+    """The target stream exists and is not this builder's for the build's repository (409)."""
+
+    def __init__(self, spec: BuildSpec, why: str) -> None:
+        super().__init__(
+            spec.name_field,
+            f"ImageStream {spec.namespace}/{spec.stream} {why}; choose another name",
+            409,
+        )
+
+
+def ownership(stream: dict | None, repo: str) -> str | None:
+    """None when the builder may write ``stream`` for ``repo`` (absent, or labelled as the
+    builder's and annotated with ``repo``), else why not (pure)."""
+    if stream is None:
+        return None
+    meta = stream.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    ann = meta.get("annotations") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGER:
+        return "exists and is not managed by the image builder"
+    # streams written before the source-repo annotation: the repo link stood for it
+    source = ann.get(SOURCE_REPO_ANNOTATION, ann.get(f"{A}notebook-image-url"))
+    if source != repo:
+        return "belongs to another repository"
+    return None
+
+
+def public_reason(message: str) -> str:
+    """What the catalog shows for a failed build: a generic reason, never its log."""
+    head = "build timed out" if message.startswith("build timed out") else "build failed"
+    return f"{head}; its requester can read the log in the image builder"
+
+
 def new_stream(spec: BuildSpec) -> dict[str, Any]:
     annotations = {
         f"{A}notebook-image-name": spec.display_name or spec.stream,
         f"{A}notebook-image-desc": spec.description or f"Built from {spec.repo}",
         f"{A}notebook-image-url": spec.repo,
         f"{A}notebook-image-creator": spec.requester,
+        SOURCE_REPO_ANNOTATION: spec.repo,
     }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -40,7 +85,7 @@ def new_stream(spec: BuildSpec) -> dict[str, Any]:
             "namespace": spec.namespace,
             "labels": {
                 NOTEBOOK_IMAGE_LABEL: "true",
-                "app.kubernetes.io/managed-by": "aicoe-image-builder",
+                MANAGED_BY_LABEL: MANAGER,
             },
             "annotations": annotations,
         },
@@ -49,7 +94,6 @@ def new_stream(spec: BuildSpec) -> dict[str, Any]:
 
 
 EXPIRES_ANNOTATION = "aicoe-spawner.io/expires-at"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
 def _stamp(t: datetime.datetime) -> str:
@@ -65,6 +109,25 @@ def _parse_stamp(value: Any) -> datetime.datetime | None:
         return None
 
 
+def serves_image(stream: dict, tag: str) -> bool:
+    """True when status tag ``tag`` of ``stream`` has a digest-pinned image."""
+    for entry in ((stream or {}).get("status") or {}).get("tags") or []:
+        if isinstance(entry, dict) and entry.get("tag") == tag:
+            items = entry.get("items") or []
+            ref = (items[0] or {}).get("dockerImageReference") if items else None
+            return isinstance(ref, str) and "@sha256:" in ref
+    return False
+
+
+def tag_names(spec: BuildSpec) -> tuple[str, ...]:
+    """The tags a build registers: its own and the ``custom-tag`` (same digest)."""
+    return (spec.tag, *spec.extra_tags)
+
+
+def _image_of(spec: BuildSpec, tag: str) -> str:
+    return f"{spec.output_image.rsplit(':', 1)[0]}:{tag}"
+
+
 def with_tag(
     stream: dict,
     spec: BuildSpec,
@@ -73,37 +136,48 @@ def with_tag(
     *,
     image_from: bool = True,
     expires_at: datetime.datetime | None = None,
+    digest: str | None = None,
 ) -> dict:
-    """``stream`` with spec tag ``spec.tag`` describing the build in ``phase``
+    """``stream`` with the spec tags of ``spec`` describing the build in ``phase``
     (building|failed|ready|cancelled). ``image_from``: the tag points at the pushed image
-    (plain Kubernetes); on OpenShift the build's output writes the tag, so it has no ``from``.
-    ``expires_at``: images built from branches expire (tag annotation, see :func:`expired`)."""
+    (plain Kubernetes); on OpenShift the build's output writes the tag, so it has no ``from``
+    (an extra tag then follows the built image, ``digest``). ``expires_at``: images built from
+    branches expire (tag annotation, see :func:`expired`). A tag that serves an image keeps
+    serving it (and its commit) while a rebuild runs or after one failed."""
     out = copy.deepcopy(stream)
     tags = out.setdefault("spec", {}).setdefault("tags", []) or []
     out["spec"]["tags"] = tags
-    tag = next((t for t in tags if t.get("name") == spec.tag), None)
-    if tag is None:
-        tag = {"name": spec.tag}
-        tags.append(tag)
-    ann = dict(tag.get("annotations") or {})
-    ann[f"{A}notebook-build-commit"] = spec.commit
-    ann["aicoe-spawner.io/build-id"] = spec.id
-    if phase in ("building", "failed"):
-        ann[BUILD_PHASE_ANNOTATION] = phase
-    else:
-        ann.pop(BUILD_PHASE_ANNOTATION, None)
-    if phase == "failed":
-        ann[BUILD_MESSAGE_ANNOTATION] = (message or "build failed")[-MESSAGE_LIMIT:]
-    else:
-        ann.pop(BUILD_MESSAGE_ANNOTATION, None)
-    if expires_at is not None:
-        ann[EXPIRES_ANNOTATION] = _stamp(expires_at)
-    else:
-        ann.pop(EXPIRES_ANNOTATION, None)
-    tag["annotations"] = ann
-    if image_from:
-        tag["from"] = {"kind": "DockerImage", "name": spec.output_image}
-    tag.setdefault("referencePolicy", {"type": "Local"})
+    for name in tag_names(spec):
+        tag = next((t for t in tags if t.get("name") == name), None)
+        if tag is None:
+            tag = {"name": name}
+            tags.append(tag)
+        ann = dict(tag.get("annotations") or {})
+        if phase in ("building", "failed", "cancelled") and serves_image(out, name):
+            ann[LAST_BUILD_ANNOTATION] = f"{phase} {spec.id}"
+            tag["annotations"] = ann
+            continue
+        ann.pop(LAST_BUILD_ANNOTATION, None)
+        ann[f"{A}notebook-build-commit"] = spec.commit
+        ann["aicoe-spawner.io/build-id"] = spec.id
+        if phase in ("building", "failed"):
+            ann[BUILD_PHASE_ANNOTATION] = phase
+        else:
+            ann.pop(BUILD_PHASE_ANNOTATION, None)
+        if phase == "failed":
+            ann[BUILD_MESSAGE_ANNOTATION] = public_reason(message)
+        else:
+            ann.pop(BUILD_MESSAGE_ANNOTATION, None)
+        if expires_at is not None:
+            ann[EXPIRES_ANNOTATION] = _stamp(expires_at)
+        else:
+            ann.pop(EXPIRES_ANNOTATION, None)
+        tag["annotations"] = ann
+        if image_from:
+            tag["from"] = {"kind": "DockerImage", "name": _image_of(spec, name)}
+        elif name != spec.tag and digest:
+            tag["from"] = {"kind": "ImageStreamImage", "name": f"{spec.stream}@{digest}"}
+        tag.setdefault("referencePolicy", {"type": "Local"})
     return out
 
 
@@ -130,7 +204,7 @@ def without_tags(stream: dict, names: set[str]) -> dict:
 
 
 def with_status_tag(stream: dict, spec: BuildSpec, digest: str) -> dict:
-    """``stream`` with status tag ``spec.tag`` whose newest item is the pushed digest."""
+    """``stream`` with the status tags of ``spec`` whose newest item is the pushed digest."""
     out = copy.deepcopy(stream)
     status = out.setdefault("status", {}) or {}
     out["status"] = status
@@ -138,19 +212,20 @@ def with_status_tag(stream: dict, spec: BuildSpec, digest: str) -> dict:
     status.setdefault("dockerImageRepository", repo)
     tags = status.setdefault("tags", []) or []
     status["tags"] = tags
-    entry = next((t for t in tags if t.get("tag") == spec.tag), None)
-    if entry is None:
-        entry = {"tag": spec.tag, "items": []}
-        tags.append(entry)
-    item = {
-        "created": _now(),
-        "dockerImageReference": f"{repo}@{digest}",
-        "image": digest,
-        "generation": (out.get("metadata") or {}).get("generation", 1),
-    }
-    items = [i for i in entry.get("items") or [] if i.get("image") != digest]
-    entry["items"] = [item, *items][:5]
-    entry.pop("conditions", None)
+    for name in tag_names(spec):
+        entry = next((t for t in tags if t.get("tag") == name), None)
+        if entry is None:
+            entry = {"tag": name, "items": []}
+            tags.append(entry)
+        item = {
+            "created": _now(),
+            "dockerImageReference": f"{repo}@{digest}",
+            "image": digest,
+            "generation": (out.get("metadata") or {}).get("generation", 1),
+        }
+        items = [i for i in entry.get("items") or [] if i.get("image") != digest]
+        entry["items"] = [item, *items][:5]
+        entry.pop("conditions", None)
     return out
 
 
@@ -177,7 +252,9 @@ class Registrar:
         now = datetime.datetime.now(datetime.UTC)
         return now + datetime.timedelta(seconds=self.branch_ttl_seconds)
 
-    def _with_tag(self, stream: dict, spec: BuildSpec, phase: str, message: str) -> dict:
+    def _with_tag(
+        self, stream: dict, spec: BuildSpec, phase: str, message: str, digest: str | None = None
+    ) -> dict:
         return with_tag(
             stream,
             spec,
@@ -185,7 +262,12 @@ class Registrar:
             message,
             image_from=self.write_status,
             expires_at=self._expiry(spec),
+            digest=digest,
         )
+
+    async def check(self, spec: BuildSpec) -> str | None:
+        """Why the builder may not write the target stream of ``spec`` (None: it may)."""
+        return ownership(await self._read(spec), spec.repo)
 
     async def _read(self, spec: BuildSpec) -> dict | None:
         try:
@@ -197,17 +279,24 @@ class Registrar:
                 return None
             raise
 
-    async def mark(self, spec: BuildSpec, phase: str, message: str = "") -> dict:
-        """Create or update the stream and its tag for ``phase``; retried on conflicts."""
+    async def mark(
+        self, spec: BuildSpec, phase: str, message: str = "", digest: str | None = None
+    ) -> dict:
+        """Create or update the stream and its tags for ``phase``; retried on conflicts.
+        Raises :class:`OwnershipError` for a stream that is not the builder's for the repo
+        (checked on the version replaced, so a concurrent writer cannot slip in)."""
         for attempt in range(20):
             current = await self._read(spec)
+            why = ownership(current, spec.repo)
+            if why is not None:
+                raise OwnershipError(spec, why)
             try:
                 if current is None:
                     body = self._with_tag(new_stream(spec), spec, phase, message)
                     return await self.custom.create_namespaced_custom_object(
                         GROUP, VERSION, spec.namespace, PLURAL, body
                     )
-                body = self._with_tag(current, spec, phase, message)
+                body = self._with_tag(current, spec, phase, message, digest)
                 if body == current:
                     return current
                 return await self.custom.replace_namespaced_custom_object(
@@ -220,11 +309,14 @@ class Registrar:
         raise RuntimeError("unreachable")
 
     async def ready(self, spec: BuildSpec, digest: str) -> dict:
-        stream = await self.mark(spec, "ready")
+        stream = await self.mark(spec, "ready", digest=digest)
         if not self.write_status:
             return stream
         for attempt in range(20):
             current = await self._read(spec)
+            why = ownership(current, spec.repo) if current is not None else "was deleted"
+            if why is not None:
+                raise OwnershipError(spec, why)
             assert current is not None
             body = with_status_tag(current, spec, digest)
             if body.get("status") == current.get("status"):
@@ -249,7 +341,7 @@ class Registrar:
             VERSION,
             namespace,
             PLURAL,
-            label_selector=f"{MANAGED_BY_LABEL}=aicoe-image-builder",
+            label_selector=f"{MANAGED_BY_LABEL}={MANAGER}",
         )
         removed: list[dict] = []
         for stream in streams.get("items") or []:

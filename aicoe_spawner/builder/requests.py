@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 STRATEGIES = ("dockerfile", "source")
+# AICoE-CI spellings -> our strategy; "containerfile" is a Dockerfile build of a Containerfile
+STRATEGY_ALIASES = {"dockerfile": "dockerfile", "containerfile": "dockerfile", "source": "source"}
 MAX_URL = 2048
 MAX_REF = 255
 REQUEST_KEYS = frozenset(
@@ -199,9 +201,10 @@ def validate_relative_path(value: Any, f: str, *, allow_empty: bool = True) -> s
 
 
 def validate_strategy(value: Any, f: str = "strategy") -> str:
-    if not isinstance(value, str) or value.strip().lower() not in STRATEGIES:
-        raise BuildRequestError(f, f"must be one of {', '.join(STRATEGIES)}")
-    return value.strip().lower()
+    """``dockerfile`` | ``source`` (``containerfile`` is read as ``dockerfile``)."""
+    if not isinstance(value, str) or value.strip().lower() not in STRATEGY_ALIASES:
+        raise BuildRequestError(f, f"must be one of {', '.join(STRATEGY_ALIASES)}")
+    return STRATEGY_ALIASES[value.strip().lower()]
 
 
 def validate_image(value: Any, f: str) -> str:
@@ -304,6 +307,13 @@ def stream_name_for(repo: str) -> str:
     return _dns_label(path.replace("/", "-"))
 
 
+def hashed_stream_name(repo: str) -> str:
+    """:func:`stream_name_for` plus a hash of the whole URL, for when the short name belongs to
+    another repository (``a-b/c`` and ``a/b-c``, or the same path on two hosts)."""
+    digest = hashlib.sha256(repo.encode()).hexdigest()[:8]
+    return f"{stream_name_for(repo)[:54].rstrip('-')}-{digest}"
+
+
 def tag_for(ref: str, commit: str) -> str:
     """The ImageStream tag for a ref: the tag/branch name made safe, or the short commit."""
     if is_sha(ref):
@@ -337,7 +347,6 @@ class BuildDefaults:
     strategy: str = "dockerfile"
     dockerfile: str = "Dockerfile"
     base_image: str = "quay.io/thoth-station/s2i-thoth-ubi9-py311:latest"
-    allowed_registries: tuple[str, ...] = ()  # registries a repo's .aicoe-ci.yaml may choose
 
 
 @dataclass(frozen=True)
@@ -361,6 +370,19 @@ class BuildSpec:
     description: str
     requester: str
     notes: tuple[str, ...] = field(default=())
+    # tags registered at the same digest as ``tag`` (.aicoe-ci.yaml custom-tag)
+    extra_tags: tuple[str, ...] = field(default=())
+    # what chose ``stream``: "name", ".aicoe-ci.yaml build.registry-project" or "repo"
+    name_field: str = "repo"
+    overlay: str = ""  # the .aicoe-ci.yaml overlay this image is built for
+    # ``id`` is per requester; identical builds of different requesters share ``content_id``
+    # and run as one Job (named after ``job_id``, the build that started it)
+    content_id: str = ""
+    job_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content_id", self.content_id or self.id)
+        object.__setattr__(self, "job_id", self.job_id or self.id)
 
     @property
     def image(self) -> str:
@@ -373,6 +395,7 @@ class BuildSpec:
     def from_json(cls, text: str) -> BuildSpec:
         data = json.loads(text)
         data["notes"] = tuple(data.get("notes", ()))
+        data["extra_tags"] = tuple(data.get("extra_tags", ()))
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -388,29 +411,39 @@ def resolve_spec(
     ci: Any,
     defaults: BuildDefaults,
     requester: str,
+    *,
+    hashed_name: bool = False,
 ) -> BuildSpec:
     """Request options, else the repo's .aicoe-ci.yaml (``ci``, a CIConfig or None), else the
-    service defaults -> the :class:`BuildSpec`."""
+    service defaults -> the :class:`BuildSpec`. Where the image is pushed is the service's
+    configuration alone. ``hashed_name``: the default stream name is taken by another repo."""
     from .ci_config import CIConfig
 
     ci = ci or CIConfig()
     notes: list[str] = list(ci.notes)
     strategy = request.strategy or ci.build_strategy or defaults.strategy
-    dockerfile = request.dockerfile or ci.dockerfile_path or defaults.dockerfile
+    default_file = "Containerfile" if ci.containerfile else defaults.dockerfile
+    dockerfile = request.dockerfile or ci.dockerfile_path or default_file
     context_dir = request.context_dir if request.context_dir is not None else ci.context_dir
     base_image = request.base_image or ci.base_image or defaults.base_image
-    stream = request.name or (
-        _dns_label(ci.registry_project) if ci.registry_project else stream_name_for(request.repo)
-    )
-    tag = ci.custom_tag or tag_for(request.ref, commit)
-    registry = defaults.registry
-    if ci.registry and ci.registry != registry:
-        if ci.registry in defaults.allowed_registries:
-            registry = ci.registry
-        else:
-            notes.append(f".aicoe-ci.yaml registry {ci.registry!r} ignored (not allowed)")
-    org = ci.registry_org or defaults.registry_org or defaults.namespace
-    output_image = f"{registry}/{_dns_label(org)}/{stream}:{tag}"
+    if request.name:
+        stream, name_field = request.name, "name"
+    elif ci.registry_project:
+        stream, name_field = _dns_label(ci.registry_project), ci.project_field
+    else:
+        stream, name_field = stream_name_for(request.repo), "repo"
+        if hashed_name:
+            stream = hashed_stream_name(request.repo)
+    if ci.overlay and "overlays[" not in name_field:
+        # a name shared by all overlays: one stream per overlay
+        stream = _dns_label(f"{stream[:42]}-{ci.overlay}")
+    tag = tag_for(request.ref, commit)
+    extra_tags = (ci.custom_tag,) if ci.custom_tag and ci.custom_tag != tag else ()
+    for key, value in (("registry", ci.registry), ("registry-org", ci.registry_org)):
+        if value:
+            notes.append(f".aicoe-ci.yaml {key} {value!r} ignored: the builder chooses the push")
+    org = defaults.registry_org or defaults.namespace
+    output_image = f"{defaults.registry}/{_dns_label(org)}/{stream}:{tag}"
     options = {
         "strategy": strategy,
         "dockerfile": dockerfile if strategy == "dockerfile" else "",
@@ -418,9 +451,13 @@ def resolve_spec(
         "base_image": base_image if strategy == "source" else "",
         "output_image": output_image,
         "namespace": defaults.namespace,
+        "extra_tags": list(extra_tags),
     }
-    spec = BuildSpec(
-        id=build_id(request.repo, commit, options),
+    # one record per requester: another user's request never returns (or replaces) it
+    record_id = build_id(request.repo, commit, {**options, "requester": requester})
+    return BuildSpec(
+        id=record_id,
+        content_id=build_id(request.repo, commit, options),
         repo=request.repo,
         ref=request.ref,
         commit=commit,
@@ -437,8 +474,10 @@ def resolve_spec(
         description=request.description,
         requester=requester,
         notes=tuple(notes),
+        extra_tags=extra_tags,
+        name_field=name_field,
+        overlay=ci.overlay,
     )
-    return spec
 
 
 def with_requester(spec: BuildSpec, requester: str) -> BuildSpec:

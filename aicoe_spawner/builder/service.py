@@ -9,16 +9,18 @@ import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import git
-from .ci_config import parse_ci_config
+from .ci_config import parse_ci_configs
+from .registration import OwnershipError
 from .requests import (
     BuildDefaults,
     BuildRequest,
     BuildRequestError,
+    BuildSpec,
     RepoPolicy,
     Resolver,
     parse_build_request,
@@ -124,20 +126,67 @@ class BuildService:
         return await self.submit_request(request, user)
 
     async def submit_request(self, request: BuildRequest, user: str) -> tuple[int, Build]:
+        """:meth:`submit_all`, answering with the first image's build."""
+        status, builds = await self.submit_all(request, user)
+        return status, builds[0]
+
+    async def submit_all(self, request: BuildRequest, user: str) -> tuple[int, list[Build]]:
+        """One build per image of the repo (one per ``.aicoe-ci.yaml`` overlay): 202 when one
+        was created, else 200 with the existing ones. ``user`` is the requester identity
+        (see :mod:`.identity`); builds are per requester, so another user's build is never
+        returned nor replaced."""
         commit, kind = await git.resolve_ref(request.repo, request.ref)
         ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
-        spec = resolve_spec(request, commit, kind, parse_ci_config(ci_text), self.defaults, user)
-        validate = getattr(self.backend, "validate", None)
-        if validate is not None:
-            validate(spec)  # BuildRequestError (400) for what this backend cannot build
+        specs = []
+        for ci in parse_ci_configs(ci_text):
+            spec = resolve_spec(request, commit, kind, ci, self.defaults, user)
+            spec = await self._writable(spec, request, commit, kind, ci, user)
+            validate = getattr(self.backend, "validate", None)
+            if validate is not None:
+                validate(spec)  # BuildRequestError (400) for what this backend cannot build
+            specs.append(spec)
+        if len({(s.stream, t) for s in specs for t in (s.tag, *s.extra_tags)}) < sum(
+            1 + len(s.extra_tags) for s in specs
+        ):
+            raise BuildRequestError(
+                ".aicoe-ci.yaml overlays", "two overlays name the same image stream and tag"
+            )
+        results = [await self._submit_spec(spec, user) for spec in specs]
+        status = 202 if any(code == 202 for code, _ in results) else 200
+        return status, [build for _, build in results]
+
+    async def _writable(self, spec: BuildSpec, request, commit, kind, ci, user) -> BuildSpec:
+        """``spec``, or with the hashed default name when the short one is another repo's;
+        OwnershipError (409) when the chosen stream is not the builder's for this repo."""
+        why = await self.registrar.check(spec)
+        if why is not None and spec.name_field == "repo":
+            spec = resolve_spec(request, commit, kind, ci, self.defaults, user, hashed_name=True)
+            why = await self.registrar.check(spec)
+        if why is not None:
+            self.metrics.requests.labels("refused").inc()
+            raise OwnershipError(spec, why)
+        return spec
+
+    async def _submit_spec(self, spec: BuildSpec, user: str) -> tuple[int, Build]:
+        """The requester's own build of ``spec``: their existing one (200); else a record of
+        their own that follows the same build of another requester (200, no second Job);
+        else a new build (202)."""
         existing = await self.store.get(spec.id)
         if existing is not None and existing.phase not in ("failed", "cancelled"):
             self.metrics.requests.labels("dedup").inc()
             return 200, existing
-        if existing is not None:  # retry of a failed/cancelled build
-            await self.backend.cleanup(existing.spec)
+        if existing is not None:  # the same requester retries their failed/cancelled build
             await self.store.delete(existing.id)
-        active = await self.store.list(active_only=True)
+        records = await self.store.list()
+        shared = next(
+            (
+                b
+                for b in records
+                if b.spec.content_id == spec.content_id and b.phase not in ("failed", "cancelled")
+            ),
+            None,
+        )
+        active = [b for b in records if b.active]
         mine = [b for b in active if b.spec.requester == user]
         if len(mine) >= self.limits.per_user:
             self.metrics.requests.labels("limited").inc()
@@ -145,21 +194,52 @@ class BuildService:
                 f"{user} has {len(mine)} builds running (limit {self.limits.per_user}); "
                 "wait for one to finish or cancel one"
             )
-        if len(active) >= self.limits.total:
+        if shared is None and len(active) >= self.limits.total:
             self.metrics.requests.labels("limited").inc()
             raise LimitError(
                 f"{len(active)} builds are running (service limit {self.limits.total}); retry later"
             )
+        if shared is not None:
+            return 200, await self._follow(replace(spec, job_id=shared.spec.job_id), shared)
         build, created = await self.store.create(Build(spec=spec, created=now()))
         if not created:
             self.metrics.requests.labels("dedup").inc()
             return 200, build
+        try:
+            # before the build runs: a stream taken meanwhile refuses it (409)
+            await self.registrar.mark(spec, "building")
+        except OwnershipError:
+            await self.store.delete(build.id)
+            raise
         self.metrics.requests.labels("created").inc()
         self.metrics.builds.labels("pending").inc()
+        if existing is not None or await self.backend.exists(spec):
+            await self.backend.cleanup(spec)  # the failed Job this retry replaces
         await self.backend.submit(spec)
-        await self.registrar.mark(spec, "building")
         await self._cache(build)
         return 202, build
+
+    async def _follow(self, spec: BuildSpec, shared: Build) -> Build:
+        """A record of the requester's own for the build ``shared`` (same content, another
+        requester): it follows the same Job, or is ready with the same digest."""
+        self.metrics.requests.labels("shared").inc()
+        if shared.phase == "ready":
+            build = Build(
+                spec=spec,
+                phase="ready",
+                created=now(),
+                started=shared.started,
+                finished=shared.finished,
+                digest=shared.digest,
+                log=shared.log,
+            )
+        else:
+            build = Build(spec=spec, created=now())
+        build, _ = await self.store.create(build)
+        if build.phase == "ready":
+            await self.registrar.ready(spec, build.digest)
+        await self._cache(build)
+        return build
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -167,13 +247,24 @@ class BuildService:
         return await self.store.get(build_id)
 
     async def cancel(self, build: Build) -> Build:
+        """Cancel ``build``; its Job stops unless another requester's build follows it."""
         if not build.active:
             return build
-        await self.backend.cancel(build.spec)
+        others = [
+            b
+            for b in await self.store.list(active_only=True)
+            if b.spec.job_id == build.spec.job_id and b.id != build.id
+        ]
+        if not others:
+            await self.backend.cancel(build.spec)
         build = await self.store.update(
             build, phase="cancelled", message="cancelled", finished=now()
         )
-        await self.registrar.mark(build.spec, "cancelled")
+        try:
+            if not others:
+                await self.registrar.mark(build.spec, "cancelled")
+        except OwnershipError as e:
+            log.warning("build %s cancelled; its stream is not writable: %s", build.id, e)
         self.metrics.builds.labels("cancelled").inc()
         await self._cache(build)
         return build
@@ -272,7 +363,7 @@ class BuildService:
             await self.store.delete(build.id)
             self.builds.pop(build.id, None)
             deleted_records.append(build.id)
-        active = {b.id for b in records if b.active}
+        active = {b.spec.job_id for b in records if b.active}
         deleted_objects = []
         for name, finished in await self.backend.finished_objects(namespace):
             if name.removeprefix("imgbuild-") in active:

@@ -562,10 +562,18 @@ MALFORMED: list[tuple[str, Any, tuple[str, ...] | None]] = [
     ("annotations-a-string", meta(annotations="x=y"), T1),
     ("annotations-non-str-keys", meta(annotations={1: 2, None: []}), T1),
     ("resource-version-int", meta(resourceVersion=7), T1),
-    ("spec-missing", _mutate(lambda o: o.pop("spec")), ()),
-    ("spec-a-list", _mutate(lambda o: o.update(spec=[1])), ()),
-    ("tags-a-dict", _mutate(lambda o: o["spec"].update(tags={"name": "t1"})), ()),
-    ("tags-none", _mutate(lambda o: o["spec"].update(tags=None)), ()),
+    ("spec-missing", _mutate(lambda o: o.pop("spec")), T1),  # status tag t1 stays a version
+    ("spec-a-list", _mutate(lambda o: o.update(spec=[1])), T1),  # status tag t1 stays a version
+    (
+        "tags-a-dict",
+        _mutate(lambda o: o["spec"].update(tags={"name": "t1"})),
+        T1,
+    ),  # status tag t1 stays a version
+    (
+        "tags-none",
+        _mutate(lambda o: o["spec"].update(tags=None)),
+        T1,
+    ),  # status tag t1 stays a version
     ("tag-entries-not-dicts", spec_tag("t2", None, 3, []), T1),
     ("tag-without-name", spec_tag({"annotations": {}}), T1),
     ("tag-name-int", spec_tag({"name": 2}), T1),

@@ -1,7 +1,11 @@
-"""The Kubernetes backend: one Job per build running buildah (pure manifests + state, and a
-thin async shell). The container writes the pushed digest (buildah ``--digestfile``) to its
-termination message; on failure the kubelet puts the log tail there
-(``FallbackToLogsOnError``)."""
+"""The Kubernetes backend: one Job per build (pure manifests + state, and a thin async shell).
+
+The build pod has two steps. The init container ``build`` fetches the commit and runs the
+user's Dockerfile (or the s2i-equivalent one) with buildah, writing the image as an OCI archive
+to a sized emptyDir; it has no credentials. The container ``push`` never runs user content: it
+loads the archive and pushes it with the push secret, and writes the pushed digest (buildah
+``--digestfile``) to its termination message. The pod runs with seccomp RuntimeDefault, no
+service-account token, and ephemeral-storage limits."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from ...options import parse_memory
 from ..kube import raw_json
 from ..requests import BuildSpec, repo_hash, user_label
 from ..source import s2i_dockerfile
@@ -22,9 +27,16 @@ log = logging.getLogger("aicoe_spawner.builder.kubernetes")
 
 MANAGED_BY = "aicoe-image-builder"
 L = "aicoe-spawner.io/"
+WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI archive
+BUILD_STORAGE = "/var/lib/aicoe-build-storage"  # buildah storage of the build step
+PUSH_STORAGE = "/var/lib/aicoe-push-storage"  # buildah storage of the push step
+DEFAULT_SCRIPTS = "/usr/libexec/s2i"
 
+# Runs user content (git checkout, Dockerfile steps). No credentials here. User-controlled
+# text (paths, the base image's labels) is only ever data: quoted expansions, `case` patterns
+# and realpath checks, never a shell or sed program.
 BUILD_SCRIPT = r"""set -eu
-B="--storage-driver vfs ${BUILDAH_ROOT:+--root $BUILDAH_ROOT/root --runroot $BUILDAH_ROOT/run}"
+B="--storage-driver vfs --root $BUILD_STORAGE/root --runroot $BUILD_STORAGE/run"
 TLS="--tls-verify=${TLS_VERIFY:-true}"
 work=$(mktemp -d)
 echo "==> fetching $REPO at $COMMIT"
@@ -34,25 +46,59 @@ git fetch -q --depth 1 -- "$REPO" "$COMMIT" 2>/dev/null || git fetch -q --depth 
 git -c advice.detachedHead=false checkout -q FETCH_HEAD
 got=$(git rev-parse HEAD)
 test "$got" = "$COMMIT" || { echo "commit mismatch: got $got"; exit 2; }
-ctx="$work/src/${CONTEXT_DIR:-.}"
-test -d "$ctx" || { echo "context dir $CONTEXT_DIR not found"; exit 2; }
+src=$(realpath -e -- "$work/src")
+inside() {  # $1 resolved (symlinks followed) must exist inside the checkout
+  r=$(realpath -e -- "$1" 2>/dev/null) || return 1
+  case "$r" in "$src"|"$src"/*) printf '%s' "$r" ;; *) return 1 ;; esac
+}
+ctx=$(inside "$src/${CONTEXT_DIR:-.}") && test -d "$ctx" || {
+  echo "context_dir '$CONTEXT_DIR' is not a directory inside the repository"; exit 2; }
 if [ "$STRATEGY" = source ]; then
   echo "==> source strategy: builder image $BASE_IMAGE"
-  buildah $B pull -q $TLS "$BASE_IMAGE" >/dev/null
+  buildah $B pull -q $TLS -- "$BASE_IMAGE" >/dev/null
   fmt='{{index .OCIv1.Config.Labels "io.openshift.s2i.scripts-url"}}'
-  url=$(buildah $B inspect --type image --format "$fmt" "$BASE_IMAGE" || true)
-  case "$url" in image:///*) scripts=${url#image://} ;; *) scripts=/usr/libexec/s2i ;; esac
-  printf '%s' "$S2I_DOCKERFILE" | sed "s#@S2I_SCRIPTS@#$scripts#g" > "$work/Dockerfile.s2i"
+  url=$(buildah $B inspect --type image --format "$fmt" -- "$BASE_IMAGE" || true)
+  scripts=$DEFAULT_SCRIPTS
+  case "$url" in
+    image:///*) scripts=${url#image://} ;;
+  esac
+  case "$scripts" in
+    *[!A-Za-z0-9._/-]*|*..*|*//*)
+      echo "ignoring the builder image's unsafe scripts-url label"; scripts=$DEFAULT_SCRIPTS ;;
+  esac
+  # substitute @S2I_SCRIPTS@ by parameter expansion (data only)
+  rest=$S2I_DOCKERFILE; out=""
+  while :; do
+    case "$rest" in
+      *@S2I_SCRIPTS@*) out="$out${rest%%@S2I_SCRIPTS@*}$scripts"; rest=${rest#*@S2I_SCRIPTS@} ;;
+      *) break ;;
+    esac
+  done
+  printf '%s%s' "$out" "$rest" > "$work/Dockerfile.s2i"
   file="$work/Dockerfile.s2i"
 else
-  file="$work/src/$DOCKERFILE"
-  test -f "$file" || { echo "Dockerfile $DOCKERFILE not found"; exit 2; }
+  file=$(inside "$src/$DOCKERFILE") && test -f "$file" || {
+    echo "Dockerfile '$DOCKERFILE' is not a file inside the repository"; exit 2; }
 fi
 echo "==> building $OUTPUT_IMAGE"
-buildah $B bud --isolation chroot $TLS --layers=false -f "$file" -t "$OUTPUT_IMAGE" "$ctx"
+buildah $B bud --isolation chroot $TLS --layers=false -f "$file" -t aicoe-build/image "$ctx"
+rm -f "$WORKSPACE/image.tar"
+buildah $B push -q aicoe-build/image "oci-archive:$WORKSPACE/image.tar"
+echo "==> built; the push step uploads it"
+"""
+
+# Never runs user content: loads the archive the build step wrote and pushes it.
+PUSH_SCRIPT = r"""set -eu
+B="--storage-driver vfs --root $PUSH_STORAGE/root --runroot $PUSH_STORAGE/run"
+TLS="--tls-verify=${TLS_VERIFY:-true}"
+image=$(buildah $B pull -q "oci-archive:$WORKSPACE/image.tar")
 echo "==> pushing $OUTPUT_IMAGE"
-buildah $B push $TLS --digestfile "$work/digest" "$OUTPUT_IMAGE"
-digest=$(cat "$work/digest")
+buildah $B push -q $TLS --digestfile "$PUSH_STORAGE/digest" "$image" "docker://$OUTPUT_IMAGE"
+digest=$(cat "$PUSH_STORAGE/digest")
+for extra in $EXTRA_IMAGES; do
+  echo "==> pushing $extra"
+  buildah $B push -q $TLS "$image" "docker://$extra"
+done
 printf '%s' "$digest" > "${TERMINATION_LOG:-/dev/termination-log}"
 echo "==> pushed $OUTPUT_IMAGE@$digest"
 """
@@ -66,6 +112,8 @@ class JobConfig:
     timeout_seconds: int = 3600
     ttl_seconds_after_finished: int = 600
     service_account: str | None = None
+    namespace: str | None = None  # where build Jobs run (default: the builder's namespace)
+    storage_size: str = "20Gi"  # sizeLimit of each emptyDir and the ephemeral-storage limit
     resources: dict[str, Any] = field(
         default_factory=lambda: {
             "requests": {"cpu": "500m", "memory": "1Gi"},
@@ -81,7 +129,7 @@ def job_name(build_id: str) -> str:
 def build_labels(spec: BuildSpec) -> dict[str, str]:
     return {
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"{L}build-id": spec.id,
+        f"{L}build-id": spec.job_id,
         f"{L}repo-hash": repo_hash(spec.repo),
         f"{L}commit": spec.commit[:63],
         f"{L}requester": user_label(spec.requester),
@@ -99,8 +147,18 @@ def build_annotations(spec: BuildSpec) -> dict[str, str]:
     }
 
 
+def job_namespace(spec: BuildSpec, config: JobConfig) -> str:
+    return config.namespace or spec.namespace
+
+
 def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
-    env = {
+    common = {
+        "OUTPUT_IMAGE": spec.output_image,
+        "TLS_VERIFY": "true" if config.tls_verify else "false",
+        "WORKSPACE": WORKSPACE,
+    }
+    build_env = {
+        **common,
         "REPO": spec.repo,
         "REF": spec.ref,
         "COMMIT": spec.commit,
@@ -108,13 +166,13 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "DOCKERFILE": spec.dockerfile,
         "CONTEXT_DIR": spec.context_dir,
         "BASE_IMAGE": spec.base_image,
-        "OUTPUT_IMAGE": spec.output_image,
-        "TLS_VERIFY": "true" if config.tls_verify else "false",
+        "BUILD_STORAGE": BUILD_STORAGE,
+        "DEFAULT_SCRIPTS": DEFAULT_SCRIPTS,
         "GIT_ALLOW_PROTOCOL": "https" if spec.repo.startswith("https:") else "http",
         "GIT_TERMINAL_PROMPT": "0",
     }
     if spec.strategy == "source":
-        env["S2I_DOCKERFILE"] = s2i_dockerfile(
+        build_env["S2I_DOCKERFILE"] = s2i_dockerfile(
             spec.base_image,
             {
                 "io.openshift.build.source-location": spec.repo,
@@ -122,27 +180,67 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
                 "io.openshift.build.commit.ref": spec.ref,
             },
         )
-    volumes, mounts = [], []
+    repo = spec.output_image.rsplit(":", 1)[0]
+    push_env = {
+        **common,
+        "PUSH_STORAGE": PUSH_STORAGE,
+        "EXTRA_IMAGES": " ".join(f"{repo}:{t}" for t in spec.extra_tags),
+    }
+    size = config.storage_size
+    volumes: list[dict[str, Any]] = [
+        {"name": name, "emptyDir": {"sizeLimit": size}}
+        for name in ("workspace", "build-storage", "push-storage")
+    ]
+    push_mounts = [
+        {"name": "workspace", "mountPath": WORKSPACE, "readOnly": True},
+        {"name": "push-storage", "mountPath": PUSH_STORAGE},
+    ]
     if config.push_secret:
-        env["REGISTRY_AUTH_FILE"] = "/var/run/secrets/push/.dockerconfigjson"
+        push_env["REGISTRY_AUTH_FILE"] = "/var/run/secrets/push/.dockerconfigjson"
         volumes.append({"name": "push-secret", "secret": {"secretName": config.push_secret}})
-        mounts.append({"name": "push-secret", "mountPath": "/var/run/secrets/push"})
-    container = {
+        push_mounts.append(
+            {"name": "push-secret", "mountPath": "/var/run/secrets/push", "readOnly": True}
+        )
+    # request at most 1Gi of the node's disk for scheduling; the limit is the sized storage
+    request = size if parse_memory(size) < parse_memory("1Gi") else "1Gi"
+    resources = {
+        "requests": {**config.resources.get("requests", {}), "ephemeral-storage": request},
+        "limits": {**config.resources.get("limits", {}), "ephemeral-storage": size},
+    }
+    # buildah's chroot isolation changes user ids (what the real node proves: docs/deploy.md)
+    security = {"privileged": False, "capabilities": {"add": ["SETUID", "SETGID"]}}
+    build = {
         "name": "build",
         "image": config.builder_image,
         "command": ["/bin/sh", "-c", BUILD_SCRIPT],
-        "env": [{"name": k, "value": v} for k, v in env.items()],
-        "resources": config.resources,
-        "securityContext": {"privileged": False, "capabilities": {"add": ["SETUID", "SETGID"]}},
-        "terminationMessagePath": "/dev/termination-log",
+        "env": [{"name": k, "value": v} for k, v in build_env.items()],
+        "resources": resources,
+        "securityContext": security,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": mounts,
+        "volumeMounts": [
+            {"name": "workspace", "mountPath": WORKSPACE},
+            {"name": "build-storage", "mountPath": BUILD_STORAGE},
+        ],
+    }
+    push = {
+        "name": "push",
+        "image": config.builder_image,
+        "command": ["/bin/sh", "-c", PUSH_SCRIPT],
+        "env": [{"name": k, "value": v} for k, v in push_env.items()],
+        "resources": resources,
+        "securityContext": security,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "volumeMounts": push_mounts,
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "containers": [container],
+        "initContainers": [build],
+        "containers": [push],
         "volumes": volumes,
         "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
@@ -151,8 +249,8 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(spec.id),
-            "namespace": spec.namespace,
+            "name": job_name(spec.job_id),
+            "namespace": job_namespace(spec, config),
             "labels": labels,
             "annotations": build_annotations(spec),
         },
@@ -166,11 +264,13 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
 
 
 def _terminated(pods: list[dict]) -> dict | None:
-    for pod in pods:
-        for status in pod.get("status", {}).get("containerStatuses") or []:
-            term = (status.get("state") or {}).get("terminated")
-            if term:
-                return term
+    """The termination of a failed build step, else of the push step."""
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for pod in pods:
+            for status in pod.get("status", {}).get(key) or []:
+                term = (status.get("state") or {}).get("terminated")
+                if term and (key == "containerStatuses" or term.get("exitCode")):
+                    return term
     return None
 
 
@@ -213,9 +313,12 @@ class KubernetesBackend:
         # kubelet passes its own.
         self.log_reader = log_reader or self._read_pod_log
 
+    def _ns(self, spec: BuildSpec) -> str:
+        return job_namespace(spec, self.config)
+
     async def submit(self, spec: BuildSpec) -> None:
         try:
-            await self.batch.create_namespaced_job(spec.namespace, job_manifest(spec, self.config))
+            await self.batch.create_namespaced_job(self._ns(spec), job_manifest(spec, self.config))
         except ApiException as e:
             if e.status != 409:  # another replica (or an earlier attempt) created it
                 raise
@@ -224,7 +327,7 @@ class KubernetesBackend:
         try:
             return await raw_json(
                 self.batch.read_namespaced_job(
-                    job_name(spec.id), spec.namespace, _preload_content=False
+                    job_name(spec.job_id), self._ns(spec), _preload_content=False
                 )
             )
         except ApiException as e:
@@ -235,16 +338,18 @@ class KubernetesBackend:
     async def _pods(self, spec: BuildSpec) -> list[dict]:
         pods = await raw_json(
             self.core.list_namespaced_pod(
-                spec.namespace,
-                label_selector=f"job-name={job_name(spec.id)}",
+                self._ns(spec),
+                label_selector=f"job-name={job_name(spec.job_id)}",
                 _preload_content=False,
             )
         )
         return pods["items"]
 
-    async def _read_pod_log(self, namespace: str, pod: str) -> str | None:
+    async def _read_pod_log(self, namespace: str, pod: str, container: str) -> str | None:
         try:
-            return await self.core.read_namespaced_pod_log(pod, namespace, limit_bytes=1 << 20)
+            return await self.core.read_namespaced_pod_log(
+                pod, namespace, container=container, limit_bytes=1 << 20
+            )
         except (ApiException, Exception):
             return None
 
@@ -253,7 +358,10 @@ class KubernetesBackend:
         state = job_state(job, pods)
         text = None
         if pods:
-            text = await self.log_reader(spec.namespace, pods[0]["metadata"]["name"])
+            name, ns = pods[0]["metadata"]["name"], self._ns(spec)
+            parts = [await self.log_reader(ns, name, c) for c in ("build", "push")]
+            if any(p is not None for p in parts):
+                text = "".join(p for p in parts if p)
         if text is not None:
             state = BackendState(state.phase, state.message, state.digest, state.image_ref, text)
         return state
@@ -265,29 +373,17 @@ class KubernetesBackend:
         await self.cleanup(spec)
 
     async def cleanup(self, spec: BuildSpec) -> None:
-        try:
-            await self.batch.delete_namespaced_job(
-                job_name(spec.id), spec.namespace, propagation_policy="Background"
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
-        try:
-            await self.core.delete_collection_namespaced_pod(
-                spec.namespace, label_selector=f"job-name={job_name(spec.id)}"
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self.delete_object(spec.namespace, job_name(spec.job_id))
 
     def validate(self, spec: BuildSpec) -> None:
         """Every valid spec can be built by a Job."""
 
     async def finished_objects(self, namespace: str) -> list[tuple[str, str]]:
-        """(name, finish time) of this builder's finished Jobs in ``namespace``."""
+        """(name, finish time) of this builder's finished Jobs (in the build namespace when
+        one is configured, else in ``namespace``)."""
         jobs = await raw_json(
             self.batch.list_namespaced_job(
-                namespace,
+                self.config.namespace or namespace,
                 label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}",
                 _preload_content=False,
             )
@@ -305,6 +401,7 @@ class KubernetesBackend:
         return out
 
     async def delete_object(self, namespace: str, name: str) -> None:
+        namespace = self.config.namespace or namespace
         try:
             await self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         except ApiException as e:

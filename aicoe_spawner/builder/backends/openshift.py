@@ -114,7 +114,7 @@ def buildconfig_manifest(
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "BuildConfig",
         "metadata": {
-            "name": object_name(spec.id),
+            "name": object_name(spec.job_id),
             "namespace": spec.namespace,
             "labels": build_labels(spec),
             "annotations": build_annotations(spec),
@@ -135,7 +135,7 @@ def build_manifest(
     service_account: str | None = None,
     owner: dict | None = None,
 ) -> dict[str, Any]:
-    name = object_name(spec.id)
+    name = object_name(spec.job_id)
     meta: dict[str, Any] = {
         "name": name,
         "namespace": spec.namespace,
@@ -249,7 +249,7 @@ class OpenShiftBackend:
     async def _get(self, plural: str, spec: BuildSpec) -> dict | None:
         try:
             return await self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, spec.namespace, plural, object_name(spec.id)
+                GROUP, VERSION, spec.namespace, plural, object_name(spec.job_id)
             )
         except ApiException as e:
             if e.status == 404:
@@ -303,7 +303,7 @@ class OpenShiftBackend:
         state = build_state(build, stream, spec)
         if build is not None and phase not in (None, "New"):
             # OpenShift runs the build in the pod <build>-build
-            text = await self.log_reader(spec.namespace, f"{object_name(spec.id)}-build")
+            text = await self.log_reader(spec.namespace, f"{object_name(spec.job_id)}-build")
             if text is not None:
                 state = BackendState(
                     state.phase, state.message, state.digest, state.image_ref, text
@@ -316,7 +316,7 @@ class OpenShiftBackend:
     async def cancel(self, spec: BuildSpec) -> None:
         """OpenShift's ``oc cancel-build``: set ``status.cancelled`` on the Build; the build
         controller stops the pod and moves the Build to ``Cancelled``."""
-        name = object_name(spec.id)
+        name = object_name(spec.job_id)
         body = {"status": {"cancelled": True}}
         try:
             # where builds have a status subresource (the CRDs of the test suite)
@@ -345,7 +345,7 @@ class OpenShiftBackend:
                     VERSION,
                     spec.namespace,
                     plural,
-                    object_name(spec.id),
+                    object_name(spec.job_id),
                     propagation_policy="Background",
                 )
             except ApiException as e:

@@ -219,8 +219,10 @@
       await load();
       return;
     }
-    say(`Build of ${json.image}: ${json.phase}`, "success");
-    upsert(json);
+    // a repo with .aicoe-ci.yaml overlays builds one image per overlay
+    const all = json.builds || [json];
+    say(all.map((b) => `Build of ${b.image}: ${b.phase}`).join("; "), "success");
+    all.forEach(upsert);
     render();
     watch(json.id);
   }

@@ -107,3 +107,20 @@ the existing Secret, else a new random one. Call with (list $ "secret-key" .expl
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The builder's rules for its build Jobs (in the release namespace or builder.buildNamespace). */}}
+{{- define "aicoe-spawner.builderJobRules" -}}
+# Build Jobs: run, follow, cancel (delete) them.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+# Find the pod of a build Job, follow its state, and delete a finished build's pods (by the
+# job-name label) together with the Job.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, deletecollection]
+# Stream the build log.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+{{- end -}}
