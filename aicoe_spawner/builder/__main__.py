@@ -23,6 +23,8 @@ AICOE_BUILDER_JOB_RETENTION   seconds finished build Jobs/Builds are kept (defau
 AICOE_BUILDER_CLEANUP_INTERVAL  seconds between cleanup runs (default 60)
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
+AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the service URL;
+                              "0.0.0.0" when the URL names a Service, e.g. in z2jh's hub pod)
 """
 
 from __future__ import annotations
@@ -185,7 +187,8 @@ async def _main() -> None:
 
     url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     server = HTTPServer(app, max_body_size=16 * 1024 * 1024)
-    server.listen(url.port or 8890, url.hostname or "127.0.0.1")
+    bind_ip = os.environ.get("AICOE_BUILDER_BIND_IP") or url.hostname or "127.0.0.1"
+    server.listen(url.port or 8890, bind_ip)
     await asyncio.Event().wait()
 
 

@@ -81,7 +81,8 @@ else
     echo "Dockerfile '$DOCKERFILE' is not a file inside the repository"; exit 2; }
 fi
 echo "==> building $OUTPUT_IMAGE"
-buildah $B bud --isolation chroot $TLS --layers=false -f "$file" -t aicoe-build/image "$ctx"
+buildah $B bud --isolation chroot $TLS --layers=false --cap-drop=all --cap-add="$STEP_CAPS" \
+  -f "$file" -t aicoe-build/image "$ctx"
 rm -f "$WORKSPACE/image.tar"
 buildah $B push -q aicoe-build/image "oci-archive:$WORKSPACE/image.tar"
 echo "==> built; the push step uploads it"
@@ -102,6 +103,21 @@ done
 printf '%s' "$digest" > "${TERMINATION_LOG:-/dev/termination-log}"
 echo "==> pushed $OUTPUT_IMAGE@$digest"
 """
+
+
+# Capabilities of the Dockerfile's RUN steps: the default set of container runtimes less
+# NET_RAW, NET_BIND_SERVICE, AUDIT_WRITE, SETPCAP and MKNOD.
+STEP_CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETFCAP",
+    "SETGID",
+    "SETUID",
+    "SYS_CHROOT",
+]
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,7 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "BASE_IMAGE": spec.base_image,
         "BUILD_STORAGE": BUILD_STORAGE,
         "DEFAULT_SCRIPTS": DEFAULT_SCRIPTS,
+        "STEP_CAPS": ",".join(STEP_CAPABILITIES),
         "GIT_ALLOW_PROTOCOL": "https" if spec.repo.startswith("https:") else "http",
         "GIT_TERMINAL_PROMPT": "0",
     }
@@ -207,8 +224,14 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "requests": {**config.resources.get("requests", {}), "ephemeral-storage": request},
         "limits": {**config.resources.get("limits", {}), "ephemeral-storage": size},
     }
-    # buildah's chroot isolation changes user ids (what the real node proves: docs/deploy.md)
-    security = {"privileged": False, "capabilities": {"add": ["SETUID", "SETGID"]}}
+    # What buildah needs under seccomp RuntimeDefault, found on the real node (docs/deploy.md,
+    # tests/node): SYS_ADMIN, or buildah takes itself for rootless and calls
+    # unshare(CLONE_NEWUSER), which RuntimeDefault refuses; MKNOD to unpack base layers that
+    # hold device nodes; the rest for RUN steps, which get exactly STEP_CAPABILITIES.
+    security = {
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"], "add": [*STEP_CAPABILITIES, "MKNOD", "SYS_ADMIN"]},
+    }
     build = {
         "name": "build",
         "image": config.builder_image,
