@@ -115,12 +115,18 @@ async def call(e, method, path, user=None, json_body=None, data=None, headers=No
 
 
 async def objects(e):
+    """Build records, the builder's ConfigMaps (kept logs, webhook deliveries) and Jobs."""
     core, batch = client.CoreV1Api(e.kube), client.BatchV1Api(e.kube)
+    records = await client.CustomObjectsApi(e.kube).list_namespaced_custom_object(
+        "aicoe-spawner.io", "v1", e.namespace, "imagebuilds"
+    )
     cms = await core.list_namespaced_config_map(e.namespace)
     jobs = await batch.list_namespaced_job(e.namespace)
-    return sorted(c.metadata.name for c in cms.items if c.metadata.name.startswith("imgbuild")), [
-        j.metadata.name for j in jobs.items
-    ]
+    return (
+        sorted(r["metadata"]["name"] for r in records["items"]),
+        sorted(c.metadata.name for c in cms.items if c.metadata.name.startswith("imgbuild")),
+        [j.metadata.name for j in jobs.items],
+    )
 
 
 def sign(body: bytes, secret: bytes = SECRET) -> str:
@@ -233,7 +239,7 @@ async def test_cancel_limits_and_webhook(env):
     bad = {**hdr, "X-Hub-Signature-256": sign(payload, b"wrong")}
     assert (await call(e, "POST", "api/webhooks/github", data=payload, headers=bad))[0] == 401
     assert await objects(e) == before
-    good = {**hdr, "X-Hub-Signature-256": sign(payload)}
+    good = {**hdr, "X-Hub-Signature-256": sign(payload), "X-GitHub-Delivery": "d-1"}
     status, build = await call(e, "POST", "api/webhooks/github", data=payload, headers=good)
     assert status == 202 and build["requester"] == "github:octo" and build["ref"] == "v9"
     ping = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(b"{}")}

@@ -16,6 +16,7 @@ from aicoe_spawner.devcluster.controlplane import CRD_DIR
 
 VARIANTS = list(VALUES)
 CRD_FILE = "imagestreams.image.openshift.io.yaml"
+BUILD_CRD_FILE = "imagebuilds.aicoe-spawner.io.yaml"
 ROUTE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
@@ -39,6 +40,12 @@ ROUTE_CRD = {
         ],
     },
 }
+
+
+def test_chart_ships_the_devcluster_imagebuild_crd():
+    """One ImageBuild CRD: the chart's copy is byte for byte the one the tests install."""
+    shipped = CHART / "files" / "crds" / BUILD_CRD_FILE
+    assert shipped.read_bytes() == (CRD_DIR / BUILD_CRD_FILE).read_bytes()
 
 
 def test_chart_ships_the_devcluster_imagestream_crd():
@@ -78,7 +85,12 @@ def test_helm_template(variant):
         "r-aicoe-spawner-builder",
     }
     openshift = variant == "openshift"
-    assert ("CustomResourceDefinition" in kinds) is not openshift
+    crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
+    assert ("imagestreams.image.openshift.io" in crds) is not openshift
+    # the builder's records are its own CRD, on both platforms
+    build_crd = one(docs, "CustomResourceDefinition", "imagebuilds.aicoe-spawner.io")
+    assert build_crd["spec"] == yaml.safe_load((CRD_DIR / BUILD_CRD_FILE).read_text())["spec"]
+    assert build_crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert ("Route" in kinds) is openshift
     assert ("Ingress" in kinds) is (variant == "kubernetes")
 
@@ -220,6 +232,7 @@ def test_generated_secrets_are_set_and_explicit_ones_kept():
         "proxy.token",
         "hub.cookie-secret",
         "builder.api-token",
+        "builder.cookie-secret",
         "builder.webhook-secret",
     }
     assert secret["proxy.token"] == "YWJj"
