@@ -4,6 +4,7 @@ A thin shell around :class:`BuildService`."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import html
@@ -36,12 +37,26 @@ class JSONError(web.HTTPError):
         self.field = field
 
 
+def body_checked(method):
+    """``web.authenticated``, after refusing a body over MAX_BODY (413) first."""
+    authenticated = web.authenticated(method)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self.check_body()
+        return authenticated(self, *args, **kwargs)
+
+    return wrapper
+
+
 class BaseHandler(web.RequestHandler):
     """Request bodies are capped at MAX_BODY before anything else runs (authentication
-    included): handlers that take a body stream it (``@web.stream_request_body``), so a
-    larger declared or sent body is refused with 413 without being read."""
+    included): handlers that take a body stream it (``@web.stream_request_body``), keep at
+    most MAX_BODY of it and answer 413 for more (what is over is read and dropped, so that
+    the client gets the answer)."""
 
     _received: bytearray | None = None
+    _overflow = False
 
     @property
     def service(self) -> BuildService:
@@ -49,27 +64,29 @@ class BaseHandler(web.RequestHandler):
 
     def prepare(self) -> None:
         declared = self.request.headers.get("Content-Length", "0")
-        if not declared.isdigit() or int(declared) > MAX_BODY:
-            self._too_large()
+        self._overflow = not declared.isdigit() or int(declared) > MAX_BODY
         self._received = bytearray()
 
-    def _too_large(self) -> None:
-        self.request.connection.set_close() if hasattr(
-            self.request.connection, "set_close"
-        ) else None
-        raise JSONError(413, f"body: larger than {MAX_BODY // 1024} KiB", "body")
-
     def data_received(self, chunk: bytes) -> None:
-        if self._received is None:
-            self._received = bytearray()
+        if self._overflow or self._received is None:
+            return
         self._received += chunk
         if len(self._received) > MAX_BODY:
-            self._too_large()
+            self._overflow = True
+            self._received = None
+
+    def check_body(self) -> None:
+        if self._overflow:
+            raise JSONError(413, f"body: larger than {MAX_BODY // 1024} KiB", "body")
 
     def body(self) -> bytes:
-        if self._received is not None:
+        self.check_body()
+        if self._received is not None and self._stream_request_body():
             return bytes(self._received)
         return self.request.body
+
+    def _stream_request_body(self) -> bool:
+        return getattr(type(self), "_stream_request_body", False)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
@@ -137,7 +154,7 @@ class BuildsHandler(AuthHandler):
         )
         self.write_json({"builds": [b.view() for b in builds]})
 
-    @web.authenticated
+    @body_checked
     async def post(self) -> None:
         self.require(BUILD_SCOPE)
         body = self.json_body()
@@ -325,7 +342,7 @@ class WebhookHandler(BaseHandler):
         pass
 
     async def post(self) -> None:
-        body = self.body()
+        body = self.body()  # 413 before the signature is checked
         secret = self.settings.get("webhook_secret") or b""
         if not verify_signature(secret, body, self.request.headers.get("X-Hub-Signature-256")):
             raise JSONError(401, "X-Hub-Signature-256: missing or invalid signature")
