@@ -137,8 +137,10 @@ async def test_terminal_phase_never_changes(kube, namespace, git, service):
             _content_type="application/merge-patch+json",
         )
     assert err.value.status == 422 and "never changes" in err.value.body
-    # and so does the service, whatever the backend says later
-    await complete_job(kube, namespace, build.id, digest_of("late"))
+    # and so does the service: a decision made on an older copy is re-made on the current
+    # record, where a terminal phase stays
+    after = await service._write(build, lambda b: {"phase": "building", "message": "late"})
+    assert after.phase == "cancelled" and after.message == "cancelled"
     await service.reconcile_once()
     assert (await service.get(build.id)).phase == "cancelled"
 
@@ -187,7 +189,9 @@ async def test_missing_job_is_a_failure_not_a_rebuild(kube, namespace, git, logs
     await complete_job(kube, namespace, running.id, digest_of("ttl2"))
     batch = client.BatchV1Api(kube)
     for b in (done, running):
-        await batch.delete_namespaced_job(f"imgbuild-{b.id}", namespace)
+        await batch.delete_namespaced_job(
+            f"imgbuild-{b.id}", namespace, propagation_policy="Background"
+        )
     await client.CoreV1Api(kube).delete_collection_namespaced_pod(namespace)
     # a new builder process starts
     second = build_service(kube, settings(namespace), log_reader=logs.read)
