@@ -81,12 +81,9 @@ class BaseHandler(web.RequestHandler):
 
     def body(self) -> bytes:
         self.check_body()
-        if self._received is not None and self._stream_request_body():
+        if self._received is not None and self._stream_request_body:  # set by tornado
             return bytes(self._received)
         return self.request.body
-
-    def _stream_request_body(self) -> bool:
-        return getattr(type(self), "_stream_request_body", False)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
