@@ -147,7 +147,8 @@ def run_helm(control_plane, *args: str) -> str:
 
 
 async def test_notes_render(control_plane, kube, namespace):
-    # The session's API server has the ImageStream CRD already (not Helm's): leave it out.
+    # The session's API server has the ImageStream and ImageBuild CRDs already (not Helm's):
+    # leave them out.
     out = run_helm(
         control_plane,
         "install",
@@ -158,6 +159,8 @@ async def test_notes_render(control_plane, kube, namespace):
         namespace,
         "--set",
         "imageStreams.crd.install=false",
+        "--set",
+        "builder.crd.install=false",
     )
     assert f"kubectl port-forward -n {namespace} service/r-aicoe-spawner-proxy-public" in out
     assert 'WARNING: the authenticator is "dummy"' in out
@@ -174,6 +177,8 @@ async def test_notes_render(control_plane, kube, namespace):
         str(VALUES["openshift"][0]),
         "--set",
         "hub.config.JupyterHub.authenticator_class=github",
+        "--set",
+        "builder.crd.install=false",
     )
     assert "oc get route r-aicoe-spawner" in out
     assert "WARNING" not in out
@@ -186,6 +191,7 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     custom = client.CustomObjectsApi(kube)
     core = client.CoreV1Api(kube)
     args = ["-n", namespace, "--set", "imageStreams.crd.install=false"]
+    args += ["--set", "builder.crd.install=false"]
     run_helm(control_plane, "install", "r", str(CHART), *args)
     streams = await custom.list_namespaced_custom_object(
         "image.openshift.io", "v1", namespace, "imagestreams"
