@@ -114,6 +114,10 @@ async def main(args) -> list[Row]:
     rows: list[Row] = []
     work = Path(tempfile.mkdtemp(prefix="bench-builder-"))
     async with control_plane() as (plane, api):
+        if args.only_store:
+            rows += await bench_store(api, args, work)
+            print_table(rows)
+            return rows
         namespace = f"bench-builder-{uuid.uuid4().hex[:6]}"
         await create_namespace(api, namespace)
         await create_streams(plane, namespace, args.images, tags=1)
@@ -147,6 +151,8 @@ c.JupyterHub.load_roles.append(
             AICOE_BUILDER_ALLOW_HTTP="true",
             AICOE_BUILDER_KUBECONFIG=str(plane.kubeconfig),
             AICOE_BUILDER_MAX_PER_USER="5",
+            AICOE_BUILDER_MAX_STREAMS_PER_USER=str(args.listeners),
+            AICOE_BUILDER_MAX_STREAMS=str(args.listeners + 10),
             JUPYTERHUB_API_TOKEN=token,
             JUPYTERHUB_API_URL=f"{hub.url}/hub/api",
             JUPYTERHUB_BASE_URL="/",
@@ -509,7 +515,7 @@ async def bench_store(api, args, work: Path) -> list[Row]:
         from kubernetes_asyncio import watch
 
         w = watch.Watch()
-        async with w.stream(list_fn, *a, timeout_seconds=args.write_seconds + 30) as stream:
+        async with w.stream(list_fn, *a, timeout_seconds=int(args.write_seconds) + 30) as stream:
             async for event in stream:
                 if event["type"] in ("ADDED", "MODIFIED"):
                     written["bytes"] += len(json.dumps(event["raw_object"]))
@@ -542,6 +548,8 @@ async def bench_store(api, args, work: Path) -> list[Row]:
         await asyncio.sleep(1)
     elapsed = time.monotonic() - t0
     for t in watchers:
+        if t.done() and t.exception() is not None:
+            raise t.exception()
         t.cancel()
     await asyncio.gather(*watchers, return_exceptions=True)
     per_minute = written["bytes"] / len(running) / elapsed * 60
@@ -570,6 +578,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput phase")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--only-store", action="store_true", help="only the store figures")
     parser.add_argument("--active", type=int, default=5)
     parser.add_argument("--write-seconds", type=float, default=60.0)
     run(main, parser)

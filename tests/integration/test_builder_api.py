@@ -187,6 +187,13 @@ async def test_api_end_to_end(env):
     text = "\n".join(events)
     assert "event: end" in text and "pending" not in text.split("event: phase", 1)[-1][:40]
     assert '"phase": "ready"' in text and "line-one" in text
+    # every log line is sent once, in order: ids count the lines sent so far
+    line_ids = [
+        int(events[i - 2].removeprefix("id: ").split(":")[0])
+        for i, line in enumerate(events)
+        if line.startswith('data: {"line"')
+    ]
+    assert line_ids == list(range(1, len(line_ids) + 1)), line_ids
     status, final = await call(e, "GET", f"api/builds/{bid}", "alice")
     assert final["phase"] == "ready" and final["digest"].startswith("sha256:")
     status, logs = await call(e, "GET", f"api/builds/{bid}/logs", "alice")
