@@ -13,7 +13,12 @@ import logging
 import os
 from typing import Any
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
@@ -115,6 +120,22 @@ class AuthHandler(HubOAuthenticated, BaseHandler):
     @property
     def hub_auth(self):
         return self.settings["hub_auth"]
+
+    async def prepare(self) -> None:
+        """Identify the user here, without blocking: HubAuthenticated's synchronous
+        ``get_current_user`` would block the event loop on a thread (and on the hub, for a
+        token it has not cached) for every request."""
+        super().prepare()
+        model = await self.hub_auth.get_user(self, sync=False)
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
+
+            def refuse(*args: Any, **kwargs: Any) -> None:  # as HubAuthenticated does
+                raise web.HTTPError(403, f"{model.get('kind')} {model.get('name')} is not allowed.")
+
+            self.redirect = refuse
 
     def scopes(self) -> set[str]:
         model = self.current_user or {}
@@ -285,10 +306,16 @@ class ImagesHandler(AuthHandler):
         cache: dict = self.settings["images_cache"]
         key = (watch.version, watch.stale)
         if cache.get("key") != key:
-            cache["body"] = self._render(watch).encode()
-            cache["key"] = key
+            body = self._render(watch).encode()
+            cache.update(key=key, body=body, etag=f'"{hashlib.sha1(body).hexdigest()}"')
+        self._etag = cache["etag"]
         self.set_header("Content-Type", "application/json")
         self.finish(cache["body"])
+
+    _etag: str | None = None
+
+    def compute_etag(self) -> str | None:
+        return self._etag  # the cached body's, not a hash of it per request
 
     @staticmethod
     def _render(watch: ImageStreamWatch) -> str:
