@@ -103,6 +103,20 @@ async def test_a_build_is_an_imagebuild_with_status_and_a_kept_log(
         "Age",
     ]
     assert version.subresources.status is not None
+    # what `kubectl get imagebuilds` prints (the API server's Table rendering)
+    response = await kube.call_api(
+        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+        "GET",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+    )
+    table = await response.json()
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    (row,) = table["rows"]
+    cells = dict(zip(columns, row["cells"], strict=True))
+    assert cells["Repo"] == git.url("st-nb") and cells["Ref"] == "v1"
+    assert cells["Image"] == f"{namespace}/st-nb:v1" and cells["Age"]
 
     logs.text[f"imgbuild-{build.id}"] = "".join(f"step {i}\n" for i in range(5000))
     await complete_job(kube, namespace, build.id, digest_of("st-nb"))
