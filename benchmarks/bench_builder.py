@@ -419,7 +419,7 @@ async def bare_tornado_rate(session, body: bytes, work: Path, args) -> float:
 def record_of(namespace: str, i: int, phase: str) -> dict:
     """An ImageBuild as the builder writes it (spec = a resolved BuildSpec)."""
     from aicoe_spawner.builder.requests import BuildSpec
-    from aicoe_spawner.builder.store import Build, record_manifest
+    from aicoe_spawner.builder.store import FINISHED_ANNOTATION, Build, record_manifest
 
     bid = f"{i:020x}"
     spec = BuildSpec(
@@ -440,7 +440,12 @@ def record_of(namespace: str, i: int, phase: str) -> dict:
         description="",
         requester=f"user{i % 50}",
     )
-    return record_manifest(Build(spec=spec, phase=phase, created=f"2026-11-29T00:00:{i % 60:02d}Z"))
+    record = record_manifest(
+        Build(spec=spec, phase=phase, created=f"2026-11-29T00:00:{i % 60:02d}Z")
+    )
+    if phase == "ready":  # as mark_inactive leaves a finished record
+        record["metadata"]["annotations"][FINISHED_ANNOTATION] = "2026-11-29T00:01:00.000000Z"
+    return record
 
 
 async def bench_store(api, args, work: Path) -> list[Row]:
@@ -491,18 +496,19 @@ async def bench_store(api, args, work: Path) -> list[Row]:
 
     service = build_service(api, local_settings(namespace, "registry.local:5000"), read_log)
 
-    async def raw_bytes(selector: str) -> int:
+    async def raw_bytes(selector: str, accept: str = "application/json") -> int:
         total, token = 0, None
         while True:
-            response = await custom.list_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                label_selector=selector,
-                limit=500,
+            query = [("labelSelector", selector), ("limit", "500")]
+            if token:
+                query.append(("continue", token))
+            response = await api.call_api(
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+                "GET",
+                query_params=query,
+                header_params={"Accept": accept},
+                auth_settings=["BearerToken"],
                 _preload_content=False,
-                **({"_continue": token} if token else {}),
             )
             data = await response.read()
             total += len(data)
@@ -523,6 +529,12 @@ async def bench_store(api, args, work: Path) -> list[Row]:
 
     full = await timed(5)(lambda: service.store.list())
     full_bytes = await raw_bytes("app.kubernetes.io/managed-by=aicoe-image-builder")
+    finished_meta = await timed(5)(service.store.finished_ids)
+    assert len(await service.store.finished_ids()) == args.records
+    meta_bytes = await raw_bytes(
+        "app.kubernetes.io/managed-by=aicoe-image-builder,aicoe-spawner.io/active=false",
+        accept="application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+    )
     active = await timed(5)(lambda: service.store.list(active_only=True))
     active_bytes = await raw_bytes(
         "app.kubernetes.io/managed-by=aicoe-image-builder,aicoe-spawner.io/active=true"
@@ -533,6 +545,7 @@ async def bench_store(api, args, work: Path) -> list[Row]:
     per_reconcile = (service.store.api_calls - calls) / 10
     say(
         f"{args.records} records: full list {full:.1f} ms ({full_bytes / 1024:.0f} KiB); "
+        f"finished, metadata only {finished_meta:.1f} ms ({meta_bytes / 1024:.0f} KiB); "
         f"active list {active:.1f} ms ({active_bytes / 1024:.1f} KiB, {args.active} records); "
         f"reconcile_once {reconcile:.1f} ms, {per_reconcile:.1f} store requests"
     )
@@ -545,6 +558,15 @@ async def bench_store(api, args, work: Path) -> list[Row]:
             "-",
             "-",
             f"info ({full_bytes / 1024:.0f} KiB)",
+        ),
+        Row(
+            "builder store",
+            f"cleanup's list of finished records (metadata only, {args.records})",
+            f"{finished_meta:.1f} ms",
+            "-",
+            "-",
+            "-",
+            f"info ({meta_bytes / 1024:.0f} KiB)",
         ),
         Row(
             "builder store",

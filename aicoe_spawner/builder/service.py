@@ -432,24 +432,31 @@ class BuildService:
         """Expired branch images (spec and status tags, a stream left empty, and the records
         of their builds), records past their retention, finished build Jobs/Builds past
         theirs, old webhook deliveries and stale quota admissions. Safe to run on every
-        replica at once (deletes of what is gone are no-ops)."""
+        replica at once (deletes of what is gone are no-ops). Reads the active records and
+        the metadata of finished ones, never the whole history."""
         namespace = self.store.namespace
         removed = await self.registrar.expire(namespace)
-        records = await self.store.list()
         deleted_records = []
-        expired_tags = {(r["stream"], r["tag"]) for r in removed if r["tag"]}
         retention = self.limits.record_retention_seconds
-        for build in records:
-            if build.active:
-                continue
-            old = bool(build.finished) and _seconds_since(build.finished) > retention
-            if not old and (build.spec.stream, build.spec.tag) not in expired_tags:
+        doomed: dict[str, Build | None] = {}
+        for r in removed:  # the records of expired tags: a rebuild really rebuilds
+            if r["tag"]:
+                for build in await self.store.of_image(r["stream"], r["tag"]):
+                    if not build.active:
+                        doomed[build.id] = build
+        for build_id, finished in await self.store.finished_ids():  # metadata only
+            if finished and _seconds_since(finished) > retention:
+                doomed.setdefault(build_id, None)
+        for build_id, build in doomed.items():
+            build = build or await self.store.get(build_id)
+            if build is None or build.active:
                 continue
             await self.backend.cleanup(build.spec)
             await self.store.delete(build.id)
             self.builds.pop(build.id, None)
             self._forget(build.id)
             deleted_records.append(build.id)
+        records = await self.store.list(active_only=True)
         active = {b.id for b in records if b.active}
         deleted_objects = []
         for name, finished in await self.backend.finished_objects(namespace):

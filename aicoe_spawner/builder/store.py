@@ -38,6 +38,9 @@ LOG_LIMIT = 512 * 1024  # the kept log of a finished build (its last bytes)
 TAIL_LIMIT = 4 * 1024  # status.logTail
 MESSAGE_LIMIT = 4000
 ACTIVE_LABEL = f"{L}active"
+IMAGE_LABEL = f"{L}image-hash"  # the build's ImageStream tag, for finding its records
+FINISHED_ANNOTATION = f"{L}finished"  # on finished records, so retention reads metadata only
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 DELIVERY_SELECTOR = f"{SELECTOR},{L}record=delivery"
 PAGE = 500
@@ -66,6 +69,10 @@ def now() -> str:
 
 def record_name(build_id: str) -> str:
     return f"imgbuild-{build_id}"
+
+
+def image_hash(stream: str, tag: str) -> str:
+    return hashlib.sha256(f"{stream}:{tag}".encode()).hexdigest()[:16]
 
 
 def log_name(build_id: str) -> str:
@@ -140,6 +147,7 @@ def record_manifest(build: Build) -> dict[str, Any]:
     labels = {
         **build_labels(spec),
         ACTIVE_LABEL: "true" if build.active else "false",
+        IMAGE_LABEL: image_hash(spec.stream, spec.tag),
     }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -251,6 +259,53 @@ class BuildStore:
             builds = [b for b in builds if b.spec.requester == requester]
         return sorted(builds, key=lambda b: b.created, reverse=True)
 
+    async def finished_ids(self) -> list[tuple[str, str]]:
+        """(build id, finish time) of every finished record, from a metadata-only list (no
+        spec, no status): what the retention needs, at a fraction of the bytes."""
+        selector = f"{SELECTOR},{L}build-id,{ACTIVE_LABEL}=false"
+        out: list[tuple[str, str]] = []
+        token = None
+        api = self.custom.api_client
+        while True:
+            query = [("labelSelector", selector), ("limit", str(PAGE))]
+            if token:
+                query.append(("continue", token))
+            self.api_calls += 1
+            response = await api.call_api(
+                f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}",
+                "GET",
+                query_params=query,
+                header_params={"Accept": METADATA_LIST},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+            )
+            if not 200 <= response.status <= 299:
+                text = await response.text()
+                raise ApiException(status=response.status, reason=text[:300])
+            page = await response.json()
+            for item in page.get("items") or []:  # null when there are none
+                meta = item.get("metadata") or {}
+                build_id = (meta.get("labels") or {}).get(f"{L}build-id", "")
+                finished = (meta.get("annotations") or {}).get(FINISHED_ANNOTATION, "")
+                if build_id:
+                    out.append((build_id, finished))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return out
+
+    async def of_image(self, stream: str, tag: str) -> list[Build]:
+        """The records of builds of one ImageStream tag."""
+        self.api_calls += 1
+        page = await self.custom.list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            label_selector=f"{SELECTOR},{IMAGE_LABEL}={image_hash(stream, tag)}",
+        )
+        builds = [b for b in map(parse_record, page.get("items", [])) if b is not None]
+        return [b for b in builds if (b.spec.stream, b.spec.tag) == (stream, tag)]
+
     async def write_status(self, build: Build, **changes: Any) -> Build:
         """Write ``changes`` to the record's status, on the condition that it is still the
         version ``build`` was read at (else :class:`Conflict`)."""
@@ -286,6 +341,10 @@ class BuildStore:
         """Drop a finished record from the active selector (only ever done after its status
         is terminal, which never changes again, so no precondition is needed)."""
         self.api_calls += 1
+        meta = {
+            "labels": {ACTIVE_LABEL: "false"},
+            "annotations": {FINISHED_ANNOTATION: build.finished or now()},
+        }
         try:
             await self.custom.patch_namespaced_custom_object(
                 GROUP,
@@ -293,7 +352,7 @@ class BuildStore:
                 self.namespace,
                 PLURAL,
                 record_name(build.id),
-                {"metadata": {"labels": {ACTIVE_LABEL: "false"}}},
+                {"metadata": meta},
                 _content_type="application/merge-patch+json",
             )
         except ApiException as e:
