@@ -112,6 +112,14 @@ def test_helm_template(variant):
     env = {e["name"]: e.get("value") for e in builder["containers"][0]["env"]}
     assert env["AICOE_BUILDER_BACKEND"] == ("auto" if openshift else "kubernetes")
     assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/services/image-builder/"
+    # every builder replica signs cookies with the one secret in the chart's Secret
+    (cookie,) = [
+        e for e in builder["containers"][0]["env"] if e["name"] == "AICOE_BUILDER_COOKIE_SECRET"
+    ]
+    assert cookie["valueFrom"]["secretKeyRef"] == {
+        "name": "r-aicoe-spawner-hub",
+        "key": "builder.cookie-secret",
+    }
 
     if not openshift:
         crd = one(docs, "CustomResourceDefinition", "imagestreams.image.openshift.io")
