@@ -91,6 +91,7 @@ c.JupyterHub.load_roles.extend([
         kube,
     )
     e.namespace, e.registry = namespace, registry
+    e.watch = stack.watch
     yield e
     await stack.stop()
     await hub.stop()
@@ -251,6 +252,49 @@ async def test_cancel_limits_and_webhook(env):
     assert status == 202 and build["requester"] == "github:octo" and build["ref"] == "v9"
     ping = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(b"{}")}
     assert (await call(e, "POST", "api/webhooks/github", data=b"{}", headers=ping))[0] == 202
+
+
+async def test_images_are_served_from_the_watch_cache(env):
+    """GET api/images reads the shared ImageStream watch, rendered once per catalog change:
+    no API request per GET, one ETag until the catalog changes (and 304 for it)."""
+    e = env
+    headers = {"Authorization": f"token {e.tokens['alice']}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(e.url + "api/images", headers=headers) as r:
+            assert r.status == 200
+            etag, first = r.headers["ETag"], await r.read()
+        requests = e.watch.api_requests
+        for _ in range(20):
+            async with s.get(e.url + "api/images", headers=headers) as r:
+                assert (r.status, r.headers["ETag"], await r.read()) == (200, etag, first)
+        assert e.watch.api_requests == requests
+        async with s.get(e.url + "api/images", headers={**headers, "If-None-Match": etag}) as r:
+            assert r.status == 304
+        # a catalog change is served at once, with a new ETag
+        await client.CustomObjectsApi(e.kube).create_namespaced_custom_object(
+            "image.openshift.io",
+            "v1",
+            e.namespace,
+            "imagestreams",
+            {
+                "apiVersion": "image.openshift.io/v1",
+                "kind": "ImageStream",
+                "metadata": {
+                    "name": "cache-probe",
+                    "labels": {"opendatahub.io/notebook-image": "true"},
+                },
+                "spec": {"tags": [{"name": "v1", "from": {"kind": "DockerImage", "name": "x"}}]},
+            },
+        )
+
+        async def changed():
+            async with s.get(e.url + "api/images", headers=headers) as r:
+                body = await r.json()
+                return r.headers["ETag"] != etag and any(
+                    i["image"] == f"{e.namespace}/cache-probe:v1" for i in body["images"]
+                )
+
+        assert await wait_for(changed)
 
 
 BAD_HTTP = [
