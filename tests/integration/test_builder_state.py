@@ -46,7 +46,10 @@ class Logs:
     def __init__(self) -> None:
         self.text: dict[str, str] = {}
 
-    async def read(self, namespace: str, pod: str) -> str | None:
+    async def read(self, namespace: str, pod: str, container: str | None = None) -> str | None:
+        """The text set for the pod, as its build container's log (its push step's is empty)."""
+        if container not in (None, "build"):
+            return None
         return self.text.get(pod.removesuffix("-run"))
 
 
@@ -323,7 +326,12 @@ async def test_restart_loses_nothing(kube, namespace, git, logs):
     await first.reconcile_once()  # the old instance, still running, agrees
     done = await first.get(build.id)
     assert done.phase == "ready" and done.log == "building...\ndone\n"
-    status, again = await second.submit({"repo": git.url("st-restart"), "ref": "v1"}, "bob")
+    status, again = await second.submit({"repo": git.url("st-restart"), "ref": "v1"}, "alice")
     assert (status, again.id) == (200, build.id)
+    # another requester gets a record of their own for the same build: ready, no new Job
+    status, bobs = await second.submit({"repo": git.url("st-restart"), "ref": "v1"}, "bob")
+    assert status == 200 and bobs.id != build.id and bobs.spec.job_id == build.id
+    assert bobs.phase == "ready" and bobs.digest == done.digest
+    assert await job_names(kube, namespace) == [f"imgbuild-{build.id}"]
     obj = await record(kube, namespace, build.id)
     assert json.loads(json.dumps(obj["status"]))["phase"] == "ready"

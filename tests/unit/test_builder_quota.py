@@ -22,3 +22,16 @@ def test_total_limit_counts_everyone():
         check(entries, "carol", per_user=2, total=2)
     assert "2 builds are running (service limit 2)" in str(err.value)
     check({}, "carol", per_user=1, total=1)
+
+
+def test_a_shared_build_counts_for_its_requester_not_for_the_service_limit():
+    # b2 follows b1's Job (another requester's): no Job of its own
+    entries = {"b1": ["alice", 0.0], "b2": ["bob", 0.0, "shared"]}
+    check(entries, "carol", per_user=2, total=2)  # one Job runs: room for a second
+    with pytest.raises(LimitError) as err:
+        check({**entries, "b3": ["carol", 0.0]}, "dave", per_user=2, total=2)
+    assert "2 builds are running (service limit 2)" in str(err.value)
+    # following costs no Job, so a full service still admits it; the requester's own limit holds
+    check({**entries, "b3": ["carol", 0.0]}, "dave", per_user=2, total=2, shared=True)
+    with pytest.raises(LimitError):
+        check(entries, "bob", per_user=1, total=10, shared=True)
