@@ -201,7 +201,8 @@ async def test_cookies_of_one_replica_work_on_the_other_and_after_a_restart(env)
         async with web.session.get(f"{e.hub.url}{PREFIX}") as r:
             assert r.status == 200, await r.text()
             page = await r.text()
-        xsrf = re.search(r"const xsrf = \"([^\"]+)\"", page).group(1)
+        data = re.search(r'<script type="application/json" id="builder-data">(.*?)</script>', page)
+        xsrf = json.loads(data.group(1))["xsrf"]
         for replica in e.replicas:
             async with web.session.get(replica.url + "api/builds") as r:
                 assert r.status == 200, (replica.port, r.status)
