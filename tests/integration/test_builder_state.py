@@ -335,3 +335,36 @@ async def test_restart_loses_nothing(kube, namespace, git, logs):
     assert await job_names(kube, namespace) == [f"imgbuild-{build.id}"]
     obj = await record(kube, namespace, build.id)
     assert json.loads(json.dumps(obj["status"]))["phase"] == "ready"
+
+
+async def test_a_shared_job_lives_while_any_record_follows_it(kube, namespace, git, logs):
+    """Records are per requester; identical builds follow one Job (``spec.job_id``). Neither a
+    cancel of the record that started it nor the cleanup of finished Jobs takes it from a
+    record still following it, and the quota is each requester's own."""
+    svc = build_service(kube, settings(namespace, job_retention=0), log_reader=logs.read)
+    git.create_repo("st-shared", {"Dockerfile": "FROM scratch\n"}, tag="v1")
+    body = {"repo": git.url("st-shared"), "ref": "v1"}
+    status, alices = await svc.submit(body, "alice")
+    assert status == 202
+    status, bobs = await svc.submit(body, "bob")
+    assert status == 200 and bobs.id != alices.id and bobs.spec.job_id == alices.id
+    assert await job_names(kube, namespace) == [f"imgbuild-{alices.id}"]
+    assert await ledger(svc) == {alices.id, bobs.id}
+    await svc.reconcile_once()
+    assert (await svc.record(bobs.id)).submitted  # it follows the Job that exists
+
+    cancelled = await svc.cancel(await svc.record(alices.id))
+    assert cancelled.phase == "cancelled"
+    assert await job_names(kube, namespace) == [f"imgbuild-{alices.id}"]  # bob's still runs
+    assert await ledger(svc) == {bobs.id}
+
+    await complete_job(kube, namespace, alices.id, digest_of("shared"))
+    result = await svc.cleanup_once()  # finished, but bob's record has not read it yet
+    assert result["objects"] == [] and await job_names(kube, namespace) == [f"imgbuild-{alices.id}"]
+    await svc.reconcile_once()
+    done = await svc.record(bobs.id)
+    assert (done.phase, done.digest) == ("ready", digest_of("shared"))
+    assert (await svc.record(alices.id)).phase == "cancelled"  # a terminal phase stays
+    assert await ledger(svc) == set()
+    result = await svc.cleanup_once()
+    assert result["objects"] == [f"imgbuild-{alices.id}"]
