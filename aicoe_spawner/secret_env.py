@@ -109,11 +109,14 @@ class SecretEnv:
             await self._create_secret_env()
         self._starting = True
         try:
-            return await self._start()
+            # a little before JupyterHub's own start_timeout, whose TimeoutError has no message:
+            # this one names the cluster's reason (e.g. the scheduler's)
+            return await asyncio.wait_for(self._start(), timeout=self.start_timeout * 0.95)
         except TimeoutError as e:
             await self._delete_secret_env()
+            message = str(e) or f"the server did not start within {self.start_timeout:g} seconds"
             reason = self._last_warning()
-            raise TimeoutError(f"{e} {reason}" if reason else str(e)) from e
+            raise TimeoutError(f"{message.rstrip('.!')}. {reason}" if reason else message) from e
         except BaseException:
             await self._delete_secret_env()
             raise
