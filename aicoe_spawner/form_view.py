@@ -9,6 +9,7 @@ server runs with other options.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections import OrderedDict
 from contextvars import ContextVar
@@ -41,6 +42,7 @@ _POLL_URL_SLOT = "aicoe-poll-url-slot-7c1f0b"
 # Rendered image cards by (stream, resourceVersion, choice); a few per stream.
 _rendered_cards: OrderedDict[tuple, Markup] = OrderedDict()
 _RENDERED_CARDS_MAX = 50_000
+_INDENT = re.compile(r"\n[ \t]+")
 
 _templates.filters["cpu"] = opts.format_cpu
 _templates.filters["memory"] = opts.format_memory
@@ -292,6 +294,7 @@ class FormView:
             images=images,
             cards=cards,
             groups=groups,
+            image_list=_lean_image_list(groups, cards) if self.form_layout == "lean" else None,
             policy=policy,
             sizes=[_size_view(s, selected) for s in policy.sizes],
             selected=selected,
@@ -418,6 +421,37 @@ def _index(catalog: Catalog) -> dict[str, Any]:
     return found[1]
 
 
+#: The lean form's first cards are parsed with the page; the others arrive in <noscript>
+#: chunks of this many: a browser with scripting parses them as text (the script turns them
+#: into cards a chunk at a time, after the page is usable), one without shows them as cards.
+LEAN_FIRST_CARDS = 30
+LEAN_CHUNK_CARDS = 100
+
+
+def _lean_image_list(groups: list, cards: dict[str, Markup]) -> Markup:
+    items: list[tuple[Markup, bool]] = []
+    for namespace, group in groups:
+        if len(groups) > 1:
+            header = Markup(
+                '<h3 class="h6 text-body-secondary mt-3 aicoe-group" data-namespace="{0}">{0}</h3>'
+            ).format(namespace)
+            items.append((header, False))
+        items.extend((cards[image["key"]], image["selected"]) for image in group)
+    first, rest = items[:LEAN_FIRST_CARDS], items[LEAN_FIRST_CARDS:]
+    parts = [html for html, _ in first]
+    for start in range(0, len(rest), LEAN_CHUNK_CARDS):
+        chunk = rest[start : start + LEAN_CHUNK_CARDS]
+        selected = any(sel for _, sel in chunk)
+        parts.append(
+            Markup('<noscript class="aicoe-more"{}>').format(
+                Markup(' data-selected="1"') if selected else ""
+            )
+        )
+        parts.extend(html for html, _ in chunk)
+        parts.append(Markup("</noscript>"))
+    return Markup("\n").join(parts)
+
+
 def _trim_rendered_forms() -> None:
     total = sum(a.size + b.size for a, b in _rendered_forms.values())
     while len(_rendered_forms) > 1 and (
@@ -438,7 +472,10 @@ def _image_card(
     key = (view["key"], resource_version, namespace, view["chosen"], view["selected"], template)
     html = _rendered_cards.get(key)
     if html is None:
-        html = Markup(_templates.get_template(template).render(image=view))
+        html = _templates.get_template(template).render(image=view)
+        if template != "_image_card.html":  # indentation is a third of a lean card
+            html = _INDENT.sub("\n", html)
+        html = Markup(html)
         _rendered_cards[key] = html
         while len(_rendered_cards) > _RENDERED_CARDS_MAX:
             _rendered_cards.popitem(last=False)

@@ -260,6 +260,8 @@ async def in_browser(hubs, api, ns: str, args) -> dict[str, dict]:
             page = up.page
             await page.goto(f"{hubs[label].url}/hub/spawn/{user}")
             await page.wait_for_selector("#aicoe-filter")
+            if label == "lean":  # every card in the page (the noscript chunks read)
+                await page.wait_for_selector("#aicoe-options[data-cards=all]", state="attached")
             results[label]["filter"] = await filter_times(page)
         # An open form, nothing changing; then one readiness change.
         tag = tag_names(5)[-2]
