@@ -65,7 +65,12 @@ def accepts_gzip(handler: web.RequestHandler) -> bool:
         coding, _, params = item.strip().partition(";")
         if coding.strip().lower() in ("gzip", "*"):
             q = params.strip().lower()
-            return not (q.startswith("q=") and float(q[2:] or 0) == 0)
+            if not q.startswith("q="):
+                return True
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
     return False
 
 
