@@ -156,8 +156,8 @@ async def test_choose_filter_and_start_at_1000_images(env, kube):
             "data-cards", "all", timeout=30_000
         )
         await expect(card(page, "nb-0000").locator(".aicoe-image-radio")).to_be_checked()
-        # At most 100 cards are shown until the user asks for all of them.
-        await expect(page.locator(".aicoe-image-card:visible")).to_have_count(100)
+        # At most 50 cards are shown until the user asks for all of them.
+        await expect(page.locator(".aicoe-image-card:visible")).to_have_count(50)
         show_all = page.get_by_role("button", name="Show all images")
         await show_all.focus()
         await page.keyboard.press("Enter")
@@ -273,7 +273,10 @@ async def test_live_readiness_and_new_images_at_1000_images_keep_the_input(env, 
         assert up.errors == [] and up.dialogs == []
     finally:
         await up.close()
-        await create_imagestream(kube, env.namespace, name(999), {"1": {}})
+        await client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+            *IMAGE_API, env.namespace, "imagestreams", "appeared"
+        )
+        await one_stream(kube, env.namespace, 999)
 
 
 async def test_the_form_works_without_javascript_and_at_375px(env, kube):
