@@ -34,6 +34,7 @@ from tornado.httputil import url_concat
 
 from . import options as opts
 from .form_view import FORM_MARKER, STATE_PATH, FormContext, FormParts, Segment, composing_page
+from .secret_env import install_log_filter
 
 _RESERVED_QUERY = ("next", "display_name")
 
@@ -362,6 +363,8 @@ def install(app) -> None:
     # JupyterHub scrubs query values whose names contain these words; add "secret".
     if "secret" not in hub_log.SCRUB_PARAM_KEYS:
         hub_log.SCRUB_PARAM_KEYS = (*hub_log.SCRUB_PARAM_KEYS, "secret")
+    # PATCH …/servers/… logs the user_options it is given, secret values included
+    install_log_filter(app.log)
     app.handlers = [
         (url_path_join(app.hub_prefix, STATE_PATH, r"([^/]+)/?([^/]*)"), FormState),
         *(

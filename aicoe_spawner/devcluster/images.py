@@ -267,8 +267,12 @@ def main(argv: list[str] | None = None) -> None:
         local = builder.build(image_specs()[name])
         if args.push:
             dest = args.push if len(args.names) == 1 else f"{args.push}/{name}"
-            digest = builder.push(local, dest, tls_verify=args.tls_verify == "true")
-            print(f"{dest.rsplit(':', 1)[0]}@{digest}")
+            try:
+                digest = builder.push(local, dest, tls_verify=args.tls_verify == "true")
+            finally:
+                builder.buildah("rmi", "--force", local)
+            repository, _, last = dest.rpartition("/")
+            print(f"{repository}/{last.split(':')[0]}@{digest}")
         else:
             print(local)
 

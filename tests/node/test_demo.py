@@ -59,6 +59,7 @@ def demo(tmp_path: Path):
     assert processes_mentioning(str(workdir)) == []
 
 
+@pytest.mark.timeout(1200)  # real builds and image pulls on a shared 2-core machine
 def test_newcomer_builds_a_repository_and_launches_it_in_jupyterlab(demo):
     url, started, log_path, _ = demo
     output = log_path.read_text()
