@@ -48,7 +48,8 @@ def demo(tmp_path: Path):
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", started, log_path, workdir
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
         try:
             proc.wait(120)
         except subprocess.TimeoutExpired:
