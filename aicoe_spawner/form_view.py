@@ -9,8 +9,12 @@ server runs with other options.
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -29,16 +33,79 @@ _templates = Environment(
 # Rendered options forms by their inputs (catalog version, policy, preselection, settings),
 # split around the per-user poll URL: (before, after). Users with the same policy and choice
 # share one entry however many users the hub has.
-_rendered_forms: OrderedDict[tuple, tuple[str, str]] = OrderedDict()
+_rendered_forms: OrderedDict[tuple, tuple[Segment, Segment]] = OrderedDict()
 _RENDERED_FORMS_MAX = 64
+# ... and at most this many bytes of them (uncompressed and compressed together).
+_RENDERED_FORMS_MAX_BYTES = 128 * 2**20
 # Stands for the poll URL in a cached rendering (as the JSON string the template writes).
 _POLL_URL_SLOT = "aicoe-poll-url-slot-7c1f0b"
 # Rendered image cards by (stream, resourceVersion, choice); a few per stream.
 _rendered_cards: OrderedDict[tuple, Markup] = OrderedDict()
 _RENDERED_CARDS_MAX = 50_000
+_INDENT = re.compile(r"\n[ \t]+")
 
 _templates.filters["cpu"] = opts.format_cpu
 _templates.filters["memory"] = opts.format_memory
+
+#: Card templates by form layout: "lean" leaves a card's version list and package lists to be
+#: loaded when opened; "full" (the design before issue 12) renders them into every card.
+CARD_TEMPLATES = {"lean": "_image_card_lean.html", "full": "_image_card.html"}
+
+#: Where the lean form's live updates come from, under the hub's base URL (+ user[/server]).
+STATE_PATH = "aicoe/form-state"
+
+#: Set by the spawn page while it builds a page: the form is then handed over as
+#: :class:`FormParts` (cached, compressed once) instead of one string.
+composing_page: ContextVar[bool] = ContextVar("aicoe_composing_page", default=False)
+
+#: What JupyterHub's spawn.html holds in place of the form while a page is composed.
+FORM_MARKER = "<!--aicoe-options-form-4f2a9c-->"
+
+
+class Segment:
+    """A piece of a page as UTF-8 bytes, with its raw-deflate compression made once (ending in
+    a sync flush, so compressed pieces can be joined into one gzip stream)."""
+
+    __slots__ = ("_z", "data")
+
+    def __init__(self, text: str) -> None:
+        self.data = text.encode("utf-8")
+        self._z: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8")
+
+    @property
+    def compressed(self) -> bytes:
+        if self._z is None:
+            c = zlib.compressobj(6, zlib.DEFLATED, -15, 9)
+            self._z = c.compress(self.data) + c.flush(zlib.Z_SYNC_FLUSH)
+        return self._z
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + (len(self._z) if self._z is not None else 0)
+
+
+class FormParts(str):
+    """The options form as pieces, for the spawn page to send without joining them: it reads
+    as :data:`FORM_MARKER` where JupyterHub's template puts the form."""
+
+    segments: tuple[Segment, ...]
+
+    def __new__(cls, segments: tuple[Segment, ...]) -> FormParts:
+        obj = super().__new__(cls, FORM_MARKER)
+        obj.segments = segments
+        return obj
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments)
+
+
+def _as_form(html: str) -> str:
+    return FormParts((Segment(html),)) if composing_page.get() else html
 
 
 @dataclass
@@ -90,14 +157,16 @@ class FormView:
             selected = self._preselection(catalog, policy)
             if context.entries is not None:
                 selected = _selection_from_entries(context.entries, policy, selected)
-            return self._render_form_html(
-                watch,
-                catalog,
-                policy,
-                selected,
-                self._form_config(policy),
-                errors=error_slots(context.error),
-                notice=context.notice,
+            return _as_form(
+                self._render_form_html(
+                    watch,
+                    catalog,
+                    policy,
+                    selected,
+                    self._form_config(policy),
+                    errors=error_slots(context.error),
+                    notice=context.notice,
+                )
             )
         selected = self._preselection(catalog, policy)
         config = self._form_config(policy)
@@ -114,31 +183,37 @@ class FormView:
             json.dumps(config, sort_keys=True),
             self.namespace,
             self.form_filter_threshold,
+            self.form_layout,
         )
         poll_url_json = str(htmlsafe_json_dumps(poll_url))
         cached = _rendered_forms.get(key)
         if cached is not None:
             _rendered_forms.move_to_end(key)
-            return poll_url_json.join(cached)
-        html = self._render_form_html(
-            watch, catalog, policy, selected, {**config, "poll_url": _POLL_URL_SLOT}
-        )
-        parts = html.split(str(htmlsafe_json_dumps(_POLL_URL_SLOT)))
-        if len(parts) != 2:  # the slot must be the config's poll_url and nothing else
-            raise RuntimeError("options form: the poll URL slot is not in the form exactly once")
-        _rendered_forms[key] = (parts[0], parts[1])
-        while len(_rendered_forms) > _RENDERED_FORMS_MAX:
-            _rendered_forms.popitem(last=False)
-        return poll_url_json.join(parts)
+        else:
+            html = self._render_form_html(
+                watch, catalog, policy, selected, {**config, "poll_url": _POLL_URL_SLOT}
+            )
+            parts = html.split(str(htmlsafe_json_dumps(_POLL_URL_SLOT)))
+            if len(parts) != 2:  # the slot must be the config's poll_url and nothing else
+                raise RuntimeError("options form: the poll URL slot is not in the form once")
+            cached = _rendered_forms[key] = (Segment(parts[0]), Segment(parts[1]))
+            _trim_rendered_forms()
+        if composing_page.get() and self.form_layout == "lean":
+            return FormParts((cached[0], Segment(poll_url_json), cached[1]))
+        return poll_url_json.join(part.text for part in cached)
 
     def _form_config(self, policy: opts.Policy) -> dict[str, Any]:
         """Settings the form's script needs."""
         base_url = self.hub.base_url if self.hub is not None else "/hub/"
         user_path = self.user.escaped_name if self.user is not None else ""
-        poll_url = url_path_join(base_url, "spawn", user_path)
+        # The full layout re-reads its own spawn page; the lean one asks the form-state
+        # endpoint what changed (see spawn_page.FormState).
+        where = "spawn" if self.form_layout == "full" else STATE_PATH
+        poll_url = url_path_join(base_url, where, user_path)
         if self.name:
             poll_url = url_path_join(poll_url, self.name)
         return {
+            "layout": self.form_layout,
             "spawn_url": url_path_join(base_url, "spawn"),
             "poll_url": poll_url,
             "poll_interval_ms": int(self.form_poll_interval * 1000),
@@ -180,22 +255,37 @@ class FormView:
             if first is not None:
                 first["selected"] = True
         versions = {i.key: i.resource_version for i in catalog.images}
+        template = CARD_TEMPLATES[self.form_layout]
         cards = {
-            view["key"]: _image_card(view, versions.get(view["key"], ""), self.namespace)
+            view["key"]: _image_card(view, versions.get(view["key"], ""), self.namespace, template)
             for view in images
         }
         namespaces = list(dict.fromkeys(i["namespace"] for i in images))
         groups = [(ns, [i for i in images if i["namespace"] == ns]) for ns in namespaces]
-        state = {
-            "version": watch.version,
-            "stale": watch.stale,
-            "shape": [[i["key"], [t["ref"] for t in i["tags"]]] for i in images],
-            "tags": {
-                t["ref"]: {"phase": t["phase"], "message": t["message"]}
-                for i in images
-                for t in i["tags"]
-            },
-        }
+        if self.form_layout == "full":
+            state = {
+                "version": watch.version,
+                "stale": watch.stale,
+                "shape": [[i["key"], [t["ref"] for t in i["tags"]]] for i in images],
+                "tags": {
+                    t["ref"]: {"phase": t["phase"], "message": t["message"]}
+                    for i in images
+                    for t in i["tags"]
+                },
+            }
+        else:
+            # The lean page's live updates ask for changes since this version; the tags
+            # that are not ready are listed for scripts and tests (ready ones are the rest).
+            state = {
+                "version": watch.version,
+                "stale": watch.stale,
+                "tags": {
+                    t["ref"]: {"phase": t["phase"], "message": t["message"]}
+                    for i in images
+                    for t in i["tags"]
+                    if not t["ready"]
+                },
+            }
         env_rows = selected.get("env_rows") or [
             {"name": k, "value": v, "secret": False} for k, v in sorted(selected["env"].items())
         ] + [{"name": k, "value": "", "secret": True} for k in selected["secret_env_names"]]
@@ -204,6 +294,7 @@ class FormView:
             images=images,
             cards=cards,
             groups=groups,
+            image_list=_lean_image_list(groups, cards) if self.form_layout == "lean" else None,
             policy=policy,
             sizes=[_size_view(s, selected) for s in policy.sizes],
             selected=selected,
@@ -264,14 +355,127 @@ class FormView:
             "size_options": {},
         }
 
+    # -- live updates of the lean form (served by spawn_page.FormState) ---------------------
 
-def _image_card(view: dict[str, Any], resource_version: str, namespace: str) -> Markup:
+    def _visible_images(self, catalog: Catalog, policy: opts.Policy) -> list:
+        return [i for i in catalog.visible() if policy.allows_image(i)]
+
+    def form_changes(self, since: int) -> dict[str, Any]:
+        """What changed for this user's open form since catalog version ``since``:
+        ``{"version", "stale", "streams": {key: [[ref, phase, message], ...] or None}}`` for
+        the streams this user may see (None: gone), or ``"reload": true`` when the changes
+        are not known one by one (a relist since)."""
+        watch = self.catalog_watch()
+        out: dict[str, Any] = {"version": watch.version, "stale": watch.stale}
+        keys = watch.changes_since(since)
+        if keys is None:
+            out["reload"] = True
+            return out
+        if not keys:
+            return out
+        policy = self.user_policy()
+        index = _index(watch.catalog)
+        streams: dict[str, Any] = {}
+        for key in sorted(keys):
+            image = index.get(key)
+            if image is None or image.hidden:
+                name = key.partition("/")[2]
+                if policy.allows_image(SimpleNamespace(key=key, name=name)):
+                    streams[key] = None
+                continue
+            if not policy.allows_image(image):
+                continue
+            streams[key] = [
+                [format_image_ref(image, tag, self.namespace), str(tag.phase), tag.message]
+                for tag in image.offered_tags()
+            ]
+        out["streams"] = streams
+        return out
+
+    def image_card_html(self, key: str, full: bool) -> dict[str, str] | None:
+        """One card for the open form (a stream that appeared or changed shape; ``full``: with
+        its version and package lists, opened on demand), and the key of the card it follows.
+        None if this user may not see that stream."""
+        watch = self.catalog_watch()
+        policy = self.user_policy()
+        visible = self._visible_images(watch.catalog, policy)
+        position = next((n for n, i in enumerate(visible) if i.key == key), None)
+        if position is None:
+            return None
+        image = visible[position]
+        view = _image_view(image, self.namespace, None)
+        template = CARD_TEMPLATES["full" if full else "lean"]
+        html = _image_card(view, image.resource_version, self.namespace, template)
+        return {"after": visible[position - 1].key if position else "", "html": str(html)}
+
+
+_indexes: dict[int, tuple[Catalog, dict[str, Any]]] = {}
+
+
+def _index(catalog: Catalog) -> dict[str, Any]:
+    """The catalog's images by key (one dict per catalog object, the latest kept)."""
+    found = _indexes.get(id(catalog))
+    if found is None or found[0] is not catalog:
+        _indexes.clear()
+        found = _indexes[id(catalog)] = (catalog, {i.key: i for i in catalog.images})
+    return found[1]
+
+
+#: The lean form's first cards are parsed with the page; the others arrive in <noscript>
+#: chunks of this many: a browser with scripting parses them as text (the script turns them
+#: into cards a chunk at a time, after the page is usable), one without shows them as cards.
+LEAN_FIRST_CARDS = 30
+LEAN_CHUNK_CARDS = 100
+
+
+def _lean_image_list(groups: list, cards: dict[str, Markup]) -> Markup:
+    items: list[tuple[Markup, bool]] = []
+    for namespace, group in groups:
+        if len(groups) > 1:
+            header = Markup(
+                '<h3 class="h6 text-body-secondary mt-3 aicoe-group" data-namespace="{0}">{0}</h3>'
+            ).format(namespace)
+            items.append((header, False))
+        items.extend((cards[image["key"]], image["selected"]) for image in group)
+    first, rest = items[:LEAN_FIRST_CARDS], items[LEAN_FIRST_CARDS:]
+    parts = [html for html, _ in first]
+    for start in range(0, len(rest), LEAN_CHUNK_CARDS):
+        chunk = rest[start : start + LEAN_CHUNK_CARDS]
+        selected = any(sel for _, sel in chunk)
+        parts.append(
+            Markup('<noscript class="aicoe-more"{}>').format(
+                Markup(' data-selected="1"') if selected else ""
+            )
+        )
+        parts.extend(html for html, _ in chunk)
+        parts.append(Markup("</noscript>"))
+    return Markup("\n").join(parts)
+
+
+def _trim_rendered_forms() -> None:
+    total = sum(a.size + b.size for a, b in _rendered_forms.values())
+    while len(_rendered_forms) > 1 and (
+        len(_rendered_forms) > _RENDERED_FORMS_MAX or total > _RENDERED_FORMS_MAX_BYTES
+    ):
+        _, (a, b) = _rendered_forms.popitem(last=False)
+        total -= a.size + b.size
+
+
+def _image_card(
+    view: dict[str, Any],
+    resource_version: str,
+    namespace: str,
+    template: str = "_image_card.html",
+) -> Markup:
     """The HTML of one image card, rendered once per stream version and choice: after a change
     to one stream only its card is rendered again."""
-    key = (view["key"], resource_version, namespace, view["chosen"], view["selected"])
+    key = (view["key"], resource_version, namespace, view["chosen"], view["selected"], template)
     html = _rendered_cards.get(key)
     if html is None:
-        html = Markup(_templates.get_template("_image_card.html").render(image=view))
+        html = _templates.get_template(template).render(image=view)
+        if template != "_image_card.html":  # indentation is a third of a lean card
+            html = _INDENT.sub("\n", html)
+        html = Markup(html)
         _rendered_cards[key] = html
         while len(_rendered_cards) > _RENDERED_CARDS_MAX:
             _rendered_cards.popitem(last=False)
@@ -309,9 +513,17 @@ def _image_view(image, default_namespace: str, selected_ref: str | None) -> dict
                 break
     if chosen is None and tags:
         chosen = tags[0]["ref"]
+    packages = dict.fromkeys(
+        p.name for t in image.offered_tags() for p in (*t.software, *t.python_dependencies)
+    )
     search = " ".join(
-        [image.display_name, image.name, image.description, *image.recommended_accelerators]
-        + [p.name for t in image.offered_tags() for p in (*t.software, *t.python_dependencies)]
+        [
+            image.display_name,
+            image.name,
+            image.description,
+            *image.recommended_accelerators,
+            *packages,
+        ]
     )
     return {
         "key": image.key,
@@ -326,6 +538,7 @@ def _image_view(image, default_namespace: str, selected_ref: str | None) -> dict
         "chosen": chosen,
         "selected": chosen is not None and chosen == selected_ref,
         "usable": any(t["ready"] for t in tags),
+        "has_packages": any(t["software"] or t["python_dependencies"] for t in tags),
         "search": search.casefold(),
     }
 

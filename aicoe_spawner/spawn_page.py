@@ -17,18 +17,23 @@ with a message) and serves the spawn URLs with :class:`SpawnPage`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
+import struct
+import zlib
 from typing import Any
 
 import jupyterhub.log as hub_log
+from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
-from jupyterhub.utils import maybe_future
+from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from tornado.httputil import url_concat
 
 from . import options as opts
-from .form_view import FormContext
+from .form_view import FORM_MARKER, STATE_PATH, FormContext, FormParts, Segment, composing_page
 from .secret_env import install_log_filter
 
 _RESERVED_QUERY = ("next", "display_name")
@@ -50,8 +55,85 @@ def _same_choice(running: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(running.get(k) == wanted.get(k) for k in opts.LINK_FIELDS)
 
 
+# -- sending a composed page -------------------------------------------------------------
+
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+_DEFLATE_END = b"\x03\x00"  # an empty final block
+
+
+def accepts_gzip(handler: web.RequestHandler) -> bool:
+    for item in handler.request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower()
+            if not q.startswith("q="):
+                return True
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+    return False
+
+
+class ComposedPage:
+    """A spawn page as pieces: the page's own head and tail around the form's segments."""
+
+    def __init__(self, head: str, segments: tuple[Segment, ...], tail: str) -> None:
+        self.segments = (Segment(head), *segments, Segment(tail))
+
+    def write_to(self, handler: web.RequestHandler) -> None:
+        """Write the page, as one gzip stream made of the pieces' compressed forms (the
+        cached ones compressed once for all requests) when the browser accepts gzip."""
+        handler.set_header("Content-Type", "text/html; charset=UTF-8")
+        handler.set_header("Vary", "Accept-Encoding")
+        if not accepts_gzip(handler):
+            for segment in self.segments:
+                handler.write(segment.data)
+            return
+        handler.set_header("Content-Encoding", "gzip")
+        crc, size = 0, 0
+        handler.write(_GZIP_HEADER)
+        for segment in self.segments:
+            crc = zlib.crc32(segment.data, crc)
+            size += len(segment.data)
+            handler.write(segment.compressed)
+        handler.write(_DEFLATE_END + struct.pack("<II", crc, size & 0xFFFFFFFF))
+
+
+def write_json(handler: web.RequestHandler, value: Any) -> None:
+    """JSON, gzip-compressed when that is smaller and the browser accepts it."""
+    body = json.dumps(value, separators=(",", ":")).encode()
+    handler.set_header("Content-Type", "application/json; charset=UTF-8")
+    handler.set_header("Cache-Control", "no-store")
+    handler.set_header("Vary", "Accept-Encoding")
+    if len(body) > 1024 and accepts_gzip(handler):
+        handler.set_header("Content-Encoding", "gzip")
+        body = zlib.compress(body, 6, 31)
+    handler.finish(body)
+
+
 class SpawnPage(SpawnHandler):
     """JupyterHub's spawn page, with links that never start anything by themselves."""
+
+    async def _get(self, user_name, server_name, display_name):
+        token = composing_page.set(True)
+        try:
+            return await self._get_page(user_name, server_name, display_name)
+        finally:
+            composing_page.reset(token)
+
+    async def _post(self, user_name, server_name, display_name):
+        token = composing_page.set(True)
+        try:
+            return await self._post_form(user_name, server_name, display_name)
+        finally:
+            composing_page.reset(token)
+
+    def finish(self, chunk=None):
+        if isinstance(chunk, ComposedPage):
+            chunk.write_to(self)
+            chunk = None
+        return super().finish(chunk)
 
     async def _spawner_for(self, user_name: str, server_name: str, display_name: str):
         """(user, spawner) as JupyterHub's handler finds them; 404 for an unknown user."""
@@ -74,7 +156,7 @@ class SpawnPage(SpawnHandler):
         next_url = self.get_argument("next", None)
         action = url_concat(self.request.path, {"next": next_url} if next_url else {})
         auth_state = await for_user.get_auth_state()
-        return await self.render_template(
+        html = await self.render_template(
             "spawn.html",
             for_user=for_user,
             auth_state=auth_state,
@@ -84,6 +166,12 @@ class SpawnPage(SpawnHandler):
             url=url_concat(action, {"_xsrf": self.xsrf_token.decode("ascii")}),
             spawner=for_user.spawner,
         )
+        if isinstance(spawner_options_form, FormParts):
+            head, marker, tail = html.partition(FORM_MARKER)
+            if not marker:  # a custom spawn.html without the form: nothing to compose
+                return html
+            return ComposedPage(head, spawner_options_form.segments, tail)
+        return html
 
     async def _page(self, user, spawner, context: FormContext) -> None:
         form = await spawner.render_options_form(context)
@@ -92,7 +180,7 @@ class SpawnPage(SpawnHandler):
     # -- GET: a link ------------------------------------------------------------------------
 
     @needs_scope("servers")
-    async def _get(self, user_name, server_name, display_name):
+    async def _get_page(self, user_name, server_name, display_name):
         from .spawner import AICoESpawner, OptionsRejected
 
         query = {
@@ -145,7 +233,7 @@ class SpawnPage(SpawnHandler):
     # -- POST: the form ---------------------------------------------------------------------
 
     @needs_scope("servers")
-    async def _post(self, user_name, server_name, display_name):
+    async def _post_form(self, user_name, server_name, display_name):
         from .spawner import AICoESpawner, OptionsRejected
 
         user, spawner = await self._spawner_for(user_name, server_name, display_name)
@@ -181,6 +269,61 @@ class SpawnPage(SpawnHandler):
         return await self._wrap_spawn_single_user(
             user, server_name, display_name, spawner, pending_url, raw
         )
+
+
+class FormState(BaseHandler):
+    """Live updates of an open (lean) options form, for the page's script:
+
+    - ``?since=<version>&stale=<0|1>``: held until the catalog moves past ``version`` (or the
+      hub's view of it turns stale or fresh, or ``form_live_wait`` passes), then what changed
+      for this user as JSON (``AICoESpawner.form_changes``): a few hundred bytes per change,
+      an empty answer when nothing did;
+    - ``?card=<namespace/stream>[&full=1]``: one image card (a stream that appeared or changed
+      shape; ``full``: with its version and package lists) as escaped HTML inside JSON.
+    """
+
+    _closed = False
+
+    def on_connection_close(self) -> None:
+        self._closed = True
+
+    @needs_scope("servers")
+    async def get(self, user_name: str, server_name: str = ""):
+        from .spawner import AICoESpawner
+
+        user = self.current_user
+        if user_name != user.name:
+            user = self.find_user(user_name)
+            if user is None:
+                raise web.HTTPError(404, f"No such user: {user_name}")
+        if server_name not in user.orm_spawners:
+            raise web.HTTPError(404, f"No such server: {server_name}")
+        spawner = user.spawners[server_name]
+        if not isinstance(spawner, AICoESpawner):
+            raise web.HTTPError(404, "not an AICoESpawner")
+        card = self.get_argument("card", None)
+        if card is not None:
+            found = spawner.image_card_html(card, full=self.get_argument("full", "") == "1")
+            if found is None:
+                raise web.HTTPError(404, "image: not in your catalog")
+            return write_json(self, found)
+        try:
+            since = int(self.get_argument("since", "0"))
+        except ValueError:
+            raise web.HTTPError(400, "since: must be an integer") from None
+        stale = self.get_argument("stale", "0") == "1"
+        watch = spawner.catalog_watch()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(spawner.form_live_wait, 0)
+        while watch.version == since and watch.stale == stale and not self._closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # In slices: staleness changes without a new version, and a closed tab ends it.
+            await watch.wait_for_change(since, min(remaining, 1.0))
+        if self._closed:
+            return
+        write_json(self, spawner.form_changes(since))
 
 
 # -- hub integration ----------------------------------------------------------------------
@@ -223,8 +366,11 @@ def install(app) -> None:
     # PATCH …/servers/… logs the user_options it is given, secret values included
     install_log_filter(app.log)
     app.handlers = [
-        (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h
-        for h in app.handlers
+        (url_path_join(app.hub_prefix, STATE_PATH, r"([^/]+)/?([^/]*)"), FormState),
+        *(
+            (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h
+            for h in app.handlers
+        ),
     ]
 
 

@@ -19,7 +19,7 @@ from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from sqlalchemy import event
 from tornado import web
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from . import options as opts
 from .catalog import NOTEBOOK_IMAGE_LABEL
@@ -198,8 +198,29 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, KubeSpawner):
     form_poll_interval = Float(
         2.0,
         config=True,
-        help="""Seconds between the options form's checks for image readiness changes while
-        it is open (it re-reads its own page). 0 turns live updates off.""",
+        help="""Live updates of an open options form: 0 turns them off. With
+        form_layout "lean" the form holds one request open to the hub that answers when an
+        image changes (or after form_live_wait seconds), and waits this many seconds before
+        asking again after an error; with "full" it re-reads its whole page every this many
+        seconds.""",
+    )
+    form_live_wait = Float(
+        25.0,
+        config=True,
+        help="""Seconds the hub holds an open form's live-update request when nothing
+        changes (form_layout "lean"), before answering "no change". Lower it if a proxy in
+        front of the hub closes idle requests sooner.""",
+    )
+    form_layout = Enum(
+        ["lean", "full"],
+        default_value="lean",
+        config=True,
+        help="""How the options form is sent. "lean" (default): image cards without their
+        version and package lists (loaded when the user opens them), the page compressed
+        with gzip when the browser accepts it and composed from cached compressed pieces,
+        and live updates from a small endpoint that reports only what changed (hundreds of
+        bytes). "full": every card with all its lists, sent uncompressed, and live updates
+        that re-read the whole page (the form before issue 12; kept for comparison).""",
     )
     form_filter_threshold = Int(
         8, config=True, help="Show a filter box above the images when there are more than this."

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ class ImageStreamWatch:
         watch_timeout: int = 300,
         max_backoff: float = 5.0,
         page_size: int = 250,
+        change_log_size: int = 4096,
         log: logging.Logger | logging.LoggerAdapter = log,
     ) -> None:
         self.log = log
@@ -59,6 +61,9 @@ class ImageStreamWatch:
         self._first_sync = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.version = 0  # bumped on every change; the form's live updates poll it
+        # (version, "namespace/name") of recent changes, oldest first; a relist is recorded
+        # as (version, None): "anything may have changed".
+        self._changes: deque[tuple[int, str | None]] = deque(maxlen=change_log_size)
         self.changed = asyncio.Condition()
         self.last_error: str | None = None
         self.last_error_time: float | None = None
@@ -113,6 +118,22 @@ class ImageStreamWatch:
         except TimeoutError:
             return False
         return True
+
+    def changes_since(self, since: int) -> set[str] | None:
+        """Keys (``namespace/name``) of the streams that changed after version ``since``;
+        None when that is not known (a relist since, or older than the change log)."""
+        if since == self.version:
+            return set()
+        if since > self.version or not self._changes or self._changes[0][0] > since + 1:
+            return None
+        keys: set[str] = set()
+        for version, key in reversed(self._changes):
+            if version <= since:
+                break
+            if key is None:
+                return None
+            keys.add(key)
+        return keys
 
     async def wait_for_change(self, since: int, timeout: float) -> int:
         """Wait until ``version`` moves past ``since`` (or timeout); return the version."""
@@ -195,7 +216,7 @@ class ImageStreamWatch:
                 del self._images[key]
         self._images.update(fresh)
         self._mark_healthy(namespace)
-        await self._changed()
+        await self._changed(None)
         return response["metadata"]["resourceVersion"]
 
     async def _watch(self, namespace: str, resource_version: str) -> str:
@@ -234,7 +255,8 @@ class ImageStreamWatch:
                 if kind == "BOOKMARK":
                     continue
                 self._apply(namespace, kind, obj)
-                await self._changed()
+                name = obj.get("metadata", {}).get("name")
+                await self._changed(f"{namespace}/{name}" if isinstance(name, str) else None)
         return resource_version
 
     def _apply(self, namespace: str, kind: str, obj: dict[str, Any]) -> None:
@@ -251,9 +273,10 @@ class ImageStreamWatch:
         else:
             self._images[key] = image
 
-    async def _changed(self) -> None:
+    async def _changed(self, key: str | None) -> None:
         self._catalog = None
         self.version += 1
+        self._changes.append((self.version, key))
         async with self.changed:
             self.changed.notify_all()
 

@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process with its own control plane, and print a summary.
 
-    .venv/bin/python benchmarks/run_all.py [--only form,spawn,memory]
+    .venv/bin/python benchmarks/run_all.py [--only form,spawn,memory,page]
 
 Each benchmark prints its own details as it goes; the table at the end collects the headline
 rows (candidate = AICoESpawner, reference = plain KubeSpawner, ratio = candidate/reference).
@@ -25,13 +25,14 @@ BENCHMARKS = {
     "form": "bench_form_render.py",
     "spawn": "bench_spawn.py",
     "memory": "bench_memory.py",
+    "page": "bench_page.py",
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", default=",".join(BENCHMARKS), help="comma-separated: form,spawn,memory"
+        "--only", default=",".join(BENCHMARKS), help="comma-separated: form,spawn,memory,page"
     )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]

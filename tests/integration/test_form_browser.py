@@ -432,6 +432,9 @@ async def test_readiness_badge_flips_live_without_losing_input(env, kube):
     page = up.page
     try:
         live = card(page, "live")
+        # The list of versions is loaded when opened; open, it follows the changes too.
+        await live.locator("details.aicoe-versions summary").click()
+        await expect(live.locator(".aicoe-tag-badge")).to_have_text("pending")
         await expect(live.locator(".aicoe-selected-badge .badge")).to_have_text("pending")
         await expect(live.locator(".aicoe-image-radio")).to_be_disabled()
         await expect(live.locator('option[value="live:v1"]')).to_be_disabled()

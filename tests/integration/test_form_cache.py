@@ -7,6 +7,7 @@ import json
 import re
 from urllib.parse import quote
 
+import pytest
 from hub_harness import in_process_spawner
 from kube_helpers import create_imagestream
 from kubernetes_asyncio import client
@@ -26,8 +27,13 @@ def form_config(form: str) -> dict:
     return json.loads(found.group(1))
 
 
+# Where each layout's live updates come from: the form-state endpoint (lean) or the page (full).
+POLL_PATHS = {"lean": "/hub/aicoe/form-state/", "full": "/hub/spawn/"}
+
+
+@pytest.mark.parametrize("layout", sorted(POLL_PATHS))
 async def test_many_users_share_one_rendering_with_their_own_poll_url(
-    control_plane, kube, namespace, monkeypatch
+    control_plane, kube, namespace, monkeypatch, layout
 ):
     # KubeSpawner loads the default kubeconfig when a spawner is constructed.
     monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
@@ -50,18 +56,20 @@ async def test_many_users_share_one_rendering_with_their_own_poll_url(
         users = [f"user-{i}" for i in range(spawner_module._RENDERED_FORMS_MAX + 16)]
         first_forms = {}
         for name in users * 2:
-            spawner = in_process_spawner(AICoESpawner, name, namespace)
+            spawner = in_process_spawner(AICoESpawner, name, namespace, form_layout=layout)
             form = await spawner.get_options_form()
-            # The page polls its own user's spawn URL, never another user's.
-            assert form_config(form)["poll_url"] == f"/hub/spawn/{name}"
+            # The page polls its own user's URL, never another user's.
+            assert form_config(form)["poll_url"] == f"{POLL_PATHS[layout]}{name}"
             first_forms.setdefault(name, form)
             assert form == first_forms[name]
         assert renders == [users[0]]  # one rendering for all of them
         # A user with a hostile name gets their own URL, escaped inside the JSON.
         hostile = 'x</script><script>alert(1)</script>"'
-        form = await in_process_spawner(AICoESpawner, hostile, namespace).get_options_form()
+        form = await in_process_spawner(
+            AICoESpawner, hostile, namespace, form_layout=layout
+        ).get_options_form()
         assert "<script>alert(1)" not in form
-        assert form_config(form)["poll_url"] == "/hub/spawn/" + quote(hostile, safe="@~")
+        assert form_config(form)["poll_url"] == POLL_PATHS[layout] + quote(hostile, safe="@~")
         assert len(renders) == 1
     finally:
         await ImageStreamWatch.stop_all()

@@ -20,3 +20,21 @@ def test_same_choice_compares_only_what_a_link_carries():
     assert _same_choice(running, {"image": "m:1", "size": "s", "gpus": 0})
     assert not _same_choice(running, {"image": "m:1", "size": "s", "gpus": 1})
     assert not _same_choice(running, {"image": "m:1", "size": "s", "gpus": 0, "cpu": "2"})
+
+
+def test_accepts_gzip_reads_accept_encoding():
+    from types import SimpleNamespace
+
+    from aicoe_spawner.spawn_page import accepts_gzip
+
+    def handler(value):
+        return SimpleNamespace(request=SimpleNamespace(headers={"Accept-Encoding": value}))
+
+    assert accepts_gzip(handler("gzip, deflate, br"))
+    assert accepts_gzip(handler("br;q=1.0, gzip;q=0.8"))
+    assert accepts_gzip(handler("*"))
+    assert not accepts_gzip(handler("gzip;q=0"))
+    assert not accepts_gzip(handler("gzip;q=0.0, identity"))
+    assert not accepts_gzip(handler("gzip;q=nonsense"))
+    assert not accepts_gzip(handler("identity"))
+    assert not accepts_gzip(handler(""))
