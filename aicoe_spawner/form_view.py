@@ -47,9 +47,9 @@ _INDENT = re.compile(r"\n[ \t]+")
 _templates.filters["cpu"] = opts.format_cpu
 _templates.filters["memory"] = opts.format_memory
 
-#: Card templates by form layout: "lean" leaves a card's version list and package lists to be
-#: loaded when opened; "full" (the design before issue 12) renders them into every card.
-CARD_TEMPLATES = {"lean": "_image_card_lean.html", "full": "_image_card.html"}
+#: Form layouts: "lean" cards leave their version list and package lists to be loaded when
+#: opened; "full" cards (the design before issue 12) carry them.
+LAYOUTS = ("lean", "full")
 
 #: Where the lean form's live updates come from, under the hub's base URL (+ user[/server]).
 STATE_PATH = "aicoe/form-state"
@@ -255,9 +255,9 @@ class FormView:
             if first is not None:
                 first["selected"] = True
         versions = {i.key: i.resource_version for i in catalog.images}
-        template = CARD_TEMPLATES[self.form_layout]
+        lean = self.form_layout == "lean"
         cards = {
-            view["key"]: _image_card(view, versions.get(view["key"], ""), self.namespace, template)
+            view["key"]: _image_card(view, versions.get(view["key"], ""), self.namespace, lean)
             for view in images
         }
         namespaces = list(dict.fromkeys(i["namespace"] for i in images))
@@ -404,8 +404,7 @@ class FormView:
             return None
         image = visible[position]
         view = _image_view(image, self.namespace, None)
-        template = CARD_TEMPLATES["full" if full else "lean"]
-        html = _image_card(view, image.resource_version, self.namespace, template)
+        html = _image_card(view, image.resource_version, self.namespace, lean=not full)
         return {"after": visible[position - 1].key if position else "", "html": str(html)}
 
 
@@ -465,15 +464,15 @@ def _image_card(
     view: dict[str, Any],
     resource_version: str,
     namespace: str,
-    template: str = "_image_card.html",
+    lean: bool = False,
 ) -> Markup:
     """The HTML of one image card, rendered once per stream version and choice: after a change
     to one stream only its card is rendered again."""
-    key = (view["key"], resource_version, namespace, view["chosen"], view["selected"], template)
+    key = (view["key"], resource_version, namespace, view["chosen"], view["selected"], lean)
     html = _rendered_cards.get(key)
     if html is None:
-        html = _templates.get_template(template).render(image=view)
-        if template != "_image_card.html":  # indentation is a third of a lean card
+        html = _templates.get_template("_image_card.html").render(image=view, lean=lean)
+        if lean:  # indentation is a third of a lean card
             html = _INDENT.sub("\n", html)
         html = Markup(html)
         _rendered_cards[key] = html
