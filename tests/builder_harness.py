@@ -17,15 +17,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from aicoe_spawner.builder.__main__ import Settings
+from aicoe_spawner.devcluster import gitserver
 from aicoe_spawner.devcluster.controlplane import free_port
 
 MERGE = "application/merge-patch+json"
@@ -172,62 +171,12 @@ class BuilderStack:
             await self.runner.stop()
 
 
-class GitServer:
-    """Serves the bare repositories under ``root`` with ``git http-backend`` (smart HTTP)."""
+class GitServer(gitserver.GitServer):
+    """The project's smart-HTTP git server on loopback, with repositories made from dicts."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        backend = subprocess.run(
-            ["git", "--exec-path"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        project_root = str(root)
-
-        class Handler(BaseHTTPRequestHandler):
-            def _cgi(self):
-                path, _, query = self.path.partition("?")
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                env = {
-                    "PATH": os.environ["PATH"],
-                    "GIT_PROJECT_ROOT": project_root,
-                    "GIT_HTTP_EXPORT_ALL": "1",
-                    "PATH_INFO": path,
-                    "QUERY_STRING": query,
-                    "REQUEST_METHOD": self.command,
-                    "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                    "CONTENT_LENGTH": str(len(body)),
-                    "REMOTE_ADDR": "127.0.0.1",
-                }
-                if self.headers.get("Git-Protocol"):
-                    env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
-                out = subprocess.run(
-                    [f"{backend}/git-http-backend"], input=body, env=env, capture_output=True
-                ).stdout
-                head, _, payload = out.partition(b"\r\n\r\n")
-                status = 200
-                headers = []
-                for line in head.decode().split("\r\n"):
-                    name, _, value = line.partition(":")
-                    if name.lower() == "status":
-                        status = int(value.split()[0])
-                    elif name:
-                        headers.append((name, value.strip()))
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = _cgi
-
-            def log_message(self, *args):
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(root, "127.0.0.1", free_port())
+        self.start()
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}.git"
@@ -278,10 +227,6 @@ class GitServer:
         return subprocess.run(
             [*g, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # -- registry and base image ----------------------------------------------------------------

@@ -99,7 +99,7 @@ class GitServer:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
-    def url(self) -> str:
+    def base_url(self) -> str:
         return f"http://{self.address}:{self.port}"
 
     def start(self) -> GitServer:
@@ -141,4 +141,4 @@ class GitServer:
         git("clone", "-q", "--bare", str(work), str(bare), cwd=self.root)
         git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=bare)
         shutil.rmtree(work)
-        return f"{self.url}/{name}.git"
+        return f"{self.base_url}/{name}.git"
