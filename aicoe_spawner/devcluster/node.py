@@ -1,11 +1,14 @@
 """A real single-node cluster on this machine: containerd + runc, bridge CNI, kubelet,
 kube-scheduler and kube-controller-manager beside a ``ControlPlane``, and a local registry
-that the node pulls from. Test and demo use only; needs root.
+that the node pulls from. With ``cluster_services=True`` also what in-cluster clients need:
+the API server on the node IP (the ``kubernetes`` Service), kube-proxy (Services, NodePorts)
+and CoreDNS (``<service>.<namespace>.svc.cluster.local``). Test and demo use only; needs root.
 
 Everything it makes is its own: a bridge ``aicoe<N>`` with gateway ``10.244.<N>.1`` (the node
 IP, which pods use to reach services on the host), containerd's root/state/socket, the
 kubelet's root, a cgroup root ``/aicoe-<id>`` — and ``stop()`` removes all of it: processes,
-mounts, network namespaces, interfaces and cgroups (checked by ``leftovers()``).
+mounts, network namespaces, interfaces, cgroups and kube-proxy's iptables rules (checked by
+``leftovers()``). kube-proxy's rules are global: run one node with cluster services at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .images import ImageBuilder, cache_dir
 log = logging.getLogger("aicoe.devcluster.node")
 
 NODE_NAME = "aicoe-node"
+CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN = Path("/usr/lib/cni")
 CGROUP_FS = Path("/sys/fs/cgroup")
 
@@ -78,12 +82,21 @@ def iptables_rules() -> str:
 
 
 class RealNode:
-    """Node components for ``plane`` (started with ``real_node=True``), under ``workdir``."""
+    """Node components for ``plane`` (``real_node=True``), under ``workdir``.
 
-    def __init__(self, plane: ControlPlane) -> None:
-        if plane.pki is None:
-            raise ControlPlaneError("start the control plane before the node")
+    Without cluster services the plane is started first and stays on loopback; with them the
+    node starts the plane itself, on the node IP, once the bridge exists.
+    """
+
+    def __init__(self, plane: ControlPlane, *, cluster_services: bool = False) -> None:
+        if (plane.pki is None) != cluster_services:
+            raise ControlPlaneError(
+                "start the control plane before the node"
+                if plane.pki is None
+                else "with cluster_services the node starts the control plane"
+            )
         self.plane = plane
+        self.cluster_services = cluster_services
         # short: unix sockets (containerd, the kubelet's pod-resources) allow 107 bytes
         self.workdir = Path(tempfile.mkdtemp(prefix="aicoe-node-"))
         self.id = uuid.uuid4().hex[:8]
@@ -101,6 +114,8 @@ class RealNode:
         self.logs: dict[str, Path] = {}
         self.timings: dict[str, float] = {}
         self._iptables_before = ""
+        if cluster_services:
+            plane.address = self.node_ip
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -110,6 +125,8 @@ class RealNode:
         self._iptables_before = iptables_rules()
         try:
             self._start_network()
+            if self.cluster_services:
+                self.plane.start()
             self._start_registry(timeout)
             t = time.monotonic()
             builder = ImageBuilder()
@@ -119,6 +136,9 @@ class RealNode:
             self._start_containerd(timeout)
             self._start_kubelet()
             self._start_controllers()
+            if self.cluster_services:
+                self._start_kube_proxy()
+                self._start_coredns(timeout)
             self._wait_node_ready(timeout)
         except BaseException:
             self.stop()
@@ -134,8 +154,13 @@ class RealNode:
 
     def stop(self) -> None:
         """Stop everything and remove every trace of the node."""
-        for name in ("kube-scheduler", "kube-controller-manager", "kubelet"):
+        for name in ("coredns", "kube-proxy", "kube-scheduler", "kube-controller-manager"):
             self._terminate(name)
+        if self.cluster_services:  # kube-proxy's iptables (and nftables) rules
+            subprocess.run(
+                [str(find_binary("kube-proxy")), "--cleanup", "--v=0"], capture_output=True
+            )
+        self._terminate("kubelet")
         self._kill_cgroup_processes()
         self._terminate("containerd")
         for pid in processes_mentioning(str(self.socket)):  # containerd shims
@@ -312,6 +337,9 @@ class RealNode:
             "resolvConf": "/etc/resolv.conf",
             "volumeStatsAggPeriod": "0s",
         }
+        if self.cluster_services:  # pods resolve through CoreDNS on the node IP
+            config["clusterDNS"] = [self.node_ip]
+            config["clusterDomain"] = CLUSTER_DOMAIN
         config_path = kubelet_dir / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
         self._spawn(
@@ -356,6 +384,55 @@ class RealNode:
                 "--controllers=*",
                 "--use-service-account-credentials=false",
             ],
+        )
+
+    def _start_kube_proxy(self) -> None:
+        """kube-proxy in iptables mode; NodePorts only on the node IP."""
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.plane.kubeconfig)},
+            "hostnameOverride": NODE_NAME,
+            "bindAddress": self.node_ip,
+            "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "mode": "iptables",
+            "clusterCIDR": self.subnet,
+            "nodePortAddresses": [f"{self.node_ip}/32"],
+            # 0: leave the machine's conntrack settings alone
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+        }
+        path = self.workdir / "kube-proxy.json"
+        path.write_text(json.dumps(config, indent=2))
+        self._spawn("kube-proxy", [str(find_binary("kube-proxy")), f"--config={path}", "--v=1"])
+
+    def _start_coredns(self, timeout: float) -> None:
+        """CoreDNS on the node IP, port 53, answering for the cluster domain only."""
+        ready_port = free_port()
+        corefile = self.workdir / "Corefile"
+        corefile.write_text(
+            textwrap.dedent(
+                f"""                .:53 {{
+                    bind {self.node_ip}
+                    errors
+                    ready 127.0.0.1:{ready_port}
+                    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+                        kubeconfig {self.plane.kubeconfig}
+                        pods insecure
+                    }}
+                    cache 5
+                }}
+                """
+            )
+        )
+        self._spawn("coredns", [str(find_binary("coredns")), "-conf", str(corefile)])
+        self._wait_for(
+            lambda: self._http_ok(f"http://127.0.0.1:{ready_port}/ready"), "CoreDNS", timeout
         )
 
     def _wait_node_ready(self, timeout: float) -> None:
