@@ -344,8 +344,10 @@ def main(argv: list[str] | None = None) -> None:
         local = builder.build(image_specs()[name])
         if args.push:
             dest = args.push if len(args.names) == 1 else f"{args.push}/{name}"
+            if ":" not in dest.rsplit("/", 1)[-1]:
+                dest += f":{image_specs()[name].key()}"  # tagged with its input hash
             digest = builder.push(local, dest, tls_verify=args.tls_verify == "true")
-            print(f"{dest.rsplit(':', 1)[0]}@{digest}")
+            print(f"{dest} {dest.rsplit(':', 1)[0]}@{digest}")
         else:
             print(local)
 
