@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from aicoe_spawner.devcluster import ControlPlane
 from aicoe_spawner.devcluster.node import RealNode
 
+# Clusters started and not yet stopped (their logs are attached to failing tests).
+RUNNING: list[NodeCluster] = []
+
 
 @dataclass
 class NodeCluster:
@@ -31,10 +34,14 @@ def start_node_cluster(
     except BaseException:
         plane.stop()
         raise
-    return NodeCluster(plane, node)
+    cluster = NodeCluster(plane, node)
+    RUNNING.append(cluster)
+    return cluster
 
 
 def stop_node_cluster(cluster: NodeCluster) -> None:
+    if cluster in RUNNING:
+        RUNNING.remove(cluster)
     try:
         cluster.node.stop()
     finally:
