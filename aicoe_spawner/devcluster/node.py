@@ -81,6 +81,43 @@ def iptables_rules() -> str:
     return "\n".join(line for line in proc.stdout.splitlines() if line and line[0] not in "#:")
 
 
+def nft_tables() -> set[str]:
+    """nftables tables (``family name``), e.g. the ``ip nat`` that iptables-nft creates."""
+    proc = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    return {line.removeprefix("table ").strip() for line in proc.stdout.splitlines() if line}
+
+
+def remove_kube_rules(tables_before: set[str]) -> None:
+    """Remove what kube-proxy leaves after ``--cleanup``: ``KUBE-*`` chains and the rules that
+    jump to them (IPv4 and IPv6), and the tables that did not exist before and are empty."""
+    for tool in ("iptables", "ip6tables"):
+        table = ""
+        dump = subprocess.run([f"{tool}-save"], capture_output=True, text=True).stdout
+        chains = []
+        for line in dump.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith("-A ") and " -j KUBE-" in line and not line.startswith("-A KUBE-"):
+                subprocess.run([tool, "-t", table, "-D", *line[3:].split()], capture_output=True)
+            elif line.startswith(":KUBE-"):
+                chains.append((table, line[1:].split()[0]))
+        for table, chain in chains:
+            subprocess.run([tool, "-t", table, "-F", chain], capture_output=True)
+        for table, chain in chains:
+            subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
+    for family_name in nft_tables() - tables_before:
+        listing = subprocess.run(
+            ["nft", "list", "table", *family_name.split()], capture_output=True, text=True
+        ).stdout
+        rules = [
+            line
+            for line in listing.splitlines()
+            if line.strip() and not line.strip().startswith(("table ", "chain ", "type ", "}"))
+        ]
+        if not rules:
+            subprocess.run(["nft", "delete", "table", *family_name.split()], capture_output=True)
+
+
 class RealNode:
     """Node components for ``plane`` (``real_node=True``), under ``workdir``.
 
@@ -114,6 +151,7 @@ class RealNode:
         self.logs: dict[str, Path] = {}
         self.timings: dict[str, float] = {}
         self._iptables_before = ""
+        self._nft_tables_before: set[str] = set()
         if cluster_services:
             plane.address = self.node_ip
 
@@ -123,6 +161,7 @@ class RealNode:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._iptables_before = iptables_rules()
+        self._nft_tables_before = nft_tables()
         try:
             self._start_network()
             if self.cluster_services:
@@ -160,6 +199,7 @@ class RealNode:
             subprocess.run(
                 [str(find_binary("kube-proxy")), "--cleanup", "--v=0"], capture_output=True
             )
+            remove_kube_rules(self._nft_tables_before)
         self._terminate("kubelet")
         self._kill_cgroup_processes()
         self._terminate("containerd")
