@@ -68,6 +68,8 @@ if builder["enabled"]:
             "display": True,
         }
     ]
+    # The options form links to the builder's page ("Build an image from a repository").
+    c.AICoESpawner.builder_url = f"/services/{name}/"
     # Custom scopes of the builder: submit builds / see and cancel everyone's builds.
     c.JupyterHub.custom_scopes = {
         f"custom:{name}:build": {"description": "Submit image builds and see your own builds."},
