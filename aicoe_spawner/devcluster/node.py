@@ -376,6 +376,9 @@ class RealNode:
             "serializeImagePulls": False,
             "resolvConf": "/etc/resolv.conf",
             "volumeStatsAggPeriod": "0s",
+            # not the machine's /var/log/pods: another node's kubelet deletes the log folders
+            # of pods it does not know there
+            "podLogsDir": str(kubelet_dir / "pod-logs"),
         }
         if self.cluster_services:  # pods resolve through CoreDNS on the node IP
             config["clusterDNS"] = [self.node_ip]
