@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,10 @@ def chart_node(tmp_path_factory) -> Iterator[tuple[NodeCluster, GitServer]]:
         yield cluster, git
     finally:
         git.stop()
+        logs = Path(node.workdir) / "kubelet" / "pod-logs"
+        if logs.exists():  # the hub's, proxy's, builder's and build pods' logs
+            shutil.rmtree(ARTIFACTS / "pod-logs", ignore_errors=True)
+            shutil.copytree(logs, ARTIFACTS / "pod-logs")
         stop_node_cluster(cluster)
     assert node.leftovers() == []
 
