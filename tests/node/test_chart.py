@@ -276,9 +276,28 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
             finally:
                 await browser.close()
 
-        left = await release_leftovers(api, cluster)
+        started = time.monotonic()
+        expected = expected_after_uninstall(user_pod)
+        left = await release_leftovers(api, cluster, expected)
+        timings["helm uninstall → release gone"] = time.monotonic() - started
         (ARTIFACTS / "left-after-uninstall.json").write_text(json.dumps(left, indent=2))
-        assert left == EXPECTED_AFTER_UNINSTALL, left
+        assert left == expected, left
+        # what docs/deploy.md says to run for the rest
+        await core.delete_collection_namespaced_pod(
+            NAMESPACE, label_selector="component=singleuser-server"
+        )
+        await client.BatchV1Api(api).delete_collection_namespaced_job(
+            NAMESPACE,
+            label_selector="app.kubernetes.io/managed-by=aicoe-image-builder",
+            propagation_policy="Background",
+        )
+        await core.delete_collection_namespaced_config_map(
+            NAMESPACE, label_selector="app.kubernetes.io/managed-by=aicoe-image-builder"
+        )
+        deadline = time.monotonic() + 120
+        while (await core.list_namespaced_pod(NAMESPACE)).items:
+            assert time.monotonic() < deadline, "pods left after the documented clean-up"
+            await asyncio.sleep(1)
     finally:
         await api.close()
         print("\n" + "\n".join(f"{k}: {v:.1f} s" for k, v in timings.items()))
@@ -346,12 +365,20 @@ async def wait_hub_replaced(core: client.CoreV1Api, old_hub: str, timeout: float
         await asyncio.sleep(1)
 
 
-# What `helm uninstall` leaves, as docs/deploy.md says: the ImageStream CRD and the catalog
-# in it, and what the hub and the builder made at run time (not Helm's).
-EXPECTED_AFTER_UNINSTALL: dict = {}
+# What `helm uninstall` leaves, as docs/deploy.md says: the ImageStream CRD and the catalog in
+# it (built images included), and what the hub and the builder made at run time, not Helm:
+# running notebook servers and the finished builds' Jobs, pods and records (ConfigMaps).
+def expected_after_uninstall(user_pod: str) -> dict:
+    return {
+        "pods": sorted(["imgbuild-*", user_pod]),
+        "configmaps": ["imgbuild-*"],
+        "jobs": ["imgbuild-*"],
+        "imagestreams": ["dockerfile-notebook", "jupyterlab"],
+        "crds": ["imagestreams.image.openshift.io"],
+    }
 
 
-async def release_leftovers(api: client.ApiClient, cluster: NodeCluster) -> dict:
+async def release_leftovers(api: client.ApiClient, cluster: NodeCluster, expected: dict) -> dict:
     """``helm uninstall``, then what is still in the namespace and of the release."""
     helm_run(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait")
     core = client.CoreV1Api(api)
@@ -374,16 +401,19 @@ async def release_leftovers(api: client.ApiClient, cluster: NodeCluster) -> dict
         for kind, listing in listings.items():
             items = (await listing(NAMESPACE)).items
             names = sorted(
-                i.metadata.name
-                for i in items
-                if i.metadata.name not in ("default", "kube-root-ca.crt")
-                and i.metadata.deletion_timestamp is None
+                {
+                    re.sub(r"^imgbuild-.*", "imgbuild-*", i.metadata.name)
+                    for i in items
+                    if i.metadata.name not in ("default", "kube-root-ca.crt")
+                    and i.metadata.deletion_timestamp is None
+                }
             )
             if names:
                 found[kind] = names
             else:
                 found.pop(kind, None)
-        if found == EXPECTED_AFTER_UNINSTALL or time.monotonic() > deadline:
+        kept = {k: v for k, v in expected.items() if k not in ("imagestreams", "crds")}
+        if found == kept or time.monotonic() > deadline:
             break
         await asyncio.sleep(2)
     custom = client.CustomObjectsApi(api)
