@@ -251,6 +251,8 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
                 assert built.image.startswith(f"{node.registry}/"), built.image
                 restarted = {name: n for name, n in (await restarts(core)).items() if n}
                 assert restarted == {}, restarted  # probes held: nothing was restarted
+                for component in COMPONENTS:
+                    await security_and_limits_hold(core, node, pods[component])
 
                 # helm upgrade with a changed value: the hub restarts, the rest stays
                 started = time.monotonic()
@@ -346,6 +348,44 @@ async def policy_selects_build_pods_and_allows_their_peers(
     assert egress_allows(policy, node.node_ip, registry_port)
     assert not egress_allows(policy, node.node_ip, cluster.plane.apiserver_port)
     assert not egress_allows(policy, "10.0.0.1", 443)  # the API server's Service
+
+
+def parse_quantity(value: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for unit, factor in units.items():
+        if value.endswith(unit):
+            return int(value[: -len(unit)]) * factor
+    return int(value)
+
+
+async def security_and_limits_hold(core: client.CoreV1Api, node, pod_name: str) -> None:
+    """The chart's securityContext and memory limit, as the kernel applies them to the
+    container's processes: not root, no capabilities, no privilege escalation, the limit."""
+    pod = await core.read_namespaced_pod(pod_name, NAMESPACE)
+    container_id = pod.status.container_statuses[0].container_id.split("://", 1)[1]
+    limit = parse_quantity(pod.spec.containers[0].resources.limits["memory"])
+    await asyncio.to_thread(kernel_view_holds, node, pod_name, container_id, limit)
+
+
+def kernel_view_holds(node, pod_name: str, container_id: str, limit: int) -> None:
+    dirs = [
+        d
+        for root in node._cgroup_hierarchies()
+        for d in (root / node.cgroup_root.lstrip("/")).rglob(container_id)
+        if d.is_dir()
+    ]
+    limit_files = [f for d in dirs for f in (d / "memory.limit_in_bytes", d / "memory.max")]
+    limit_files = [f for f in limit_files if f.exists()]
+    assert limit_files, f"{pod_name}: no memory cgroup for {container_id}"
+    assert int(limit_files[0].read_text()) == limit, (pod_name, limit_files[0].read_text())
+    pids = (limit_files[0].parent / "cgroup.procs").read_text().split()
+    assert pids, f"{pod_name}: no processes"
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in status)
+        assert "0" not in fields["Uid"].split(), (pod_name, fields["Uid"])  # runAsNonRoot
+        assert int(fields["CapEff"], 16) == 0, (pod_name, fields["CapEff"])  # drop ALL
+        assert fields["NoNewPrivs"].strip() == "1", pod_name  # allowPrivilegeEscalation false
 
 
 async def one_user_pod(core: client.CoreV1Api) -> str:
