@@ -236,6 +236,8 @@ def _readiness(annotations: dict, status: dict) -> tuple[TagPhase, str | None, s
         return TagPhase.READY, ref, ""
     if build_phase == "building":
         return TagPhase.BUILDING, None, ""
+    if build_phase == "pending":  # a build for it is queued, not running yet
+        return TagPhase.PENDING, None, ""
     for cond in map(_dict, _list(status.get("conditions"))):
         if cond.get("status") == "False":
             message = _str(cond.get("message")) or _str(cond.get("reason"))

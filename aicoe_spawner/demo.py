@@ -24,7 +24,7 @@ from pathlib import Path
 from kubernetes_asyncio import client
 
 from .devcluster import ControlPlane, api_client, install_crds
-from .devcluster.controlplane import REPO_ROOT
+from .devcluster.controlplane import REPO_ROOT, free_port
 from .devcluster.gitserver import GitServer
 from .devcluster.node import RealNode, processes_mentioning
 
@@ -102,6 +102,8 @@ def hub_config(workdir: Path, port: int, node_ip: str) -> Path:
     c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
     c.JupyterHub.hub_ip = {node_ip!r}          # pods reach the hub API on the node IP
     c.JupyterHub.hub_connect_ip = {node_ip!r}
+    c.JupyterHub.hub_port = {free_port()}      # free ports: nothing else may hold 8081/8001
+    c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
     c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
     c.JupyterHub.db_url = "sqlite:///{workdir / "jupyterhub.sqlite"}"
     c.JupyterHub.cookie_secret_file = "{workdir / "jupyterhub_cookie_secret"}"
@@ -114,11 +116,14 @@ def hub_config(workdir: Path, port: int, node_ip: str) -> Path:
     return path
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen, timeout: float = 90, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"[demo] JupyterHub exited with {proc.returncode}")
+            tail = log.read_text(errors="replace")[-4000:] if log else ""
+            raise SystemExit(f"[demo] JupyterHub exited with {proc.returncode}\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -202,8 +207,8 @@ class Demo:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        wait_http(f"{self.url}/hub/api/", self.hub)
-        wait_http(f"{self.builder_url}/health", self.hub)
+        wait_http(f"{self.url}/hub/api/", self.hub, log=self.hub_log)
+        wait_http(f"{self.builder_url}/health", self.hub, log=self.hub_log)
         return self
 
     def stop(self) -> None:

@@ -7,8 +7,10 @@ hub database, an API response, an event or a log line.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
+import logging
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
@@ -41,6 +43,39 @@ def without_secret_values(user_options: Any) -> Any:
         names += [str(n) for n in secret if str(n) not in names]
     stripped["secret_env_names"] = sorted(names, key=str)
     return stripped
+
+
+class SecretValueLogFilter(logging.Filter):
+    """Keeps secret env values out of JupyterHub's own log line for
+    ``PATCH /hub/api/users/{name}/servers/{server}`` ("Setting user_options on … {options}"),
+    which logs the options as given, before any spawner sees them."""
+
+    PREFIX = "Setting user_options on "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str) or not message.startswith(self.PREFIX):
+            return True
+        if "secret_env" not in message:
+            return True
+        head, options = message, None
+        for start in (i for i, c in enumerate(message) if c == "{"):
+            try:
+                parsed = ast.literal_eval(message[start:])
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if isinstance(parsed, dict):
+                head, options = message[:start], parsed
+                break
+        shown = without_secret_values(options) if options is not None else "(withheld)"
+        record.msg, record.args = f"{head}{shown}", ()
+        return True
+
+
+def install_log_filter(logger: logging.Logger) -> None:
+    """Add :class:`SecretValueLogFilter` to ``logger`` once."""
+    if not any(isinstance(f, SecretValueLogFilter) for f in logger.filters):
+        logger.addFilter(SecretValueLogFilter())
 
 
 class SecretEnv:

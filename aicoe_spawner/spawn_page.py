@@ -29,6 +29,7 @@ from tornado.httputil import url_concat
 
 from . import options as opts
 from .form_view import FormContext
+from .secret_env import install_log_filter
 
 _RESERVED_QUERY = ("next", "display_name")
 
@@ -219,6 +220,8 @@ def install(app) -> None:
     # JupyterHub scrubs query values whose names contain these words; add "secret".
     if "secret" not in hub_log.SCRUB_PARAM_KEYS:
         hub_log.SCRUB_PARAM_KEYS = (*hub_log.SCRUB_PARAM_KEYS, "secret")
+    # PATCH …/servers/… logs the user_options it is given, secret values included
+    install_log_filter(app.log)
     app.handlers = [
         (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h
         for h in app.handlers

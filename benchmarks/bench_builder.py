@@ -7,7 +7,16 @@ a real JupyterHub, against a local kube-apiserver and a local Git server.
 - ``GET api/images`` with ``--images`` (default 1,000) catalog images (1 tag per stream);
 - ``--listeners`` (default 100) event-stream clients on one build: thread count and RSS of the
   service before/with them, and how long until every one has seen the build end (cancel);
-- the service's RSS (VmRSS and peak VmHWM) idle, after the load and after the listeners.
+- the service's RSS (VmRSS and peak VmHWM) idle, after the load and after the listeners;
+- the build store with ``--records`` (default 1,000) finished ImageBuild records and
+  ``--active`` (default 5) running builds: a full list, the active list a reconcile reads, and
+  one reconcile (time, API requests, bytes listed);
+- etcd bytes written per active build per minute: every write to the builder's objects
+  (ImageBuild records and ConfigMaps, seen by a watch) while running builds' logs grow, for
+  ``--write-seconds`` (default 60), scaled to a minute.
+
+``GET api/images`` is compared with the baseline measured before it was served from the watch
+cache (80 req/s at 1,000 images, issue 10).
 
 There is no reference implementation to compare with (BinderHub needs a cluster), so the
 figures are absolute; every loop is bounded (``--seconds`` per throughput phase).
@@ -48,6 +57,7 @@ from builder_harness import GitServer, builder_service_config
 from hub_harness import Hub
 
 PREFIX = "/services/image-builder/"
+IMAGES_BASELINE = 80.0  # req/s, GET api/images at 1,000 images before the cached rendering
 
 
 def threads(pid: int) -> int:
@@ -104,6 +114,10 @@ async def main(args) -> list[Row]:
     rows: list[Row] = []
     work = Path(tempfile.mkdtemp(prefix="bench-builder-"))
     async with control_plane() as (plane, api):
+        if args.only_store:
+            rows += await bench_store(api, args, work)
+            print_table(rows)
+            return rows
         namespace = f"bench-builder-{uuid.uuid4().hex[:6]}"
         await create_namespace(api, namespace)
         await create_streams(plane, namespace, args.images, tags=1)
@@ -137,6 +151,8 @@ c.JupyterHub.load_roles.append(
             AICOE_BUILDER_ALLOW_HTTP="true",
             AICOE_BUILDER_KUBECONFIG=str(plane.kubeconfig),
             AICOE_BUILDER_MAX_PER_USER="5",
+            AICOE_BUILDER_MAX_STREAMS_PER_USER=str(args.listeners),
+            AICOE_BUILDER_MAX_STREAMS=str(args.listeners + 10),
             JUPYTERHUB_API_TOKEN=token,
             JUPYTERHUB_API_URL=f"{hub.url}/hub/api",
             JUPYTERHUB_BASE_URL="/",
@@ -207,7 +223,8 @@ c.JupyterHub.load_roles.append(
 
                 # 2. GET api/images at N images
                 async with session.get(base + "api/images", headers=headers) as r:
-                    images = (await r.json())["images"]
+                    raw = await r.read()
+                images = json.loads(raw)["images"]
                 assert len(images) >= args.images, len(images)
                 rate, n, lat = await throughput(
                     session,
@@ -218,19 +235,38 @@ c.JupyterHub.load_roles.append(
                     200,
                     args.seconds,
                     args.concurrency,
-                    5000,
+                    args.max_requests,
+                )
+                # the same bytes from a bare tornado handler in its own process: what this
+                # machine (and this client) allows at all, measured in the same run
+                bare_rate = await bare_tornado_rate(session, raw, work, args)
+                say(
+                    f"bare tornado serving the same {len(raw) / 1024:.0f} KiB: "
+                    f"{bare_rate:.1f} req/s; api/images is {rate / bare_rate:.2f}x of it"
                 )
                 say(
                     f"GET api/images ({len(images)} images): {rate:.1f} req/s over {n} requests; "
                     f"p50 {pct(lat, 0.5):.1f} ms p90 {pct(lat, 0.9):.1f} ms"
                 )
+                say(f"  vs the baseline {IMAGES_BASELINE:.0f} req/s: {rate / IMAGES_BASELINE:.1f}x")
                 rows.append(
                     Row(
                         "builder",
                         f"GET api/images, {len(images)} images",
                         f"{rate:.1f} req/s",
-                        "-",
-                        "-",
+                        f"{IMAGES_BASELINE:.0f} req/s (before)",
+                        f"{rate / IMAGES_BASELINE:.1f}x",
+                        ">= 1000 req/s",
+                        "PASS" if rate >= 1000 else "UNDER GOAL",
+                    )
+                )
+                rows.append(
+                    Row(
+                        "builder",
+                        "GET api/images vs bare tornado, same bytes",
+                        f"{rate:.1f} req/s",
+                        f"{bare_rate:.1f} req/s",
+                        f"{rate / bare_rate:.2f}x",
                         "-",
                         "info",
                     )
@@ -335,8 +371,283 @@ c.JupyterHub.load_roles.append(
             log.close()
             await hub.stop()
             git.stop()
+        rows += await bench_store(api, args, work)
     say()
     print_table(rows)
+    return rows
+
+
+BARE_SERVER = """
+import sys
+from tornado import ioloop, web
+body = open(sys.argv[1], "rb").read()
+class H(web.RequestHandler):
+    def compute_etag(self):  # no per-request hash of the body, as api/images
+        return None
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+web.Application([("/", H)]).listen(int(sys.argv[2]), "127.0.0.1")
+ioloop.IOLoop.current().start()
+"""
+
+
+async def bare_tornado_rate(session, body: bytes, work: Path, args) -> float:
+    path = work / "images.json"
+    path.write_bytes(body)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(path), str(port)])  # noqa: ASYNC220
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(100):
+            try:
+                async with session.get(url) as r:
+                    await r.read()
+                break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+        rate, _, _ = await throughput(
+            session, "GET", url, {}, None, 200, args.seconds, args.concurrency, args.max_requests
+        )
+        return rate
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def record_of(namespace: str, i: int, phase: str) -> dict:
+    """An ImageBuild as the builder writes it (spec = a resolved BuildSpec)."""
+    from aicoe_spawner.builder.requests import BuildSpec
+    from aicoe_spawner.builder.store import FINISHED_ANNOTATION, Build, record_manifest
+
+    bid = f"{i:020x}"
+    spec = BuildSpec(
+        id=bid,
+        repo=f"https://github.com/org/repo-{i}",
+        ref="v1",
+        commit=f"{i:040x}",
+        ref_kind="tag",
+        namespace=namespace,
+        stream=f"org-repo-{i}",
+        tag="v1",
+        strategy="dockerfile",
+        dockerfile="Dockerfile",
+        context_dir="",
+        base_image="",
+        output_image=f"registry.local:5000/{namespace}/org-repo-{i}:v1",
+        display_name="",
+        description="",
+        requester=f"user{i % 50}",
+    )
+    record = record_manifest(
+        Build(spec=spec, phase=phase, created=f"2026-11-29T00:00:{i % 60:02d}Z")
+    )
+    if phase == "ready":  # as mark_inactive leaves a finished record
+        record["metadata"]["annotations"][FINISHED_ANNOTATION] = "2026-11-29T00:01:00.000000Z"
+    return record
+
+
+async def bench_store(api, args, work: Path) -> list[Row]:
+    """The store at ``--records`` finished records: list and reconcile cost, bytes written."""
+    from builder_harness import local_settings
+    from kubernetes_asyncio import client
+
+    from aicoe_spawner.builder.__main__ import build_service
+    from aicoe_spawner.builder.store import GROUP, PLURAL, VERSION
+
+    rows: list[Row] = []
+    namespace = f"bench-store-{uuid.uuid4().hex[:6]}"
+    await create_namespace(api, namespace)
+    custom = client.CustomObjectsApi(api)
+    tail = "".join(f"step {n}: some build output line\n" for n in range(100))
+    status = {"phase": "ready", "message": "", "digest": "sha256:" + "0" * 64, "logTail": tail}
+    sem = asyncio.Semaphore(8)
+
+    async def make(i: int, active: bool) -> None:
+        async with sem:
+            body = record_of(namespace, i, "pending" if active else "ready")
+            obj = await custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body
+            )
+            if not active:
+                await custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    obj["metadata"]["name"],
+                    {"status": status},
+                    _content_type="application/merge-patch+json",
+                )
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(make(i, False) for i in range(args.records)))
+    await asyncio.gather(*(make(args.records + i, True) for i in range(args.active)))
+    say(
+        f"created {args.records} finished + {args.active} active records in "
+        f"{time.monotonic() - t0:.1f} s"
+    )
+
+    logs: dict[str, str] = {}
+
+    async def read_log(ns: str, pod: str) -> str | None:
+        return logs.get(pod)
+
+    service = build_service(api, local_settings(namespace, "registry.local:5000"), read_log)
+
+    async def raw_bytes(selector: str, accept: str = "application/json") -> int:
+        total, token = 0, None
+        while True:
+            query = [("labelSelector", selector), ("limit", "500")]
+            if token:
+                query.append(("continue", token))
+            response = await api.call_api(
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+                "GET",
+                query_params=query,
+                header_params={"Accept": accept},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+            )
+            data = await response.read()
+            total += len(data)
+            token = json.loads(data)["metadata"].get("continue")
+            if not token:
+                return total
+
+    def timed(n: int):
+        async def run_it(fn):
+            times = []
+            for _ in range(n):
+                t = time.monotonic()
+                await fn()
+                times.append(time.monotonic() - t)
+            return sorted(times)[len(times) // 2] * 1000
+
+        return run_it
+
+    full = await timed(5)(lambda: service.store.list())
+    full_bytes = await raw_bytes("app.kubernetes.io/managed-by=aicoe-image-builder")
+    finished_meta = await timed(5)(service.store.finished_ids)
+    assert len(await service.store.finished_ids()) == args.records
+    meta_bytes = await raw_bytes(
+        "app.kubernetes.io/managed-by=aicoe-image-builder,aicoe-spawner.io/active=false",
+        accept="application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+    )
+    active = await timed(5)(lambda: service.store.list(active_only=True))
+    active_bytes = await raw_bytes(
+        "app.kubernetes.io/managed-by=aicoe-image-builder,aicoe-spawner.io/active=true"
+    )
+    await service.reconcile_once()  # the first one creates the active builds' Jobs
+    calls = service.store.api_calls
+    reconcile = await timed(10)(service.reconcile_once)
+    per_reconcile = (service.store.api_calls - calls) / 10
+    say(
+        f"{args.records} records: full list {full:.1f} ms ({full_bytes / 1024:.0f} KiB); "
+        f"finished, metadata only {finished_meta:.1f} ms ({meta_bytes / 1024:.0f} KiB); "
+        f"active list {active:.1f} ms ({active_bytes / 1024:.1f} KiB, {args.active} records); "
+        f"reconcile_once {reconcile:.1f} ms, {per_reconcile:.1f} store requests"
+    )
+    rows += [
+        Row(
+            "builder store",
+            f"full list, {args.records} records",
+            f"{full:.1f} ms",
+            "-",
+            "-",
+            "-",
+            f"info ({full_bytes / 1024:.0f} KiB)",
+        ),
+        Row(
+            "builder store",
+            f"cleanup's list of finished records (metadata only, {args.records})",
+            f"{finished_meta:.1f} ms",
+            "-",
+            "-",
+            "-",
+            f"info ({meta_bytes / 1024:.0f} KiB)",
+        ),
+        Row(
+            "builder store",
+            f"reconcile's list ({args.active} active)",
+            f"{active:.1f} ms",
+            "-",
+            "-",
+            "O(active)",
+            f"info ({active_bytes / 1024:.1f} KiB)",
+        ),
+        Row(
+            "builder store",
+            f"reconcile_once ({args.active} active, {args.records} done)",
+            f"{reconcile:.1f} ms",
+            "-",
+            "-",
+            "O(active)",
+            "info",
+        ),
+    ]
+
+    # etcd bytes written per active build per minute: a watch sees every write
+    written = {"bytes": 0, "writes": 0}
+
+    async def count_writes(list_fn, *a) -> None:
+        from kubernetes_asyncio import watch
+
+        w = watch.Watch()
+        async with w.stream(list_fn, *a, timeout_seconds=int(args.write_seconds) + 30) as stream:
+            async for event in stream:
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    written["bytes"] += len(json.dumps(event["raw_object"]))
+                    written["writes"] += 1
+
+    watchers = [
+        asyncio.create_task(
+            count_writes(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        ),
+        asyncio.create_task(
+            count_writes(client.CoreV1Api(api).list_namespaced_config_map, namespace)
+        ),
+    ]
+    await asyncio.sleep(1)
+    written.update(bytes=0, writes=0)  # the watches' initial ADDED events are not writes
+    from builder_harness import start_pod
+
+    running = [b for b in await service.store.list(active_only=True)]
+    for b in running:
+        await start_pod(api, namespace, b.id)
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < args.write_seconds:
+        n += 1
+        for b in running:  # every build prints a line a second
+            logs[f"imgbuild-{b.id}-run"] = "".join(
+                f"step {k}: some build output line\n" for k in range(n)
+            )
+        await service.reconcile_once()
+        await asyncio.sleep(1)
+    elapsed = time.monotonic() - t0
+    for t in watchers:
+        if t.done() and t.exception() is not None:
+            raise t.exception()
+        t.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+    per_minute = written["bytes"] / len(running) / elapsed * 60
+    say(
+        f"{len(running)} running builds for {elapsed:.0f} s: {written['writes']} writes, "
+        f"{written['bytes'] / 1024:.1f} KiB -> {per_minute / 1024:.1f} KiB per build per minute"
+    )
+    rows.append(
+        Row(
+            "builder store",
+            "etcd bytes written per active build per minute",
+            f"{per_minute / 1024:.1f} KiB",
+            "-",
+            "-",
+            "-",
+            f"info ({written['writes']} writes in {elapsed:.0f} s)",
+        )
+    )
     return rows
 
 
@@ -346,4 +657,9 @@ if __name__ == "__main__":
     parser.add_argument("--listeners", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput phase")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--max-requests", type=int, default=20000, help="per throughput phase")
+    parser.add_argument("--only-store", action="store_true", help="only the store figures")
+    parser.add_argument("--active", type=int, default=5)
+    parser.add_argument("--write-seconds", type=float, default=60.0)
     run(main, parser)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -98,7 +99,10 @@ def github_signature(body: bytes, secret: bytes) -> str:
 
 class BuilderStack:
     """The builder service in-process, as a JupyterHub service: job runner, build service,
-    ImageStream watch and the tornado app on 127.0.0.1:port under ``prefix``."""
+    ImageStream watch and the tornado app on 127.0.0.1:port under ``prefix``. A second
+    replica against the same namespace passes ``run_jobs=False`` (one job runner plays the
+    Job controller). The cookie secret is derived from ``token`` as the service process does,
+    so replicas with the same token share it."""
 
     def __init__(
         self,
@@ -113,19 +117,23 @@ class BuilderStack:
         prefix: str,
         oauth_redirect_uri: str,
         webhook_secret: bytes | None = None,
+        run_jobs: bool = True,
+        app_options: dict | None = None,
         **settings,
     ) -> None:
         from jupyterhub.services.auth import HubOAuth
         from tornado.httpserver import HTTPServer
 
-        from aicoe_spawner.builder.__main__ import build_service
+        from aicoe_spawner.builder.__main__ import build_service, cookie_secret
         from aicoe_spawner.builder.app import make_app
         from aicoe_spawner.watch import ImageStreamWatch
 
-        self.runner = JobRunner(kube, namespace, workdir)
-        self.runner.start()
+        self.runner = JobRunner(kube, namespace, workdir) if run_jobs else None
+        if self.runner is not None:
+            self.runner.start()
+        config = local_settings(namespace, registry, **settings)
         self.service = build_service(
-            kube, local_settings(namespace, registry, **settings), log_reader=self.runner.read_log
+            kube, config, log_reader=self.runner.read_log if self.runner else JobRunner.read_any
         )
         self.service.start(0.2)
         self.watch = ImageStreamWatch(
@@ -143,7 +151,15 @@ class BuilderStack:
         )
         extra = {"webhook_secret": webhook_secret} if webhook_secret is not None else {}
         self.server = HTTPServer(
-            make_app(self.service, auth, self.watch, prefix=prefix, **extra),
+            make_app(
+                self.service,
+                auth,
+                self.watch,
+                prefix=prefix,
+                cookie_secret=cookie_secret(config, {"JUPYTERHUB_API_TOKEN": token}),
+                **extra,
+                **(app_options or {}),
+            ),
             max_body_size=16 << 20,
         )
         self.server.listen(port, "127.0.0.1")
@@ -152,7 +168,8 @@ class BuilderStack:
         self.server.stop()
         await self.watch.stop()
         await self.service.stop()
-        await self.runner.stop()
+        if self.runner is not None:
+            await self.runner.stop()
 
 
 class GitServer:
@@ -384,6 +401,8 @@ def push_base_image(
 class JobRunner:
     """Plays the Job controller and kubelet for build Jobs in ``namespace``."""
 
+    instances: list[JobRunner] = []
+
     def __init__(self, kube: client.ApiClient, namespace: str, workdir: Path) -> None:
         self.batch = client.BatchV1Api(kube)
         self.core = client.CoreV1Api(kube)
@@ -397,11 +416,14 @@ class JobRunner:
         self.environments: dict[str, dict[str, dict[str, str]]] = {}
         self.tasks: list[asyncio.Task] = []
         self._loop_task: asyncio.Task | None = None
+        JobRunner.instances.append(self)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
+        if self in JobRunner.instances:
+            JobRunner.instances.remove(self)
         for t in [self._loop_task, *self.tasks]:
             if t:
                 t.cancel()
@@ -416,6 +438,16 @@ class JobRunner:
         chosen = [p for p in chosen if p is not None]
         texts = [p.read_text(errors="replace") for p in chosen if p.exists()]
         return "".join(texts) if texts else None
+
+    @staticmethod
+    async def read_any(namespace: str, pod: str) -> str | None:
+        """What a replica without the runner reads: the log file the runner wrote on this
+        machine (where a real kubelet would serve it to every replica)."""
+        for runner in JobRunner.instances:
+            text = await runner.read_log(namespace, pod)
+            if text is not None:
+                return text
+        return None
 
     async def _loop(self) -> None:
         while True:
@@ -585,3 +617,166 @@ class JobRunner:
         except ApiException as e:
             if e.status != 404:  # cancelled meanwhile
                 raise
+
+
+# -- one build's Job, finished by hand ----------------------------------------------------
+
+
+def digest_of(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def start_pod(kube, namespace: str, build_id: str) -> None:
+    """The build Job's pod (``imgbuild-<id>-run``), once."""
+    name = f"imgbuild-{build_id}"
+    try:
+        await client.CoreV1Api(kube).create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": f"{name}-run", "labels": {"job-name": name}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": "b"}]},
+            },
+        )
+    except ApiException as e:
+        if e.status != 409:
+            raise
+
+
+async def complete_job(kube, namespace: str, build_id: str, digest: str) -> None:
+    """The Job controller and kubelet for one successful build: a finished pod whose
+    termination message is the digest, and the Job's Complete status."""
+    core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
+    name = f"imgbuild-{build_id}"
+    pod = f"{name}-run"
+    await start_pod(kube, namespace, build_id)
+    start = _stamp()
+    await core.patch_namespaced_pod_status(
+        pod,
+        namespace,
+        {
+            "status": {
+                "phase": "Succeeded",
+                "containerStatuses": [
+                    {
+                        "name": "build",
+                        "image": "b",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": 0,
+                                "message": digest,
+                                "reason": "Completed",
+                                "startedAt": start,
+                                "finishedAt": start,
+                            }
+                        },
+                    }
+                ],
+            }
+        },
+        _content_type=MERGE,
+    )
+    end = _stamp()
+    conditions = [
+        {"type": t, "status": "True", "lastProbeTime": end, "lastTransitionTime": end}
+        for t in ("SuccessCriteriaMet", "Complete")
+    ]
+    await batch.patch_namespaced_job_status(
+        name,
+        namespace,
+        {
+            "status": {
+                "startTime": start,
+                "completionTime": end,
+                "succeeded": 1,
+                "active": 0,
+                "conditions": conditions,
+            }
+        },
+        _content_type=MERGE,
+    )
+
+
+# -- the service as its own process -------------------------------------------------------
+
+
+class BuilderProcess:
+    """``python -m aicoe_spawner.builder`` configured by environment variables, as JupyterHub
+    (or the chart) runs it; several against one namespace are several replicas."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        kubeconfig: Path,
+        namespace: str,
+        *,
+        token: str,
+        hub_url: str,
+        port: int,
+        prefix: str = "/services/image-builder/",
+        **env: str,
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}{prefix}"
+        self.log_path = workdir / f"builder-{port}.log"
+        self.env = dict(
+            os.environ,
+            AICOE_BUILDER_NAMESPACE=namespace,
+            AICOE_BUILDER_REGISTRY="registry.local:5000",
+            AICOE_BUILDER_ALLOWED_HOSTS="",
+            AICOE_BUILDER_PRIVATE_HOSTS="127.0.0.1",
+            AICOE_BUILDER_ALLOW_HTTP="true",
+            AICOE_BUILDER_KUBECONFIG=str(kubeconfig),
+            JUPYTERHUB_API_TOKEN=token,
+            JUPYTERHUB_API_URL=f"{hub_url}/hub/api",
+            JUPYTERHUB_BASE_URL="/",
+            JUPYTERHUB_SERVICE_PREFIX=prefix,
+            JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}",
+            JUPYTERHUB_CLIENT_ID="service-image-builder",
+            JUPYTERHUB_OAUTH_CALLBACK_URL=f"{prefix}oauth_callback",
+            JUPYTERHUB_OAUTH_ACCESS_SCOPES='["access:services!service=image-builder"]',
+            **env,
+        )
+        self.proc: subprocess.Popen | None = None
+
+    async def start(self, timeout: float = 30) -> BuilderProcess:
+        import aiohttp
+
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [sys.executable, "-m", "aicoe_spawner.builder"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while True:
+                try:
+                    async with s.get(self.url + "health") as r:
+                        if r.status == 200 and (await r.json())["synced"]:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(self.log_tail())
+                await asyncio.sleep(0.1)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+            self._log.close()

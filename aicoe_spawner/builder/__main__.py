@@ -21,6 +21,12 @@ AICOE_BUILDER_MAX_PER_USER, AICOE_BUILDER_MAX_TOTAL, AICOE_BUILDER_TIMEOUT (seco
 AICOE_BUILDER_BRANCH_TTL      seconds images built from branches live (0, default: forever)
 AICOE_BUILDER_JOB_RETENTION   seconds finished build Jobs/Builds are kept (default 600)
 AICOE_BUILDER_CLEANUP_INTERVAL  seconds between cleanup runs (default 60)
+AICOE_BUILDER_RECORD_RETENTION  seconds finished build records (ImageBuild objects, their kept
+                              logs) and remembered webhook deliveries are kept (default 604800)
+AICOE_BUILDER_COOKIE_SECRET   secret signing the OAuth and XSRF cookies (hex, or text), the same
+                              for every replica (the chart shares one Secret); default: derived
+                              from JUPYTERHUB_API_TOKEN, which every replica shares too
+AICOE_BUILDER_MAX_STREAMS, AICOE_BUILDER_MAX_STREAMS_PER_USER  open event streams per replica
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the service URL;
@@ -30,6 +36,7 @@ AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the ser
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ from ..watch import ImageStreamWatch
 from .app import make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
 from .backends.openshift import OpenShiftBackend, choose_backend
+from .quota import QuotaLedger
 from .registration import Registrar
 from .requests import BuildDefaults, RepoPolicy
 from .service import BuildService, Limits
@@ -86,6 +94,10 @@ class Settings:
     cleanup_interval: float = 60.0
     build_namespace: str | None = None
     build_storage: str = "20Gi"
+    record_retention: int = 7 * 24 * 3600
+    cookie_secret: str = ""
+    max_streams: int = 200
+    max_streams_per_user: int = 10
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -111,6 +123,10 @@ class Settings:
             cleanup_interval=float(g("AICOE_BUILDER_CLEANUP_INTERVAL", "60")),
             build_namespace=g("AICOE_BUILDER_BUILD_NAMESPACE") or None,
             build_storage=_quantity(g("AICOE_BUILDER_BUILD_STORAGE") or cls.build_storage),
+            record_retention=int(g("AICOE_BUILDER_RECORD_RETENTION", str(cls.record_retention))),
+            cookie_secret=g("AICOE_BUILDER_COOKIE_SECRET", ""),
+            max_streams=int(g("AICOE_BUILDER_MAX_STREAMS", "200")),
+            max_streams_per_user=int(g("AICOE_BUILDER_MAX_STREAMS_PER_USER", "10")),
         )
 
 
@@ -152,8 +168,24 @@ def build_service(
             branch_ttl_seconds=s.branch_ttl,
             cleanup_after_seconds=s.job_retention,
             cleanup_interval_seconds=s.cleanup_interval,
+            record_retention_seconds=s.record_retention,
         ),
+        ledger=QuotaLedger(api, s.namespace),
     )
+
+
+def cookie_secret(s: Settings, env=os.environ) -> bytes:
+    """The cookie secret every replica shares: configured, else derived from the service's
+    API token (the same for every replica and across restarts)."""
+    if s.cookie_secret:
+        try:
+            return bytes.fromhex(s.cookie_secret)
+        except ValueError:
+            return s.cookie_secret.encode()
+    token = env.get("JUPYTERHUB_API_TOKEN", "")
+    if not token:
+        raise SystemExit("set AICOE_BUILDER_COOKIE_SECRET (or JUPYTERHUB_API_TOKEN)")
+    return hmac.new(token.encode(), b"aicoe-image-builder cookie secret", "sha256").digest()
 
 
 async def make_service(api: client.ApiClient, s: Settings, log_reader=None) -> BuildService:
@@ -181,7 +213,14 @@ async def _main() -> None:
     hub_auth = HubOAuth()
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/image-builder/")
     app = make_app(
-        service, hub_auth, watch, prefix=prefix, webhook_secret=s.webhook_secret.encode()
+        service,
+        hub_auth,
+        watch,
+        prefix=prefix,
+        webhook_secret=s.webhook_secret.encode(),
+        cookie_secret=cookie_secret(s),
+        max_streams=s.max_streams,
+        max_streams_per_user=s.max_streams_per_user,
     )
     from urllib.parse import urlsplit
 

@@ -4,6 +4,7 @@ A thin shell around :class:`BuildService`."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -11,7 +12,12 @@ import logging
 import os
 from typing import Any
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
@@ -66,10 +72,53 @@ def parse_last_event_id(header: str) -> tuple[int, str]:
     return int(lines), phase
 
 
+def body_checked(method):
+    """``web.authenticated``, after refusing a body over MAX_BODY (413) first."""
+    authenticated = web.authenticated(method)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self.check_body()
+        return authenticated(self, *args, **kwargs)
+
+    return wrapper
+
+
 class BaseHandler(web.RequestHandler):
+    """Request bodies are capped at MAX_BODY before anything else runs (authentication
+    included): handlers that take a body stream it (``@web.stream_request_body``), keep at
+    most MAX_BODY of it and answer 413 for more (what is over is read and dropped, so that
+    the client gets the answer)."""
+
+    _received: bytearray | None = None
+    _overflow = False
+
     @property
     def service(self) -> BuildService:
         return self.settings["build_service"]
+
+    def prepare(self) -> None:
+        declared = self.request.headers.get("Content-Length", "0")
+        self._overflow = not declared.isdigit() or int(declared) > MAX_BODY
+        self._received = bytearray()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._overflow or self._received is None:
+            return
+        self._received += chunk
+        if len(self._received) > MAX_BODY:
+            self._overflow = True
+            self._received = None
+
+    def check_body(self) -> None:
+        if self._overflow:
+            raise JSONError(413, f"body: larger than {MAX_BODY // 1024} KiB", "body")
+
+    def body(self) -> bytes:
+        self.check_body()
+        if self._received is not None and self._stream_request_body:  # set by tornado
+            return bytes(self._received)
+        return self.request.body
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
@@ -81,7 +130,7 @@ class BaseHandler(web.RequestHandler):
         self.finish(json.dumps(body))
 
     def json_body(self) -> Any:
-        body = self.request.body
+        body = self.body()
         if len(body) > MAX_BODY:
             raise JSONError(413, f"body: larger than {MAX_BODY // 1024} KiB", "body")
         try:
@@ -104,6 +153,22 @@ class AuthHandler(HubOAuthenticated, BaseHandler):
     def hub_auth(self):
         return self.settings["hub_auth"]
 
+    async def prepare(self) -> None:
+        """Identify the user here, without blocking: HubAuthenticated's synchronous
+        ``get_current_user`` would block the event loop on a thread (and on the hub, for a
+        token it has not cached) for every request."""
+        super().prepare()
+        model = await self.hub_auth.get_user(self, sync=False)
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
+
+            def refuse(*args: Any, **kwargs: Any) -> None:  # as HubAuthenticated does
+                raise web.HTTPError(403, f"{model.get('kind')} {model.get('name')} is not allowed.")
+
+            self.redirect = refuse
+
     def scopes(self) -> set[str]:
         model = self.current_user or {}
         return set(model.get("scopes") or [])
@@ -122,13 +187,14 @@ class AuthHandler(HubOAuthenticated, BaseHandler):
             raise JSONError(403, f"the scope {scope} is required")
 
     async def visible_build(self, build_id: str) -> Build:
-        build = await self.service.get(build_id) if len(build_id) <= 64 else None
+        build = await self.service.record(build_id) if len(build_id) <= 64 else None
         # another user's build is reported exactly like a missing one
         if build is None or not (self.is_admin() or build.spec.requester == self.user_name()):
             raise JSONError(404, f"build {build_id[:64]!r} not found")
         return build
 
 
+@web.stream_request_body
 class BuildsHandler(AuthHandler):
     @web.authenticated
     async def get(self) -> None:
@@ -137,7 +203,7 @@ class BuildsHandler(AuthHandler):
         )
         self.write_json({"builds": [b.view() for b in builds]})
 
-    @web.authenticated
+    @body_checked
     async def post(self) -> None:
         self.require(BUILD_SCOPE)
         body = self.json_body()
@@ -166,7 +232,7 @@ class LogsHandler(AuthHandler):
     async def get(self, build_id: str) -> None:
         build = await self.visible_build(build_id)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        text = build.log
+        text = await self.service.full_log(build)
         if build.phase == "failed" and build.message and build.message not in text:
             text += ("\n" if text else "") + build.message
         self.finish(text)
@@ -174,36 +240,71 @@ class LogsHandler(AuthHandler):
 
 class EventsHandler(AuthHandler):
     """Server-sent events: ``phase`` (the build) and ``log`` (one line) events. The event id
-    is ``<lines sent>:<phase>``, so a reconnect with Last-Event-ID resumes where it stopped.
-    Reading never starts a build."""
+    is ``<lines sent>:<phase>``, so a reconnect with Last-Event-ID resumes where it stopped;
+    each wake-up sends only the lines not sent yet. Open streams are capped per user and per
+    replica (429). Reading never starts a build."""
 
     keepalive = 15.0
+    _counted: str | None = None
 
     def _send(self, event: str, data: Any, event_id: str) -> None:
         self.write(f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n")
 
+    def _open_stream(self, user: str) -> None:
+        streams: dict[str, int] = self.settings["streams"]
+        total = sum(streams.values())
+        if streams.get(user, 0) >= self.settings["max_streams_per_user"]:
+            raise JSONError(
+                429,
+                f"{user} has {streams[user]} event streams open "
+                f"(limit {self.settings['max_streams_per_user']}); close one",
+            )
+        if total >= self.settings["max_streams"]:
+            raise JSONError(
+                429, f"{total} event streams are open (limit {self.settings['max_streams']})"
+            )
+        streams[user] = streams.get(user, 0) + 1
+        self._counted = user
+
+    def _close_stream(self) -> None:
+        user, self._counted = self._counted, None
+        if user is not None:
+            streams: dict[str, int] = self.settings["streams"]
+            streams[user] -= 1
+            if streams[user] <= 0:
+                del streams[user]
+
+    def on_connection_close(self) -> None:
+        self._close_stream()  # free the slot now, not at the next keepalive
+
     @web.authenticated
     async def get(self, build_id: str) -> None:
-        build = await self.visible_build(build_id)
         try:
             sent, phase_sent = parse_last_event_id(self.request.headers.get("Last-Event-ID", ""))
         except BuildRequestError as e:
             raise JSONError(400, str(e), e.field) from None
+        build = await self.visible_build(build_id)
+        self._open_stream(self.user_name())
+        try:
+            await self._stream(build, sent, phase_sent)
+        finally:
+            self._close_stream()
+
+    async def _stream(self, build: Build, sent: int, phase_sent: str) -> None:
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         service = self.service
         while True:
-            current = service.builds.get(build_id) or build
-            if current.resource_version and build.resource_version:
-                build = (
-                    current
-                    if int(current.resource_version or 0) >= int(build.resource_version or 0)
-                    else build
-                )
-            else:
+            current = service.builds.get(build.id)
+            if current is not None and int(current.resource_version or 0) >= int(
+                build.resource_version or 0
+            ):
                 build = current
-            lines = build.log.splitlines()
+            if build.active:
+                lines = service.log_lines.get(build.id) or []
+            else:
+                lines = (await service.full_log(build)).splitlines()
             for i in range(sent, len(lines)):
                 self._send("log", {"line": lines[i]}, f"{i + 1}:{phase_sent}")
             sent = max(sent, len(lines))
@@ -218,20 +319,37 @@ class EventsHandler(AuthHandler):
                 self.write("event: end\ndata: {}\n\n")
                 await self.finish()
                 return
+            if self._counted is None:
+                return  # the connection closed
             version = service.version
             changed = await service.wait_for(lambda v=version: service.version != v, self.keepalive)
             if not changed:
                 self.write(": keepalive\n\n")
-
-    def on_connection_close(self) -> None:
-        pass
 
 
 class ImagesHandler(AuthHandler):
     @web.authenticated
     async def get(self) -> None:
         watch: ImageStreamWatch = self.settings["image_watch"]
-        await watch.wait_synced(10)
+        if not watch.synced:
+            await watch.wait_synced(10)
+        # served from the watch: serialized once per catalog change, not per request
+        cache: dict = self.settings["images_cache"]
+        key = (watch.version, watch.stale)
+        if cache.get("key") != key:
+            body = self._render(watch).encode()
+            cache.update(key=key, body=body, etag=f'"{hashlib.sha1(body).hexdigest()}"')
+        self._etag = cache["etag"]
+        self.set_header("Content-Type", "application/json")
+        self.finish(cache["body"])
+
+    _etag: str | None = None
+
+    def compute_etag(self) -> str | None:
+        return self._etag  # the cached body's, not a hash of it per request
+
+    @staticmethod
+    def _render(watch: ImageStreamWatch) -> str:
         images = []
         for image in watch.catalog.images:
             for tag in image.tags:
@@ -246,7 +364,7 @@ class ImagesHandler(AuthHandler):
                         "build_commit": tag.build_commit,
                     }
                 )
-        self.write_json({"images": images, "stale": watch.stale})
+        return json.dumps({"images": images, "stale": watch.stale})
 
 
 def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
@@ -286,14 +404,13 @@ def webhook_request(event: str, payload: Any) -> tuple[str, str, Any] | None:
     return repo, ref, sender.get("login")
 
 
+@web.stream_request_body
 class WebhookHandler(BaseHandler):
     def check_xsrf_cookie(self) -> None:  # authenticated by HMAC instead
         pass
 
     async def post(self) -> None:
-        body = self.request.body
-        if len(body) > MAX_BODY:
-            raise JSONError(413, "body: larger than 1024 KiB", "body")
+        body = self.body()  # 413 before the signature is checked
         secret = self.settings.get("webhook_secret") or b""
         if not verify_signature(secret, body, self.request.headers.get("X-Hub-Signature-256")):
             raise JSONError(401, "X-Hub-Signature-256: missing or invalid signature")
@@ -303,17 +420,49 @@ class WebhookHandler(BaseHandler):
         if event == "ping":
             return self.write_json({"message": "pong"})
         payload = self.json_body()
-        service = self.service
         try:
             found = webhook_request(event, payload)
-            if found is None:
-                return self.write_json({"message": f"event {event[:40]!r} ignored"}, 202)
-            repo, ref, sender = found
+        except BuildRequestError as e:
+            raise JSONError(e.status, str(e), e.field) from None
+        if found is None:
+            return self.write_json({"message": f"event {event[:40]!r} ignored"}, 202)
+        repo, ref, sender = found
+        delivery = self.request.headers.get("X-GitHub-Delivery", "")
+        if not delivery or len(delivery) > 100 or not delivery.isprintable():
+            raise JSONError(
+                400, "X-GitHub-Delivery: missing or not a delivery id", "X-GitHub-Delivery"
+            )
+        service = self.service
+        # A delivery, and a signed body, start at most one build, across replicas and
+        # restarts: GitHub's redeliveries repeat the id, a replay repeats the (signed) body.
+        keys = [f"delivery:{delivery}", "body:" + hashlib.sha256(body).hexdigest()]
+        claimed = []
+        for key in keys:
+            first, seen_build = await service.store.claim_delivery(key)
+            if not first:
+                for k in claimed:
+                    await service.store.release_delivery(k)
+                previous = await service.record(seen_build) if seen_build else None
+                return self.write_json(
+                    {
+                        "message": f"delivery {delivery[:40]!r} was received before: no new build",
+                        "build": previous.view() if previous else None,
+                    },
+                    200,
+                )
+            claimed.append(key)
+        try:
             repo = validate_repo_url(repo, service.policy, service.resolver)
             request = BuildRequest(repo=repo, ref=validate_ref(ref))
             status, builds = await service.submit_all(request, github_identity(sender))
-        except BuildRequestError as e:
-            raise JSONError(e.status, str(e), e.field) from None
+        except BaseException as e:
+            for k in claimed:  # not handled: GitHub's redelivery may try again
+                await service.store.release_delivery(k)
+            if isinstance(e, BuildRequestError):
+                raise JSONError(e.status, str(e), e.field) from None
+            raise
+        for k in claimed:
+            await service.store.bind_delivery(k, builds[0].id)
         self.write_json(builds_view(builds), status)
 
 
@@ -382,7 +531,11 @@ def make_app(
     prefix: str = "/services/image-builder/",
     webhook_secret: bytes = b"",
     cookie_secret: bytes | None = None,
+    max_streams: int = 200,
+    max_streams_per_user: int = 10,
 ) -> web.Application:
+    """The service's tornado app. ``cookie_secret`` signs the OAuth and XSRF cookies: give
+    every replica the same one (a random one is only for a single throwaway process)."""
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     build_id = r"([^/]+)"
     routes = [
@@ -407,4 +560,8 @@ def make_app(
         prefix=prefix,
         templates=page_environment(),
         cookie_secret=cookie_secret or os.urandom(32),
+        streams={},
+        max_streams=max_streams,
+        max_streams_per_user=max_streams_per_user,
+        images_cache={},
     )

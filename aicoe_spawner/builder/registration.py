@@ -139,7 +139,7 @@ def with_tag(
     digest: str | None = None,
 ) -> dict:
     """``stream`` with the spec tags of ``spec`` describing the build in ``phase``
-    (building|failed|ready|cancelled). ``image_from``: the tag points at the pushed image
+    (pending|building|failed|ready|cancelled). ``image_from``: the tag points at the pushed image
     (plain Kubernetes); on OpenShift the build's output writes the tag, so it has no ``from``
     (an extra tag then follows the built image, ``digest``). ``expires_at``: images built from
     branches expire (tag annotation, see :func:`expired`). A tag that serves an image keeps
@@ -153,14 +153,14 @@ def with_tag(
             tag = {"name": name}
             tags.append(tag)
         ann = dict(tag.get("annotations") or {})
-        if phase in ("building", "failed", "cancelled") and serves_image(out, name):
+        if phase in ("pending", "building", "failed", "cancelled") and serves_image(out, name):
             ann[LAST_BUILD_ANNOTATION] = f"{phase} {spec.id}"
             tag["annotations"] = ann
             continue
         ann.pop(LAST_BUILD_ANNOTATION, None)
         ann[f"{A}notebook-build-commit"] = spec.commit
         ann["aicoe-spawner.io/build-id"] = spec.id
-        if phase in ("building", "failed"):
+        if phase in ("pending", "building", "failed"):
             ann[BUILD_PHASE_ANNOTATION] = phase
         else:
             ann.pop(BUILD_PHASE_ANNOTATION, None)

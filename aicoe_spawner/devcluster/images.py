@@ -346,8 +346,12 @@ def main(argv: list[str] | None = None) -> None:
             dest = args.push if len(args.names) == 1 else f"{args.push}/{name}"
             if ":" not in dest.rsplit("/", 1)[-1]:
                 dest += f":{image_specs()[name].key()}"  # tagged with its input hash
-            digest = builder.push(local, dest, tls_verify=args.tls_verify == "true")
-            print(f"{dest} {dest.rsplit(':', 1)[0]}@{digest}")
+            try:
+                digest = builder.push(local, dest, tls_verify=args.tls_verify == "true")
+            finally:
+                builder.buildah("rmi", "--force", local)
+            repository, _, last = dest.rpartition("/")
+            print(f"{dest} {repository}/{last.split(':')[0]}@{digest}")
         else:
             print(local)
 

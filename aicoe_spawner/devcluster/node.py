@@ -150,7 +150,6 @@ class RealNode:
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.timings: dict[str, float] = {}
-        self._iptables_before = ""
         self._nft_tables_before: set[str] = set()
         if cluster_services:
             plane.address = self.node_ip
@@ -160,7 +159,6 @@ class RealNode:
     def start(self, images: tuple[str, ...] = ("notebook",), timeout: float = 120) -> RealNode:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._iptables_before = iptables_rules()
         self._nft_tables_before = nft_tables()
         try:
             self._start_network()
@@ -236,9 +234,20 @@ class RealNode:
         for controller in self._cgroup_hierarchies():
             if (controller / self.cgroup_root.lstrip("/")).exists():
                 found.append(f"cgroup {controller}{self.cgroup_root}")
-        if iptables_rules() != self._iptables_before:
-            found.append("iptables rules changed")
+        for rule in self.iptables_rules():
+            found.append(f"iptables rule {rule}")
         return found
+
+    def iptables_rules(self) -> list[str]:
+        """iptables rules that name this node's bridge or subnet, and with cluster services
+        kube-proxy's (``KUBE-*``; without them the node adds none; other software on the
+        machine may add rules of its own meanwhile)."""
+        mine = (
+            self.bridge,
+            f"10.244.{self.index}.",
+            *(("KUBE-",) if self.cluster_services else ()),
+        )
+        return [r for r in iptables_rules().splitlines() if any(m in r for m in mine)]
 
     def log_tail(self, lines: int = 40) -> str:
         out = []

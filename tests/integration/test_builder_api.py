@@ -91,6 +91,7 @@ c.JupyterHub.load_roles.extend([
         kube,
     )
     e.namespace, e.registry = namespace, registry
+    e.watch = stack.watch
     yield e
     await stack.stop()
     await hub.stop()
@@ -115,12 +116,18 @@ async def call(e, method, path, user=None, json_body=None, data=None, headers=No
 
 
 async def objects(e):
+    """Build records, the builder's ConfigMaps (kept logs, webhook deliveries) and Jobs."""
     core, batch = client.CoreV1Api(e.kube), client.BatchV1Api(e.kube)
+    records = await client.CustomObjectsApi(e.kube).list_namespaced_custom_object(
+        "aicoe-spawner.io", "v1", e.namespace, "imagebuilds"
+    )
     cms = await core.list_namespaced_config_map(e.namespace)
     jobs = await batch.list_namespaced_job(e.namespace)
-    return sorted(c.metadata.name for c in cms.items if c.metadata.name.startswith("imgbuild")), [
-        j.metadata.name for j in jobs.items
-    ]
+    return (
+        sorted(r["metadata"]["name"] for r in records["items"]),
+        sorted(c.metadata.name for c in cms.items if c.metadata.name.startswith("imgbuild")),
+        [j.metadata.name for j in jobs.items],
+    )
 
 
 def sign(body: bytes, secret: bytes = SECRET) -> str:
@@ -150,12 +157,13 @@ async def test_api_end_to_end(env):
     assert [b["id"] for b in (await call(e, "GET", "api/builds", "alice"))[1]["builds"]] == [bid]
     assert (await call(e, "GET", "api/builds", "bob"))[1]["builds"] == []
 
-    # catalog shows it building
-    async def building():
+    # the catalog shows it with the build's phase: pending while its Job waits to run
+    async def listed():
         _, imgs = await call(e, "GET", "api/images", "alice")
         return [i for i in imgs["images"] if i["image"].endswith("api-nb:v1")]
 
-    assert (await wait_for(building))[0]["phase"] == "building"
+    assert (await wait_for(listed))[0]["phase"] == "pending"
+    assert (await call(e, "GET", f"api/builds/{bid}", "alice"))[1]["phase"] == "pending"
 
     # events: read until the first phase event, then reconnect with Last-Event-ID
     headers = {"Authorization": f"token {e.tokens['alice']}"}
@@ -181,6 +189,13 @@ async def test_api_end_to_end(env):
     text = "\n".join(events)
     assert "event: end" in text and "pending" not in text.split("event: phase", 1)[-1][:40]
     assert '"phase": "ready"' in text and "line-one" in text
+    # every log line is sent once, in order: ids count the lines sent so far
+    line_ids = [
+        int(events[i - 2].removeprefix("id: ").split(":")[0])
+        for i, line in enumerate(events)
+        if line.startswith('data: {"line"')
+    ]
+    assert line_ids == list(range(1, len(line_ids) + 1)), line_ids
     status, final = await call(e, "GET", f"api/builds/{bid}", "alice")
     assert final["phase"] == "ready" and final["digest"].startswith("sha256:")
     status, logs = await call(e, "GET", f"api/builds/{bid}/logs", "alice")
@@ -233,11 +248,54 @@ async def test_cancel_limits_and_webhook(env):
     bad = {**hdr, "X-Hub-Signature-256": sign(payload, b"wrong")}
     assert (await call(e, "POST", "api/webhooks/github", data=payload, headers=bad))[0] == 401
     assert await objects(e) == before
-    good = {**hdr, "X-Hub-Signature-256": sign(payload)}
+    good = {**hdr, "X-Hub-Signature-256": sign(payload), "X-GitHub-Delivery": "d-1"}
     status, build = await call(e, "POST", "api/webhooks/github", data=payload, headers=good)
     assert status == 202 and build["requester"] == "github:octo" and build["ref"] == "v9"
     ping = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(b"{}")}
     assert (await call(e, "POST", "api/webhooks/github", data=b"{}", headers=ping))[0] == 202
+
+
+async def test_images_are_served_from_the_watch_cache(env):
+    """GET api/images reads the shared ImageStream watch, rendered once per catalog change:
+    no API request per GET, one ETag until the catalog changes (and 304 for it)."""
+    e = env
+    headers = {"Authorization": f"token {e.tokens['alice']}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(e.url + "api/images", headers=headers) as r:
+            assert r.status == 200
+            etag, first = r.headers["ETag"], await r.read()
+        requests = e.watch.api_requests
+        for _ in range(20):
+            async with s.get(e.url + "api/images", headers=headers) as r:
+                assert (r.status, r.headers["ETag"], await r.read()) == (200, etag, first)
+        assert e.watch.api_requests == requests
+        async with s.get(e.url + "api/images", headers={**headers, "If-None-Match": etag}) as r:
+            assert r.status == 304
+        # a catalog change is served at once, with a new ETag
+        await client.CustomObjectsApi(e.kube).create_namespaced_custom_object(
+            "image.openshift.io",
+            "v1",
+            e.namespace,
+            "imagestreams",
+            {
+                "apiVersion": "image.openshift.io/v1",
+                "kind": "ImageStream",
+                "metadata": {
+                    "name": "cache-probe",
+                    "labels": {"opendatahub.io/notebook-image": "true"},
+                },
+                "spec": {"tags": [{"name": "v1", "from": {"kind": "DockerImage", "name": "x"}}]},
+            },
+        )
+
+        async def changed():
+            async with s.get(e.url + "api/images", headers=headers) as r:
+                body = await r.json()
+                return r.headers["ETag"] != etag and any(
+                    i["image"] == f"{e.namespace}/cache-probe:v1" for i in body["images"]
+                )
+
+        assert await wait_for(changed)
 
 
 BAD_HTTP = [

@@ -79,9 +79,13 @@ async def test_dockerfile_build_end_to_end(kube, namespace, infra, builder):
             {"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "alice"
         )
         assert status == 202 and build.spec.commit == sha and build.phase == "pending"
-        # building is visible in the catalog right away
+        # the build is visible in the catalog right away, with the record's phase (pending
+        # until the Job runs; the reconcile marks it building then)
         image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
-        assert image.tag("v1.0").phase is TagPhase.BUILDING
+        assert image.tag("v1.0").phase is TagPhase.PENDING
+        assert (await service.get(build.id)).phase == "pending"
+        tags = (await stream(kube, namespace, "dockerfile-nb"))["spec"]["tags"]
+        assert tags[0]["annotations"]["aicoe-spawner.io/build-phase"] == "pending"
         # the same repo at the same commit is the same build: the same requester gets it
         # back; another gets a record of their own that follows the same Job
         status2, again = await service.submit(
@@ -96,6 +100,14 @@ async def test_dockerfile_build_end_to_end(kube, namespace, infra, builder):
     finally:
         runner.paused = False
 
+    async def started():
+        b = await service.get(build.id)
+        return b if b and b.phase != "pending" else None
+
+    running = await wait_for(started, timeout=120, interval=0.05)
+    if running.phase == "building":  # the tag was marked before the record said so
+        image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
+        assert image.tag("v1.0").phase in (TagPhase.BUILDING, TagPhase.READY)
     done = await finished(service, build.id)
     elapsed = time.monotonic() - t0
     assert done.phase == "ready", done.message + done.log

@@ -147,6 +147,9 @@ async def test_page_submits_a_build_and_shows_phase_and_log_live(env):
         log = page.locator("#detail-log")
         await expect(log).to_contain_text("page-line-one", timeout=TIMEOUT)
         await expect(phase).to_have_text("ready", timeout=TIMEOUT)
+        await expect(page.locator("#form-message")).to_have_text(
+            re.compile(r"^Build of \S+: ready$")
+        )
         await expect(log).to_contain_text("==> pushed", timeout=TIMEOUT)
         assert await page.evaluate("window.__loaded") == "once"
         # Details replays the finished build's log from the start

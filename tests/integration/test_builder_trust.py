@@ -310,6 +310,7 @@ async def test_builds_and_identities_are_per_requester(env):
         ).encode()
         headers = {
             "X-GitHub-Event": "release",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
             "X-Hub-Signature-256": github_signature(payload, SECRET),
         }
         status, hooked = await call(e, "POST", "api/webhooks/github", data=payload, headers=headers)
@@ -779,6 +780,7 @@ async def test_bad_input_is_a_clear_4xx_and_changes_nothing(env, kind, value, co
         )
         headers = {
             "X-GitHub-Event": "release",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
             "X-Hub-Signature-256": github_signature(payload, SECRET),
         }
         if kind == "hookraw-noevent":

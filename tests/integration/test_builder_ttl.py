@@ -5,12 +5,10 @@ pushed digest), so no real build runs here; test_builder_e2e covers real builds.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import time
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer
+from builder_harness import GitServer, complete_job, digest_of
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -20,7 +18,6 @@ from aicoe_spawner.builder.registration import EXPIRES_ANNOTATION
 from aicoe_spawner.catalog import build_catalog
 
 pytestmark = pytest.mark.integration
-MERGE = "application/merge-patch+json"
 
 
 @pytest.fixture(scope="module")
@@ -39,77 +36,6 @@ def settings(namespace: str, **kw) -> Settings:
         allow_http=True,
         max_per_user=10,
         **kw,
-    )
-
-
-def digest_of(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def _stamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-async def complete_job(kube, namespace: str, build_id: str, digest: str) -> None:
-    """The Job controller and kubelet for one successful build: a finished pod whose
-    termination message is the digest, and the Job's Complete status."""
-    core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
-    name = f"imgbuild-{build_id}"
-    pod = f"{name}-run"
-    await core.create_namespaced_pod(
-        namespace,
-        {
-            "metadata": {"name": pod, "labels": {"job-name": name}},
-            "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": "b"}]},
-        },
-    )
-    start = _stamp()
-    await core.patch_namespaced_pod_status(
-        pod,
-        namespace,
-        {
-            "status": {
-                "phase": "Succeeded",
-                "containerStatuses": [
-                    {
-                        "name": "build",
-                        "image": "b",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {
-                            "terminated": {
-                                "exitCode": 0,
-                                "message": digest,
-                                "reason": "Completed",
-                                "startedAt": start,
-                                "finishedAt": start,
-                            }
-                        },
-                    }
-                ],
-            }
-        },
-        _content_type=MERGE,
-    )
-    end = _stamp()
-    conditions = [
-        {"type": t, "status": "True", "lastProbeTime": end, "lastTransitionTime": end}
-        for t in ("SuccessCriteriaMet", "Complete")
-    ]
-    await batch.patch_namespaced_job_status(
-        name,
-        namespace,
-        {
-            "status": {
-                "startTime": start,
-                "completionTime": end,
-                "succeeded": 1,
-                "active": 0,
-                "conditions": conditions,
-            }
-        },
-        _content_type=MERGE,
     )
 
 

@@ -212,7 +212,9 @@ def test_missing_binaries_raise_not_skip(tmp_path, monkeypatch):
 def test_suite_fails_when_control_plane_cannot_start(tmp_path):
     """Run pytest on a test that needs the control plane with no binaries: the run must fail
     (exit code 1) with an error, never pass or skip."""
-    test_file = tmp_path / "test_needs_kube.py"
+    # a tests/ folder of its own, with the suite's conftest and the test in its tier folder
+    (tmp_path / "integration").mkdir()
+    test_file = tmp_path / "integration" / "test_needs_kube.py"
     test_file.write_text(
         textwrap.dedent(
             """

@@ -16,6 +16,7 @@ from aicoe_spawner.devcluster.controlplane import CRD_DIR
 
 VARIANTS = list(VALUES)
 CRD_FILE = "imagestreams.image.openshift.io.yaml"
+BUILD_CRD_FILE = "imagebuilds.aicoe-spawner.io.yaml"
 ROUTE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
@@ -39,6 +40,12 @@ ROUTE_CRD = {
         ],
     },
 }
+
+
+def test_chart_ships_the_devcluster_imagebuild_crd():
+    """One ImageBuild CRD: the chart's copy is byte for byte the one the tests install."""
+    shipped = CHART / "files" / "crds" / BUILD_CRD_FILE
+    assert shipped.read_bytes() == (CRD_DIR / BUILD_CRD_FILE).read_bytes()
 
 
 def test_chart_ships_the_devcluster_imagestream_crd():
@@ -78,7 +85,12 @@ def test_helm_template(variant):
         "r-aicoe-spawner-builder",
     }
     openshift = variant == "openshift"
-    assert ("CustomResourceDefinition" in kinds) is not openshift
+    crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
+    assert ("imagestreams.image.openshift.io" in crds) is not openshift
+    # the builder's records are its own CRD, on both platforms
+    build_crd = one(docs, "CustomResourceDefinition", "imagebuilds.aicoe-spawner.io")
+    assert build_crd["spec"] == yaml.safe_load((CRD_DIR / BUILD_CRD_FILE).read_text())["spec"]
+    assert build_crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert ("Route" in kinds) is openshift
     assert ("Ingress" in kinds) is (variant == "kubernetes")
 
@@ -100,6 +112,14 @@ def test_helm_template(variant):
     env = {e["name"]: e.get("value") for e in builder["containers"][0]["env"]}
     assert env["AICOE_BUILDER_BACKEND"] == ("auto" if openshift else "kubernetes")
     assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/services/image-builder/"
+    # every builder replica signs cookies with the one secret in the chart's Secret
+    (cookie,) = [
+        e for e in builder["containers"][0]["env"] if e["name"] == "AICOE_BUILDER_COOKIE_SECRET"
+    ]
+    assert cookie["valueFrom"]["secretKeyRef"] == {
+        "name": "r-aicoe-spawner-hub",
+        "key": "builder.cookie-secret",
+    }
 
     if not openshift:
         crd = one(docs, "CustomResourceDefinition", "imagestreams.image.openshift.io")
@@ -135,7 +155,8 @@ def run_helm(control_plane, *args: str) -> str:
 
 
 async def test_notes_render(control_plane, kube, namespace):
-    # The session's API server has the ImageStream CRD already (not Helm's): leave it out.
+    # The session's API server has the ImageStream and ImageBuild CRDs already (not Helm's):
+    # leave them out.
     out = run_helm(
         control_plane,
         "install",
@@ -146,6 +167,8 @@ async def test_notes_render(control_plane, kube, namespace):
         namespace,
         "--set",
         "imageStreams.crd.install=false",
+        "--set",
+        "builder.crd.install=false",
     )
     assert f"kubectl port-forward -n {namespace} service/r-aicoe-spawner-proxy-public" in out
     assert 'WARNING: the authenticator is "dummy"' in out
@@ -162,6 +185,8 @@ async def test_notes_render(control_plane, kube, namespace):
         str(VALUES["openshift"][0]),
         "--set",
         "hub.config.JupyterHub.authenticator_class=github",
+        "--set",
+        "builder.crd.install=false",
     )
     assert "oc get route r-aicoe-spawner" in out
     assert "WARNING" not in out
@@ -174,6 +199,7 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     custom = client.CustomObjectsApi(kube)
     core = client.CoreV1Api(kube)
     args = ["-n", namespace, "--set", "imageStreams.crd.install=false"]
+    args += ["--set", "builder.crd.install=false"]
     run_helm(control_plane, "install", "r", str(CHART), *args)
     streams = await custom.list_namespaced_custom_object(
         "image.openshift.io", "v1", namespace, "imagestreams"
@@ -220,6 +246,7 @@ def test_generated_secrets_are_set_and_explicit_ones_kept():
         "proxy.token",
         "hub.cookie-secret",
         "builder.api-token",
+        "builder.cookie-secret",
         "builder.webhook-secret",
     }
     assert secret["proxy.token"] == "YWJj"

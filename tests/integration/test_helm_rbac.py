@@ -34,7 +34,9 @@ OPERATIONS = {
     ("builder", "batch:jobs"): "run, follow and cancel build Jobs",
     ("builder", "core:pods"): "find, follow and clean up the pods of a build Job",
     ("builder", "core:pods/log"): "stream a build's log",
-    ("builder", "core:configmaps"): "keep build records and logs",
+    ("builder", "aicoe-spawner.io:imagebuilds"): "create, list and expire build records",
+    ("builder", "aicoe-spawner.io:imagebuilds/status"): "write build state (with preconditions)",
+    ("builder", "core:configmaps"): "keep build logs, the quota ledger and webhook deliveries",
     ("builder", "build.openshift.io:buildconfigs"): "create BuildConfigs (OpenShift backend)",
     ("builder", "build.openshift.io:builds"): "start, follow and cancel Builds (OpenShift)",
     ("builder", "build.openshift.io:builds/docker,builds/source"): (

@@ -102,6 +102,7 @@ async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, pa
     return pod, content
 
 
+@pytest.mark.timeout(1200)  # real builds and image pulls on a shared 2-core machine
 @pytest.mark.parametrize(
     ("repo", "notebook", "title"),
     [

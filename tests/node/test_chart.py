@@ -405,16 +405,18 @@ async def wait_hub_replaced(core: client.CoreV1Api, old_hub: str, timeout: float
         await asyncio.sleep(1)
 
 
-# What `helm uninstall` leaves, as docs/deploy.md says: the ImageStream CRD and the catalog in
-# it (built images included), and what the hub and the builder made at run time, not Helm:
-# running notebook servers and the finished builds' Jobs, pods and records (ConfigMaps).
+# What `helm uninstall` leaves, as docs/deploy.md says: the ImageStream and ImageBuild CRDs and
+# what they hold (the catalog with the built images, the build history), and what the hub and
+# the builder made at run time, not Helm: running notebook servers, finished builds' Jobs,
+# pods and ConfigMaps.
 def expected_after_uninstall(user_pod: str) -> dict:
     return {
         "pods": sorted(["imgbuild-*", user_pod]),
         "configmaps": ["imgbuild-*"],
         "jobs": ["imgbuild-*"],
         "imagestreams": ["dockerfile-notebook", "jupyterlab"],
-        "crds": ["imagestreams.image.openshift.io"],
+        "imagebuilds": ["*"],  # the build history, with its CRD
+        "crds": ["imagebuilds.aicoe-spawner.io", "imagestreams.image.openshift.io"],
     }
 
 
@@ -452,7 +454,9 @@ async def release_leftovers(api: client.ApiClient, cluster: NodeCluster, expecte
                 found[kind] = names
             else:
                 found.pop(kind, None)
-        kept = {k: v for k, v in expected.items() if k not in ("imagestreams", "crds")}
+        kept = {
+            k: v for k, v in expected.items() if k not in ("imagestreams", "imagebuilds", "crds")
+        }
         if found == kept or time.monotonic() > deadline:
             break
         await asyncio.sleep(2)
@@ -461,6 +465,10 @@ async def release_leftovers(api: client.ApiClient, cluster: NodeCluster, expecte
         "image.openshift.io", "v1", NAMESPACE, "imagestreams"
     )
     found["imagestreams"] = sorted(s["metadata"]["name"] for s in streams["items"])
+    builds = await custom.list_namespaced_custom_object(
+        "aicoe-spawner.io", "v1", NAMESPACE, "imagebuilds"
+    )
+    found["imagebuilds"] = ["*"] if builds["items"] else []
     crds = await client.ApiextensionsV1Api(api).list_custom_resource_definition()
     found["crds"] = sorted(c.metadata.name for c in crds.items)
     return found

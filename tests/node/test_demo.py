@@ -48,7 +48,8 @@ def demo(tmp_path: Path):
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", started, log_path, workdir
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
         try:
             proc.wait(120)
         except subprocess.TimeoutExpired:
@@ -59,6 +60,7 @@ def demo(tmp_path: Path):
     assert processes_mentioning(str(workdir)) == []
 
 
+@pytest.mark.timeout(1200)  # real builds and image pulls on a shared 2-core machine
 def test_newcomer_builds_a_repository_and_launches_it_in_jupyterlab(demo):
     url, started, log_path, _ = demo
     output = log_path.read_text()

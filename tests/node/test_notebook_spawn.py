@@ -136,6 +136,7 @@ async def user_token(hub: Hub, user: str) -> str:
     return body["token"]
 
 
+@pytest.mark.timeout(1200)  # real builds and image pulls on a shared 2-core machine
 async def test_spawn_runs_the_notebook_image_at_its_digest_with_the_typed_env(
     node_cluster, node_kube, hub, notebook_ns, tmp_path
 ):

@@ -33,7 +33,7 @@ from aicoe_spawner.builder.requests import (
     resolve_spec,
     stream_name_for,
 )
-from aicoe_spawner.catalog import TagPhase, parse_imagestream
+from aicoe_spawner.catalog import BUILD_PHASE_ANNOTATION, TagPhase, parse_imagestream
 
 SHA = "b" * 40
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
@@ -92,7 +92,7 @@ def test_failed_build_publishes_a_generic_reason():
 def test_failed_rebuild_keeps_the_tag_in_service():
     first, second = spec(), spec(user="bob")
     served = with_status_tag(with_tag(new_stream(first), first, "ready"), first, D1)
-    for phase in ("building", "failed", "cancelled"):
+    for phase in ("pending", "building", "failed", "cancelled"):
         after = parse_imagestream(with_tag(served, second, phase, "boom")).tag("v1")
         assert after.phase is TagPhase.READY and after.digest == D1, phase
         assert after.build_commit == SHA
@@ -287,3 +287,19 @@ def test_custom_tag_on_openshift_follows_the_built_image():
     tags = {t["name"]: t for t in stream["spec"]["tags"]}
     assert "from" not in tags["v1"]
     assert tags["latest"]["from"] == {"kind": "ImageStreamImage", "name": f"org-nb@{D1}"}
+
+
+def test_the_tag_reads_the_phase_of_its_build():
+    """Pending while the build is queued, building once it runs: as the builder page says."""
+    s = spec()
+    for phase, shown in (
+        ("pending", TagPhase.PENDING),
+        ("building", TagPhase.BUILDING),
+        ("failed", TagPhase.FAILED),
+    ):
+        stream = with_tag(new_stream(s), s, phase, "boom")
+        assert stream["spec"]["tags"][0]["annotations"][BUILD_PHASE_ANNOTATION] == phase
+        assert parse_imagestream(stream).tag("v1").phase is shown, phase
+    # a failed tag rebuilt: pending again, not failed
+    failed = with_tag(new_stream(s), s, "failed", "boom")
+    assert parse_imagestream(with_tag(failed, s, "pending")).tag("v1").phase is TagPhase.PENDING

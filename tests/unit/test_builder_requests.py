@@ -18,7 +18,7 @@ from aicoe_spawner.builder.requests import (
     tag_for,
 )
 from aicoe_spawner.builder.source import s2i_dockerfile, scripts_dir
-from aicoe_spawner.builder.store import Build, parse_record, record_manifest
+from aicoe_spawner.builder.store import Build, parse_record, record_manifest, status_of
 from aicoe_spawner.catalog import TagPhase, parse_imagestream
 
 DNS = {
@@ -283,11 +283,19 @@ def test_registration_objects_are_read_by_the_catalog():
 
 
 def test_record_round_trip():
+    """An ImageBuild: spec from the manifest, state from status (the API server keeps them
+    apart), the log never in the record."""
     s = spec_for()
-    b = Build(spec=s, phase="building", created="2025-01-01T00:00:00.000000Z", log="line\n")
+    b = Build(spec=s, phase="building", created="2025-01-01T00:00:00.000000Z", log_tail="line\n")
     obj = record_manifest(b)
+    assert obj["kind"] == "ImageBuild" and "status" not in obj and "log" not in str(obj["spec"])
+    assert obj["metadata"]["labels"]["aicoe-spawner.io/active"] == "true"
     obj["metadata"]["resourceVersion"] = "7"
+    obj["status"] = status_of(b)
     back = parse_record(obj)
-    assert back.spec == s and back.phase == "building" and back.log == "line\n"
+    assert back.spec == s and back.phase == "building" and back.log_tail == "line\n"
+    assert back.resource_version == "7" and back.created == b.created
     assert back.view()["image"] == "nb/org-repo:v1.0"
-    assert parse_record({"metadata": {}, "data": {"spec.json": "{"}}) is None
+    assert parse_record({"metadata": {}, "spec": {"id": 1}}) is None
+    done = record_manifest(Build(spec=s, phase="ready"))
+    assert done["metadata"]["labels"]["aicoe-spawner.io/active"] == "false"

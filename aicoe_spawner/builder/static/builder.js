@@ -11,6 +11,7 @@
   const rank = { pending: 0, building: 1 };
   const builds = new Map();
   let selected = null;
+  let announced = []; // the builds the form's message is about
   let source = null;
 
   const $ = (id) => document.getElementById(id);
@@ -137,6 +138,7 @@
     );
     $("builds-empty").hidden = rows.length > 0;
     if (selected && builds.has(selected)) renderDetail(builds.get(selected));
+    if (announced.length) announce(announced.map((id) => builds.get(id)).filter(Boolean));
   }
 
   function renderDetail(build) {
@@ -212,16 +214,25 @@
     message.textContent = text;
   }
 
+  function announce(list) {
+    // the phases as they change; the colour of the least advanced one
+    const order = ["failed", "cancelled", "pending", "building", "ready"];
+    const worst = list.map((b) => b.phase).sort((a, b) => order.indexOf(a) - order.indexOf(b))[0];
+    const kind = { ready: "success", failed: "danger", cancelled: "secondary" }[worst];
+    say(list.map((b) => `Build of ${b.image}: ${b.phase}`).join("; "), kind || "info");
+  }
+
   async function submit(body) {
     const { ok, json } = await api("POST", "api/builds", body);
     if (!ok) {
+      announced = [];
       say(json && json.message ? json.message : "The build could not be submitted.", "danger");
       await load();
       return;
     }
     // a repo with .aicoe-ci.yaml overlays builds one image per overlay
     const all = json.builds || [json];
-    say(all.map((b) => `Build of ${b.image}: ${b.phase}`).join("; "), "success");
+    announced = all.map((b) => b.id);
     all.forEach(upsert);
     render();
     watch(json.id);
