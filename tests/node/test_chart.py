@@ -412,7 +412,7 @@ async def wait_hub_replaced(core: client.CoreV1Api, old_hub: str, timeout: float
 def expected_after_uninstall(user_pod: str) -> dict:
     return {
         "pods": sorted(["imgbuild-*", user_pod]),
-        "configmaps": ["imgbuild-*"],
+        "configmaps": ["aicoe-image-builder-quota", "imgbuild-*"],  # + the quota ledger
         "jobs": ["imgbuild-*"],
         "imagestreams": ["dockerfile-notebook", "jupyterlab"],
         "imagebuilds": ["*"],  # the build history, with its CRD
