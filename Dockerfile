@@ -2,8 +2,14 @@
 # The hub and image-builder image of the aicoe-spawner Helm chart:
 #   docker build -t quay.io/aicoe/aicoe-spawner:0.1.0 .
 # Runs as a non-root numeric user (OpenShift assigns its own UID; group 0 owns /srv/jupyterhub).
+# BASE_IMAGE: a Debian bookworm image with Python >= 3.11 and venv, as `python`. The tests build
+# a local one (images/hub-base: git and tini preinstalled, so apt-get is skipped) and pass
+# PIP_NO_INDEX/PIP_FIND_LINKS with wheels mounted into the build (no package index needed).
+ARG BASE_IMAGE=python:3.12-slim-bookworm
 
-FROM python:3.12-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -13,14 +19,15 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-compile . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
-FROM python:3.12-slim-bookworm
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="aicoe-spawner" \
       org.opencontainers.image.description="JupyterHub with AICoESpawner and the image builder service" \
       org.opencontainers.image.licenses="BSD-3-Clause"
 # git: the builder resolves refs and reads .aicoe-ci.yaml; tini: signal handling as PID 1.
-RUN apt-get update \
+# hadolint ignore=SC2015
+RUN command -v git && command -v tini || { apt-get update \
     && apt-get install -y --no-install-recommends git=1:2.39.* tini=0.19.* ca-certificates=2023* \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/*; }
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1

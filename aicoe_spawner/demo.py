@@ -46,44 +46,50 @@ async def prepare_cluster(kubeconfig: Path, notebook_image: str) -> None:
     try:
         await install_crds(api)
         await client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-        custom = client.CustomObjectsApi(api)
-        stream = {
-            "apiVersion": "image.openshift.io/v1",
-            "kind": "ImageStream",
-            "metadata": {
-                "name": "jupyterlab",
-                "labels": {"opendatahub.io/notebook-image": "true"},
-                "annotations": {
-                    f"{A}notebook-image-name": "JupyterLab (Debian)",
-                    f"{A}notebook-image-desc": "JupyterLab on Debian, built on this machine",
-                    f"{A}notebook-image-order": "1",
-                },
-            },
-            "spec": {
-                "tags": [
-                    {
-                        "name": "latest",
-                        "annotations": {f"{A}notebook-image-recommended": "true"},
-                        "from": {"kind": "DockerImage", "name": notebook_image},
-                    }
-                ]
-            },
-        }
-        await custom.create_namespaced_custom_object(
-            "image.openshift.io", "v1", NAMESPACE, "imagestreams", stream
-        )
-        status = {"tags": [{"tag": "latest", "items": [{"dockerImageReference": notebook_image}]}]}
-        await custom.patch_namespaced_custom_object_status(
-            "image.openshift.io",
-            "v1",
-            NAMESPACE,
-            "imagestreams",
-            "jupyterlab",
-            {"status": status},
-            _content_type=MERGE,
-        )
+        await create_notebook_stream(api, NAMESPACE, notebook_image)
     finally:
         await api.close()
+
+
+async def create_notebook_stream(api: client.ApiClient, namespace: str, image: str) -> None:
+    """ImageStream ``jupyterlab`` offering ``image`` (the notebook image built on this
+    machine) as a ready, recommended tag, as the image import controller would leave it."""
+    custom = client.CustomObjectsApi(api)
+    stream = {
+        "apiVersion": "image.openshift.io/v1",
+        "kind": "ImageStream",
+        "metadata": {
+            "name": "jupyterlab",
+            "labels": {"opendatahub.io/notebook-image": "true"},
+            "annotations": {
+                f"{A}notebook-image-name": "JupyterLab (Debian)",
+                f"{A}notebook-image-desc": "JupyterLab on Debian, built on this machine",
+                f"{A}notebook-image-order": "1",
+            },
+        },
+        "spec": {
+            "tags": [
+                {
+                    "name": "latest",
+                    "annotations": {f"{A}notebook-image-recommended": "true"},
+                    "from": {"kind": "DockerImage", "name": image},
+                }
+            ]
+        },
+    }
+    await custom.create_namespaced_custom_object(
+        "image.openshift.io", "v1", namespace, "imagestreams", stream
+    )
+    status = {"tags": [{"tag": "latest", "items": [{"dockerImageReference": image}]}]}
+    await custom.patch_namespaced_custom_object_status(
+        "image.openshift.io",
+        "v1",
+        namespace,
+        "imagestreams",
+        "jupyterlab",
+        {"status": status},
+        _content_type=MERGE,
+    )
 
 
 def hub_config(workdir: Path, port: int, node_ip: str) -> Path:

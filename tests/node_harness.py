@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from aicoe_spawner.devcluster import ControlPlane
 from aicoe_spawner.devcluster.node import RealNode
 
+# Clusters started and not yet stopped (their logs are attached to failing tests).
+RUNNING: list[NodeCluster] = []
+
 
 @dataclass
 class NodeCluster:
@@ -18,18 +21,27 @@ class NodeCluster:
         return self.plane.log_tail(30) + "\n" + self.node.log_tail(40)
 
 
-def start_node_cluster(images: tuple[str, ...] = ("notebook",)) -> NodeCluster:
+def start_node_cluster(
+    images: tuple[str, ...] = ("notebook",), *, cluster_services: bool = False
+) -> NodeCluster:
+    """With ``cluster_services`` the API server listens on the node IP and kube-proxy and
+    CoreDNS run (what an in-cluster client such as the Helm chart's hub needs)."""
     plane = ControlPlane(real_node=True)
     try:
-        plane.start()
-        node = RealNode(plane).start(images=images)
+        if not cluster_services:
+            plane.start()
+        node = RealNode(plane, cluster_services=cluster_services).start(images=images)
     except BaseException:
         plane.stop()
         raise
-    return NodeCluster(plane, node)
+    cluster = NodeCluster(plane, node)
+    RUNNING.append(cluster)
+    return cluster
 
 
 def stop_node_cluster(cluster: NodeCluster) -> None:
+    if cluster in RUNNING:
+        RUNNING.remove(cluster)
     try:
         cluster.node.stop()
     finally:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test cluster (kube-apiserver, etcd; kubelet, kube-scheduler and
-# kube-controller-manager for the real node) and helm from the pinned Go modules
+# Builds the test cluster (kube-apiserver, etcd; kubelet, kube-scheduler,
+# kube-controller-manager, kube-proxy and CoreDNS for the real node) and helm from the pinned Go modules
 # under tools/ into .cache/bin/, reusing binaries whose inputs (go.mod, go.sum, flags) are unchanged.
 #   tools/build.sh            build what is missing or stale
 #   tools/build.sh --force    rebuild everything
@@ -19,13 +19,13 @@ helm_version=$(modver "$here/helm" helm.sh/helm/v3)
 
 stamp() { # version-stamping ldflags
   case "$1" in
-    kube-apiserver|kubelet|kube-scheduler|kube-controller-manager)
+    kube-apiserver|kubelet|kube-scheduler|kube-controller-manager|kube-proxy)
       local f=""
       for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         f="$f -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
       done
       echo "-s -w$f" ;;
-    etcd) echo "-s -w" ;;
+    etcd|coredns) echo "-s -w" ;;
     helm) echo "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" ;;
   esac
 }
@@ -49,9 +49,10 @@ build() { # name module-dir package
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver
 build helm "$here/helm" helm.sh/helm/v3/cmd/helm
-for cmd in kubelet kube-scheduler kube-controller-manager; do  # the real node
+for cmd in kubelet kube-scheduler kube-controller-manager kube-proxy; do  # the real node
   build "$cmd" "$here/kube" "k8s.io/kubernetes/cmd/$cmd"
 done
+build coredns "$here/coredns" github.com/coredns/coredns  # cluster DNS on the real node
 "$bin/kube-apiserver" --version
 "$bin/kubelet" --version
 "$bin/etcd" --version | sed -n 1p

@@ -100,6 +100,11 @@ class ControlPlane:
         # With a real node (node.RealNode) the ServiceAccount admission plugin is on, as on any
         # cluster, and the API server reaches kubelets by their InternalIP.
         self.real_node = real_node
+        # Where kube-apiserver listens and what it advertises. A real node with cluster
+        # services (node.RealNode(cluster_services=True)) sets its node IP here, so that pods
+        # reach the API server through the `kubernetes` Service, whose endpoint the API server
+        # then maintains itself (endpoint reconciler on).
+        self.address = "127.0.0.1"
         self.etcd_bin = find_binary("etcd")
         self.apiserver_bin = find_binary("kube-apiserver")
         self.etcd_port = free_port()
@@ -115,13 +120,19 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
+
+    @property
+    def reachable_from_pods(self) -> bool:
+        return self.address != "127.0.0.1"
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout: float = 90) -> ControlPlane:
         started = time.monotonic()
-        self.pki = create_pki(self.workdir / "pki")
+        self.pki = create_pki(
+            self.workdir / "pki", extra_ips=(self.address,) if self.reachable_from_pods else ()
+        )
         write_kubeconfig(
             self.kubeconfig,
             self.server,
@@ -158,8 +169,8 @@ class ControlPlane:
         args = [
             str(self.apiserver_bin),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self.apiserver_port}",
             f"--tls-cert-file={self.pki.serving_cert}",
             f"--tls-private-key-file={self.pki.serving_key}",
@@ -174,7 +185,7 @@ class ControlPlane:
                 if self.real_node
                 else ["--disable-admission-plugins=ServiceAccount,StorageObjectInUseProtection"]
             ),
-            "--endpoint-reconciler-type=none",
+            f"--endpoint-reconciler-type={'lease' if self.reachable_from_pods else 'none'}",
             "--allow-privileged=true",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             "--v=1",

@@ -6,6 +6,10 @@ host, so nothing needs a container registry on the internet. Every image is tagg
 of its inputs and stored in a local registry whose storage lives in the cache directory
 (outside the work tree): the next run finds it there and builds nothing.
 
+The hub image is the project's own ``Dockerfile`` (its ``BASE_IMAGE`` build argument set to
+the local ``hub-base`` image, the project's Python dependencies from host-downloaded wheels);
+the proxy image holds the host's Node.js and configurable-http-proxy from npm.
+
     python -m aicoe_spawner.devcluster.images notebook builder      # build into the cache
     python -m aicoe_spawner.devcluster.images builder --push REGISTRY/REPO   # for admins
 """
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -55,23 +60,44 @@ class ImageSpec:
     name: str
     packages: tuple[str, ...] = ()
     python: tuple[str, ...] = ()
-    files: tuple[tuple[str, Path], ...] = ()  # (name in the build context, host file)
+    files: tuple[tuple[str, Path], ...] = ()  # (name in the build context, host file or folder)
+    # An image built from a Dockerfile of this repository instead of images/<name>: the
+    # Dockerfile, the repository paths of its build context, and the image (by spec name)
+    # passed as its BASE_IMAGE argument. ``python`` wheels are then mounted at /wheels for
+    # pip (PIP_NO_INDEX, PIP_FIND_LINKS build arguments).
+    dockerfile: str = ""
+    context: tuple[str, ...] = ()
+    base: str = ""
 
     @property
     def source(self) -> Path:
         return IMAGES_DIR / self.name
 
+    def inputs(self) -> list[tuple[str, Path]]:
+        """(name, host file) of every file that goes into the build context."""
+        found = []
+        roots = (
+            [(p, REPO_ROOT / p) for p in (self.dockerfile, *self.context)]
+            if self.dockerfile
+            else [("", self.source)]
+        )
+        roots += list(self.files)
+        for name, root in roots:
+            paths = [root] if root.is_file() else sorted(root.rglob("*"))
+            for path in paths:
+                if path.is_file() and "__pycache__" not in path.parts:
+                    relative = path.relative_to(root).as_posix() if path != root else ""
+                    found.append(("/".join(p for p in (name, relative) if p), path))
+        return found
+
     def key(self) -> str:
         """A hash of every input; the image's tag."""
         h = hashlib.sha256()
-        h.update(json.dumps([SUITE, self.packages, self.python]).encode())
-        for path in sorted(self.source.rglob("*")):
-            if path.is_file():
-                h.update(path.relative_to(self.source).as_posix().encode())
-                h.update(path.read_bytes())
-        for name, host_file in self.files:
+        base = [image_specs()[self.base].key()] if self.base else []
+        h.update(json.dumps([SUITE, self.packages, self.python, *base]).encode())
+        for name, path in self.inputs():
             h.update(name.encode())
-            h.update(host_file.read_bytes())
+            h.update(path.read_bytes())
         return h.hexdigest()[:16]
 
 
@@ -85,6 +111,17 @@ def _hub_versions() -> tuple[str, ...]:
     return tuple(pins)
 
 
+def _project_dependencies() -> tuple[str, ...]:
+    """The hub image's Python packages: the project's dependencies and its build backend."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    return (*project["build-system"]["requires"], *project["project"]["dependencies"])
+
+
+def _configurable_http_proxy() -> Path:
+    """node_modules holding configurable-http-proxy, as scripts/setup.sh installs it."""
+    return REPO_ROOT / ".cache" / "node" / "node_modules"
+
+
 def image_specs() -> dict[str, ImageSpec]:
     return {
         "pause": ImageSpec("pause", files=(("busybox", Path("/bin/busybox")),)),
@@ -94,6 +131,32 @@ def image_specs() -> dict[str, ImageSpec]:
             python=_hub_versions(),
         ),
         "builder": ImageSpec("builder", packages=("buildah", "git", "ca-certificates")),
+        "hub-base": ImageSpec(
+            "hub-base",
+            packages=(
+                "python3",
+                "python3-venv",
+                "python-is-python3",
+                "git",
+                "tini",
+                "ca-certificates",
+            ),
+        ),
+        "hub": ImageSpec(
+            "hub",
+            python=_project_dependencies(),
+            dockerfile="Dockerfile",
+            context=("pyproject.toml", "README.md", "aicoe_spawner"),
+            base="hub-base",
+        ),
+        "proxy": ImageSpec(
+            "proxy",
+            packages=("ca-certificates", "libstdc++6"),
+            files=(
+                ("node", Path(shutil.which("node") or "/usr/bin/node")),
+                ("node_modules", _configurable_http_proxy()),
+            ),
+        ),
     }
 
 
@@ -202,26 +265,40 @@ class ImageBuilder:
         """Build ``spec`` into buildah's storage; returns the local image name."""
         local = f"localhost/aicoe/{spec.name}:{spec.key()}"
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=f"ctx-{spec.name}-", dir=self.cache) as tmp:
-            context = Path(tmp)
-            shutil.copytree(spec.source, context, dirs_exist_ok=True)
-            if spec.packages:
-                os.link(self.rootfs(spec), context / "rootfs.tar")
-            if spec.python:
-                self.wheels(spec, context / "wheels")
-            for name, host_file in spec.files:
-                shutil.copy2(host_file, context / name)
-            self.buildah(
-                "bud",
-                "--isolation=chroot",
-                "--layers=false",
-                "--quiet",
-                "-f",
-                str(context / "Containerfile"),
-                "-t",
-                local,
-                str(context),
-            )
+        base = self.build(image_specs()[spec.base]) if spec.base else ""
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"ctx-{spec.name}-", dir=self.cache) as tmp:
+                context = Path(tmp) / "context"
+                for name, path in spec.inputs():
+                    (context / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, context / name)
+                if spec.packages:
+                    os.link(self.rootfs(spec), context / "rootfs.tar")
+                args = ["-f", str(context / (spec.dockerfile or "Containerfile"))]
+                if spec.python and spec.dockerfile:
+                    self.wheels(spec, Path(tmp) / "wheels")
+                    args += [
+                        f"--volume={Path(tmp) / 'wheels'}:/wheels:ro",
+                        "--build-arg=PIP_NO_INDEX=1",
+                        "--build-arg=PIP_FIND_LINKS=/wheels",
+                    ]
+                elif spec.python:
+                    self.wheels(spec, context / "wheels")
+                if base:
+                    args.append(f"--build-arg=BASE_IMAGE={base}")
+                self.buildah(
+                    "bud",
+                    "--isolation=chroot",
+                    "--layers=false",
+                    "--quiet",
+                    *args,
+                    "-t",
+                    local,
+                    str(context),
+                )
+        finally:
+            if base:
+                self.buildah("rmi", "--force", base)
         log.info("built %s in %.0f s", local, time.monotonic() - started)
         return local
 
@@ -267,12 +344,14 @@ def main(argv: list[str] | None = None) -> None:
         local = builder.build(image_specs()[name])
         if args.push:
             dest = args.push if len(args.names) == 1 else f"{args.push}/{name}"
+            if ":" not in dest.rsplit("/", 1)[-1]:
+                dest += f":{image_specs()[name].key()}"  # tagged with its input hash
             try:
                 digest = builder.push(local, dest, tls_verify=args.tls_verify == "true")
             finally:
                 builder.buildah("rmi", "--force", local)
             repository, _, last = dest.rpartition("/")
-            print(f"{repository}/{last.split(':')[0]}@{digest}")
+            print(f"{dest} {repository}/{last.split(':')[0]}@{digest}")
         else:
             print(local)
 

@@ -1,11 +1,14 @@
 """A real single-node cluster on this machine: containerd + runc, bridge CNI, kubelet,
 kube-scheduler and kube-controller-manager beside a ``ControlPlane``, and a local registry
-that the node pulls from. Test and demo use only; needs root.
+that the node pulls from. With ``cluster_services=True`` also what in-cluster clients need:
+the API server on the node IP (the ``kubernetes`` Service), kube-proxy (Services, NodePorts)
+and CoreDNS (``<service>.<namespace>.svc.cluster.local``). Test and demo use only; needs root.
 
 Everything it makes is its own: a bridge ``aicoe<N>`` with gateway ``10.244.<N>.1`` (the node
 IP, which pods use to reach services on the host), containerd's root/state/socket, the
 kubelet's root, a cgroup root ``/aicoe-<id>`` — and ``stop()`` removes all of it: processes,
-mounts, network namespaces, interfaces and cgroups (checked by ``leftovers()``).
+mounts, network namespaces, interfaces, cgroups and kube-proxy's iptables rules (checked by
+``leftovers()``). kube-proxy's rules are global: run one node with cluster services at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .images import ImageBuilder, cache_dir
 log = logging.getLogger("aicoe.devcluster.node")
 
 NODE_NAME = "aicoe-node"
+CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN = Path("/usr/lib/cni")
 CGROUP_FS = Path("/sys/fs/cgroup")
 
@@ -77,13 +81,59 @@ def iptables_rules() -> str:
     return "\n".join(line for line in proc.stdout.splitlines() if line and line[0] not in "#:")
 
 
-class RealNode:
-    """Node components for ``plane`` (started with ``real_node=True``), under ``workdir``."""
+def nft_tables() -> set[str]:
+    """nftables tables (``family name``), e.g. the ``ip nat`` that iptables-nft creates."""
+    proc = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    return {line.removeprefix("table ").strip() for line in proc.stdout.splitlines() if line}
 
-    def __init__(self, plane: ControlPlane) -> None:
-        if plane.pki is None:
-            raise ControlPlaneError("start the control plane before the node")
+
+def remove_kube_rules(tables_before: set[str]) -> None:
+    """Remove what kube-proxy leaves after ``--cleanup``: ``KUBE-*`` chains and the rules that
+    jump to them (IPv4 and IPv6), and the tables that did not exist before and are empty."""
+    for tool in ("iptables", "ip6tables"):
+        table = ""
+        dump = subprocess.run([f"{tool}-save"], capture_output=True, text=True).stdout
+        chains = []
+        for line in dump.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith("-A ") and " -j KUBE-" in line and not line.startswith("-A KUBE-"):
+                subprocess.run([tool, "-t", table, "-D", *line[3:].split()], capture_output=True)
+            elif line.startswith(":KUBE-"):
+                chains.append((table, line[1:].split()[0]))
+        for table, chain in chains:
+            subprocess.run([tool, "-t", table, "-F", chain], capture_output=True)
+        for table, chain in chains:
+            subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
+    for family_name in nft_tables() - tables_before:
+        listing = subprocess.run(
+            ["nft", "list", "table", *family_name.split()], capture_output=True, text=True
+        ).stdout
+        rules = [
+            line
+            for line in listing.splitlines()
+            if line.strip() and not line.strip().startswith(("table ", "chain ", "type ", "}"))
+        ]
+        if not rules:
+            subprocess.run(["nft", "delete", "table", *family_name.split()], capture_output=True)
+
+
+class RealNode:
+    """Node components for ``plane`` (``real_node=True``), under ``workdir``.
+
+    Without cluster services the plane is started first and stays on loopback; with them the
+    node starts the plane itself, on the node IP, once the bridge exists.
+    """
+
+    def __init__(self, plane: ControlPlane, *, cluster_services: bool = False) -> None:
+        if (plane.pki is None) != cluster_services:
+            raise ControlPlaneError(
+                "start the control plane before the node"
+                if plane.pki is None
+                else "with cluster_services the node starts the control plane"
+            )
         self.plane = plane
+        self.cluster_services = cluster_services
         # short: unix sockets (containerd, the kubelet's pod-resources) allow 107 bytes
         self.workdir = Path(tempfile.mkdtemp(prefix="aicoe-node-"))
         self.id = uuid.uuid4().hex[:8]
@@ -100,14 +150,20 @@ class RealNode:
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.timings: dict[str, float] = {}
+        self._nft_tables_before: set[str] = set()
+        if cluster_services:
+            plane.address = self.node_ip
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, images: tuple[str, ...] = ("notebook",), timeout: float = 120) -> RealNode:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._nft_tables_before = nft_tables()
         try:
             self._start_network()
+            if self.cluster_services:
+                self.plane.start()
             self._start_registry(timeout)
             t = time.monotonic()
             builder = ImageBuilder()
@@ -117,6 +173,9 @@ class RealNode:
             self._start_containerd(timeout)
             self._start_kubelet()
             self._start_controllers()
+            if self.cluster_services:
+                self._start_kube_proxy()
+                self._start_coredns(timeout)
             self._wait_node_ready(timeout)
         except BaseException:
             self.stop()
@@ -132,8 +191,14 @@ class RealNode:
 
     def stop(self) -> None:
         """Stop everything and remove every trace of the node."""
-        for name in ("kube-scheduler", "kube-controller-manager", "kubelet"):
+        for name in ("coredns", "kube-proxy", "kube-scheduler", "kube-controller-manager"):
             self._terminate(name)
+        if self.cluster_services:  # kube-proxy's iptables (and nftables) rules
+            subprocess.run(
+                [str(find_binary("kube-proxy")), "--cleanup", "--v=0"], capture_output=True
+            )
+            remove_kube_rules(self._nft_tables_before)
+        self._terminate("kubelet")
         self._kill_cgroup_processes()
         self._terminate("containerd")
         for pid in processes_mentioning(str(self.socket)):  # containerd shims
@@ -174,9 +239,14 @@ class RealNode:
         return found
 
     def iptables_rules(self) -> list[str]:
-        """iptables rules that name this node's bridge or subnet (the node itself adds none;
-        other software on the machine may add rules of its own meanwhile)."""
-        mine = (self.bridge, f"10.244.{self.index}.")
+        """iptables rules that name this node's bridge or subnet, and with cluster services
+        kube-proxy's (``KUBE-*``; without them the node adds none; other software on the
+        machine may add rules of its own meanwhile)."""
+        mine = (
+            self.bridge,
+            f"10.244.{self.index}.",
+            *(("KUBE-",) if self.cluster_services else ()),
+        )
         return [r for r in iptables_rules().splitlines() if any(m in r for m in mine)]
 
     def log_tail(self, lines: int = 40) -> str:
@@ -315,7 +385,13 @@ class RealNode:
             "serializeImagePulls": False,
             "resolvConf": "/etc/resolv.conf",
             "volumeStatsAggPeriod": "0s",
+            # not the machine's /var/log/pods: another node's kubelet deletes the log folders
+            # of pods it does not know there
+            "podLogsDir": str(kubelet_dir / "pod-logs"),
         }
+        if self.cluster_services:  # pods resolve through CoreDNS on the node IP
+            config["clusterDNS"] = [self.node_ip]
+            config["clusterDomain"] = CLUSTER_DOMAIN
         config_path = kubelet_dir / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
         self._spawn(
@@ -360,6 +436,55 @@ class RealNode:
                 "--controllers=*",
                 "--use-service-account-credentials=false",
             ],
+        )
+
+    def _start_kube_proxy(self) -> None:
+        """kube-proxy in iptables mode; NodePorts only on the node IP."""
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.plane.kubeconfig)},
+            "hostnameOverride": NODE_NAME,
+            "bindAddress": self.node_ip,
+            "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "mode": "iptables",
+            "clusterCIDR": self.subnet,
+            "nodePortAddresses": [f"{self.node_ip}/32"],
+            # 0: leave the machine's conntrack settings alone
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+        }
+        path = self.workdir / "kube-proxy.json"
+        path.write_text(json.dumps(config, indent=2))
+        self._spawn("kube-proxy", [str(find_binary("kube-proxy")), f"--config={path}", "--v=1"])
+
+    def _start_coredns(self, timeout: float) -> None:
+        """CoreDNS on the node IP, port 53, answering for the cluster domain only."""
+        ready_port = free_port()
+        corefile = self.workdir / "Corefile"
+        corefile.write_text(
+            textwrap.dedent(
+                f"""                .:53 {{
+                    bind {self.node_ip}
+                    errors
+                    ready 127.0.0.1:{ready_port}
+                    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+                        kubeconfig {self.plane.kubeconfig}
+                        pods insecure
+                    }}
+                    cache 5
+                }}
+                """
+            )
+        )
+        self._spawn("coredns", [str(find_binary("coredns")), "-conf", str(corefile)])
+        self._wait_for(
+            lambda: self._http_ok(f"http://127.0.0.1:{ready_port}/ready"), "CoreDNS", timeout
         )
 
     def _wait_node_ready(self, timeout: float) -> None:

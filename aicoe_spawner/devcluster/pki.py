@@ -55,9 +55,9 @@ def _cert(subject: x509.Name, issuer: x509.Name, public_key, signing_key, *, ca:
     return builder
 
 
-def create_pki(directory: Path) -> Pki:
-    """Create a CA, a serving certificate for 127.0.0.1/localhost, an admin client
-    certificate (CN=admin, O=system:masters) and a service-account signing key."""
+def create_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Create a CA, a serving certificate for 127.0.0.1/localhost (and ``extra_ips``), an
+    admin client certificate (CN=admin, O=system:masters) and a service-account signing key."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aicoe-devcluster-ca")])
@@ -97,6 +97,7 @@ def create_pki(directory: Path) -> Pki:
                     x509.DNSName("kubernetes.default.svc"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
                 ]
             ),
             critical=False,

@@ -44,8 +44,16 @@ def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
 def test_dockerfile_parses_and_runs_as_the_chart_expects():
     steps = instructions()
     assert all(k in KNOWN for k, _ in steps), [k for k, _ in steps if k not in KNOWN]
-    assert steps[0][0] == "FROM"
-    stages = [args for k, args in steps if k == "FROM"]
+    first = next(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    assert all(k == "ARG" for k, _ in steps[:first])  # only build arguments before FROM
+    # base images come from build arguments with pinned defaults (BASE_IMAGE)
+    defaults = dict(args.split("=", 1) for _, args in steps[:first] if "=" in args)
+    stages = [
+        re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], args)
+        for k, args in steps
+        if k == "FROM"
+    ]
+    assert stages[0].startswith("python:3.12-slim-bookworm"), stages
     assert all(re.search(r":[\w.-]+", s.split()[0]) for s in stages), "pin base image tags"
     assert not any(s.split()[0].endswith(":latest") for s in stages)
     final = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM") :]

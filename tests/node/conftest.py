@@ -11,11 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client
-from node_harness import NodeCluster, start_node_cluster, stop_node_cluster
+from node_harness import RUNNING, NodeCluster, start_node_cluster, stop_node_cluster
 
 from aicoe_spawner.devcluster import api_client, install_crds
-
-_running: list[NodeCluster] = []
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +25,7 @@ def node_cluster() -> Iterator[NodeCluster]:
         f"\nreal node ready in {node.timings['start']:.1f} s "
         f"(images {node.timings['images']:.1f} s, node Ready {node.timings['node_ready']:.1f} s)"
     )
-    _running.append(cluster)
     yield cluster
-    _running.remove(cluster)
     stop_node_cluster(cluster)
 
 
@@ -47,6 +43,6 @@ def pytest_runtest_makereport(item, call):
     """Attach the node's logs (containerd, kubelet, scheduler, …) to failing tests."""
     report = yield
     if report.failed:
-        for cluster in _running:
+        for cluster in RUNNING:
             report.sections.append(("real node logs", cluster.log_tail()))
     return report

@@ -89,3 +89,57 @@ async def test_a_job_runs_in_a_container_and_stopping_leaves_nothing_behind():
     assert after[0] == before[0], f"interfaces left: {after[0] - before[0]}"
     assert after[1] - before[1] == set(), f"mounts left: {after[1] - before[1]}"
     assert node.iptables_rules() == []
+
+
+async def test_with_cluster_services_a_pod_reaches_the_api_server_by_its_service_name():
+    """CoreDNS resolves ``kubernetes.default.svc.cluster.local`` to the Service's ClusterIP,
+    kube-proxy routes it to the API server on the node IP; stopping removes kube-proxy's rules."""
+    before = (interfaces(), set(mountpoints()))
+    cluster = await asyncio.to_thread(start_node_cluster, (), cluster_services=True)
+    node = cluster.node
+    try:
+        assert cluster.plane.server.startswith(f"https://{node.node_ip}:")
+        api = await api_client(cluster.plane.kubeconfig)
+        try:
+            core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+            service = await core.read_namespaced_service("kubernetes", "default")
+            name = "kubernetes.default.svc.cluster.local"
+            script = (
+                f"/bin/busybox nslookup {name};"
+                f" printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc {name} 443"
+            )
+            job = {
+                "metadata": {"name": "reach-api"},
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "reach",
+                                    "image": node.images["pause"],
+                                    "command": ["/bin/busybox", "sh", "-c", script],
+                                }
+                            ],
+                        }
+                    },
+                },
+            }
+            await batch.create_namespaced_job("default", job)
+            done = await wait_job(batch, "default", "reach-api")
+            pods = await core.list_namespaced_pod("default", label_selector="job-name=reach-api")
+            logs = await core.read_namespaced_pod_log(pods.items[0].metadata.name, "default")
+            assert done.status.succeeded == 1, logs
+            assert service.spec.cluster_ip in logs, logs  # the DNS answer
+            # kube-apiserver's answer to plain HTTP on its TLS port: the connection got there
+            assert "Client sent an HTTP request to an HTTPS server" in logs, logs
+        finally:
+            await api.close()
+    finally:
+        await asyncio.to_thread(stop_node_cluster, cluster)
+    assert node.leftovers() == []
+    after = (interfaces(), set(mountpoints()))
+    assert after[0] == before[0], f"interfaces left: {after[0] - before[0]}"
+    assert after[1] - before[1] == set(), f"mounts left: {after[1] - before[1]}"
+    assert node.iptables_rules() == []

@@ -66,8 +66,15 @@ if builder["enabled"]:
             "url": builder["url"],
             "api_token": os.environ.get("IMAGE_BUILDER_API_TOKEN"),
             "display": True,
+            # The page signs users in with the hub's OAuth: its tokens may carry the builder's
+            # two scopes (without this every user gets 403 on the page), and users are not
+            # asked to confirm access to a service of their own hub.
+            "oauth_client_allowed_scopes": [f"custom:{name}:build", f"custom:{name}:admin"],
+            "oauth_no_confirm": True,
         }
     ]
+    # The options form links to the builder's page ("Build an image from a repository").
+    c.AICoESpawner.builder_url = f"/services/{name}/"
     # Custom scopes of the builder: submit builds / see and cancel everyone's builds.
     c.JupyterHub.custom_scopes = {
         f"custom:{name}:build": {"description": "Submit image builds and see your own builds."},
