@@ -86,7 +86,7 @@ async def test_a_job_runs_in_a_container_and_stopping_leaves_nothing_behind():
         await asyncio.to_thread(stop_node_cluster, cluster)
     assert node.leftovers() == []
     after = (interfaces(), set(mountpoints()))
-    assert after[0] == before[0], f"interfaces left: {after[0] - before[0]}"
+    assert after[0] - before[0] == set(), f"interfaces left: {after[0] - before[0]}"
     assert after[1] - before[1] == set(), f"mounts left: {after[1] - before[1]}"
     assert node.iptables_rules() == []
 
@@ -140,6 +140,6 @@ async def test_with_cluster_services_a_pod_reaches_the_api_server_by_its_service
         await asyncio.to_thread(stop_node_cluster, cluster)
     assert node.leftovers() == []
     after = (interfaces(), set(mountpoints()))
-    assert after[0] == before[0], f"interfaces left: {after[0] - before[0]}"
+    assert after[0] - before[0] == set(), f"interfaces left: {after[0] - before[0]}"
     assert after[1] - before[1] == set(), f"mounts left: {after[1] - before[1]}"
     assert node.iptables_rules() == []
