@@ -92,7 +92,8 @@ async def open_page(e, user: str):
     up = await login(e.browser, e.hub.url, user)
     # let the hub's post-login redirects settle: they set the session cookie the service's
     # OAuth token and XSRF token are bound to
-    await up.page.wait_for_load_state("networkidle")
+    # (the spawn page keeps a live-update request open, so the network never goes idle)
+    await up.page.wait_for_load_state("load")
     response = await up.page.goto(e.page_url)
     return up, response
 
