@@ -200,7 +200,7 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
         service = await core.read_namespaced_service(f"{RELEASE}-proxy-public", NAMESPACE)
         node_port = service.spec.ports[0].node_port
         url = f"http://{node.node_ip}:{node_port}"
-        repo = f"{git.url}/dockerfile-notebook.git"
+        repo = f"{git.base_url}/dockerfile-notebook.git"
 
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
