@@ -12,7 +12,7 @@ import uuid
 
 import aiohttp
 import pytest_asyncio
-from builder_harness import BuilderStack, GitServer, builder_service_config
+from builder_harness import BuilderStack, GitServer, api_call, builder_service_config
 from hub_harness import Hub
 from kubernetes_asyncio import client
 
@@ -81,18 +81,8 @@ c.JupyterHub.load_roles.extend([
 
 
 async def call(e, method, path, user=None, json_body=None, data=None, headers=None):
-    h = dict(headers or {})
-    if user:
-        h["Authorization"] = f"token {e.tokens[user]}"
-    async with aiohttp.ClientSession() as s:
-        async with s.request(
-            method, e.url + path, json=json_body, data=data, headers=h, allow_redirects=False
-        ) as r:
-            text = await r.text()
-            try:
-                return r.status, json.loads(text)
-            except ValueError:
-                return r.status, text
+    token = e.tokens[user] if user else None
+    return await api_call(e.url, method, path, token, json_body, data, headers)
 
 
 async def event_stream_status(e, build_id: str, user: str) -> tuple[int, str]:

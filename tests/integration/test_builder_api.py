@@ -3,8 +3,6 @@ registered as a hub service with custom scopes), against the real API server."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 import uuid
@@ -16,7 +14,9 @@ from builder_harness import (
     BuilderStack,
     GitServer,
     Registry,
+    api_call,
     builder_service_config,
+    github_signature,
     push_base_image,
 )
 from hub_harness import Hub
@@ -101,18 +101,8 @@ c.JupyterHub.load_roles.extend([
 
 
 async def call(e, method, path, user=None, json_body=None, data=None, headers=None):
-    h = dict(headers or {})
-    if user:
-        h["Authorization"] = f"token {e.tokens[user]}"
-    async with aiohttp.ClientSession() as s:
-        async with s.request(
-            method, e.url + path, json=json_body, data=data, headers=h, allow_redirects=False
-        ) as r:
-            text = await r.text()
-            try:
-                return r.status, json.loads(text)
-            except ValueError:
-                return r.status, text
+    token = e.tokens[user] if user else None
+    return await api_call(e.url, method, path, token, json_body, data, headers)
 
 
 async def objects(e):
@@ -131,7 +121,7 @@ async def objects(e):
 
 
 def sign(body: bytes, secret: bytes = SECRET) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return github_signature(body, secret)
 
 
 async def test_api_end_to_end(env):
