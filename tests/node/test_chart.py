@@ -18,6 +18,8 @@ import json
 import re
 import shutil
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,12 +63,43 @@ def chart_node(tmp_path_factory) -> Iterator[tuple[NodeCluster, GitServer]]:
         yield cluster, git
     finally:
         git.stop()
-        logs = Path(node.workdir) / "kubelet" / "pod-logs"
-        if logs.exists():  # the hub's, proxy's, builder's and build pods' logs
-            shutil.rmtree(ARTIFACTS / "pod-logs", ignore_errors=True)
-            shutil.copytree(logs, ARTIFACTS / "pod-logs")
+        keep_pod_logs(node)
         stop_node_cluster(cluster)
     assert node.leftovers() == []
+
+
+def keep_pod_logs(node) -> None:
+    """Copy the logs of the pods on the node (hub, proxy, builder, builds, notebook) to
+    test-artifacts/chart/pod-logs: a pod's logs go with the pod."""
+    logs = Path(node.workdir) / "kubelet" / "pod-logs"
+    if logs.exists():
+        shutil.copytree(logs, ARTIFACTS / "pod-logs", dirs_exist_ok=True, symlinks=False)
+
+
+async def wait_routed(url: str, timeout: float = 120) -> None:
+    """Wait until the proxy routes ``url`` to its service. The hub adds an external service's
+    route once it has started and reached the service, which can be seconds after its pod
+    reports Ready; until then the proxy's default route sends the request to the hub (404)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            status = await asyncio.to_thread(http_status, url)
+        except OSError as e:
+            status, last = 0, str(e)
+        if status == 200:
+            return
+        last = last or f"HTTP {status}"
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{url} not routed to its service after {timeout:.0f} s: {last}")
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def local_image(node, name: str) -> dict[str, str]:
@@ -200,6 +233,9 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
         service = await core.read_namespaced_service(f"{RELEASE}-proxy-public", NAMESPACE)
         node_port = service.spec.ports[0].node_port
         url = f"http://{node.node_ip}:{node_port}"
+        started = time.monotonic()
+        await wait_routed(f"{url}/services/image-builder/health")
+        timings["all Ready → the proxy routes the builder"] = time.monotonic() - started
         repo = f"{git.base_url}/dockerfile-notebook.git"
 
         async with async_playwright() as p:
@@ -265,6 +301,7 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
                 )
                 await wait_hub_replaced(core, pods["hub"])
                 timings["helm upgrade → all Ready"] = time.monotonic() - started
+                await wait_routed(f"{url}/services/image-builder/health")
                 assert await one_user_pod(core) == user_pod  # the server kept running
                 await page.goto(f"{url}/user/{USER}/lab")
                 await page.wait_for_selector(".jp-DirListing-item", timeout=120_000)
@@ -300,6 +337,9 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
         while (await core.list_namespaced_pod(NAMESPACE)).items:
             assert time.monotonic() < deadline, "pods left after the documented clean-up"
             await asyncio.sleep(1)
+    except BaseException:
+        keep_pod_logs(node)  # before anything uninstalls the pods with their logs
+        raise
     finally:
         await api.close()
         print("\n" + "\n".join(f"{k}: {v:.1f} s" for k, v in timings.items()))
