@@ -156,8 +156,8 @@ async def test_choose_filter_and_start_at_1000_images(env, kube):
             "data-cards", "all", timeout=30_000
         )
         await expect(card(page, "nb-0000").locator(".aicoe-image-radio")).to_be_checked()
-        # At most 50 cards are shown until the user asks for all of them.
-        await expect(page.locator(".aicoe-image-card:visible")).to_have_count(50)
+        # At most 20 cards are shown until the user asks for all of them.
+        await expect(page.locator(".aicoe-image-card:visible")).to_have_count(20)
         show_all = page.get_by_role("button", name="Show all images")
         await show_all.focus()
         await page.keyboard.press("Enter")
@@ -172,6 +172,14 @@ async def test_choose_filter_and_start_at_1000_images(env, kube):
         )
         await box.fill("nb-050")
         await expect(page.locator(".aicoe-image-card:visible")).to_have_count(10)
+        # 100 matches: the first 20 shown (8 at once, the rest in idle time), in order.
+        await box.fill("nb-01")
+        await expect(page.locator(".aicoe-image-card:visible")).to_have_count(20)
+        shown = await page.locator(".aicoe-image-card:visible").evaluate_all(
+            "cards => cards.map(c => c.dataset.stream.split('/').pop())"
+        )
+        assert shown == [name(n) for n in range(100, 120)], shown
+        await expect(page.get_by_role("button", name="Show all 100 matching images")).to_be_visible()
         await box.fill("nb-0777")
         chosen = card(page, "nb-0777")
         await expect(chosen).to_be_visible()
