@@ -179,7 +179,8 @@ async def test_choose_filter_and_start_at_1000_images(env, kube):
             "cards => cards.map(c => c.dataset.stream.split('/').pop())"
         )
         assert shown == [name(n) for n in range(100, 120)], shown
-        await expect(page.get_by_role("button", name="Show all 100 matching images")).to_be_visible()
+        show_matches = page.get_by_role("button", name="Show all 100 matching images")
+        await expect(show_matches).to_be_visible()
         await box.fill("nb-0777")
         chosen = card(page, "nb-0777")
         await expect(chosen).to_be_visible()
