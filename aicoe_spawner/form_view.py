@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import zlib
 from collections import OrderedDict
 from contextvars import ContextVar
@@ -64,17 +65,21 @@ FORM_MARKER = "<!--aicoe-options-form-4f2a9c-->"
 
 class Segment:
     """A piece of a page as UTF-8 bytes, with its raw-deflate compression made once (ending in
-    a sync flush, so compressed pieces can be joined into one gzip stream)."""
+    a sync flush, so compressed pieces can be joined into one gzip stream) and its text kept
+    once asked for (a form returned as one string)."""
 
-    __slots__ = ("_z", "data")
+    __slots__ = ("_t", "_z", "data")
 
     def __init__(self, text: str) -> None:
         self.data = text.encode("utf-8")
+        self._t: str | None = None
         self._z: bytes | None = None
 
     @property
     def text(self) -> str:
-        return self.data.decode("utf-8")
+        if self._t is None:
+            self._t = self.data.decode("utf-8")
+        return self._t
 
     @property
     def compressed(self) -> bytes:
@@ -85,7 +90,9 @@ class Segment:
 
     @property
     def size(self) -> int:
-        return len(self.data) + (len(self._z) if self._z is not None else 0)
+        """Bytes held: the UTF-8 data, and the compressed data and the text once made."""
+        text = sys.getsizeof(self._t) if self._t is not None else 0
+        return len(self.data) + (len(self._z) if self._z is not None else 0) + text
 
 
 class FormParts(str):
@@ -200,7 +207,9 @@ class FormView:
             _trim_rendered_forms()
         if composing_page.get() and self.form_layout == "lean":
             return FormParts((cached[0], Segment(poll_url_json), cached[1]))
-        return poll_url_json.join(part.text for part in cached)
+        html = poll_url_json.join(part.text for part in cached)
+        _trim_rendered_forms()  # the cached text now counts too
+        return html
 
     def _form_config(self, policy: opts.Policy) -> dict[str, Any]:
         """Settings the form's script needs."""
