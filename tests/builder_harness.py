@@ -65,6 +65,57 @@ c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
 """
 
 
+#: Where the builder service is mounted (JupyterHub's ``/services/<name>/``).
+SERVICE_PREFIX = "/services/image-builder/"
+
+
+def builder_roles(
+    builders: tuple[str, ...] = (), admins: tuple[str, ...] = (), viewers: tuple[str, ...] = ()
+) -> str:
+    """jupyterhub_config.py lines granting ``builders`` the build scope, ``admins`` the admin
+    scope (both with access to the service) and ``viewers`` only access to it."""
+    access = "access:services!service=image-builder"
+    grants = (
+        ("builders", builders, ["custom:image-builder:build", access]),
+        ("builder-admins", admins, ["custom:image-builder:admin", access]),
+        ("viewers", viewers, [access]),
+    )
+    roles = [
+        {"name": name, "users": list(users), "scopes": scopes}
+        for name, users, scopes in grants
+        if users
+    ]
+    return f"\nc.JupyterHub.load_roles.extend({roles!r})\n"
+
+
+async def start_builder_hub(
+    control_plane, namespace: str, workdir: Path, token: str, port: int, **roles
+):
+    """A started hub with the builder registered on 127.0.0.1:port and ``roles`` (see
+    :func:`builder_roles`)."""
+    from hub_harness import Hub
+
+    hub = Hub(
+        workdir / "hub",
+        control_plane.kubeconfig,
+        namespace,
+        free_port(),
+        builder_service_config(token, port) + builder_roles(**roles),
+    )
+    await hub.start()
+    return hub
+
+
+async def user_tokens(hub, users) -> dict[str, str]:
+    """A new API token of each user in ``users``."""
+    tokens = {}
+    for user in users:
+        status, body = await hub.api("POST", f"/users/{user}/tokens", json={})
+        assert status == 201, body
+        tokens[user] = body["token"]
+    return tokens
+
+
 async def api_call(
     url: str,
     method: str,
@@ -113,8 +164,8 @@ class BuilderStack:
         token: str,
         hub_url: str,
         port: int,
-        prefix: str,
-        oauth_redirect_uri: str,
+        prefix: str = SERVICE_PREFIX,
+        oauth_redirect_uri: str | None = None,
         webhook_secret: bytes | None = None,
         run_jobs: bool = True,
         app_options: dict | None = None,
@@ -145,7 +196,8 @@ class BuilderStack:
             hub_prefix="/hub/",
             base_url=prefix,
             oauth_client_id="service-image-builder",
-            oauth_redirect_uri=oauth_redirect_uri,
+            oauth_redirect_uri=oauth_redirect_uri
+            or f"http://127.0.0.1:{port}{prefix}oauth_callback",
             access_scopes={"access:services!service=image-builder"},
         )
         extra = {"webhook_secret": webhook_secret} if webhook_secret is not None else {}

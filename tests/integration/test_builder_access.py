@@ -12,8 +12,7 @@ import uuid
 
 import aiohttp
 import pytest_asyncio
-from builder_harness import BuilderStack, GitServer, api_call, builder_service_config
-from hub_harness import Hub
+from builder_harness import BuilderStack, GitServer, api_call, start_builder_hub, user_tokens
 from kubernetes_asyncio import client
 
 from aicoe_spawner.devcluster import delete_namespace
@@ -32,22 +31,9 @@ async def env(kube, control_plane, tmp_path_factory):
     git = GitServer(tmp_path / "git")
     token = secrets.token_hex(16)
     port = free_port()
-    hub = Hub(
-        tmp_path / "hub",
-        control_plane.kubeconfig,
-        namespace,
-        free_port(),
-        builder_service_config(token, port)
-        + """
-c.JupyterHub.load_roles.extend([
-    {"name": "builders", "users": ["alice", "bob"],
-      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]},
-    {"name": "builder-admins", "users": ["root"],
-      "scopes": ["custom:image-builder:admin", "access:services!service=image-builder"]},
-])
-""",
+    hub = await start_builder_hub(
+        control_plane, namespace, tmp_path, token, port, builders=("alice", "bob"), admins=("root",)
     )
-    await hub.start()
     stack = BuilderStack(
         kube,
         namespace,
@@ -56,15 +42,9 @@ c.JupyterHub.load_roles.extend([
         token=token,
         hub_url=hub.url,
         port=port,
-        prefix=PREFIX,
-        oauth_redirect_uri=f"http://127.0.0.1:{port}{PREFIX}oauth_callback",
     )
     stack.runner.paused = True
-    tokens = {}
-    for user in ("alice", "bob", "root"):
-        status, body = await hub.api("POST", f"/users/{user}/tokens", json={})
-        assert status == 201, body
-        tokens[user] = body["token"]
+    tokens = await user_tokens(hub, ("alice", "bob", "root"))
     e = type("Env", (), {})()
     e.url, e.tokens, e.git, e.kube, e.namespace = (
         f"http://127.0.0.1:{port}{PREFIX}",

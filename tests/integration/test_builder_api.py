@@ -15,11 +15,11 @@ from builder_harness import (
     GitServer,
     Registry,
     api_call,
-    builder_service_config,
     github_signature,
     push_base_image,
+    start_builder_hub,
+    user_tokens,
 )
-from hub_harness import Hub
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
 
@@ -42,23 +42,16 @@ async def env(kube, control_plane, tmp_path_factory):
     base = push_base_image(registry, tmp_path)
     token = secrets.token_hex(16)
     port = free_port()
-    hub = Hub(
-        tmp_path / "hub",
-        control_plane.kubeconfig,
+    hub = await start_builder_hub(
+        control_plane,
         namespace,
-        free_port(),
-        builder_service_config(token, port)
-        + """
-c.JupyterHub.load_roles.extend([
-    {"name": "builders", "users": ["alice", "bob"],
-      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]},
-    {"name": "builder-admins", "users": ["root"],
-      "scopes": ["custom:image-builder:admin", "access:services!service=image-builder"]},
-    {"name": "viewers", "users": ["eve"], "scopes": ["access:services!service=image-builder"]},
-])
-""",
+        tmp_path,
+        token,
+        port,
+        builders=("alice", "bob"),
+        admins=("root",),
+        viewers=("eve",),
     )
-    await hub.start()
     stack = BuilderStack(
         kube,
         namespace,
@@ -67,19 +60,13 @@ c.JupyterHub.load_roles.extend([
         token=token,
         hub_url=hub.url,
         port=port,
-        prefix=PREFIX,
-        oauth_redirect_uri=f"http://127.0.0.1:{port}{PREFIX}oauth_callback",
         webhook_secret=SECRET,
         max_per_user=2,
         max_total=10,
     )
     service, runner = stack.service, stack.runner
     git.create_repo("bad", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
-    tokens = {}
-    for user in ("alice", "bob", "root", "eve"):
-        status, body = await hub.api("POST", f"/users/{user}/tokens", json={})
-        assert status == 201, body
-        tokens[user] = body["token"]
+    tokens = await user_tokens(hub, ("alice", "bob", "root", "eve"))
     e = type("Env", (), {})()
     e.url, e.tokens, e.git, e.base, e.service, e.runner, e.kube = (
         f"http://127.0.0.1:{port}{PREFIX}",

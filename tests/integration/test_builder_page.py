@@ -16,10 +16,9 @@ from builder_harness import (
     BuilderStack,
     GitServer,
     Registry,
-    builder_service_config,
     push_base_image,
+    start_builder_hub,
 )
-from hub_harness import Hub
 from kubernetes_asyncio import client
 from playwright.async_api import expect
 
@@ -45,21 +44,9 @@ async def env(kube, control_plane, tmp_path_factory):
     base = push_base_image(registry, tmp_path)
     token = secrets.token_hex(16)
     port = free_port()
-    hub = Hub(
-        tmp_path / "hub",
-        control_plane.kubeconfig,
-        namespace,
-        free_port(),
-        builder_service_config(token, port)
-        + """
-c.JupyterHub.load_roles.extend([
-    {"name": "builders", "users": ["alice"],
-      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]},
-    {"name": "viewers", "users": ["eve"], "scopes": ["access:services!service=image-builder"]},
-])
-""",
+    hub = await start_builder_hub(
+        control_plane, namespace, tmp_path, token, port, builders=("alice",), viewers=("eve",)
     )
-    await hub.start()
     stack = BuilderStack(
         kube,
         namespace,

@@ -17,8 +17,7 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import BuilderProcess, GitServer, builder_service_config
-from hub_harness import Hub
+from builder_harness import BuilderProcess, GitServer, start_builder_hub, user_tokens
 from kubernetes_asyncio import client
 
 from aicoe_spawner.devcluster import delete_namespace
@@ -37,22 +36,15 @@ async def env(kube, control_plane, tmp_path_factory):
     git = GitServer(tmp_path / "git")
     token = secrets.token_hex(16)
     port_a, port_b = free_port(), free_port()
-    hub = Hub(
-        tmp_path / "hub",
-        control_plane.kubeconfig,
+    hub = await start_builder_hub(
+        control_plane,
         namespace,
-        free_port(),
-        builder_service_config(token, port_a)
-        + """
-c.JupyterHub.load_roles.extend([
-    {"name": "builders", "users": ["alice", "bob"],
-      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]},
-    {"name": "builder-admins", "users": ["root"],
-      "scopes": ["custom:image-builder:admin", "access:services!service=image-builder"]},
-])
-""",
+        tmp_path,
+        token,
+        port_a,
+        builders=("alice", "bob"),
+        admins=("root",),
     )
-    await hub.start()
     common = dict(
         token=token,
         hub_url=hub.url,
@@ -68,11 +60,7 @@ c.JupyterHub.load_roles.extend([
         for p in (port_a, port_b)
     ]
     await asyncio.gather(*(r.start() for r in replicas))
-    tokens = {}
-    for user in ("alice", "bob", "root"):
-        status, body = await hub.api("POST", f"/users/{user}/tokens", json={})
-        assert status == 201, body
-        tokens[user] = body["token"]
+    tokens = await user_tokens(hub, ("alice", "bob", "root"))
     e = type("Env", (), {})()
     e.hub, e.git, e.replicas, e.tokens, e.kube, e.namespace = (
         hub,

@@ -18,12 +18,12 @@ from builder_harness import (
     JobRunner,
     Registry,
     api_call,
-    builder_service_config,
     github_signature,
     local_settings,
     push_base_image,
+    start_builder_hub,
+    user_tokens,
 )
-from hub_harness import Hub
 from kube_helpers import create_imagestream, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -63,22 +63,15 @@ async def env(kube, control_plane, tmp_path_factory):
     )
     token = secrets.token_hex(16)
     port = free_port()
-    hub = Hub(
-        tmp_path / "hub",
-        control_plane.kubeconfig,
+    hub = await start_builder_hub(
+        control_plane,
         namespace,
-        free_port(),
-        builder_service_config(token, port)
-        + """
-c.JupyterHub.load_roles.extend([
-    {"name": "builders", "users": ["alice", "bob", "github:octo"],
-      "scopes": ["custom:image-builder:build", "access:services!service=image-builder"]},
-    {"name": "builder-admins", "users": ["root"],
-      "scopes": ["custom:image-builder:admin", "access:services!service=image-builder"]},
-])
-""",
+        tmp_path,
+        token,
+        port,
+        builders=("alice", "bob", "github:octo"),
+        admins=("root",),
     )
-    await hub.start()
     stack = BuilderStack(
         kube,
         namespace,
@@ -87,18 +80,12 @@ c.JupyterHub.load_roles.extend([
         token=token,
         hub_url=hub.url,
         port=port,
-        prefix=PREFIX,
-        oauth_redirect_uri=f"http://127.0.0.1:{port}{PREFIX}oauth_callback",
         webhook_secret=SECRET,
         max_per_user=10,
         max_total=40,
         push_secret="push-creds",
     )
-    tokens = {}
-    for user in USERS:
-        status, body = await hub.api("POST", f"/users/{user}/tokens", json={})
-        assert status == 201, body
-        tokens[user] = body["token"]
+    tokens = await user_tokens(hub, USERS)
     e = type("Env", (), {})()
     e.url, e.tokens, e.git, e.base, e.kube, e.namespace = (
         f"http://127.0.0.1:{port}{PREFIX}",
