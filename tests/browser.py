@@ -85,3 +85,8 @@ async def screenshot(page: Page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def card(page, stream: str):
+    """The options form's card of image ``stream`` (its name, any namespace)."""
+    return page.locator(f'.aicoe-image-card[data-stream$="/{stream}"]')

@@ -4,6 +4,7 @@ stand-in single-user server that answers on the pods' podIP:port so spawns compl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,22 @@ class FakeSingleUser:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.asynccontextmanager
+async def running_hub(
+    workdir: Path, kubeconfig: Path, namespace: str, extra_config: str = ""
+) -> AsyncIterator[Hub]:
+    """A started :class:`Hub` spawning into ``namespace``, its servers answered by a
+    :class:`FakeSingleUser`; both stopped afterwards."""
+    singleuser = FakeSingleUser()
+    hub = Hub(workdir, kubeconfig, namespace, singleuser.port, extra_config)
+    try:
+        await hub.start()
+        yield hub
+    finally:
+        await hub.stop()
+        singleuser.stop()
 
 
 class Hub:

@@ -112,3 +112,8 @@ async def ignore_404(coro) -> None:
     except ApiException as e:
         if e.status != 404:
             raise
+
+
+def container(pod: dict[str, Any]) -> dict[str, Any]:
+    """The notebook container of a spawned pod (the first)."""
+    return pod["spec"]["containers"][0]

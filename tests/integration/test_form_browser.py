@@ -12,11 +12,12 @@ import uuid
 from itertools import count
 
 import pytest_asyncio
-from browser import DESKTOP, NARROW, chromium, login, screenshot
-from hub_harness import FakeSingleUser, Hub, files_containing
+from browser import DESKTOP, NARROW, card, chromium, login, screenshot
+from hub_harness import Hub, files_containing, running_hub
 from kube_helpers import (
     IMAGE_API,
     MERGE,
+    container,
     create_imagestream,
     reference,
     set_ready,
@@ -220,29 +221,15 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
         await create_imagestream(
             kube, ns, f"extra-{i}", {"1": {}}, annotations={f"{A}notebook-image-order": "50"}
         )
-    singleuser = FakeSingleUser()
-    hub = Hub(
-        tmp_path_factory.mktemp("formhub"),
-        control_plane.kubeconfig,
-        ns,
-        singleuser.port,
-        HUB_CONFIG,
-    )
-    await hub.start()
-    async with chromium() as browser:
+    async with (
+        running_hub(
+            tmp_path_factory.mktemp("formhub"), control_plane.kubeconfig, ns, HUB_CONFIG
+        ) as hub,
+        chromium() as browser,
+    ):
         hub.browser = browser
         yield hub
-    await hub.stop()
-    singleuser.stop()
     await delete_namespace(kube, ns)
-
-
-def card(page, stream: str):
-    return page.locator(f'.aicoe-image-card[data-stream$="/{stream}"]')
-
-
-def container(pod: dict) -> dict:
-    return pod["spec"]["containers"][0]
 
 
 def hub_files_contain(hub: Hub, needle: str) -> list[str]:

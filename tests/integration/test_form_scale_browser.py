@@ -14,8 +14,8 @@ from itertools import count
 
 import aiohttp
 import pytest_asyncio
-from browser import DESKTOP, NARROW, chromium, login
-from hub_harness import FakeSingleUser, Hub, _input_value
+from browser import DESKTOP, NARROW, card, chromium, login
+from hub_harness import Hub, _input_value, running_hub
 from kube_helpers import IMAGE_API, MERGE, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 from playwright.async_api import expect
@@ -68,25 +68,15 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
     for start in range(0, STREAMS, 50):
         await asyncio.gather(*(one_stream(kube, ns, i) for i in range(start, start + 50)))
-    singleuser = FakeSingleUser()
-    hub = Hub(
-        tmp_path_factory.mktemp("scalehub"),
-        control_plane.kubeconfig,
-        ns,
-        singleuser.port,
-        HUB_CONFIG,
-    )
-    await hub.start()
-    async with chromium() as browser:
+    async with (
+        running_hub(
+            tmp_path_factory.mktemp("scalehub"), control_plane.kubeconfig, ns, HUB_CONFIG
+        ) as hub,
+        chromium() as browser,
+    ):
         hub.browser = browser
         yield hub
-    await hub.stop()
-    singleuser.stop()
     await delete_namespace(kube, ns)
-
-
-def card(page, stream: str):
-    return page.locator(f'.aicoe-image-card[data-stream$="/{stream}"]')
 
 
 async def open_form(env: Hub, user: str, viewport=DESKTOP):

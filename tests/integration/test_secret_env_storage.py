@@ -12,7 +12,7 @@ import uuid
 from itertools import count
 
 import pytest_asyncio
-from hub_harness import FakeSingleUser, Hub, files_containing
+from hub_harness import Hub, files_containing, running_hub
 from kube_helpers import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 
@@ -54,18 +54,10 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
     ns = f"t-secret-{uuid.uuid4().hex[:6]}"
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
     await create_imagestream(kube, ns, "minimal", {"1.0": DEFAULT})
-    singleuser = FakeSingleUser()
-    hub = Hub(
-        tmp_path_factory.mktemp("secrethub"),
-        control_plane.kubeconfig,
-        ns,
-        singleuser.port,
-        HUB_CONFIG,
-    )
-    await hub.start()
-    yield hub
-    await hub.stop()
-    singleuser.stop()
+    async with running_hub(
+        tmp_path_factory.mktemp("secrethub"), control_plane.kubeconfig, ns, HUB_CONFIG
+    ) as hub:
+        yield hub
     await delete_namespace(kube, ns)
 
 

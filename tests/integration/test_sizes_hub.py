@@ -12,8 +12,8 @@ from itertools import count
 import pytest
 import pytest_asyncio
 import yaml
-from hub_harness import FakeSingleUser, Hub
-from kube_helpers import create_imagestream, reference, user_pods
+from hub_harness import Hub, running_hub
+from kube_helpers import container, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 
 from aicoe_spawner.devcluster import delete_namespace
@@ -52,23 +52,11 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
     ns = f"t-sizes-{uuid.uuid4().hex[:6]}"
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
     await create_imagestream(kube, ns, "minimal", {"2025.2": DEFAULT})
-    singleuser = FakeSingleUser()
-    hub = Hub(
-        tmp_path_factory.mktemp("sizeshub"),
-        control_plane.kubeconfig,
-        ns,
-        singleuser.port,
-        HUB_CONFIG,
-    )
-    await hub.start()
-    yield hub
-    await hub.stop()
-    singleuser.stop()
+    async with running_hub(
+        tmp_path_factory.mktemp("sizeshub"), control_plane.kubeconfig, ns, HUB_CONFIG
+    ) as hub:
+        yield hub
     await delete_namespace(kube, ns)
-
-
-def container(pod: dict) -> dict:
-    return pod["spec"]["containers"][0]
 
 
 async def spawn(hub: Hub, kube, user: str, options: dict) -> dict:

@@ -15,8 +15,8 @@ from itertools import count
 
 import pytest
 import pytest_asyncio
-from hub_harness import FakeSingleUser, Hub
-from kube_helpers import create_imagestream, reference, user_pods, wait_for
+from hub_harness import Hub, running_hub
+from kube_helpers import container, create_imagestream, reference, user_pods, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -82,23 +82,11 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
         annotations={f"{A}notebook-image-name": "Minimal", f"{A}notebook-image-order": "1"},
     )
     await create_imagestream(kube, ns, "datascience", {"1.0": {}})
-    singleuser = FakeSingleUser()
-    hub = Hub(
-        tmp_path_factory.mktemp("linkhub"),
-        control_plane.kubeconfig,
-        ns,
-        singleuser.port,
-        HUB_CONFIG,
-    )
-    await hub.start()
-    yield hub
-    await hub.stop()
-    singleuser.stop()
+    async with running_hub(
+        tmp_path_factory.mktemp("linkhub"), control_plane.kubeconfig, ns, HUB_CONFIG
+    ) as hub:
+        yield hub
     await delete_namespace(kube, ns)
-
-
-def container(pod: dict) -> dict:
-    return pod["spec"]["containers"][0]
 
 
 async def server_model(hub: Hub, user: str) -> dict:

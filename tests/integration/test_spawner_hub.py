@@ -10,8 +10,9 @@ from itertools import count
 
 import pytest
 import pytest_asyncio
-from hub_harness import FakeSingleUser, Hub
+from hub_harness import Hub, running_hub
 from kube_helpers import (
+    container,
     create_imagestream,
     delete_imagestream,
     reference,
@@ -94,14 +95,10 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
     await create_imagestream(
         kube, ns, "hidden", {"v1": {}}, annotations={f"{A}notebook-image-hidden": "true"}
     )
-    singleuser = FakeSingleUser()
-    hub = Hub(
-        tmp_path_factory.mktemp("hub"), control_plane.kubeconfig, ns, singleuser.port, HUB_CONFIG
-    )
-    await hub.start()
-    yield hub
-    await hub.stop()
-    singleuser.stop()
+    async with running_hub(
+        tmp_path_factory.mktemp("hub"), control_plane.kubeconfig, ns, HUB_CONFIG
+    ) as hub:
+        yield hub
     await delete_namespace(kube, ns)
 
 
@@ -113,10 +110,6 @@ async def spawn_ok(hub: Hub, kube, user: str, options: dict, groups=()) -> dict:
     pods = await user_pods(kube, hub.namespace, user)
     assert len(pods) == 1
     return pods[0]
-
-
-def container(pod: dict) -> dict:
-    return pod["spec"]["containers"][0]
 
 
 def env_of(pod: dict) -> dict[str, str]:
