@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 
@@ -43,3 +44,13 @@ def type_name(value: Any) -> str:
     if isinstance(value, float):
         return "a number"
     return type(value).__name__
+
+
+def refuse_unknown_keys(where: str, config: Mapping, allowed: Collection[str]) -> None:
+    """ValueError naming the keys of an admin's ``config`` dict that are not ``allowed``."""
+    unknown = sorted(str(k) for k in config if k not in allowed)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )

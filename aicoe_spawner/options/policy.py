@@ -10,6 +10,7 @@ from typing import Any
 
 from aicoe_spawner.catalog import NotebookImage
 
+from .errors import refuse_unknown_keys
 from .errors import show as _show
 from .errors import type_name as _type_name
 from .quantities import parse_cpu, parse_memory
@@ -104,12 +105,7 @@ def _check_policy(policy: Any, where: str, default: bool) -> tuple[list[str], li
     """(image patterns, size patterns, max_gpus) of one policy dict; ValueError if invalid."""
     if not isinstance(policy, Mapping):
         raise ValueError(f"{where} must be a dict, got {_type_name(policy)}")
-    unknown = sorted(str(k) for k in policy if k not in _POLICY_KEYS)
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(sorted(_POLICY_KEYS))}"
-        )
+    refuse_unknown_keys(where, policy, _POLICY_KEYS)
     missing = ["*"] if default else []
     images = _patterns(policy, "images", where, missing)
     sizes = _patterns(policy, "sizes", where, missing)

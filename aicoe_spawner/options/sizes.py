@@ -16,6 +16,7 @@ from typing import Any
 
 from slugify import slugify
 
+from .errors import refuse_unknown_keys
 from .errors import show as _show
 from .errors import type_name as _type_name
 from .quantities import parse_cpu, parse_memory
@@ -199,12 +200,7 @@ def _size_options(where: str, options: Any) -> tuple[SizeOption, ...]:
             raise ValueError(f"{where}: profile_options names must be non-empty strings")
         if not isinstance(option, Mapping):
             raise ValueError(f"{here} must be a dict")
-        unknown = sorted(str(k) for k in option if k not in _OPTION_KEYS)
-        if unknown:
-            raise ValueError(
-                f"{here}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(_OPTION_KEYS))}"
-            )
+        refuse_unknown_keys(here, option, _OPTION_KEYS)
         if (option.get("unlisted_choice") or {}).get("enabled"):
             raise ValueError(
                 f"{here}: 'unlisted_choice' (free text typed by the user) is not supported, "
@@ -219,12 +215,7 @@ def _size_options(where: str, options: Any) -> tuple[SizeOption, ...]:
             there = f"{here}: choice {slug!r}"
             if not isinstance(choice, Mapping):
                 raise ValueError(f"{there} must be a dict")
-            unknown = sorted(str(k) for k in choice if k not in _CHOICE_KEYS)
-            if unknown:
-                raise ValueError(
-                    f"{there}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                    f"allowed: {', '.join(sorted(_CHOICE_KEYS))}"
-                )
+            refuse_unknown_keys(there, choice, _CHOICE_KEYS)
             overrides = check_overrides(there, choice.get("kubespawner_override"))
             choices.append(
                 Choice(
@@ -277,12 +268,7 @@ class Size:
         if not isinstance(name, str) or not name:
             raise ValueError(f"size {_show(name)}: 'name' must be a non-empty string")
         where = where or f"size {name!r}"
-        unknown = sorted(str(k) for k in d if k not in _SIZE_KEYS)
-        if unknown:
-            raise ValueError(
-                f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(_SIZE_KEYS))}"
-            )
+        refuse_unknown_keys(where, d, _SIZE_KEYS)
         display_name = d.get("display_name") or name
         description = d.get("description") or ""
         for key, text in (("display_name", display_name), ("description", description)):

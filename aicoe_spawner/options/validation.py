@@ -7,6 +7,7 @@ is an :class:`OptionsError` whose message starts with the offending field.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,51 +279,62 @@ def _validate_size(options: dict, policy: Policy) -> Size:
 
 
 def _validate_custom(options: dict, policy: Policy) -> tuple[float | None, int | None]:
-    cpu = memory = None
-    if "cpu" in options:
-        if not policy.allow_custom_resources:
-            raise OptionsError("cpu", "custom resources are not enabled")
-        value = options["cpu"]
-        hint = "a number of cores like '2', '1.5' or '500m'"
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise OptionsError("cpu", f"must be {hint}, got {_type_name(value)}")
-        try:
-            cpu = parse_cpu(value)
-        except ValueError:
-            raise OptionsError("cpu", f"must be {hint}, got {_show(value)}") from None
-        if cpu <= 0:
-            raise OptionsError("cpu", f"must be greater than 0, got {_show(value)}")
-        if cpu < policy.min_cpu:
-            raise OptionsError(
-                "cpu", f"must be at least {format_cpu(policy.min_cpu)}, got {_show(value)}"
-            )
-        if policy.max_cpu is not None and cpu > policy.max_cpu:
-            raise OptionsError(
-                "cpu", f"must be at most {format_cpu(policy.max_cpu)}, got {_show(value)}"
-            )
-    if "memory" in options:
-        if not policy.allow_custom_resources:
-            raise OptionsError("memory", "custom resources are not enabled")
-        value = options["memory"]
-        hint = "a quantity like '512Mi' or '8Gi', or an integer number of bytes"
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise OptionsError("memory", f"must be {hint}, got {_type_name(value)}")
-        try:
-            memory = parse_memory(value)
-        except ValueError:
-            raise OptionsError("memory", f"must be {hint}, got {_show(value)}") from None
-        if memory <= 0:
-            raise OptionsError("memory", f"must be greater than 0, got {_show(value)}")
-        if memory < policy.min_memory:
-            raise OptionsError(
-                "memory", f"must be at least {format_memory(policy.min_memory)}, got {_show(value)}"
-            )
-        if policy.max_memory is not None and memory > policy.max_memory:
-            raise OptionsError(
-                "memory",
-                f"must be at most {format_memory(policy.max_memory)}, got {_show(value)}",
-            )
+    cpu = _custom_quantity(
+        options,
+        policy,
+        "cpu",
+        "a number of cores like '2', '1.5' or '500m'",
+        str | int | float,
+        parse_cpu,
+        format_cpu,
+        policy.min_cpu,
+        policy.max_cpu,
+    )
+    memory = _custom_quantity(
+        options,
+        policy,
+        "memory",
+        "a quantity like '512Mi' or '8Gi', or an integer number of bytes",
+        str | int,
+        parse_memory,
+        format_memory,
+        policy.min_memory,
+        policy.max_memory,
+    )
     return cpu, memory
+
+
+def _custom_quantity(
+    options: dict,
+    policy: Policy,
+    field: str,
+    hint: str,
+    types: Any,
+    parse: Callable[[Any], Any],
+    show_quantity: Callable[[Any], str],
+    minimum: Any,
+    maximum: Any,
+) -> Any:
+    """The custom ``cpu`` or ``memory`` value, parsed and within the policy's bounds; None
+    when not given."""
+    if field not in options:
+        return None
+    if not policy.allow_custom_resources:
+        raise OptionsError(field, "custom resources are not enabled")
+    value = options[field]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise OptionsError(field, f"must be {hint}, got {_type_name(value)}")
+    try:
+        quantity = parse(value)
+    except ValueError:
+        raise OptionsError(field, f"must be {hint}, got {_show(value)}") from None
+    if quantity <= 0:
+        raise OptionsError(field, f"must be greater than 0, got {_show(value)}")
+    if quantity < minimum:
+        raise OptionsError(field, f"must be at least {show_quantity(minimum)}, got {_show(value)}")
+    if maximum is not None and quantity > maximum:
+        raise OptionsError(field, f"must be at most {show_quantity(maximum)}, got {_show(value)}")
+    return quantity
 
 
 def _validate_gpus(options: dict, policy: Policy) -> int:
