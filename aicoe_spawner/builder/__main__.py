@@ -27,6 +27,8 @@ AICOE_BUILDER_COOKIE_SECRET   secret signing the OAuth and XSRF cookies (hex, or
                               for every replica (the chart shares one Secret); default: derived
                               from JUPYTERHUB_API_TOKEN, which every replica shares too
 AICOE_BUILDER_MAX_STREAMS, AICOE_BUILDER_MAX_STREAMS_PER_USER  open event streams per replica
+AICOE_BUILDER_MAX_IMAGE_STREAMS_PER_USER  ImageStreams one requester may have published
+                              (default 20; 0: no limit; builder admins are not limited)
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the service URL;
@@ -98,6 +100,7 @@ class Settings:
     cookie_secret: str = ""
     max_streams: int = 200
     max_streams_per_user: int = 10
+    max_image_streams_per_user: int = 20
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -127,6 +130,7 @@ class Settings:
             cookie_secret=g("AICOE_BUILDER_COOKIE_SECRET", ""),
             max_streams=int(g("AICOE_BUILDER_MAX_STREAMS", "200")),
             max_streams_per_user=int(g("AICOE_BUILDER_MAX_STREAMS_PER_USER", "10")),
+            max_image_streams_per_user=int(g("AICOE_BUILDER_MAX_IMAGE_STREAMS_PER_USER", "20")),
         )
 
 
@@ -169,6 +173,7 @@ def build_service(
             cleanup_after_seconds=s.job_retention,
             cleanup_interval_seconds=s.cleanup_interval,
             record_retention_seconds=s.record_retention,
+            image_streams_per_user=s.max_image_streams_per_user,
         ),
         ledger=QuotaLedger(api, s.namespace),
     )

@@ -209,7 +209,9 @@ class BuildsHandler(AuthHandler):
         body = self.json_body()
         try:
             request = parse_build_request(body, self.service.policy, self.service.resolver)
-            status, builds = await self.service.submit_all(request, self.user_name())
+            status, builds = await self.service.submit_all(
+                request, self.user_name(), admin=self.is_admin()
+            )
         except BuildRequestError as e:
             raise JSONError(e.status, str(e), e.field) from None
         self.write_json(builds_view(builds), status)

@@ -49,17 +49,46 @@ def _protocols(repo: str) -> str:
     return "http" if repo.startswith("http:") else "https"
 
 
-async def resolve_ref(repo: str, ref: str) -> tuple[str, str]:
-    """``(commit, kind)`` with kind tag|branch|commit, via ``git ls-remote``."""
-    code, out = await _git("ls-remote", "--", repo, protocols=_protocols(repo))
-    if code != 0:
-        raise BuildRequestError("repo", f"cannot list refs of {repo}: {out.strip()[-300:]}", 422)
+# refs whose content the repository publishes: its branches and tags. Anything else that a
+# server advertises (refs/pull/*, refs/merge-requests/*, refs/changes/*, ...) holds the
+# content of forks and proposed changes, never published under the repository's stream.
+PUBLISHED_REF_PREFIXES = ("refs/heads/", "refs/tags/")
+
+
+def _advertised(out: str) -> dict[str, str]:
+    """``git ls-remote`` output -> {ref name: sha}."""
     refs: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, name = line.partition("\t")
         if sha and name:
             refs[name] = sha
+    return refs
+
+
+def published_ref(refs: dict[str, str], ref: str, repo: str) -> tuple[str, str]:
+    """``(commit, kind)`` of ``ref`` among the advertised ``refs``, if the repository
+    publishes it at a branch or tag (a commit SHA: at the tip of one); else a 422 naming
+    ``ref`` (pure)."""
+    if ref.startswith("refs/") and not ref.startswith(PUBLISHED_REF_PREFIXES):
+        raise BuildRequestError(
+            "ref",
+            f"{ref!r} is not a branch or tag: only refs/heads/... and refs/tags/... are "
+            "built (pull and merge requests hold content that is not the repository's)",
+            422,
+        )
     if is_sha(ref):
+        tips = {
+            sha
+            for name, sha in refs.items()
+            if name.removesuffix("^{}").startswith(PUBLISHED_REF_PREFIXES)
+        }
+        if ref not in tips:
+            raise BuildRequestError(
+                "ref",
+                f"commit {ref[:12]} is not the tip of a branch or tag of {repo}; build a "
+                "branch or tag (commits of forks and pull requests are never published)",
+                422,
+            )
         return ref, "commit"
     candidates = [ref] if ref.startswith("refs/") else [f"refs/tags/{ref}", f"refs/heads/{ref}"]
     for name in candidates:
@@ -68,6 +97,15 @@ async def resolve_ref(repo: str, ref: str) -> tuple[str, str]:
             kind = "tag" if name.startswith("refs/tags/") else "branch"
             return peeled or refs[name], kind
     raise BuildRequestError("ref", f"{ref!r} is not a tag or branch of {repo}", 422)
+
+
+async def resolve_ref(repo: str, ref: str) -> tuple[str, str]:
+    """``(commit, kind)`` with kind tag|branch|commit, via ``git ls-remote``: only what the
+    repository publishes (:func:`published_ref`)."""
+    code, out = await _git("ls-remote", "--", repo, protocols=_protocols(repo))
+    if code != 0:
+        raise BuildRequestError("repo", f"cannot list refs of {repo}: {out.strip()[-300:]}", 422)
+    return published_ref(_advertised(out), ref, repo)
 
 
 async def read_file_at(repo: str, commit: str, ref: str, path: str) -> str | None:

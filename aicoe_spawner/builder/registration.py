@@ -18,7 +18,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..catalog import BUILD_MESSAGE_ANNOTATION, BUILD_PHASE_ANNOTATION, NOTEBOOK_IMAGE_LABEL
-from .requests import BuildRequestError, BuildSpec
+from .publish import OPTIONS_ANNOTATION, PUBLISHER_ANNOTATION, options_text, publisher_of, refusal
+from .requests import BuildRequestError, BuildSpec, user_label
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
@@ -33,6 +34,7 @@ SOURCE_REPO_ANNOTATION = "aicoe-spawner.io/source-repo"
 LAST_BUILD_ANNOTATION = "aicoe-spawner.io/last-build"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGER = "aicoe-image-builder"
+PUBLISHER_LABEL = "aicoe-spawner.io/publisher-hash"  # user_label(publisher), to count them
 
 
 class OwnershipError(BuildRequestError):
@@ -44,6 +46,14 @@ class OwnershipError(BuildRequestError):
             f"ImageStream {spec.namespace}/{spec.stream} {why}; choose another name",
             409,
         )
+
+
+class PublishError(OwnershipError):
+    """The stream is the builder's for the repository, but its requester may not publish
+    this content to it (:func:`.publish.refusal`; 409 naming the option)."""
+
+    def __init__(self, error: BuildRequestError) -> None:
+        BuildRequestError.__init__(self, error.field, error.why, 409)
 
 
 def ownership(stream: dict | None, repo: str) -> str | None:
@@ -76,7 +86,9 @@ def new_stream(spec: BuildSpec) -> dict[str, Any]:
         f"{A}notebook-image-url": spec.repo,
         f"{A}notebook-image-creator": spec.requester,
         SOURCE_REPO_ANNOTATION: spec.repo,
+        PUBLISHER_ANNOTATION: spec.requester,
     }
+    # not in the catalog (no notebook-image label) until a tag is ready (:func:`with_tag`)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ImageStream",
@@ -84,8 +96,8 @@ def new_stream(spec: BuildSpec) -> dict[str, Any]:
             "name": spec.stream,
             "namespace": spec.namespace,
             "labels": {
-                NOTEBOOK_IMAGE_LABEL: "true",
                 MANAGED_BY_LABEL: MANAGER,
+                PUBLISHER_LABEL: user_label(spec.requester),
             },
             "annotations": annotations,
         },
@@ -145,6 +157,9 @@ def with_tag(
     branches expire (tag annotation, see :func:`expired`). A tag that serves an image keeps
     serving it (and its commit) while a rebuild runs or after one failed."""
     out = copy.deepcopy(stream)
+    if phase == "ready":  # the stream enters the catalog with its first ready tag
+        labels = out.setdefault("metadata", {}).setdefault("labels", {}) or {}
+        out["metadata"]["labels"] = {**labels, NOTEBOOK_IMAGE_LABEL: "true"}
     tags = out.setdefault("spec", {}).setdefault("tags", []) or []
     out["spec"]["tags"] = tags
     for name in tag_names(spec):
@@ -160,6 +175,7 @@ def with_tag(
         ann.pop(LAST_BUILD_ANNOTATION, None)
         ann[f"{A}notebook-build-commit"] = spec.commit
         ann["aicoe-spawner.io/build-id"] = spec.id
+        ann[OPTIONS_ANNOTATION] = options_text(spec)
         if phase in ("pending", "building", "failed"):
             ann[BUILD_PHASE_ANNOTATION] = phase
         else:
@@ -200,6 +216,19 @@ def without_tags(stream: dict, names: set[str]) -> dict:
     status = out.get("status")
     if isinstance(status, dict) and status.get("tags") is not None:
         status["tags"] = [t for t in status["tags"] if (t or {}).get("tag") not in names]
+    return out
+
+
+def after_end(stream: dict, spec: BuildSpec, phase: str, message: str = "") -> dict | None:
+    """``stream`` after the build of ``spec`` failed or was cancelled: a tag that serves an
+    image keeps serving it (:func:`with_tag`); a tag that never did (a first build) is removed,
+    and so is the stream when no tag is left (None)."""
+    out = with_tag(stream, spec, phase, message, image_from=False)
+    unserved = {t for t in tag_names(spec) if not serves_image(stream, t)}
+    out = without_tags(out, unserved)
+    status_tags = (out.get("status") or {}).get("tags") or []
+    if not out["spec"]["tags"] and not status_tags:
+        return None
     return out
 
 
@@ -269,6 +298,22 @@ class Registrar:
         """Why the builder may not write the target stream of ``spec`` (None: it may)."""
         return ownership(await self._read(spec), spec.repo)
 
+    async def read(self, spec: BuildSpec) -> dict | None:
+        """The target stream of ``spec`` (None: absent)."""
+        return await self._read(spec)
+
+    async def published(self, namespace: str, requester: str) -> int:
+        """How many of this builder's streams in ``namespace`` ``requester`` published."""
+        streams = await self.custom.list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            label_selector=f"{MANAGED_BY_LABEL}={MANAGER},"
+            f"{PUBLISHER_LABEL}={user_label(requester)}",
+        )
+        return sum(1 for s in streams.get("items") or [] if publisher_of(s) == requester)
+
     async def _read(self, spec: BuildSpec) -> dict | None:
         try:
             return await self.custom.get_namespaced_custom_object(
@@ -283,14 +328,21 @@ class Registrar:
         self, spec: BuildSpec, phase: str, message: str = "", digest: str | None = None
     ) -> dict:
         """Create or update the stream and its tags for ``phase``; retried on conflicts.
-        Raises :class:`OwnershipError` for a stream that is not the builder's for the repo
-        (checked on the version replaced, so a concurrent writer cannot slip in)."""
+        Raises :class:`OwnershipError` for a stream that is not the builder's for the repo,
+        :class:`PublishError` for content its requester may not publish there (both checked
+        on the version replaced, so a concurrent writer cannot slip in). A failed or
+        cancelled first build leaves nothing (:func:`after_end`)."""
         for attempt in range(20):
             current = await self._read(spec)
             why = ownership(current, spec.repo)
             if why is not None:
                 raise OwnershipError(spec, why)
+            refused = refusal(current, spec)
+            if refused is not None:
+                raise PublishError(refused)
             try:
+                if phase in ("failed", "cancelled"):
+                    return await self._end(current, spec, phase, message)
                 if current is None:
                     body = self._with_tag(new_stream(spec), spec, phase, message)
                     return await self.custom.create_namespaced_custom_object(
@@ -307,6 +359,33 @@ class Registrar:
                     raise
                 await asyncio.sleep(0.02 * (attempt + 1))
         raise RuntimeError("unreachable")
+
+    async def _end(
+        self, current: dict | None, spec: BuildSpec, phase: str, message: str
+    ) -> dict | None:
+        if current is None:
+            return None  # never create a stream for a build that ended without an image
+        body = after_end(current, spec, phase, message)
+        if body is None:
+            rv = current["metadata"]["resourceVersion"]
+            try:
+                await self.custom.delete_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    spec.namespace,
+                    PLURAL,
+                    spec.stream,
+                    body={"preconditions": {"resourceVersion": rv}},
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            return None
+        if body == current:
+            return current
+        return await self.custom.replace_namespaced_custom_object(
+            GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
+        )
 
     async def ready(self, spec: BuildSpec, digest: str) -> dict:
         stream = await self.mark(spec, "ready", digest=digest)

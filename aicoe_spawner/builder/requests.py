@@ -314,6 +314,43 @@ def hashed_stream_name(repo: str) -> str:
     return f"{stream_name_for(repo)[:54].rstrip('-')}-{digest}"
 
 
+# A name a request chooses lives under its requester's prefix, a name a repository's
+# .aicoe-ci.yaml chooses under the repository's default name: ``<requester>--<name>`` and
+# ``<repo default>---<project>``. Default names (:func:`_dns_label`) never hold ``--``, and
+# neither part of a chosen name does (nor starts or ends with ``-``), so the three kinds never
+# meet: no request can take a repository's default name, nor another requester's or
+# another repository's chosen one.
+REQUESTER_SEPARATOR = "--"
+PROJECT_SEPARATOR = "---"
+
+
+def requester_prefix(requester: str) -> str:
+    """A DNS-label stand-in for a requester identity: the identity itself when it is one
+    (``alice``), else its label plus a hash (``github-octo-1a2b3c4d5e``); at most 30."""
+    label = _dns_label(requester, 30)
+    if label == requester:
+        return label
+    digest = hashlib.sha256(requester.encode()).hexdigest()[:10]
+    return f"{label[:19].rstrip('-')}-{digest}"
+
+
+def _chosen(prefix: str, separator: str, name: str) -> str:
+    head = _dns_label(prefix, 30)
+    return head + separator + _dns_label(name, 63 - len(head) - len(separator))
+
+
+def requester_stream_name(requester: str, name: str) -> str:
+    """The stream of a request's ``name``: ``<requester prefix>--<name>`` (≤ 63)."""
+    return _chosen(requester_prefix(requester), REQUESTER_SEPARATOR, name)
+
+
+def project_stream_name(repo: str, project: str, *, hashed: bool = False) -> str:
+    """The stream of a ``.aicoe-ci.yaml`` ``registry-project``: ``<repo default>---<project>``
+    (``hashed``: with the hashed default name, see :func:`hashed_stream_name`)."""
+    base = hashed_stream_name(repo) if hashed else stream_name_for(repo)
+    return _chosen(base, PROJECT_SEPARATOR, project)
+
+
 def tag_for(ref: str, commit: str) -> str:
     """The ImageStream tag for a ref: the tag/branch name made safe, or the short commit."""
     if is_sha(ref):
@@ -379,6 +416,9 @@ class BuildSpec:
     # and run as one Job (named after ``job_id``, the build that started it)
     content_id: str = ""
     job_id: str = ""
+    # the requester may publish to the stream whoever published it (a builder admin, the
+    # repository's own webhook): see :mod:`.publish`
+    publisher_rights: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "content_id", self.content_id or self.id)
@@ -416,7 +456,9 @@ def resolve_spec(
 ) -> BuildSpec:
     """Request options, else the repo's .aicoe-ci.yaml (``ci``, a CIConfig or None), else the
     service defaults -> the :class:`BuildSpec`. Where the image is pushed is the service's
-    configuration alone. ``hashed_name``: the default stream name is taken by another repo."""
+    configuration alone. ``hashed_name``: the default stream name is taken by another repo.
+    A chosen name lives under a prefix (:func:`requester_stream_name`,
+    :func:`project_stream_name`)."""
     from .ci_config import CIConfig
 
     ci = ci or CIConfig()
@@ -437,6 +479,10 @@ def resolve_spec(
     if ci.overlay and "overlays[" not in name_field:
         # a name shared by all overlays: one stream per overlay
         stream = _dns_label(f"{stream[:42]}-{ci.overlay}")
+    if name_field == "name":
+        stream = requester_stream_name(requester, stream)
+    elif name_field != "repo":
+        stream = project_stream_name(request.repo, stream, hashed=hashed_name)
     tag = tag_for(request.ref, commit)
     extra_tags = (ci.custom_tag,) if ci.custom_tag and ci.custom_tag != tag else ()
     for key, value in (("registry", ci.registry), ("registry-org", ci.registry_org)):

@@ -24,8 +24,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from . import git
 from .backends import BackendState
 from .ci_config import parse_ci_configs
+from .publish import content_options, is_webhook, publisher_of, refusal
 from .quota import LimitError, QuotaLedger
-from .registration import OwnershipError
+from .registration import OwnershipError, PublishError, ownership
 from .requests import (
     BuildDefaults,
     BuildRequest,
@@ -55,6 +56,7 @@ class Limits:
     log_tail_interval_seconds: float = 30.0  # status.logTail of a running build, at most this
     submit_attempts: int = 3  # a Job the API server refuses this often fails the build
     quota_grace_seconds: float = 300.0  # an admission without a record is dropped after
+    image_streams_per_user: int = 20  # ImageStreams a requester may have published (0: any)
 
 
 @dataclass
@@ -146,12 +148,15 @@ class BuildService:
         status, builds = await self.submit_all(request, user)
         return status, builds[0]
 
-    async def submit_all(self, request: BuildRequest, user: str) -> tuple[int, list[Build]]:
+    async def submit_all(
+        self, request: BuildRequest, user: str, *, admin: bool = False
+    ) -> tuple[int, list[Build]]:
         """One build per image of the repo (one per ``.aicoe-ci.yaml`` overlay): 202 when one
         was created, else 200 with the existing ones. ``user`` is the requester identity
         (see :mod:`.identity`); builds are per requester, so another user's build is never
-        returned nor replaced. The quota is checked before the slow git work and admitted
-        atomically (ledger) after it."""
+        returned nor replaced. Who may publish what to an existing stream: :mod:`.publish`
+        (``admin``: a builder admin, who may publish anything). The quota is checked before
+        the slow git work and admitted atomically (ledger) after it."""
         limits = self.limits
         try:  # before the slow git work; the atomic admission comes after it
             await self.ledger.precheck(user, limits.per_user, limits.total)
@@ -161,9 +166,18 @@ class BuildService:
         commit, kind = await git.resolve_ref(request.repo, request.ref)
         ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
         specs = []
+        rights = admin or is_webhook(user)
+        # the content the repository's own defaults give: what anyone may publish
+        plain = replace(request, strategy=None, dockerfile=None, context_dir=None, base_image=None)
+        new_streams = 0
         for ci in parse_ci_configs(ci_text):
             spec = resolve_spec(request, commit, kind, ci, self.defaults, user)
-            spec = await self._writable(spec, request, commit, kind, ci, user)
+            spec = replace(spec, publisher_rights=rights)
+            reference = content_options(resolve_spec(plain, commit, kind, ci, self.defaults, user))
+            spec, created = await self._writable(spec, request, commit, kind, ci, user, reference)
+            if created and not admin:
+                new_streams += 1
+                await self._check_stream_limit(user, new_streams)
             validate = getattr(self.backend, "validate", None)
             if validate is not None:
                 validate(spec)  # BuildRequestError (400) for what this backend cannot build
@@ -178,17 +192,46 @@ class BuildService:
         status = 202 if any(code == 202 for code, _ in results) else 200
         return status, [build for _, build in results]
 
-    async def _writable(self, spec: BuildSpec, request, commit, kind, ci, user) -> BuildSpec:
-        """``spec``, or with the hashed default name when the short one is another repo's;
-        OwnershipError (409) when the chosen stream is not the builder's for this repo."""
-        why = await self.registrar.check(spec)
-        if why is not None and spec.name_field == "repo":
-            spec = resolve_spec(request, commit, kind, ci, self.defaults, user, hashed_name=True)
-            why = await self.registrar.check(spec)
+    async def _writable(
+        self, spec: BuildSpec, request, commit, kind, ci, user, reference: dict[str, str]
+    ) -> tuple[BuildSpec, bool]:
+        """(``spec``, or with the hashed default name when the short one is another repo's;
+        whether it creates its stream). OwnershipError (409) when the chosen stream is not
+        the builder's for this repo; PublishError (409 naming the option) when its requester
+        may not publish this content there (:func:`.publish.refusal`, against the
+        repository's defaults ``reference`` for tags that record no options)."""
+        stream = await self.registrar.read(spec)
+        why = ownership(stream, spec.repo)
+        if why is not None and spec.name_field != "name":
+            spec = replace(
+                resolve_spec(request, commit, kind, ci, self.defaults, user, hashed_name=True),
+                publisher_rights=spec.publisher_rights,
+            )
+            stream = await self.registrar.read(spec)
+            why = ownership(stream, spec.repo)
         if why is not None:
             self.metrics.requests.labels("refused").inc()
             raise OwnershipError(spec, why)
-        return spec
+        refused = refusal(stream, spec, reference)
+        if refused is not None:
+            self.metrics.requests.labels("refused").inc()
+            raise PublishError(refused)
+        return spec, stream is None
+
+    async def _check_stream_limit(self, user: str, adding: int) -> None:
+        """LimitError (429) when ``adding`` more streams would exceed what ``user`` may have
+        published (``Limits.image_streams_per_user``)."""
+        limit = self.limits.image_streams_per_user
+        if limit <= 0:
+            return
+        have = await self.registrar.published(self.defaults.namespace, user)
+        if have + adding > limit:
+            self.metrics.requests.labels("limited").inc()
+            raise LimitError(
+                f"{user} has published {have} image streams (limit {limit}); a build that "
+                "makes a new one waits until an image of theirs is removed (or rebuild one "
+                "of theirs)"
+            )
 
     async def _followers(self, job_id: str, but: str = "") -> list[Build]:
         """The active records (other than ``but``) that follow the Job ``job_id``."""
@@ -323,21 +366,41 @@ class BuildService:
             return kept
         return self._log_text.get(build.id) or build.log_tail
 
+    async def _publishes(self, spec: BuildSpec) -> bool:
+        """True when the requester of ``spec`` may publish to its stream whoever else asks:
+        its publisher (or a builder admin, the repository's webhook)."""
+        if spec.publisher_rights:
+            return True
+        stream = await self.registrar.read(spec)
+        return stream is None or publisher_of(stream) == spec.requester
+
     async def cancel(self, build: Build) -> Build:
-        """Cancel ``build``; its Job stops unless another requester's build follows it."""
+        """Cancel ``build``. A cancel by the stream's publisher ends the build for everyone
+        who follows it (their records are cancelled too, and the Job stops); anyone else's
+        ends their own record, and the Job stops unless another requester's build follows
+        it."""
         if not build.active:
             return build
 
-        def decide(b: Build) -> dict | None:
+        def decide(b: Build, message: str = "cancelled") -> dict | None:
             if not b.active:
                 return None
-            return {"phase": "cancelled", "message": "cancelled", "finished": now()}
+            return {"phase": "cancelled", "message": message, "finished": now()}
 
         # the status first: a reconcile that finds the Job gone meanwhile can no longer
         # decide "failed" on a record that is not cancelled
         new = await self._write(build, decide)
         if new.phase == "cancelled":
-            if not await self._followers(new.spec.job_id, but=new.id):
+            followers = await self._followers(new.spec.job_id, but=new.id)
+            if followers and await self._publishes(new.spec):
+                why = f"cancelled by {new.spec.requester}, who publishes {new.spec.image}"
+                for other in followers:
+                    ended = await self._write(other, lambda b: decide(b, why))
+                    if ended.phase == "cancelled":
+                        self.metrics.builds.labels("cancelled").inc()
+                        await self._cache(await self._finish(ended))
+                followers = await self._followers(new.spec.job_id, but=new.id)
+            if not followers:
                 await self.backend.cancel(new.spec)
                 try:
                     await self.registrar.mark(new.spec, "cancelled")

@@ -126,7 +126,7 @@ def test_push_location_is_the_builders_alone():
         "build:\n  registry: quay.io\n  registry-org: admin\n  registry-project: nb\n"
     )[0]
     s = spec(ci=ci)
-    assert s.output_image == "reg.local:5000/ns/nb:v1"
+    assert s.output_image == "reg.local:5000/ns/org-nb---nb:v1"
 
 
 # -- isolation ------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_overlays_give_one_image_each():
     )
     assert [c.overlay for c in configs] == ["ubi9", "cuda"]
     specs = [spec(ci=c) for c in configs]
-    assert [s.stream for s in specs] == ["nb-ubi9", "org-nb-cuda"]
+    assert [s.stream for s in specs] == ["org-nb---nb-ubi9", "org-nb-cuda"]
     assert specs[0].strategy == "source" and specs[0].base_image == "quay.io/org/base:1"
     assert specs[1].strategy == "dockerfile" and specs[1].dockerfile == "cuda/Containerfile"
     assert specs[0].name_field == ".aicoe-ci.yaml overlays[0].build.registry-project"

@@ -161,10 +161,12 @@ def test_ci_config_options_and_precedence():
     assert ci.build_strategy == "source"
     s = spec_for(ci=ci)
     # custom-tag is a second tag of the release's image, not a replacement
-    assert (s.strategy, s.stream, s.tag, s.extra_tags) == ("source", "my-nb", "v1.0", ("latest",))
+    # registry-project names a stream under the repository's default name
+    assert (s.strategy, s.stream, s.tag) == ("source", "org-repo---my-nb", "v1.0")
+    assert s.extra_tags == ("latest",)
     assert s.base_image == "quay.io/thoth-station/s2i-thoth-ubi8-py38:v0.29.0"
     # the push location is the builder's alone: the repo's registry and registry-org are ignored
-    assert s.output_image == "reg.local:5000/nb/my-nb:v1.0"
+    assert s.output_image == "reg.local:5000/nb/org-repo---my-nb:v1.0"
     assert any("registry 'quay.io' ignored" in n for n in s.notes)
     assert any("registry-org 'aicoe' ignored" in n for n in s.notes)
     assert s.name_field == ".aicoe-ci.yaml build.registry-project"
@@ -267,7 +269,9 @@ def test_job_state():
 def test_registration_objects_are_read_by_the_catalog():
     s = spec_for()
     stream = with_tag(new_stream(s), s, "building")
-    assert stream["metadata"]["labels"]["opendatahub.io/notebook-image"] == "true"
+    # in the catalog only once a tag is ready
+    assert "opendatahub.io/notebook-image" not in stream["metadata"]["labels"]
+    assert with_tag(stream, s, "ready")["metadata"]["labels"]["opendatahub.io/notebook-image"]
     image = parse_imagestream(stream)
     assert image.tag("v1.0").phase is TagPhase.BUILDING
     assert image.creator == "alice" and image.url == s.repo
