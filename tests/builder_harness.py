@@ -777,3 +777,33 @@ class BuilderProcess:
                 self.proc.kill()
             self.proc = None
             self._log.close()
+
+
+# -- refs a repository does not publish ----------------------------------------------------
+
+
+def push_unpublished_ref(git: GitServer, name: str, ref: str, files: dict[str, str]) -> str:
+    """A commit of ``files`` on top of ``main`` of repo ``name``, pushed only to ``ref`` (e.g.
+    ``refs/pull/1/head``, what a forge advertises for a pull request): the server advertises
+    it, no branch or tag holds it. Returns the SHA."""
+    work = Path(tempfile.mkdtemp(prefix="git-work-"))
+    bare = git.root / f"{name}.git"
+    subprocess.run(["git", "clone", "-q", str(bare), str(work)], check=True)
+    sha = git._commit(work, files, {}, None)
+    subprocess.run(["git", "-C", str(work), "push", "-q", "origin", f"HEAD:{ref}"], check=True)
+    shutil.rmtree(work)
+    return sha
+
+
+async def builder_state(service, kube: client.ApiClient, namespace: str) -> tuple:
+    """What a request could change: build records, Jobs, and every ImageStream's version."""
+    records = sorted(b.id for b in await service.store.list())
+    jobs = await client.BatchV1Api(kube).list_namespaced_job(namespace)
+    streams = await client.CustomObjectsApi(kube).list_namespaced_custom_object(
+        "image.openshift.io", "v1", namespace, "imagestreams"
+    )
+    return (
+        records,
+        sorted(j.metadata.name for j in jobs.items),
+        {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in streams["items"]},
+    )

@@ -577,8 +577,9 @@ class BuildService:
                 await self.registrar.mark(spec, "building")
             elif state.phase == "ready":
                 await self.registrar.ready(spec, state.digest)
-            elif state.phase == "failed":
-                await self.registrar.mark(spec, "failed", state.message)
+            elif state.phase in ("failed", "cancelled"):
+                # (cancelled: on OpenShift, a Build cancelled outside the builder)
+                await self.registrar.mark(spec, state.phase, state.message)
         except OwnershipError as e:
             # the stream was taken meanwhile: this build may not write it
             log.warning("build %s: %s", build.id, e)

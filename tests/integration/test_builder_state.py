@@ -339,11 +339,32 @@ async def test_restart_loses_nothing(kube, namespace, git, logs):
 
 async def test_a_shared_job_lives_while_any_record_follows_it(kube, namespace, git, logs):
     """Records are per requester; identical builds follow one Job (``spec.job_id``). Neither a
-    cancel of the record that started it nor the cleanup of finished Jobs takes it from a
-    record still following it, and the quota is each requester's own."""
+    cancel of the record that started it (by someone other than the stream's publisher) nor
+    the cleanup of finished Jobs takes it from a record still following it, and the quota is
+    each requester's own."""
     svc = build_service(kube, settings(namespace, job_retention=0), log_reader=logs.read)
     git.create_repo("st-shared", {"Dockerfile": "FROM scratch\n"}, tag="v1")
     body = {"repo": git.url("st-shared"), "ref": "v1"}
+    # carol publishes the stream (the publisher's cancel would end the build for everyone)
+    await client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        "image.openshift.io",
+        "v1",
+        namespace,
+        "imagestreams",
+        {
+            "apiVersion": "image.openshift.io/v1",
+            "kind": "ImageStream",
+            "metadata": {
+                "name": "st-shared",
+                "labels": {"app.kubernetes.io/managed-by": "aicoe-image-builder"},
+                "annotations": {
+                    "aicoe-spawner.io/source-repo": body["repo"],
+                    "aicoe-spawner.io/publisher": "carol",
+                },
+            },
+            "spec": {"tags": []},
+        },
+    )
     status, alices = await svc.submit(body, "alice")
     assert status == 202
     status, bobs = await svc.submit(body, "bob")

@@ -164,8 +164,11 @@ async def images(e, user="alice"):
 
 async def test_a_build_never_writes_a_stream_it_does_not_own(env):
     e = env
-    await create_imagestream(e.kube, e.namespace, "curated", {"v1": {}})  # the admin's
-    curated = await get_stream(e, "curated")
+    # the admin's, named like a name alice may ask for and like a repository's registry-project
+    # (chosen names live under a prefix: "<requester>--<name>", "<repo>---<project>")
+    await create_imagestream(e.kube, e.namespace, "alice--curated", {"v1": {}})
+    await create_imagestream(e.kube, e.namespace, "own-b---curated", {"v1": {}})
+    curated = await get_stream(e, "alice--curated")
     e.git.create_repo("own-a", {"Dockerfile": f"FROM {e.base}\n"}, tag="v1")
     e.git.create_repo(
         "own-b",
@@ -185,21 +188,22 @@ async def test_a_build_never_writes_a_stream_it_does_not_own(env):
     )
     assert (status, reply["field"]) == (409, ".aicoe-ci.yaml build.registry-project"), reply
     assert await state(e) == before
-    assert await get_stream(e, "curated") == curated
+    assert await get_stream(e, "alice--curated") == curated
 
     # another repository's stream: refused; the same repository's: any user may rebuild it
     status, first = await call(e, "POST", "api/builds", "alice", {**body, "name": "by-a"})
-    assert status == 202, first
+    assert status == 202 and first["image"] == f"{e.namespace}/alice--by-a:v1", first
     assert (await finished(e, first["id"]))["phase"] == "ready"
     e.git.create_repo("own-c", {"Dockerfile": f"FROM {e.base}\nRUN exit 1\n"}, tag="v1")
     before = await state(e)
     other = {"repo": e.git.url("own-c"), "ref": "v1", "name": "by-a"}
-    status, reply = await call(e, "POST", "api/builds", "bob", other)
+    status, reply = await call(e, "POST", "api/builds", "alice", other)
     assert status == 409 and "belongs to another repository" in reply["message"], reply
     assert await state(e) == before
+    # bob's name lives under his prefix: never alice's stream
     status, again = await call(e, "POST", "api/builds", "bob", {**body, "name": "by-a"})
-    assert status == 200 and again["image"] == f"{e.namespace}/by-a:v1"
-    assert again["requester"] == "bob" and again["phase"] == "ready"
+    assert status == 202 and again["image"] == f"{e.namespace}/bob--by-a:v1", again
+    assert (await call(e, "DELETE", f"api/builds/{again['id']}", "bob"))[0] == 200
     await settle(e)
 
 
@@ -248,7 +252,8 @@ async def test_failed_rebuild_keeps_the_tag_and_publishes_no_log(env):
     assert served["phase"] == "ready" and served["digest"] == good["digest"]
     assert served["build_commit"] == good["commit"]
 
-    # a new tag that fails: the catalog says so, without the log
+    # a new tag that fails leaves nothing in the catalog (nor a stream); its requester reads
+    # the log in the builder
     e.git.create_repo(
         "broken", {"Dockerfile": f"FROM {e.base}\nRUN echo secret-log-marker && exit 5\n"}, tag="v1"
     )
@@ -256,8 +261,8 @@ async def test_failed_rebuild_keeps_the_tag_and_publishes_no_log(env):
         e, "POST", "api/builds", "alice", {"repo": e.git.url("broken"), "ref": "v1"}
     )
     assert (await finished(e, b["id"]))["phase"] == "failed"
-    shown = (await images(e, "bob"))[f"{e.namespace}/broken:v1"]
-    assert shown["phase"] == "failed" and shown["message"].startswith("build failed")
+    assert f"{e.namespace}/broken:v1" not in await images(e, "bob")
+    assert await get_stream(e, "broken") is None
     assert "secret-log-marker" not in json.dumps(await images(e, "bob"))
     status, log = await call(e, "GET", f"api/builds/{b['id']}/logs", "alice")
     assert status == 200 and "secret-log-marker" in log
@@ -311,14 +316,15 @@ async def test_builds_and_identities_are_per_requester(env):
         assert status == 200 and own["requester"] == "user:github:octo"
         assert own["id"] != hooked["id"]
 
-        # alice cancelling hers leaves bob's running: their Job stays
-        status, cancelled = await call(e, "DELETE", f"api/builds/{a['id']}", "alice")
+        # bob cancelling his (he follows alice's build) leaves hers running: their Job stays
+        # (alice publishes the stream: her cancel would end it for bob too)
+        status, cancelled = await call(e, "DELETE", f"api/builds/{b['id']}", "bob")
         assert status == 200 and cancelled["phase"] == "cancelled"
         assert f"imgbuild-{a['id']}" in (await state(e))[1]
     finally:
         e.runner.paused = False
-    assert (await finished(e, b["id"], "bob"))["phase"] == "ready"
-    assert (await call(e, "GET", f"api/builds/{a['id']}", "alice"))[1]["phase"] == "cancelled"
+    assert (await finished(e, a["id"], "alice"))["phase"] == "ready"
+    assert (await call(e, "GET", f"api/builds/{b['id']}", "bob"))[1]["phase"] == "cancelled"
 
     # resubmitting someone else's failed build leaves their record alone
     nodf = {"repo": e.git.url("nodockerfile"), "ref": "v1"}
@@ -492,7 +498,7 @@ async def test_overlays_build_one_image_each_and_containerfile_is_a_strategy(env
     assert status == 202, reply
     builds = reply["builds"]
     assert [b["image"] for b in builds] == [
-        f"{e.namespace}/overlaid-cpu-image:v5",
+        f"{e.namespace}/overlaid---overlaid-cpu-image:v5",
         f"{e.namespace}/overlaid-gpu:v5",
     ]
     assert reply["id"] == builds[0]["id"]
@@ -501,7 +507,7 @@ async def test_overlays_build_one_image_each_and_containerfile_is_a_strategy(env
         log = (await call(e, "GET", f"api/builds/{b['id']}/logs", "alice"))[1]
         assert line in log
     shown = await images(e)
-    for stream in ("overlaid-cpu-image", "overlaid-gpu"):
+    for stream in ("overlaid---overlaid-cpu-image", "overlaid-gpu"):
         # custom-tag: a second tag of the same image
         release, custom = (shown[f"{e.namespace}/{stream}:{t}"] for t in ("v5", "latest"))
         assert release["phase"] == custom["phase"] == "ready"
@@ -585,6 +591,15 @@ BAD = [
     ("ref-long", "api", {"repo": "PLAIN", "ref": "v" * 300}, 400, "ref"),
     ("ref-missing", "api", {"repo": "PLAIN"}, 400, "ref"),
     ("ref-unknown", "api", {"repo": "PLAIN", "ref": "no-such-tag"}, 422, "ref"),
+    ("ref-pull-request", "api", {"repo": "PLAIN", "ref": "refs/pull/1/head"}, 422, "ref"),
+    (
+        "ref-merge-request",
+        "api",
+        {"repo": "PLAIN", "ref": "refs/merge-requests/1/head"},
+        422,
+        "ref",
+    ),
+    ("ref-unadvertised-commit", "api", {"repo": "PLAIN", "ref": "0" * 40}, 422, "ref"),
     ("strategy", "api", {"repo": "PLAIN", "ref": "v1", "strategy": "magic"}, 400, "strategy"),
     (
         "dockerfile-up",
