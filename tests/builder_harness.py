@@ -175,7 +175,7 @@ class BuilderStack:
         from tornado.httpserver import HTTPServer
 
         from aicoe_spawner.builder.__main__ import build_service, cookie_secret
-        from aicoe_spawner.builder.app import make_app
+        from aicoe_spawner.builder.app import SERVER_OPTIONS, make_app
         from aicoe_spawner.watch import ImageStreamWatch
 
         self.runner = JobRunner(kube, namespace, workdir) if run_jobs else None
@@ -211,7 +211,7 @@ class BuilderStack:
                 **extra,
                 **(app_options or {}),
             ),
-            max_body_size=16 << 20,
+            **SERVER_OPTIONS,
         )
         self.server.listen(port, "127.0.0.1")
 

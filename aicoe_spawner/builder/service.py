@@ -123,6 +123,7 @@ class BuildService:
         self.defaults = defaults
         self.limits = limits or Limits()
         self.resolver = resolver
+        git.configure(policy, resolver)  # the addresses git may connect to
         self.metrics = metrics or Metrics()
         self.ledger = ledger or QuotaLedger(store.core.api_client, store.namespace)
         self.builds: dict[str, Build] = {}  # active builds (and recently finished ones)
@@ -150,16 +151,19 @@ class BuildService:
         """One build per image of the repo (one per ``.aicoe-ci.yaml`` overlay): 202 when one
         was created, else 200 with the existing ones. ``user`` is the requester identity
         (see :mod:`.identity`); builds are per requester, so another user's build is never
-        returned nor replaced. The quota is checked before the slow git work and admitted
-        atomically (ledger) after it."""
+        returned nor replaced. The request counts against the requester's limit from
+        before its git work (429 before any git process starts) until it ends; builds are
+        admitted atomically (ledger) after it."""
         limits = self.limits
-        try:  # before the slow git work; the atomic admission comes after it
-            await self.ledger.precheck(user, limits.per_user, limits.total)
+        try:
+            async with self.ledger.git_phase(user, limits.per_user, limits.total):
+                commit, kind = await git.resolve_ref(request.repo, request.ref)
+                ci_text = await git.read_file_at(
+                    request.repo, commit, request.ref, ".aicoe-ci.yaml"
+                )
         except LimitError:
             self.metrics.requests.labels("limited").inc()
             raise
-        commit, kind = await git.resolve_ref(request.repo, request.ref)
-        ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
         specs = []
         for ci in parse_ci_configs(ci_text):
             spec = resolve_spec(request, commit, kind, ci, self.defaults, user)
