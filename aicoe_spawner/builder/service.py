@@ -156,14 +156,18 @@ class BuildService:
         admitted atomically (ledger) after it."""
         limits = self.limits
         try:
-            async with self.ledger.git_phase(user, limits.per_user, limits.total):
-                commit, kind = await git.resolve_ref(request.repo, request.ref)
-                ci_text = await git.read_file_at(
-                    request.repo, commit, request.ref, ".aicoe-ci.yaml"
-                )
+            slot = await self.ledger.hold(user, limits.per_user, limits.total)
         except LimitError:
             self.metrics.requests.labels("limited").inc()
             raise
+        try:
+            return await self._submit_all(request, user)
+        finally:
+            await self.ledger.free(slot)
+
+    async def _submit_all(self, request: BuildRequest, user: str) -> tuple[int, list[Build]]:
+        commit, kind = await git.resolve_ref(request.repo, request.ref)
+        ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
         specs = []
         for ci in parse_ci_configs(ci_text):
             spec = resolve_spec(request, commit, kind, ci, self.defaults, user)

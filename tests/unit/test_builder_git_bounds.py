@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 
 import pytest
-from builder_harness import GitServer
+from builder_harness import GitServer, Recorder
 
 from aicoe_spawner.builder import git
 from aicoe_spawner.builder.requests import BuildRequestError, RepoPolicy
@@ -33,33 +31,6 @@ def server(tmp_path):
 @pytest.fixture(autouse=True)
 def empty_cache(monkeypatch):
     monkeypatch.setattr(git, "CACHE", git.ByteCache(git.FILE_CACHE_BYTES, git.FILE_CACHE_SIZE))
-
-
-class Recorder:
-    """An HTTP listener that records what reaches it (a host the builder must not reach)."""
-
-    def __init__(self) -> None:
-        seen = self.seen = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                seen.append(self.path)
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_POST = do_GET
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
