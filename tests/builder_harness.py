@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -175,7 +177,7 @@ class BuilderStack:
         from tornado.httpserver import HTTPServer
 
         from aicoe_spawner.builder.__main__ import build_service, cookie_secret
-        from aicoe_spawner.builder.app import make_app
+        from aicoe_spawner.builder.app import SERVER_OPTIONS, make_app
         from aicoe_spawner.watch import ImageStreamWatch
 
         self.runner = JobRunner(kube, namespace, workdir) if run_jobs else None
@@ -211,7 +213,7 @@ class BuilderStack:
                 **extra,
                 **(app_options or {}),
             ),
-            max_body_size=16 << 20,
+            **SERVER_OPTIONS,
         )
         self.server.listen(port, "127.0.0.1")
 
@@ -279,6 +281,34 @@ class GitServer(gitserver.GitServer):
         return subprocess.run(
             [*g, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
+
+
+class Recorder:
+    """An HTTP listener on loopback that records the paths that reach it and answers 404:
+    a host the builder must never reach."""
+
+    def __init__(self) -> None:
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.path)
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 # -- registry and base image ----------------------------------------------------------------

@@ -49,7 +49,7 @@ from tornado.httpserver import HTTPServer
 
 from ..options import parse_memory
 from ..watch import ImageStreamWatch
-from .app import make_app
+from .app import SERVER_OPTIONS, make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
 from .backends.openshift import OpenShiftBackend, choose_backend
 from .quota import QuotaLedger
@@ -230,7 +230,7 @@ async def _main() -> None:
     from urllib.parse import urlsplit
 
     url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
-    server = HTTPServer(app, max_body_size=16 * 1024 * 1024)
+    server = HTTPServer(app, **SERVER_OPTIONS)  # bodies: see app.CappedBody
     bind_ip = os.environ.get("AICOE_BUILDER_BIND_IP") or url.hostname or "127.0.0.1"
     server.listen(url.port or 8890, bind_ip)
     await asyncio.Event().wait()

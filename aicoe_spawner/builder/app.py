@@ -37,7 +37,12 @@ from .store import Build
 
 log = logging.getLogger("aicoe_spawner.builder.app")
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = 1024 * 1024  # the webhook: GitHub's release and create payloads
+MAX_BUILD_BODY = 64 * 1024  # POST api/builds: a build request is a few KiB at most
+# the HTTP server's: bodies up to MAX_DRAIN are read (and dropped) to answer 413; a larger
+# declared one closes the connection. Every route streams its body, so none is buffered.
+MAX_DRAIN = 16 << 20
+SERVER_OPTIONS = {"max_body_size": MAX_DRAIN, "max_buffer_size": 1 << 20}
 BUILD_SCOPE = "custom:image-builder:build"
 ADMIN_SCOPE = "custom:image-builder:admin"
 TERMINAL = ("ready", "failed", "cancelled")
@@ -73,7 +78,7 @@ def parse_last_event_id(header: str) -> tuple[int, str]:
 
 
 def body_checked(method):
-    """``web.authenticated``, after refusing a body over MAX_BODY (413) first."""
+    """``web.authenticated``, after refusing a body over the route's ``max_body`` (413)."""
     authenticated = web.authenticated(method)
 
     @functools.wraps(method)
@@ -84,41 +89,49 @@ def body_checked(method):
     return wrapper
 
 
-class BaseHandler(web.RequestHandler):
-    """Request bodies are capped at MAX_BODY before anything else runs (authentication
-    included): handlers that take a body stream it (``@web.stream_request_body``), keep at
-    most MAX_BODY of it and answer 413 for more (what is over is read and dropped, so that
-    the client gets the answer)."""
+class CappedBody(web.RequestHandler):
+    """Every route streams its request body (tornado never buffers one) and keeps at most
+    ``max_body`` bytes of it (0: the route takes none). A declared Content-Length over that is
+    answered 413 in ``prepare``, before anything else (authentication included); a body that
+    grows over it while it arrives (chunked) is dropped, and a handler that reads it answers
+    413 (:meth:`check_body`). What is over is read and dropped, so the client gets the answer."""
 
+    _stream_request_body = True  # as @web.stream_request_body, for every subclass
+    max_body = 0
     _received: bytearray | None = None
     _overflow = False
 
-    @property
-    def service(self) -> BuildService:
-        return self.settings["build_service"]
-
     def prepare(self) -> None:
         declared = self.request.headers.get("Content-Length", "0")
-        self._overflow = not declared.isdigit() or int(declared) > MAX_BODY
+        self._overflow = not declared.isdigit() or int(declared) > self.max_body
         self._received = bytearray()
+        self.check_body()
 
     def data_received(self, chunk: bytes) -> None:
         if self._overflow or self._received is None:
             return
         self._received += chunk
-        if len(self._received) > MAX_BODY:
+        if len(self._received) > self.max_body:
             self._overflow = True
             self._received = None
 
     def check_body(self) -> None:
         if self._overflow:
-            raise JSONError(413, f"body: larger than {MAX_BODY // 1024} KiB", "body")
+            if not self.max_body:
+                raise JSONError(413, "body: this route takes no request body", "body")
+            raise JSONError(413, f"body: larger than {self.max_body // 1024} KiB", "body")
+
+
+class BaseHandler(CappedBody):
+    """The builder's handlers: JSON errors, bodies capped per route (:class:`CappedBody`)."""
+
+    @property
+    def service(self) -> BuildService:
+        return self.settings["build_service"]
 
     def body(self) -> bytes:
         self.check_body()
-        if self._received is not None and self._stream_request_body:  # set by tornado
-            return bytes(self._received)
-        return self.request.body
+        return bytes(self._received or b"")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
@@ -131,8 +144,6 @@ class BaseHandler(web.RequestHandler):
 
     def json_body(self) -> Any:
         body = self.body()
-        if len(body) > MAX_BODY:
-            raise JSONError(413, f"body: larger than {MAX_BODY // 1024} KiB", "body")
         try:
             return json.loads(body or b"null")
         except (ValueError, UnicodeDecodeError) as e:
@@ -156,7 +167,8 @@ class AuthHandler(HubOAuthenticated, BaseHandler):
     async def prepare(self) -> None:
         """Identify the user here, without blocking: HubAuthenticated's synchronous
         ``get_current_user`` would block the event loop on a thread (and on the hub, for a
-        token it has not cached) for every request."""
+        token it has not cached) for every request. The body's size is checked first."""
+        self._hub_auth_user_cache = None  # nobody, until identified (error pages read it)
         super().prepare()
         model = await self.hub_auth.get_user(self, sync=False)
         try:
@@ -194,8 +206,9 @@ class AuthHandler(HubOAuthenticated, BaseHandler):
         return build
 
 
-@web.stream_request_body
 class BuildsHandler(AuthHandler):
+    max_body = MAX_BUILD_BODY
+
     @web.authenticated
     async def get(self) -> None:
         builds = await self.service.store.list(
@@ -406,8 +419,9 @@ def webhook_request(event: str, payload: Any) -> tuple[str, str, Any] | None:
     return repo, ref, sender.get("login")
 
 
-@web.stream_request_body
 class WebhookHandler(BaseHandler):
+    max_body = MAX_BODY
+
     def check_xsrf_cookie(self) -> None:  # authenticated by HMAC instead
         pass
 
@@ -479,10 +493,14 @@ class MetricsHandler(BaseHandler):
         self.finish(generate_latest(self.service.metrics.registry))
 
 
-class CallbackHandler(HubOAuthCallbackHandler):
+class CallbackHandler(CappedBody, HubOAuthCallbackHandler):
     @property
     def hub_auth(self):
         return self.settings["hub_auth"]
+
+
+class StaticHandler(CappedBody, web.StaticFileHandler):
+    pass
 
 
 class PageHandler(AuthHandler):
@@ -551,7 +569,7 @@ def make_app(
         (prefix + "api/webhooks/github", WebhookHandler),
         (prefix + "health", HealthHandler),
         (prefix + "metrics", MetricsHandler),
-        (prefix + "static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
+        (prefix + "static/(.*)", StaticHandler, {"path": str(STATIC)}),
     ]
     return web.Application(
         routes,

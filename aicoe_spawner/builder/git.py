@@ -1,52 +1,272 @@
-"""Git over the network, with options that cannot be smuggled in: ``git ls-remote`` to resolve
-a ref to a commit, and a shallow fetch of one commit to read ``.aicoe-ci.yaml``. Only the
-http(s) transports are enabled, no credentials are prompted for, and every argument follows
-``--``."""
+"""Git over the network, bounded and with options that cannot be smuggled in: ``git ls-remote``
+to resolve a ref to a commit, and a shallow fetch of one commit to read small files from it
+(:func:`read_files_at`, :func:`read_file_at`) or list its tree (:func:`list_tree_at`).
+
+Every git process runs with an environment built from scratch (no proxy, credential or git
+variables of the service's own), no credential helper or prompt, only the http(s) transport
+of the repository for network commands and none for local ones (so a partial clone never
+fetches lazily), in its own process group, killed past :data:`TIMEOUT` or when its output
+passes its cap. Network commands never follow redirects and connect to the addresses the
+repository's host resolves to *now*, checked against the service's :class:`RepoPolicy` and
+pinned for git's connection (``http.curloptResolve``), so a name that re-resolves to an
+internal address between the check and the connection (DNS rebinding) is not reached.
+A fetch asks the server to leave out blobs over the read limit (``--filter=blob:limit``),
+keeps the pack packed (git streams big objects) and is stopped when its temporary directory
+passes :data:`MAX_FETCH_BYTES`. A file's size is read (``cat-file --batch-check``) before its
+content, so nothing over the limit is ever read into the service."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
+import sys
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
-from .requests import BuildRequestError, is_sha
+from .ci_config import MAX_BYTES as CI_MAX_BYTES
+from .requests import (
+    BuildRequestError,
+    RepoPolicy,
+    Resolver,
+    host_addresses,
+    is_sha,
+    system_resolver,
+    validate_relative_path,
+)
 
-TIMEOUT = 60
-# (repo, commit, path) -> content: what a commit holds never changes, so a dedup hit or a
-# retry does not fetch the commit again (bounded; oldest entries go first)
-_FILE_CACHE: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
-FILE_CACHE_SIZE = 256
-_ENV = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_ASKPASS": "/bin/false",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-}
+TIMEOUT = 60  # seconds, per git process
+MAX_OUTPUT = 16 << 20  # stdout of one git process (ls-remote of a repo with many refs)
+MAX_STDERR = 64 << 10
+MAX_FETCH_BYTES = 128 << 20  # the temporary repository of one fetch, on disk
+MAX_FILE_BYTES = CI_MAX_BYTES  # default limit of one file read from a repository
+MAX_FILES = 64  # paths per read_files_at call
+MAX_TREE_ENTRIES = 20_000  # paths list_tree_at returns at most
+DISK_POLL_SECONDS = 0.05
+CHUNK = 64 << 10
+NETWORK_COMMANDS = frozenset({"ls-remote", "fetch"})
+GIT = shutil.which("git") or "git"
+PATH = "/usr/local/bin:/usr/bin:/bin"
+# variables passed through from the service: where TLS trust anchors are (an in-cluster
+# GitLab with a private CA), nothing else
+PASSED_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
+# every git process
+COMMON_CONFIG = (
+    "credential.helper=",
+    "core.askPass=/bin/false",
+    "maintenance.auto=false",
+    "gc.auto=0",
+    "core.bigFileThreshold=1m",  # objects over 1 MiB are streamed, never held whole
+)
+# network commands: no redirects (git treats them as errors), the pack stays packed
+NETWORK_CONFIG = (
+    "http.followRedirects=false",
+    "fetch.unpackLimit=1",
+    "fetch.writeCommitGraph=false",
+    "protocol.version=2",
+)
 
 
-async def _git(*args: str, cwd: str | None = None, protocols: str = "https") -> tuple[int, str]:
-    env = dict(os.environ, GIT_ALLOW_PROTOCOL=protocols, **_ENV)
-    proc = await asyncio.create_subprocess_exec(
-        "git",
-        *args,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return 124, "timed out"
-    return proc.returncode or 0, out.decode(errors="replace")
+# which hosts git may connect to, and how names resolve
+_network: tuple[RepoPolicy, Resolver] = (RepoPolicy(), system_resolver)
+
+
+def configure(policy: RepoPolicy, resolve: Resolver = system_resolver) -> None:
+    """The service's repository policy and resolver, for the address check of every network
+    command (one per process: :class:`BuildService` sets it)."""
+    global _network
+    _network = (policy, resolve)
+
+
+def _env(protocols: str) -> dict[str, str]:
+    """git's whole environment: nothing inherited but trust anchors."""
+    env = {
+        "PATH": PATH,
+        "HOME": "/nonexistent",
+        "LC_ALL": "C",
+        "GIT_ALLOW_PROTOCOL": protocols,
+        "GIT_PROTOCOL_FROM_USER": "0",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_LITERAL_PATHSPECS": "1",
+        "GIT_NO_REPLACE_OBJECTS": "1",
+        "GIT_NO_LAZY_FETCH": "1",  # git >= 2.44; older ones are stopped by GIT_ALLOW_PROTOCOL
+    }
+    env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+    return env
 
 
 def _protocols(repo: str) -> str:
     return "http" if repo.startswith("http:") else "https"
+
+
+def _curl_address(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+async def _network_config(args: tuple[str, ...]) -> list[str]:
+    """``-c`` options of a network command: no redirects, and the repository host's
+    addresses, resolved and checked now, pinned for the connection."""
+    if "--" not in args or args.index("--") + 1 >= len(args):
+        raise ValueError(f"git {args[0]}: the repository must follow '--'")
+    url = args[args.index("--") + 1]
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    addresses = await asyncio.to_thread(host_addresses, host, *_network)
+    config = list(NETWORK_CONFIG)
+    if not _is_address(host):
+        pinned = ",".join(_curl_address(a) for a in addresses)
+        config.append(f"http.curloptResolve={host}:{port}:{pinned}")
+    return [item for option in config for item in ("-c", option)]
+
+
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _disk_usage(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """The process and what it started (its own process group)."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@dataclass
+class GitResult:
+    code: int
+    out: bytes
+    err: str
+    stopped: str = ""  # why the process was killed (its output, disk, time), "" if it was not
+
+    def failure(self) -> str:
+        """What went wrong, for a message (the end of stderr)."""
+        why = self.stopped or self.err.strip()[-300:] or f"exit code {self.code}"
+        if "returned error: 30" in why:  # git reports a refused redirect like this
+            why += " (the server answered with a redirect; the builder does not follow them)"
+        return why
+
+
+async def _run(
+    args: tuple[str, ...],
+    *,
+    cwd: str | None = None,
+    protocols: str = "https",
+    stdin: bytes | None = None,
+    limit: int | None = None,
+    disk_limit: int = 0,
+) -> GitResult:
+    """Run ``git <args>`` bounded: stdout up to ``limit`` bytes (default MAX_OUTPUT), stderr
+    up to MAX_STDERR, TIMEOUT seconds, and (``disk_limit``) the size of ``cwd``; past any of
+    them the process group is killed and ``stopped`` says why."""
+    limit = MAX_OUTPUT if limit is None else limit
+    config = [item for option in COMMON_CONFIG for item in ("-c", option)]
+    if args and args[0] in NETWORK_COMMANDS:
+        config += await _network_config(args)
+    else:
+        protocols = "none"  # local commands never reach the network (lazy fetches included)
+    proc = await asyncio.create_subprocess_exec(
+        GIT,
+        *config,
+        *args,
+        cwd=cwd,
+        env=_env(protocols),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    out, err = bytearray(), bytearray()
+    stopped: list[str] = []
+
+    def stop(why: str) -> None:
+        if not stopped:
+            stopped.append(why)
+        _kill(proc)
+
+    async def pump(stream: asyncio.StreamReader, buf: bytearray, cap: int, what: str) -> None:
+        while chunk := await stream.read(CHUNK):
+            if len(buf) + len(chunk) > cap:
+                stop(f"git {args[0]}: its {what} passed {cap} bytes; stopped")
+                return
+            buf += chunk
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(stdin or b"")
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            proc.stdin.close()
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(DISK_POLL_SECONDS)
+            if _disk_usage(cwd or ".") > disk_limit:
+                stop(f"git {args[0]}: passed {disk_limit >> 20} MiB on disk; stopped")
+                return
+
+    assert proc.stdout is not None and proc.stderr is not None
+    jobs = [pump(proc.stdout, out, limit, "output"), pump(proc.stderr, err, MAX_STDERR, "stderr")]
+    if stdin is not None:
+        jobs.append(feed())
+    watcher = asyncio.create_task(watch()) if disk_limit else None
+    try:
+        await asyncio.wait_for(asyncio.gather(*jobs, proc.wait()), TIMEOUT)
+    except TimeoutError:
+        stop(f"git {args[0]}: timed out after {TIMEOUT} s")
+        await proc.wait()
+    except BaseException:  # cancelled: the process goes too
+        _kill(proc)
+        raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    if disk_limit and not stopped and _disk_usage(cwd or ".") > disk_limit:
+        stopped.append(f"git {args[0]}: passed {disk_limit >> 20} MiB on disk; stopped")
+    code = proc.returncode or 0
+    if stopped and not code:
+        code = 124
+    return GitResult(code, bytes(out), err.decode(errors="replace"), stopped[0] if stopped else "")
+
+
+async def _git(
+    *args: str, cwd: str | None = None, protocols: str = "https", limit: int | None = None
+) -> tuple[int, str]:
+    """(exit code, stdout) of a bounded git process; on failure the text says why."""
+    r = await _run(args, cwd=cwd, protocols=protocols, limit=limit)
+    if r.code:
+        return r.code, r.failure()
+    return 0, r.out.decode(errors="replace")
 
 
 # refs whose content the repository publishes: its branches and tags. Anything else that a
@@ -108,36 +328,246 @@ async def resolve_ref(repo: str, ref: str) -> tuple[str, str]:
     return published_ref(_advertised(out), ref, repo)
 
 
-async def read_file_at(repo: str, commit: str, ref: str, path: str) -> str | None:
-    """The content of ``path`` at ``commit`` (None if absent); a shallow fetch, cached."""
-    key = (repo, commit, path)
-    if key in _FILE_CACHE:
-        _FILE_CACHE.move_to_end(key)
-        return _FILE_CACHE[key]
-    text = await _read_file_at(repo, commit, ref, path)
-    _FILE_CACHE[key] = text
-    while len(_FILE_CACHE) > FILE_CACHE_SIZE:
-        _FILE_CACHE.popitem(last=False)
-    return text
+# -- reading a commit ----------------------------------------------------------------------
 
 
-async def _read_file_at(repo: str, commit: str, ref: str, path: str) -> str | None:
-    with tempfile.TemporaryDirectory(prefix="aicoe-git-") as tmp:
-        await _git("init", "-q", tmp)
-        p = _protocols(repo)
-        code, out = await _git(
-            "fetch", "-q", "--depth", "1", "--", repo, commit, cwd=tmp, protocols=p
-        )
-        if code != 0 and not is_sha(ref):
-            code, out = await _git(
-                "fetch", "-q", "--depth", "1", "--", repo, ref, cwd=tmp, protocols=p
+class ByteCache:
+    """An LRU mapping bounded in entries and in (approximate) bytes: what a commit holds never
+    changes, so a dedup hit or a retry does not fetch the commit again."""
+
+    def __init__(self, max_bytes: int, max_entries: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.bytes = 0
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Any) -> Any:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: Any, value: Any, cost: int) -> None:
+        """Keep ``value`` (``cost`` bytes); one over a quarter of the bound is not kept."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        if cost > self.max_bytes // 4:
+            return
+        self._items[key] = (value, cost)
+        self.bytes += cost
+        while self.bytes > self.max_bytes or len(self._items) > self.max_entries:
+            _, (_, gone) = self._items.popitem(last=False)
+            self.bytes -= gone
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+
+FILE_CACHE_BYTES = 8 << 20
+FILE_CACHE_SIZE = 1024
+CACHE = ByteCache(FILE_CACHE_BYTES, FILE_CACHE_SIZE)
+
+
+@dataclass(frozen=True)
+class _File:
+    """What a path holds at a commit: ``text`` (None: absent or not read) and the blob's
+    ``size`` (0 when absent; when not ``exact``, a lower bound: the server left it out)."""
+
+    text: str | None
+    size: int
+    exact: bool = True
+
+    def cost(self, key: tuple[str, ...]) -> int:
+        return sys.getsizeof(self.text) + sum(map(sys.getsizeof, key)) + 200
+
+
+def _too_big(path: str, entry: _File, max_bytes: int) -> BuildRequestError:
+    if entry.exact:
+        why = f"is {entry.size} bytes; the builder reads at most {max_bytes}"
+    else:
+        why = f"is larger than {max_bytes} bytes, the most the builder reads"
+    return BuildRequestError(path, why, 422)
+
+
+def _cached(key: tuple[str, ...], max_bytes: int) -> _File | None:
+    """The cached entry if it answers a read of at most ``max_bytes``; raises when too big."""
+    entry: _File | None = CACHE.get(key)
+    if entry is None:
+        return None
+    if entry.size > max_bytes:
+        raise _too_big(key[-1], entry, max_bytes)
+    if entry.text is None and entry.size:
+        return None  # too big for an earlier, smaller limit: read again
+    return entry
+
+
+async def _fetch(repo: str, commit: str, ref: str, tmp: str, blob_limit: int | None) -> None:
+    """``commit`` of ``repo`` (depth 1; where the server filters, only blobs of at most
+    ``blob_limit`` bytes, none for None) into the new bare repository ``tmp``, FETCH_HEAD
+    checked to be ``commit``. BuildRequestError (422, 409) when it cannot."""
+    await _run(("init", "-q", "--bare", tmp))
+    spec = "blob:none" if blob_limit is None else f"blob:limit={blob_limit + 1}"
+    base = (
+        "fetch",
+        "-q",
+        "--no-tags",
+        "--no-recurse-submodules",
+        "--depth",
+        "1",
+        f"--filter={spec}",
+        "--",
+        repo,
+    )
+    p = _protocols(repo)
+    r = await _run((*base, commit), cwd=tmp, protocols=p, disk_limit=MAX_FETCH_BYTES)
+    if r.code and not r.stopped and not is_sha(ref):  # servers that refuse a commit as want
+        r = await _run((*base, ref), cwd=tmp, protocols=p, disk_limit=MAX_FETCH_BYTES)
+    if r.code:
+        raise BuildRequestError("repo", f"cannot fetch {commit[:12]}: {r.failure()}", 422)
+    # not a promisor any more: a missing (filtered) blob is missing, never fetched lazily
+    await _run(("config", "--remove-section", f"remote.{repo}"), cwd=tmp)
+    got = await _run(("rev-parse", "FETCH_HEAD"), cwd=tmp)
+    if got.out.decode(errors="replace").strip() != commit:
+        raise BuildRequestError("ref", f"{ref!r} moved while reading it; retry", 409)
+
+
+async def _entries(tmp: str, paths: list[str]) -> dict[str, tuple[str, str, str]]:
+    """path -> (mode, type, object id) at FETCH_HEAD, for those of ``paths`` that exist."""
+    r = await _run(("ls-tree", "-z", "--full-tree", "FETCH_HEAD", "--", *paths), cwd=tmp)
+    if r.code:
+        raise BuildRequestError("repo", f"cannot read the tree: {r.failure()}", 422)
+    found = {}
+    for record in r.out.split(b"\0"):
+        head, _, path = record.decode(errors="replace").partition("\t")
+        parts = head.split(" ")
+        if len(parts) == 3 and path:
+            found[path] = (parts[0], parts[1], parts[2])
+    return found
+
+
+async def _read_blobs(tmp: str, paths: list[str], max_bytes: int) -> dict[str, _File]:
+    """The files ``paths`` at FETCH_HEAD, each read only when its size is at most
+    ``max_bytes`` (else an entry without text); BuildRequestError for what is not a file."""
+    entries = await _entries(tmp, paths)
+    result = {p: _File(None, 0) for p in paths if p not in entries}
+    for path, (mode, kind, _) in entries.items():
+        if kind != "blob" or mode not in ("100644", "100755"):
+            what = "a symbolic link" if mode == "120000" else f"a {kind}"
+            raise BuildRequestError(path, f"is {what}, not a file the builder reads", 422)
+    oids = {path: entries[path][2] for path in paths if path in entries}
+    if not oids:
+        return result
+    listing = "".join(f"{oid}\n" for oid in oids.values()).encode()
+    r = await _run(("cat-file", "--batch-check"), cwd=tmp, stdin=listing)
+    sizes: dict[str, int | None] = {}
+    for line in r.out.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "blob" and parts[2].isdigit():
+            sizes[parts[0]] = int(parts[2])
+        elif len(parts) == 2 and parts[1] == "missing":
+            sizes[parts[0]] = None  # left out by the server's filter: over the limit
+    wanted = []
+    for path, oid in oids.items():
+        size = sizes.get(oid, None)
+        if size is None:
+            result[path] = _File(None, max_bytes + 1, exact=False)
+        elif size > max_bytes:
+            result[path] = _File(None, size)
+        else:
+            wanted.append((path, oid, size))
+    if not wanted:
+        return result
+    listing = "".join(f"{oid}\n" for _, oid, _ in wanted).encode()
+    total = sum(size for _, _, size in wanted) + 128 * len(wanted)
+    r = await _run(("cat-file", "--batch"), cwd=tmp, stdin=listing, limit=total)
+    if r.code:
+        raise BuildRequestError("repo", f"cannot read files: {r.failure()}", 422)
+    data, pos = r.out, 0
+    for path, _oid, size in wanted:
+        end = data.index(b"\n", pos)
+        pos = end + 1
+        result[path] = _File(data[pos : pos + size].decode(errors="replace"), size)
+        pos += size + 1
+    return result
+
+
+async def read_files_at(
+    repo: str, commit: str, ref: str, paths: Iterable[str], max_bytes: int = MAX_FILE_BYTES
+) -> dict[str, str | None]:
+    """``{path: content}`` of files at ``commit`` (None for a path that does not exist), in
+    one shallow fetch, cached (bounded in bytes). A file over ``max_bytes`` is never read:
+    BuildRequestError (422) naming the path and its size; also for a path that is a directory,
+    symbolic link or submodule. ``ref`` is fetched instead when the server refuses a commit."""
+    wanted = list(dict.fromkeys(paths))
+    if len(wanted) > MAX_FILES:
+        raise ValueError(f"read_files_at: at most {MAX_FILES} paths")
+    normal = {p: validate_relative_path(p, p, allow_empty=False) for p in wanted}
+    found: dict[str, _File] = {}
+    for path in wanted:
+        entry = _cached((repo, commit, normal[path]), max_bytes)
+        if entry is not None:
+            found[path] = entry
+    missing = sorted({normal[p] for p in wanted if p not in found})
+    if missing:
+        with tempfile.TemporaryDirectory(prefix="aicoe-git-") as tmp:
+            await _fetch(repo, commit, ref, tmp, max_bytes)
+            read = await _read_blobs(tmp, missing, max_bytes)
+        for path, entry in read.items():
+            key = (repo, commit, path)
+            CACHE.put(key, entry, entry.cost(key))
+        for path in wanted:
+            found.setdefault(path, read[normal[path]])
+    for path in wanted:
+        if found[path].size > max_bytes:
+            raise _too_big(path, found[path], max_bytes)
+    return {path: found[path].text for path in wanted}
+
+
+async def read_file_at(
+    repo: str, commit: str, ref: str, path: str, max_bytes: int = MAX_FILE_BYTES
+) -> str | None:
+    """The content of ``path`` at ``commit`` (None if absent); see :func:`read_files_at`."""
+    return (await read_files_at(repo, commit, ref, [path], max_bytes))[path]
+
+
+async def list_tree_at(
+    repo: str, commit: str, ref: str, under: str = "", max_entries: int = MAX_TREE_ENTRIES
+) -> list[str]:
+    """The paths of the files (regular files and symbolic links; not submodules) at ``commit``
+    under the directory ``under`` (the whole tree for ""), sorted, in a fetch without blobs
+    where the server filters; cached. BuildRequestError (422) when there are more than
+    ``max_entries``."""
+    under = validate_relative_path(under, "under")
+    key = (repo, commit, f"tree:{under}")
+    where = f" under {under}/" if under else ""
+    too_many = BuildRequestError(
+        "repo", f"has more than {max_entries} files{where} at {commit[:12]}", 422
+    )
+    hit = CACHE.get(key)
+    if hit is None:
+        with tempfile.TemporaryDirectory(prefix="aicoe-git-") as tmp:
+            await _fetch(repo, commit, ref, tmp, None)
+            args = ("ls-tree", "-r", "-z", "--full-tree", "FETCH_HEAD")
+            r = await _run(
+                (*args, "--", under) if under else args, cwd=tmp, limit=max_entries * 320
             )
-        if code != 0:
-            raise BuildRequestError(
-                "repo", f"cannot fetch {commit[:12]}: {out.strip()[-300:]}", 422
-            )
-        code, got = await _git("rev-parse", "FETCH_HEAD", cwd=tmp)
-        if got.strip() != commit:
-            raise BuildRequestError("ref", f"{ref!r} moved while reading it; retry", 409)
-        code, text = await _git("show", f"FETCH_HEAD:{path}", cwd=tmp)
-        return text if code == 0 else None
+        if r.stopped or r.out.count(b"\0") > max_entries:
+            raise too_many
+        if r.code:
+            raise BuildRequestError("repo", f"cannot read the tree: {r.failure()}", 422)
+        files = []
+        for record in r.out.split(b"\0"):
+            head, _, path = record.decode(errors="replace").partition("\t")
+            if head.split(" ")[1:2] == ["blob"] and path:
+                files.append(path)
+        hit = tuple(sorted(files))
+        CACHE.put(key, hit, sum(map(sys.getsizeof, hit)) + sys.getsizeof(hit) + 200)
+    if len(hit) > max_entries:
+        raise too_many
+    return list(hit)

@@ -103,6 +103,23 @@ def _host_matches(host: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(host, p.lower()) for p in patterns)
 
 
+def host_addresses(host: str, policy: RepoPolicy, resolve: Resolver = system_resolver) -> list[str]:
+    """The addresses ``host`` resolves to now, each one allowed by ``policy`` (a host in
+    ``private_hosts`` may resolve anywhere): what a connection to it may use. Raises
+    BuildRequestError (field ``repo``) when it does not resolve or an address is not public."""
+    host = host.lower().rstrip(".")
+    addresses = sorted(set(resolve(host.strip("[]"))))
+    if not addresses:
+        raise BuildRequestError("repo", f"host {host!r} does not resolve")
+    if not _host_matches(host, policy.private_hosts):
+        bad = [a for a in addresses if _blocked_address(a)]
+        if bad:
+            raise BuildRequestError(
+                "repo", f"host {host!r} resolves to a non-public address ({bad[0]}); not allowed"
+            )
+    return addresses
+
+
 def validate_repo_url(url: Any, policy: RepoPolicy, resolve: Resolver = system_resolver) -> str:
     """A safe https (or allowed http) Git URL, normalized (no trailing slash)."""
     f = "repo"
@@ -144,14 +161,7 @@ def validate_repo_url(url: Any, policy: RepoPolicy, resolve: Resolver = system_r
             f, f"host {host!r} is not allowed (allowed: {', '.join(policy.allowed_hosts)})"
         )
     if not private_ok:
-        addresses = list(resolve(host.strip("[]")))
-        if not addresses:
-            raise BuildRequestError(f, f"host {host!r} does not resolve")
-        bad = [a for a in addresses if _blocked_address(a)]
-        if bad:
-            raise BuildRequestError(
-                f, f"host {host!r} resolves to a non-public address ({bad[0]}); not allowed"
-            )
+        host_addresses(host, policy, resolve)
     netloc = host if port is None else f"{host}:{port}"
     return f"{scheme}://{netloc}{path.rstrip('/')}"
 

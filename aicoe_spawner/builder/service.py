@@ -125,6 +125,7 @@ class BuildService:
         self.defaults = defaults
         self.limits = limits or Limits()
         self.resolver = resolver
+        git.configure(policy, resolver)  # the addresses git may connect to
         self.metrics = metrics or Metrics()
         self.ledger = ledger or QuotaLedger(store.core.api_client, store.namespace)
         self.builds: dict[str, Build] = {}  # active builds (and recently finished ones)
@@ -155,14 +156,23 @@ class BuildService:
         was created, else 200 with the existing ones. ``user`` is the requester identity
         (see :mod:`.identity`); builds are per requester, so another user's build is never
         returned nor replaced. Who may publish what to an existing stream: :mod:`.publish`
-        (``admin``: a builder admin, who may publish anything). The quota is checked before
-        the slow git work and admitted atomically (ledger) after it."""
+        (``admin``: a builder admin, who may publish anything). The request counts against
+        the requester's limit from before its git work (429 before any git process starts)
+        until it ends; builds are admitted atomically (ledger) after it."""
         limits = self.limits
-        try:  # before the slow git work; the atomic admission comes after it
-            await self.ledger.precheck(user, limits.per_user, limits.total)
+        try:
+            slot = await self.ledger.hold(user, limits.per_user, limits.total)
         except LimitError:
             self.metrics.requests.labels("limited").inc()
             raise
+        try:
+            return await self._submit_all(request, user, admin)
+        finally:
+            await self.ledger.free(slot)
+
+    async def _submit_all(
+        self, request: BuildRequest, user: str, admin: bool
+    ) -> tuple[int, list[Build]]:
         commit, kind = await git.resolve_ref(request.repo, request.ref)
         ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
         specs = []

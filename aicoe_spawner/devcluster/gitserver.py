@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -39,19 +40,52 @@ def git(*args: str, cwd: Path) -> str:
 
 
 class GitServer:
-    """``http://<address>:<port>/<name>.git`` for every repository in ``root``."""
+    """``http://<address>:<port>/<name>.git`` for every repository in ``root``.
+
+    For tests: ``requests`` logs each request (method, path and query); ``in_flight`` and
+    ``max_in_flight`` count requests being answered; ``delay`` seconds pass before each
+    answer (a slow server); ``redirects`` maps a repository name to a URL its requests are
+    redirected to (302, the rest of the path appended)."""
 
     def __init__(self, root: Path, address: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         server_root = self.root
+        self.requests: list[tuple[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.delay = 0.0
+        self.redirects: dict[str, str] = {}
+        lock = threading.Lock()
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self._backend()
+                self._counted()
 
             def do_POST(self) -> None:
-                self._backend()
+                self._counted()
+
+            def _counted(self) -> None:
+                with lock:
+                    server.requests.append((self.command, self.path))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if server.delay:
+                        time.sleep(server.delay)
+                    name = self.path.lstrip("/").split(".git/", 1)[0]
+                    if name in server.redirects:
+                        rest = self.path.lstrip("/")[len(name) + len(".git") :]
+                        self.send_response(302)
+                        self.send_header("Location", server.redirects[name] + rest)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self._backend()
+                finally:
+                    with lock:
+                        server.in_flight -= 1
 
             def _backend(self) -> None:
                 path, _, query = self.path.partition("?")

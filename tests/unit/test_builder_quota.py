@@ -35,3 +35,13 @@ def test_a_shared_build_counts_for_its_requester_not_for_the_service_limit():
     check({**entries, "b3": ["carol", 0.0]}, "dave", per_user=2, total=2, shared=True)
     with pytest.raises(LimitError):
         check(entries, "bob", per_user=1, total=10, shared=True)
+
+
+def test_a_request_in_its_git_phase_counts_for_its_requester_only():
+    entries = {"b1": ["alice", 0.0], "g1": ["alice", 0.0, "git"], "g2": ["bob", 0.0, "git"]}
+    with pytest.raises(LimitError) as err:
+        check(entries, "alice", per_user=2, total=10)
+    assert "alice has 1 build running and 1 request reading a repository (limit 2)" in str(
+        err.value
+    )
+    check(entries, "carol", per_user=2, total=2)  # git phases start no Job

@@ -42,7 +42,12 @@ work=$(mktemp -d)
 echo "==> fetching $REPO at $COMMIT"
 git init -q "$work/src"
 cd "$work/src"
-git fetch -q --depth 1 -- "$REPO" "$COMMIT" 2>/dev/null || git fetch -q --depth 1 -- "$REPO" "$REF"
+fetch() {  # no redirects, nothing of the pod's environment but PATH
+  env -i PATH="$PATH" HOME="$work" GIT_ALLOW_PROTOCOL="$GIT_ALLOW_PROTOCOL" \
+    GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null \
+    git -c http.followRedirects=false -c credential.helper= fetch -q --depth 1 -- "$REPO" "$1"
+}
+fetch "$COMMIT" 2>/dev/null || fetch "$REF"
 git -c advice.detachedHead=false checkout -q FETCH_HEAD
 got=$(git rev-parse HEAD)
 test "$got" = "$COMMIT" || { echo "commit mismatch: got $got"; exit 2; }
