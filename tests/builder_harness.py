@@ -90,20 +90,25 @@ def builder_roles(
     return f"\nc.JupyterHub.load_roles.extend({roles!r})\n"
 
 
-async def start_builder_hub(
-    control_plane, namespace: str, workdir: Path, token: str, port: int, **roles
-):
-    """A started hub with the builder registered on 127.0.0.1:port and ``roles`` (see
-    :func:`builder_roles`)."""
+def builder_hub(control_plane, namespace: str, workdir: Path, token: str, port: int, **roles):
+    """A hub (not started; its ``url`` is known) with the builder registered on
+    127.0.0.1:port and ``roles`` (see :func:`builder_roles`)."""
     from hub_harness import Hub
 
-    hub = Hub(
+    return Hub(
         workdir / "hub",
         control_plane.kubeconfig,
         namespace,
         free_port(),
         builder_service_config(token, port) + builder_roles(**roles),
     )
+
+
+async def start_builder_hub(
+    control_plane, namespace: str, workdir: Path, token: str, port: int, **roles
+):
+    """:func:`builder_hub`, started."""
+    hub = builder_hub(control_plane, namespace, workdir, token, port, **roles)
     await hub.start()
     return hub
 

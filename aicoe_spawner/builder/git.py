@@ -18,6 +18,7 @@ content, so nothing over the limit is ever read into the service."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import shutil
 import signal
@@ -130,8 +131,6 @@ async def _network_config(args: tuple[str, ...]) -> list[str]:
 
 
 def _is_address(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
