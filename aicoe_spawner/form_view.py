@@ -123,6 +123,8 @@ class FormContext:
     entries: dict[str, list[str]] | None = None
     error: opts.OptionsError | None = None
     notice: dict[str, Any] | None = None
+    #: What was refused: "link" (a ``/hub/spawn?…`` link) or "form" (the user's Start).
+    source: str = "form"
 
 
 #: Which part of the form shows the message of a rejected field.
@@ -140,14 +142,48 @@ _ERROR_SLOTS = {
 
 
 def error_slots(error: opts.OptionsError | None) -> dict[str, str]:
-    """``{slot: message}`` for the form: the message goes next to the field it is about."""
+    """``{slot: message}`` for the form: the message goes next to the field it is about (and
+    into the summary at the top), and names that field (``"gpus: must be …"``)."""
     if error is None:
         return {}
     root, _, name = error.field.partition(".")
     slot = _ERROR_SLOTS.get(root, "form")
     if slot == "form":
         return {"form": str(error)}
-    return {slot: f"{name}: {error.reason}" if name else error.reason, "env_name": name}
+    return {slot: str(error), "env_name": name}
+
+
+#: The summary's order: the form's, top to bottom.
+_SUMMARY_SLOTS = ("form", "image", "size", "cpu", "memory", "gpus", "env")
+
+
+def error_summary(
+    errors: dict[str, str], policy: opts.Policy, env_rows: list[dict[str, Any]]
+) -> tuple[list[tuple[str, str, str]], int | None]:
+    """What the summary at the top of a refused form lists: ``(slot, message, id of the
+    control the message is about)`` in the form's order (``""``: the form shows no such
+    control, e.g. ``cpu`` without custom resources: the summary is then its only place), and
+    the index of the env row a message names (None: no row)."""
+    env_row = next(
+        (
+            i
+            for i, row in enumerate(env_rows)
+            if errors.get("env") and errors.get("env_name") and row["name"] == errors["env_name"]
+        ),
+        None,
+    )
+    custom = policy.allow_custom_resources
+    targets = {
+        "form": "",
+        "image": "aicoe-images",
+        "size": "aicoe-sizes",
+        "cpu": "aicoe-cpu" if custom else "",
+        "memory": "aicoe-memory" if custom else "",
+        "gpus": "aicoe-gpus" if policy.max_gpus > 0 else "aicoe-gpus-error",
+        "env": f"aicoe-env-name-{env_row}" if env_row is not None else "aicoe-env",
+    }
+    items = [(slot, errors[slot], targets[slot]) for slot in _SUMMARY_SLOTS if errors.get(slot)]
+    return items, env_row
 
 
 class FormView:
@@ -173,6 +209,7 @@ class FormView:
                     self._form_config(policy),
                     errors=error_slots(context.error),
                     notice=context.notice,
+                    error_source=context.source,
                 )
             )
         selected = self._preselection(catalog, policy)
@@ -252,12 +289,10 @@ class FormView:
         config: dict[str, Any],
         errors: dict[str, str] | None = None,
         notice: dict[str, Any] | None = None,
+        error_source: str = "form",
     ) -> str:
-        images = [
-            _image_view(i, self.namespace, selected["image"])
-            for i in catalog.visible()
-            if policy.allows_image(i)
-        ]
+        offered = policy.offered_images(catalog)
+        images = [_image_view(i, self.namespace, selected["image"]) for i in offered]
         if selected["image"] is None:
             # No valid default (e.g. nothing ready yet): preselect the first usable card.
             first = next((i for i in images if i["usable"]), None)
@@ -298,7 +333,9 @@ class FormView:
         env_rows = selected.get("env_rows") or [
             {"name": k, "value": v, "secret": False} for k, v in sorted(selected["env"].items())
         ] + [{"name": k, "value": "", "secret": True} for k in selected["secret_env_names"]]
+        env_rows = env_rows or [{"name": "", "value": "", "secret": False}]
         errors = errors or {}
+        error_items, env_error_row = error_summary(errors, policy, env_rows)
         return _templates.get_template("options_form.html").render(
             images=images,
             cards=cards,
@@ -314,6 +351,9 @@ class FormView:
             filter_threshold=self.form_filter_threshold,
             builder_url=self.builder_url,
             errors=errors,
+            error_items=error_items,
+            env_error_row=env_error_row,
+            error_source=error_source,
             notice=notice,
         )
 
@@ -367,7 +407,7 @@ class FormView:
     # -- live updates of the lean form (served by spawn_page.FormState) ---------------------
 
     def _visible_images(self, catalog: Catalog, policy: opts.Policy) -> list:
-        return [i for i in catalog.visible() if policy.allows_image(i)]
+        return list(policy.offered_images(catalog))
 
     def form_changes(self, since: int) -> dict[str, Any]:
         """What changed for this user's open form since catalog version ``since``:

@@ -7,12 +7,13 @@ hub database, an API response, an event or a log line.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import base64
-import logging
+import json
 from typing import Any
 
+from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.apihandlers.users import UserServerAPIHandler
 from kubernetes_asyncio.client.rest import ApiException
 from tornado import web
 
@@ -45,37 +46,49 @@ def without_secret_values(user_options: Any) -> Any:
     return stripped
 
 
-class SecretValueLogFilter(logging.Filter):
-    """Keeps secret env values out of JupyterHub's own log line for
-    ``PATCH /hub/api/users/{name}/servers/{server}`` ("Setting user_options on … {options}"),
-    which logs the options as given, before any spawner sees them."""
+class ServerRequestBody(APIHandler):
+    """Reads the JSON body of the server API (``/hub/api/users/{name}/server`` and
+    ``…/servers/{server}``) so that no secret env value reaches a log call:
 
-    PREFIX = "Setting user_options on "
+    - a body that is not JSON is refused with 400 and logged by its size only (JupyterHub's
+      own reader logs the whole body, at debug level);
+    - PUT and PATCH only store ``user_options``, which never keep secret values
+      (:func:`without_secret_values`): the values are dropped as the body is read, before
+      JupyterHub's PATCH logs the options it was given ("Setting user_options on … {…}").
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.msg
-        if not isinstance(message, str) or not message.startswith(self.PREFIX):
-            return True
-        if "secret_env" not in message:
-            return True
-        head, options = message, None
-        for start in (i for i, c in enumerate(message) if c == "{"):
-            try:
-                parsed = ast.literal_eval(message[start:])
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                continue
-            if isinstance(parsed, dict):
-                head, options = message[:start], parsed
-                break
-        shown = without_secret_values(options) if options is not None else "(withheld)"
-        record.msg, record.args = f"{head}{shown}", ()
-        return True
+    POST (a spawn) keeps them: the spawner moves them out of its ``user_options`` as they are
+    set. Nothing here reads log messages; the work is one ``json.loads`` and a dict copy.
+    """
+
+    def get_json_body(self) -> Any:
+        if not self.request.body:
+            return None
+        try:
+            body = json.loads(self.request.body.strip().decode("utf-8", "replace"))
+        except Exception as e:  # what JupyterHub's reader catches; RecursionError included
+            self.log.warning(
+                "Refused a %s body of %d bytes that is not JSON: %s",
+                self.request.method,
+                len(self.request.body),
+                type(e).__name__,
+            )
+            raise web.HTTPError(400, "Invalid JSON in body of request") from None
+        if self.request.method not in ("PUT", "PATCH") or not isinstance(body, dict):
+            return body
+        if isinstance(body.get("user_options"), dict):
+            return {**body, "user_options": without_secret_values(body["user_options"])}
+        if self.request.method == "PUT" and not {"display_name", "user_options"} & body.keys():
+            return without_secret_values(body)  # the old form: the body is the options
+        return body
 
 
-def install_log_filter(logger: logging.Logger) -> None:
-    """Add :class:`SecretValueLogFilter` to ``logger`` once."""
-    if not any(isinstance(f, SecretValueLogFilter) for f in logger.filters):
-        logger.addFilter(SecretValueLogFilter())
+class ServerAPIHandler(UserServerAPIHandler, ServerRequestBody):
+    """JupyterHub's server API with :class:`ServerRequestBody`'s reader.
+
+    The reader sits after ``UserServerAPIHandler`` in the MRO, so both its own
+    ``get_json_body()`` (PATCH) and the ``super().get_json_body()`` of its
+    ``get_server_json_body()`` (POST, PUT) use it.
+    """
 
 
 class SecretEnv:

@@ -12,7 +12,9 @@ defaults. :class:`SpawnPage` (a subclass of JupyterHub's ``SpawnHandler``) inste
 
 :func:`attach_to_hub` runs when the spawner module is imported inside a starting JupyterHub:
 once the hub builds its handlers it checks the spawner's configuration (a mistake stops the hub
-with a message) and serves the spawn URLs with :class:`SpawnPage`.
+with a message), serves the spawn URLs with :class:`SpawnPage` and the server API with
+:class:`~aicoe_spawner.secret_env.ServerAPIHandler` (its PUT and PATCH drop secret env values
+before JupyterHub logs or stores the options).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import zlib
 from typing import Any
 
 import jupyterhub.log as hub_log
+from jupyterhub.apihandlers.users import UserServerAPIHandler
 from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
@@ -34,7 +37,7 @@ from tornado.httputil import url_concat
 
 from . import options as opts
 from .form_view import FORM_MARKER, STATE_PATH, FormContext, FormParts, Segment, composing_page
-from .secret_env import install_log_filter
+from .secret_env import ServerAPIHandler
 
 _RESERVED_QUERY = ("next", "display_name")
 
@@ -205,7 +208,8 @@ class SpawnPage(SpawnHandler):
         except OptionsRejected as e:
             self._reject(spawner, e.error, "link")
             shown = {k: v for k, v in query.items() if k in opts.LINK_FIELDS}
-            return await self._page(user, spawner, FormContext(entries=shown, error=e.error))
+            context = FormContext(entries=shown, error=e.error, source="link")
+            return await self._page(user, spawner, context)
         finally:
             spawner.handler = None
         wanted = chosen.to_user_options(spawner.namespace)
@@ -353,7 +357,8 @@ def attach_to_hub() -> None:
 
 
 def install(app) -> None:
-    """Check the configuration and swap JupyterHub's spawn page for ours in ``app.handlers``."""
+    """Check the configuration and swap JupyterHub's spawn page and server API for ours in
+    ``app.handlers``."""
     from .spawner import AICoESpawner
 
     if not issubclass(app.spawner_class, AICoESpawner):
@@ -363,14 +368,11 @@ def install(app) -> None:
     # JupyterHub scrubs query values whose names contain these words; add "secret".
     if "secret" not in hub_log.SCRUB_PARAM_KEYS:
         hub_log.SCRUB_PARAM_KEYS = (*hub_log.SCRUB_PARAM_KEYS, "secret")
-    # PATCH …/servers/… logs the user_options it is given, secret values included
-    install_log_filter(app.log)
+    # The server API's PATCH logs the user_options it is given: its reader drops the values.
+    ours = {SpawnHandler: SpawnPage, UserServerAPIHandler: ServerAPIHandler}
     app.handlers = [
         (url_path_join(app.hub_prefix, STATE_PATH, r"([^/]+)/?([^/]*)"), FormState),
-        *(
-            (h[0], SpawnPage, *h[2:]) if len(h) > 1 and h[1] is SpawnHandler else h
-            for h in app.handlers
-        ),
+        *((h[0], ours[h[1]], *h[2:]) if len(h) > 1 and h[1] in ours else h for h in app.handlers),
     ]
 
 

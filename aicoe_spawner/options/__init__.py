@@ -22,6 +22,7 @@ from .policy import (
     MAX_ENV_NAME_LENGTH,
     Policy,
     effective_policy,
+    image_policy,
 )
 from .quantities import (
     cpu_quantity,
@@ -57,6 +58,7 @@ __all__ = [
     "effective_policy",
     "format_cpu",
     "format_memory",
+    "image_policy",
     "memory_quantity",
     "options_from_form",
     "parse_cpu",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from aicoe_spawner.catalog import NotebookImage
+from aicoe_spawner.catalog import Catalog, NotebookImage
 
 from .errors import refuse_unknown_keys
 from .errors import show as _show
@@ -81,6 +81,11 @@ class Policy:
             fnmatchcase(image.key, pattern) or fnmatchcase(image.name, pattern)
             for pattern in self.image_patterns
         )
+
+    def offered_images(self, catalog: Catalog) -> tuple[NotebookImage, ...]:
+        """The images this user is offered, in catalog order: not hidden and allowed. The spawn
+        page's cards and the builder's ``GET api/images`` both show exactly these."""
+        return tuple(i for i in catalog.visible() if self.allows_image(i))
 
     def size(self, name: str) -> Size | None:
         """The allowed size called ``name``."""
@@ -210,6 +215,28 @@ def effective_policy(
         max_env_vars=max_env_vars,
         max_env_value_bytes=max_env_value_bytes,
         configured_sizes=tuple(names),
+    )
+
+
+def image_policy(
+    default_policy: dict, group_policies: dict[str, dict], groups: Iterable[str]
+) -> Policy:
+    """:func:`effective_policy` for a process that shows the catalog but spawns nothing (the
+    builder's ``GET api/images``): the same ``default_policy`` and ``group_policies`` dicts as
+    the spawner's, checked the same way (ValueError); only the image patterns matter."""
+    return effective_policy(
+        sizes=[],
+        default_policy=default_policy,
+        group_policies=group_policies,
+        groups=groups,
+        max_gpus=0,
+        allow_custom_resources=False,
+        max_cpu=None,
+        max_memory=None,
+        reserved_env_names=(),
+        reserved_env_prefixes=(),
+        max_env_vars=0,
+        max_env_value_bytes=0,
     )
 
 

@@ -734,7 +734,7 @@ async def test_a_choice_the_server_rejects_comes_back_with_the_entries_and_the_m
         await page.evaluate("document.getElementById('spawn_form').submit()")
         # The server's own message, by the field it is about.
         await expect(page.locator("#aicoe-memory-error")).to_have_text(
-            "must be at least 256 MiB, got '1'"
+            "memory: must be at least 256 MiB, got '1'"
         )
         await expect(page.locator("#aicoe-memory-error")).to_be_visible()
         await expect(page.get_by_label("Memory", exact=True)).to_have_value("1")
@@ -754,6 +754,48 @@ async def test_a_choice_the_server_rejects_comes_back_with_the_entries_and_the_m
         assert int(container(pod)["resources"]["limits"]["memory"]) == 2 * 2**30
         await env.stop_server(user)
         assert up.errors == []
+    finally:
+        await up.close()
+
+
+async def test_a_refused_link_says_so_first_and_ties_each_message_to_its_field(env, kube):
+    """The hidden acceptance run's links: the summary is in the first screen and has the
+    focus, each message names its field and is the control's description."""
+    user = new_user()
+    await env.ensure_user(user, ["big"])  # up to 2 GPUs: the GPU select is there
+    up = await login(env.browser, env.url, user, DESKTOP)
+    page = up.page
+    try:
+        for query, field, control in (
+            ("gpus=7", "gpus", "aicoe-gpus"),
+            ("cpu=NaN", "cpu", "aicoe-cpu"),
+        ):
+            response = await page.goto(f"/hub/spawn/{user}?{query}")
+            assert response.status == 400
+            summary = page.locator("#aicoe-error-summary")
+            await expect(summary).to_be_focused()
+            await expect(summary.get_by_role("heading")).to_have_text(
+                "This link was refused: nothing was started."
+            )
+            top, bottom, screen = await summary.evaluate(
+                "el => { const r = el.getBoundingClientRect();"
+                " return [r.top + scrollY, r.bottom + scrollY, innerHeight]; }"
+            )
+            assert 0 <= top and bottom <= screen, (top, bottom, screen)  # no scrolling needed
+            message = page.locator(f"#aicoe-{field}-error")
+            await expect(message).to_have_text(re.compile(rf"^{field}: must be .*"))
+            await expect(message).to_be_visible()
+            described = await page.locator(f"#{control}").get_attribute("aria-describedby")
+            assert f"aicoe-{field}-error" in described.split(), described
+            await expect(page.locator(f"#{control}")).to_have_attribute("aria-invalid", "true")
+            # the summary lists the message and its link takes the focus to the control
+            link = summary.get_by_role("link")
+            await expect(link).to_have_text(await message.inner_text())
+            await link.click()
+            await expect(page.locator(f"#{control}")).to_be_focused()
+            await screenshot(page, f"refused-link-{field}")
+        assert await user_pods(kube, env.namespace, user) == []
+        assert up.errors == [] and up.dialogs == []
     finally:
         await up.close()
 

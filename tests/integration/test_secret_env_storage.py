@@ -1,16 +1,21 @@
-"""Secret env values never reach the hub's database or log: not when the spawn is rejected, and
-not while it is pending (JupyterHub saves a request's user_options in its database before the
-spawner sees them). A real JupyterHub process, the real API server, the fake kubelet; the
-database is read from its file."""
+"""Secret env values never reach the hub's database or log: not when the spawn is rejected, not
+while it is pending (JupyterHub saves a request's user_options in its database before the
+spawner sees them), and not when the options hold what no log filter could parse (JSON
+``Infinity``, deep nesting, a body that is not JSON). Large options of one client do not hold
+up the hub for the others. A real JupyterHub process, the real API server, the fake kubelet;
+the database is read from its file."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
+import time
 import uuid
 from itertools import count
 
+import aiohttp
+import pytest
 import pytest_asyncio
 from hub_harness import Hub, files_containing, running_hub
 from kube_helpers import create_imagestream, user_pods, wait_for
@@ -172,3 +177,66 @@ async def test_patched_user_options_keep_secret_values_out_of_log_and_database(e
     assert f"Setting user_options on {user}/" in log  # the line is there, without the value
     assert value not in log
     assert_only_names_stored(env, user, value, ["K"])
+
+
+# The body of the second review (issue 18, S2): 118 KiB of options with a JSON Infinity and
+# "{1,1,1,…", which the hub's old log filter re-parsed from every "{" for 16.8 s.
+def heavy_options(value: str) -> dict:
+    return {
+        "image": "minimal:1",
+        "secret_env": {"K": value},
+        "n": float("inf"),  # json.dumps writes it as Infinity, as the attack's body had it
+        "pad": "{1,1,1," * 17300,
+    }
+
+
+async def test_large_patched_options_do_not_hold_up_other_requests(env):
+    user, value = new_user(), secret_value()
+    await env.ensure_user(user)
+    body = json.dumps({"user_options": heavy_options(value)}).encode()
+    assert b"Infinity" in body and len(body) > 118 * 1024
+    patch = asyncio.create_task(env.api("PATCH", f"/users/{user}/servers/", data=body))
+    slowest = 0.0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as other:
+        while not patch.done():
+            started = time.monotonic()
+            async with other.get(f"{env.url}/hub/api/") as r:
+                assert r.status == 200
+            slowest = max(slowest, time.monotonic() - started)
+    status, answer = await patch
+    assert status == 200, (status, str(answer)[:300])
+    assert slowest < 1.0, f"another client waited {slowest:.1f} s"
+    assert_only_names_stored(env, user, value, ["K"])
+
+
+SECRET_K = '"secret_env": {"K": "@"}'  # "@": the test's secret value
+
+
+@pytest.mark.parametrize(
+    "method, body, depth, status, message",
+    [
+        # options that are JSON but no Python literal (what the old log filter parsed)
+        ("PATCH", '{"user_options": {S, "n": Infinity}}', 0, 200, None),
+        ("PATCH", '{"user_options": {S, "d": D}}', 500, 200, None),
+        ("POST", '{"image": "minimal:1.0", "cpu": Infinity, S}', 0, 400, "cpu"),
+        # too deep for JSON: a body the hub cannot read at all
+        ("POST", '{S, "d": D}', 100_000, 400, "Invalid JSON"),
+        ("PATCH", '{"user_options": {S, "d": D}}', 100_000, 400, "Invalid JSON"),
+    ],
+    ids=["patch-infinity", "patch-deep", "post-infinity", "post-too-deep", "patch-too-deep"],
+)
+async def test_secret_value_stays_out_of_log_whatever_the_options_hold(
+    env, kube, method, body, depth, status, message
+):
+    """``D``: lists nested ``depth`` deep."""
+    user, value = new_user(), secret_value()
+    await env.ensure_user(user)
+    path = f"/users/{user}/server" if method == "POST" else f"/users/{user}/servers/"
+    text = body.replace("S", SECRET_K).replace("D", "[" * depth + "]" * depth)
+    got, answer = await env.api(method, path, data=text.replace("@", value).encode())
+    assert got == status, (got, answer)
+    if message:
+        assert answer["message"].startswith(message), answer
+    assert value not in json.dumps(answer)
+    assert await user_pods(kube, env.namespace, user) == []
+    assert files_containing(env.workdir, value) == []  # log, database, journal

@@ -261,10 +261,18 @@ def test_minimums_and_fine_cpu_values_are_accepted():
 @pytest.mark.parametrize(
     ("field", "reason", "slots"),
     [
-        ("memory", "too small", {"memory": "too small", "env_name": ""}),
-        ("env.FOO", "is a reserved name", {"env": "FOO: is a reserved name", "env_name": "FOO"}),
-        ("secret_env", "bad", {"env": "bad", "env_name": ""}),
-        ("size_options.gpu_type", "x", {"size": "gpu_type: x", "env_name": "gpu_type"}),
+        ("memory", "too small", {"memory": "memory: too small", "env_name": ""}),
+        (
+            "env.FOO",
+            "is a reserved name",
+            {"env": "env.FOO: is a reserved name", "env_name": "FOO"},
+        ),
+        ("secret_env", "bad", {"env": "secret_env: bad", "env_name": ""}),
+        (
+            "size_options.gpu_type",
+            "x",
+            {"size": "size_options.gpu_type: x", "env_name": "gpu_type"},
+        ),
         ("colour", "unknown option", {"form": "colour: unknown option"}),
     ],
 )
