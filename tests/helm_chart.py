@@ -3,6 +3,7 @@ server (server-side apply, optionally as a dry run), plus raw authorization prob
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from typing import Any
@@ -11,6 +12,7 @@ import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from aicoe_spawner.devcluster.cluster import delete_namespace
 from aicoe_spawner.devcluster.controlplane import REPO_ROOT, find_binary
 
 CHART = REPO_ROOT / "helm" / "aicoe-spawner"
@@ -61,6 +63,28 @@ def one(docs: list[dict], kind: str, name: str) -> dict:
     found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(found) == 1, (kind, name, [d["metadata"]["name"] for d in by_kind(docs, kind)])
     return found[0]
+
+
+def egress_allows(policy: dict, ip: str, port: int, protocol: str = "TCP") -> bool:
+    """Whether one of a NetworkPolicy's egress rules admits ``ip:port`` (ipBlock peers only:
+    what a pod selector admits depends on the pods)."""
+    address = ipaddress.ip_address(ip)
+    for rule in policy["spec"].get("egress", []):
+        ports = rule.get("ports") or [{"protocol": protocol, "port": port}]
+        if not any(p.get("protocol", "TCP") == protocol and p["port"] == port for p in ports):
+            continue
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if block and address in ipaddress.ip_network(block["cidr"]):
+                if not any(address in ipaddress.ip_network(e) for e in block.get("except", [])):
+                    return True
+    return False
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels only) selects ``labels``."""
+    assert set(selector) <= {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
 # -- applying ------------------------------------------------------------------------------
@@ -141,6 +165,32 @@ async def apply(
     return results
 
 
+CLUSTER_KINDS = ("Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+
+
+def build_namespace(namespace: str) -> str:
+    """The chart's default namespace of build Jobs for a release in ``namespace``."""
+    return f"{namespace}-builds"
+
+
+async def remove_cluster_objects(api: client.ApiClient, docs: list[dict]) -> None:
+    """Delete what applying ``docs`` made outside the test's namespace (the build namespace,
+    the admission policies), so that the session's API server does not collect them."""
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            await delete_namespace(api, doc["metadata"]["name"])
+        elif doc["kind"] in CLUSTER_KINDS:
+            response = await api.call_api(
+                await object_path(api, doc, ""),
+                "DELETE",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+            )
+            assert response.status in (200, 404), await response.text()
+            response.release()
+
+
 async def get(api: client.ApiClient, doc: dict, namespace: str) -> dict | None:
     """The stored object for a manifest, or None."""
     try:
@@ -166,19 +216,25 @@ async def get(api: client.ApiClient, doc: dict, namespace: str) -> dict | None:
 
 
 async def probe(
-    api: client.ApiClient, api_group: str, resource: str, verb: str, namespace: str
+    api: client.ApiClient,
+    api_group: str,
+    resource: str,
+    verb: str,
+    namespace: str,
+    name: str = "rbac-probe",
 ) -> int:
-    """Do ``verb`` on ``resource`` (``plural`` or ``plural/subresource``) in ``namespace`` as
-    the client's user and return the HTTP status. Writes are dry runs or target an object that
-    does not exist, so nothing changes; authorization comes first in the API server, so 403
-    means "not allowed" and anything else (200, 201, 404, 422, ...) means allowed."""
+    """Do ``verb`` on ``resource`` (``plural`` or ``plural/subresource``) named ``name`` in
+    ``namespace`` as the client's user and return the HTTP status. Writes are dry runs or
+    target an object that does not exist, so nothing changes; authorization comes first in the
+    API server, so 403 means "not allowed" and anything else (200, 201, 404, 422, ...) means
+    allowed."""
     prefix = "/api/v1" if api_group == "" else f"/apis/{api_group}/v1"
     plural, _, sub = resource.partition("/")
     base = f"{prefix}/namespaces/{namespace}/{plural}"
-    named = f"{base}/rbac-probe" + (f"/{sub}" if sub else "")
+    named = f"{base}/{name}" + (f"/{sub}" if sub else "")
     kind = "".join(p.capitalize() for p in plural.rstrip("s").split("-"))
     version = "v1" if api_group == "" else f"{api_group}/v1"
-    body = {"apiVersion": version, "kind": kind, "metadata": {"name": "rbac-probe"}}
+    body = {"apiVersion": version, "kind": kind, "metadata": {"name": name}}
     dry = [("dryRun", "All")]
     json_headers = {"Accept": "application/json", "Content-Type": "application/json"}
     if verb == "get":
@@ -218,4 +274,5 @@ async def probe(
 
 def rule_id(rule: dict) -> str:
     groups = ",".join(g or "core" for g in rule["apiGroups"])
-    return f"{groups}:{','.join(rule['resources'])}"
+    names = rule.get("resourceNames")
+    return f"{groups}:{','.join(rule['resources'])}" + (f"[{','.join(names)}]" if names else "")

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 from builder_harness import GitServer, JobRunner, Registry, local_settings, push_base_image
-from helm_chart import apply, render
+from helm_chart import apply, build_namespace, remove_cluster_objects, render
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
+from test_helm_builder_admission import policies_enforced
 
 from aicoe_spawner.builder.__main__ import build_service
 from aicoe_spawner.catalog import TagPhase, parse_imagestream
@@ -19,6 +20,16 @@ from aicoe_spawner.devcluster import api_client
 pytestmark = pytest.mark.integration
 
 BUILDER_SA = "r-aicoe-spawner-builder"
+# What the builder needs from the chart: its ServiceAccount, Roles and bindings, the build
+# namespace and the admission policies that confine it.
+KINDS = (
+    "Namespace",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -35,20 +46,20 @@ async def infra(tmp_path_factory):
 async def test_builder_builds_with_the_charts_service_account(
     kube, namespace, infra, token_kubeconfig, tmp_path
 ):
+    """... with the chart's defaults: the Job in the build namespace, admitted by the chart's
+    admission policies, the records and ConfigMaps in the hub's namespace."""
     git, registry, base = infra
-    docs = render("default", namespace=namespace, release="r")
-    await apply(
-        kube,
-        [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")],
-        namespace,
-    )
+    docs = [d for d in render("default", namespace=namespace, release="r") if d["kind"] in KINDS]
+    await apply(kube, docs, namespace)
+    builds = build_namespace(namespace)
     request = await client.CoreV1Api(kube).create_namespaced_service_account_token(
         BUILDER_SA, namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}
     )
     api = await api_client(token_kubeconfig(request.status.token, namespace))
-    runner = JobRunner(kube, namespace, tmp_path)
+    settings = local_settings(namespace, registry.host, build_namespace=builds)
+    await policies_enforced(api, namespace, builds, settings.builder_image)
+    runner = JobRunner(kube, builds, tmp_path)
     runner.start()
-    settings = local_settings(namespace, registry.host)
     service = build_service(api, settings, log_reader=runner.read_log)
     service.start(0.2)
     try:
@@ -73,10 +84,13 @@ async def test_builder_builds_with_the_charts_service_account(
         assert tag.phase == TagPhase.READY
         assert tag.digest == digest
         await service.backend.cleanup(finished.spec)
+        jobs = await client.BatchV1Api(kube).list_namespaced_job(builds)
+        assert [j.metadata.name for j in jobs.items] == []  # cleaned up where it ran
     finally:
         await service.stop()
         await runner.stop()
         await api.close()
+        await remove_cluster_objects(kube, docs)
 
 
 async def test_openshift_builder_builds_and_cancels_with_the_charts_service_account(
@@ -89,12 +103,8 @@ async def test_openshift_builder_builds_and_cancels_with_the_charts_service_acco
     from test_builder_openshift import settings as openshift_settings
 
     git = GitServer(tmp_path / "git")
-    docs = render("openshift", namespace=namespace, release="r")
-    await apply(
-        kube,
-        [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")],
-        namespace,
-    )
+    docs = [d for d in render("openshift", namespace=namespace, release="r") if d["kind"] in KINDS]
+    await apply(kube, docs, namespace)
     request = await client.CoreV1Api(kube).create_namespaced_service_account_token(
         BUILDER_SA, namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}
     )
@@ -126,3 +136,4 @@ async def test_openshift_builder_builds_and_cancels_with_the_charts_service_acco
         await service.stop()
         await api.close()
         git.stop()
+        await remove_cluster_objects(kube, docs)

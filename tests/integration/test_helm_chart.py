@@ -3,15 +3,28 @@ and plain-Kubernetes values; the chart's jupyterhub_config.py loads with its ren
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from helm_chart import CHART, VALUES, apply, by_kind, get, helm, one, render
+from helm_chart import (
+    CHART,
+    VALUES,
+    apply,
+    build_namespace,
+    by_kind,
+    get,
+    helm,
+    one,
+    remove_cluster_objects,
+    render,
+)
 from kubernetes_asyncio import client
 from traitlets.config import Config, PyFileConfigLoader
 
+from aicoe_spawner.devcluster.cluster import delete_namespace
 from aicoe_spawner.devcluster.controlplane import CRD_DIR
 
 VARIANTS = list(VALUES)
@@ -99,8 +112,10 @@ def test_helm_template(variant):
     assert hub["serviceAccountName"] == "r-aicoe-spawner-hub"
     assert hub["containers"][0]["command"][-1] == "/usr/local/etc/jupyterhub/jupyterhub_config.py"
     config = one(docs, "ConfigMap", "r-aicoe-spawner-hub")["data"]
-    assert config["jupyterhub_config.py"] == (CHART / "files" / "jupyterhub_config.py").read_text()
-    values = json.loads(config["values.json"])
+    assert config == {
+        "jupyterhub_config.py": (CHART / "files" / "jupyterhub_config.py").read_text()
+    }
+    values = json.loads(secret_data(docs, "r-aicoe-spawner-hub")["values.json"])
     assert values["namespace"] == "jh" and values["imageNamespaces"] == ["jh"]
     assert values["builder"]["url"] == "http://r-aicoe-spawner-builder:8080"
 
@@ -198,21 +213,36 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     The session already has the ImageStream CRD, so the chart's copy is left out here."""
     custom = client.CustomObjectsApi(kube)
     core = client.CoreV1Api(kube)
+    apps = client.AppsV1Api(kube)
     args = ["-n", namespace, "--set", "imageStreams.crd.install=false"]
     args += ["--set", "builder.crd.install=false"]
-    run_helm(control_plane, "install", "r", str(CHART), *args)
+    secrets = [f"--set-json={k}={json.dumps(v)}" for k, v in SECRET_VALUES.items()]
+    run_helm(control_plane, "install", "r", str(CHART), *args, *secrets)
+    # `kubectl get configmap -o yaml` of the release shows none of the secret values
+    config_maps = await core.list_namespaced_config_map(namespace)
+    assert config_maps.items
+    text = json.dumps(kube.sanitize_for_serialization(config_maps))
+    assert not [n for n in NEEDLES if n in text]
     streams = await custom.list_namespaced_custom_object(
         "image.openshift.io", "v1", namespace, "imagestreams"
     )
     names = sorted(s["metadata"]["name"] for s in streams["items"])
     assert names == ["jupyter-datascience-notebook", "jupyter-minimal-notebook"]
     secret = await core.read_namespaced_secret("r-aicoe-spawner-hub", namespace)
-    deployments = await client.AppsV1Api(kube).list_namespaced_deployment(namespace)
+    deployments = await apps.list_namespaced_deployment(namespace)
     assert len(deployments.items) == 3
+    rolls = {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items}
+    assert all(a.get("checksum/secret") for a in rolls.values()), rolls
 
-    run_helm(control_plane, "upgrade", "r", str(CHART), *args, "--set", "builder.replicas=2")
+    upgrade = ["upgrade", "r", str(CHART), *args, *secrets, "--set", "builder.replicas=2"]
+    run_helm(control_plane, *upgrade)
     again = await core.read_namespaced_secret("r-aicoe-spawner-hub", namespace)
     assert again.data == secret.data  # tokens survive upgrades
+    deployments = await apps.list_namespaced_deployment(namespace)
+    # ... and so no pod rolls for them (the generated tokens are read back, not made anew)
+    assert {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items} == (
+        rolls
+    )
     builder = await client.AppsV1Api(kube).read_namespaced_deployment(
         "r-aicoe-spawner-builder", namespace
     )
@@ -221,6 +251,10 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     run_helm(control_plane, "uninstall", "r", "-n", namespace)
     deployments = await client.AppsV1Api(kube).list_namespaced_deployment(namespace)
     assert deployments.items == []
+    # the build namespace goes with the release (here no namespace controller finishes it)
+    builds = await core.read_namespace(build_namespace(namespace))
+    assert builds.metadata.deletion_timestamp is not None
+    await delete_namespace(kube, build_namespace(namespace))
 
 
 @pytest.mark.parametrize(
@@ -239,18 +273,99 @@ def test_bad_values_are_refused(args, message):
     assert message in result.stderr
 
 
+TOKENS = {
+    "proxy.token",
+    "hub.cookie-secret",
+    "builder.api-token",
+    "builder.cookie-secret",
+    "builder.webhook-secret",
+}
+
+
+def secret_data(docs: list[dict], name: str) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in one(docs, "Secret", name)["data"].items()}
+
+
 def test_generated_secrets_are_set_and_explicit_ones_kept():
     docs = render(sets=["proxy.secretToken=abc"])
-    secret = one(docs, "Secret", "aicoe-aicoe-spawner-hub")["data"]
-    assert set(secret) == {
-        "proxy.token",
-        "hub.cookie-secret",
-        "builder.api-token",
-        "builder.cookie-secret",
-        "builder.webhook-secret",
+    secret = secret_data(docs, "aicoe-aicoe-spawner-hub")
+    assert set(secret) == {*TOKENS, "values.json"}
+    assert secret["proxy.token"] == "abc"
+    assert len(secret["builder.api-token"]) == 64
+
+
+# What an admin puts in values that must not be readable with `view` on the namespace or by
+# the builder's ServiceAccount (both may read ConfigMaps).
+SECRET_VALUES = {
+    "hub.config": {"GitHubOAuthenticator": {"client_secret": "oauth-s3cr3t-value"}},
+    "hub.db": {"type": "other", "url": "postgresql://hub:db-pa55word@db/hub"},
+    "hub.extraConfig": {"10-key": "c.Spawner.environment = {'KEY': 'extra-s3cr3t'}"},
+    "proxy.secretToken": "proxy-t0ken-value",
+    "builder.webhookSecret": "webhook-s3cr3t-value",
+}
+NEEDLES = (
+    "oauth-s3cr3t-value",
+    "db-pa55word",
+    "extra-s3cr3t",
+    "proxy-t0ken-value",
+    "webhook-s3cr3t-value",
+)
+
+
+def test_secret_values_are_in_no_config_map():
+    docs = render(values=SECRET_VALUES)
+    for config_map in by_kind(docs, "ConfigMap"):
+        text = json.dumps(config_map)
+        assert not [n for n in NEEDLES if n in text], config_map["metadata"]["name"]
+    for deployment in by_kind(docs, "Deployment"):  # nor in a pod spec (env, args)
+        text = json.dumps(deployment)
+        assert not [n for n in NEEDLES if n in text], deployment["metadata"]["name"]
+    secret = json.dumps(secret_data(docs, "aicoe-aicoe-spawner-hub"))
+    assert all(n in secret for n in NEEDLES)
+
+
+def test_an_existing_secret_holds_the_tokens():
+    docs = render(values={"hub.existingSecret": "my-tokens"})
+    assert set(secret_data(docs, "aicoe-aicoe-spawner-hub")) == {"values.json"}
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for d in by_kind(docs, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        for e in c["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    assert {r["key"] for r in refs} == TOKENS
+    assert {r["name"] for r in refs} == {"my-tokens"}
+
+
+def pod_annotations(docs: list[dict]) -> dict[str, dict[str, str]]:
+    return {
+        d["metadata"]["name"].removeprefix("aicoe-aicoe-spawner-"): d["spec"]["template"][
+            "metadata"
+        ].get("annotations", {})
+        for d in by_kind(docs, "Deployment")
     }
-    assert secret["proxy.token"] == "YWJj"
-    assert len(secret["builder.api-token"]) > 40
+
+
+@pytest.mark.parametrize(
+    ("value", "rolled"),
+    [
+        ("proxy.secretToken", {"hub", "proxy"}),
+        ("hub.cookieSecret", {"hub"}),
+        ("builder.apiToken", {"hub", "builder"}),
+        ("builder.cookieSecret", {"builder"}),
+        ("builder.webhookSecret", {"builder"}),
+    ],
+)
+def test_a_changed_token_rolls_the_pods_that_use_it(value, rolled):
+    fixed = {v: "a" * 64 for v in ("proxy.secretToken", "hub.cookieSecret", "builder.apiToken")}
+    fixed |= {"builder.cookieSecret": "b" * 64, "builder.webhookSecret": "c" * 64}
+    before = pod_annotations(render(values=fixed))
+    after = pod_annotations(render(values={**fixed, value: "changed"}))
+    assert {name for name in before if before[name] != after[name]} == rolled
+    assert pod_annotations(render(values=fixed)) == before  # stable when nothing changes
+    changed_config = pod_annotations(render(values={**fixed, "hub.config": {"X": {"y": 1}}}))
+    assert {name for name in before if before[name] != changed_config[name]} == {"hub"}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -260,22 +375,27 @@ async def test_manifests_apply_to_the_api_server(variant, kube, namespace):
     if variant == "openshift":
         await ensure_route_api(kube)
     docs = render(variant, namespace=namespace, release="r")
-    dry = await apply(kube, docs, namespace, dry_run=True)
-    assert len(dry) == len(docs)
-    hub = one(docs, "Deployment", "r-aicoe-spawner-hub")
-    assert await get(kube, hub, namespace) is None  # the dry run stored nothing
+    try:
+        # the build namespace first: a dry run creates nothing to put objects in
+        await apply(kube, by_kind(docs, "Namespace"), namespace)
+        dry = await apply(kube, docs, namespace, dry_run=True)
+        assert len(dry) == len(docs)
+        hub = one(docs, "Deployment", "r-aicoe-spawner-hub")
+        assert await get(kube, hub, namespace) is None  # the dry run stored nothing
 
-    applied = await apply(kube, docs, namespace)
-    for doc, stored in zip(sorted(docs, key=_order), applied, strict=True):
-        assert stored["kind"] == doc["kind"]
-        assert await get(kube, doc, namespace) is not None, doc["metadata"]["name"]
-    stored_hub = await get(kube, hub, namespace)
-    assert stored_hub["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
-        "quay.io/aicoe/aicoe-spawner:"
-    )
-    again = await apply(kube, docs, namespace)
-    for first, second in zip(applied, again, strict=True):
-        assert _content(second) == _content(first), first["metadata"]["name"]
+        applied = await apply(kube, docs, namespace)
+        for doc, stored in zip(sorted(docs, key=_order), applied, strict=True):
+            assert stored["kind"] == doc["kind"]
+            assert await get(kube, doc, namespace) is not None, doc["metadata"]["name"]
+        stored_hub = await get(kube, hub, namespace)
+        assert stored_hub["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+            "quay.io/aicoe/aicoe-spawner:"
+        )
+        again = await apply(kube, docs, namespace)
+        for first, second in zip(applied, again, strict=True):
+            assert _content(second) == _content(first), first["metadata"]["name"]
+    finally:
+        await remove_cluster_objects(kube, docs)
 
 
 def _content(obj: dict) -> dict:
@@ -322,10 +442,13 @@ async def _wait_served(kube, api_version: str, kind: str, timeout: float = 30) -
 
 
 def load_chart_config(tmp_path: Path, monkeypatch, **render_kwargs) -> Config:
+    """The hub's config directory as the pod mounts it: jupyterhub_config.py from the
+    ConfigMap, values.json from the Secret."""
     docs = render(**render_kwargs)
     data = one(docs, "ConfigMap", "aicoe-aicoe-spawner-hub")["data"]
-    for name, text in data.items():
-        (tmp_path / name).write_text(text)
+    (tmp_path / "jupyterhub_config.py").write_text(data["jupyterhub_config.py"])
+    values = secret_data(docs, "aicoe-aicoe-spawner-hub")["values.json"]
+    (tmp_path / "values.json").write_text(values)
     monkeypatch.setenv("IMAGE_BUILDER_API_TOKEN", "builder-token")
     monkeypatch.setenv("POD_NAMESPACE", "aicoe")
     return PyFileConfigLoader("jupyterhub_config.py", path=str(tmp_path)).load_config()
@@ -353,6 +476,19 @@ def test_chart_config_loads_with_defaults(tmp_path, monkeypatch):
     assert "custom:image-builder:build" in roles["user"]["scopes"]
     assert roles["image-builder-service"]["services"] == ["image-builder"]
     assert c.JupyterHub.authenticator_class == "dummy"
+    # user pods: fixed uid, fsGroup for their volumes, what Pod Security "restricted" asks
+    assert (c.KubeSpawner.uid, c.KubeSpawner.fs_gid) == (1000, 100)
+    assert c.KubeSpawner.pod_security_context == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert c.KubeSpawner.container_security_context == {
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_chart_config_on_openshift_leaves_the_uids_to_the_scc(tmp_path, monkeypatch):
+    c = load_chart_config(tmp_path, monkeypatch, variant="openshift")
+    assert "uid" not in c.KubeSpawner and "fs_gid" not in c.KubeSpawner
+    assert c.KubeSpawner.pod_security_context == {"seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def test_chart_config_passthrough_and_extra_config_win(tmp_path, monkeypatch):
@@ -388,3 +524,42 @@ def test_chart_config_without_builder(tmp_path, monkeypatch):
     c = load_chart_config(tmp_path, monkeypatch, sets=["builder.enabled=false"])
     assert "services" not in c.JupyterHub
     assert "custom_scopes" not in c.JupyterHub
+
+
+# -- pod security ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["default", "kubernetes"])
+async def test_pods_pass_pod_security_restricted(variant, kube, namespace):
+    """The hub, proxy and builder pods are admitted where Pod Security "restricted" is enforced
+    (the API server's PodSecurity admission, on dry-run Pods made from each Deployment's
+    template): non-root fixed uids, fsGroup, seccomp RuntimeDefault, no capabilities."""
+    core = client.CoreV1Api(kube)
+    await core.patch_namespace(
+        namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    docs = render(variant, namespace=namespace, release="r")
+    for deployment in by_kind(docs, "Deployment"):
+        template = deployment["spec"]["template"]
+        spec = template["spec"]
+        security = spec["securityContext"]
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert security["runAsUser"] > 0 and security["fsGroup"] > 0
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": deployment["metadata"]["name"], **template["metadata"]},
+            "spec": spec,
+        }
+        await core.create_namespaced_pod(namespace, pod, dry_run="All")
+    # the same pod without seccomp is refused: the namespace does enforce "restricted"
+    del pod["spec"]["securityContext"]["seccompProfile"]
+    with pytest.raises(client.ApiException) as refused:
+        await core.create_namespaced_pod(namespace, pod, dry_run="All")
+    assert refused.value.status == 403 and "seccompProfile" in refused.value.body
+
+
+def test_openshift_assigns_the_uids():
+    for deployment in by_kind(render("openshift"), "Deployment"):
+        security = deployment["spec"]["template"]["spec"]["securityContext"]
+        assert security == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}

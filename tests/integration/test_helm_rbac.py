@@ -10,7 +10,8 @@ import time
 import uuid
 
 import pytest
-from helm_chart import apply, probe, render, rule_id
+import pytest_asyncio
+from helm_chart import apply, probe, remove_cluster_objects, render, rule_id
 from hub_harness import FakeSingleUser, Hub
 from kube_helpers import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
@@ -31,12 +32,13 @@ OPERATIONS = {
     ("hub", "core:services"): "create users' Services (services_enabled, internal SSL)",
     ("hub", "core:events"): "show pod events on the spawn progress page",
     ("hub-catalog", "image.openshift.io:imagestreams"): "list+watch the notebook image catalog",
-    ("builder", "batch:jobs"): "run, follow and cancel build Jobs",
-    ("builder", "core:pods"): "find, follow and clean up the pods of a build Job",
-    ("builder", "core:pods/log"): "stream a build's log",
+    ("builder-builds", "batch:jobs"): "run, follow and cancel build Jobs",
+    ("builder-builds", "core:pods"): "find, follow and clean up the pods of a build Job",
+    ("builder-builds", "core:pods/log"): "stream a build's log",
     ("builder", "aicoe-spawner.io:imagebuilds"): "create, list and expire build records",
     ("builder", "aicoe-spawner.io:imagebuilds/status"): "write build state (with preconditions)",
     ("builder", "core:configmaps"): "keep build logs, the quota ledger and webhook deliveries",
+    ("builder", "core:configmaps[aicoe-image-builder-quota]"): "admit builds in the quota ledger",
     ("builder", "build.openshift.io:buildconfigs"): "create BuildConfigs (OpenShift backend)",
     ("builder", "build.openshift.io:builds"): "start, follow and cancel Builds (OpenShift)",
     ("builder", "build.openshift.io:builds/docker,builds/source"): (
@@ -48,13 +50,30 @@ OPERATIONS = {
 
 
 def role_kind(role: dict) -> str:
-    """hub, hub-catalog, builder or builder-catalog."""
+    """hub, hub-catalog, builder, builder-builds or builder-catalog."""
     return role["metadata"]["name"].removeprefix(f"{RELEASE}-aicoe-spawner-")
 
 
 def rbac_docs(variant: str, namespace: str) -> list[dict]:
+    """The chart's ServiceAccounts, Roles and RoleBindings, and the build namespace (the
+    builder's Role for Jobs lives there)."""
     docs = render(variant, namespace=namespace, release=RELEASE)
-    return [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    kinds = ("Namespace", "ServiceAccount", "Role", "RoleBinding")
+    return [d for d in docs if d["kind"] in kinds]
+
+
+@pytest_asyncio.fixture
+async def applied(kube, namespace):
+    """``await applied(docs)``: apply to the test namespace; the build namespace the docs
+    make is deleted after the test."""
+    seen: list[dict] = []
+
+    async def do(docs: list[dict]) -> None:
+        seen.extend(docs)
+        await apply(kube, docs, namespace)
+
+    yield do
+    await remove_cluster_objects(kube, seen)
 
 
 def all_rules() -> list[tuple[str, str, str]]:
@@ -91,6 +110,7 @@ async def role_without(
 ) -> dict:
     """Replace the chart's Role ``kind`` with a copy that lacks ``rule``."""
     (role,) = [d for d in docs if d["kind"] == "Role" and role_kind(d) == kind]
+    namespace = role["metadata"].get("namespace", namespace)
     rbac = client.RbacAuthorizationV1Api(kube)
     current = await rbac.read_namespaced_role(role["metadata"]["name"], namespace)
     rules = [r for r in role["rules"] if rule_id(r) != rule]
@@ -113,31 +133,33 @@ async def role_without(
 
 @pytest.mark.parametrize(("variant", "kind", "rule"), RULES, ids=[f"{k}-{r}" for _, k, r in RULES])
 async def test_removing_a_rule_refuses_its_operation(
-    variant, kind, rule, kube, namespace, token_kubeconfig
+    variant, kind, rule, kube, namespace, token_kubeconfig, applied
 ):
     docs = rbac_docs(variant, namespace)
-    await apply(kube, docs, namespace)
+    await applied(docs)
     sa = BUILDER_SA if kind.startswith("builder") else HUB_SA
     token = await sa_token(kube, namespace, sa)
     (role,) = [d for d in docs if d["kind"] == "Role" and role_kind(d) == kind]
     (the_rule,) = [r for r in role["rules"] if rule_id(r) == rule]
+    where = role["metadata"].get("namespace", namespace)
     calls = [
-        (group, resource, verb)
+        (group, resource, verb, where, name)
         for group in the_rule["apiGroups"]
         for resource in the_rule["resources"]
         for verb in the_rule["verbs"]
+        for name in the_rule.get("resourceNames") or ["rbac-probe"]
     ]
     operation = OPERATIONS[(kind, rule)]
     api = await api_client(token_kubeconfig(token, namespace))
     try:
         for call in calls:
-            status = await probe(api, *call, namespace)
+            status = await probe(api, *call)
             assert status != 403, f"{operation}: {call} refused with the chart's Role"
 
         await role_without(kube, docs, namespace, kind, rule)
 
         async def all_refused():
-            statuses = [await probe(api, *call, namespace) for call in calls]
+            statuses = [await probe(api, *call) for call in calls]
             return all(s == 403 for s in statuses)
 
         assert await wait_for(all_refused, timeout=10), f"{operation} still allowed"
@@ -162,9 +184,11 @@ c.AICoESpawner.catalog_sync_timeout = 5
 """
 
 
-async def chart_hub(kube, namespace, token_kubeconfig, tmp_path, drop: tuple[str, str] | None):
+async def chart_hub(
+    applied, kube, namespace, token_kubeconfig, tmp_path, drop: tuple[str, str] | None
+):
     docs = rbac_docs("default", namespace)
-    await apply(kube, docs, namespace)
+    await applied(docs)
     if drop:
         await role_without(kube, docs, namespace, *drop)
     await create_imagestream(kube, namespace, "minimal", {"2025.2": DEFAULT})
@@ -182,12 +206,12 @@ async def chart_hub(kube, namespace, token_kubeconfig, tmp_path, drop: tuple[str
 
 
 async def test_hub_spawns_with_the_charts_service_account(
-    kube, namespace, fake_kubelet, token_kubeconfig, tmp_path
+    kube, namespace, fake_kubelet, token_kubeconfig, tmp_path, applied
 ):
     """Full spawn and stop with a TokenRequest token of the chart's hub ServiceAccount:
     ImageStream watch, PVC, secret env Secret (owned by the pod), pod, Service, events;
     stopping deletes the Secret, deleting the user deletes the PVC."""
-    hub, singleuser = await chart_hub(kube, namespace, token_kubeconfig, tmp_path, None)
+    hub, singleuser = await chart_hub(applied, kube, namespace, token_kubeconfig, tmp_path, None)
     core = client.CoreV1Api(kube)
     try:
         user = f"rbac-{uuid.uuid4().hex[:4]}"
@@ -255,13 +279,13 @@ SPAWN_BREAKING = [
 
 @pytest.mark.parametrize("drop", SPAWN_BREAKING, ids=[r for _, r in SPAWN_BREAKING])
 async def test_hub_spawn_fails_without_a_rule(
-    drop, kube, namespace, fake_kubelet, token_kubeconfig, tmp_path
+    drop, kube, namespace, fake_kubelet, token_kubeconfig, tmp_path, applied
 ):
     """The same spawn as above fails when the hub's Role lacks one rule. (Services fail the same
     way as PVCs; without events KubeSpawner's spawn hangs until start_timeout rather than
     failing; for them and every rule, test_removing_a_rule_refuses_its_operation shows the
     403.)"""
-    hub, singleuser = await chart_hub(kube, namespace, token_kubeconfig, tmp_path, drop)
+    hub, singleuser = await chart_hub(applied, kube, namespace, token_kubeconfig, tmp_path, drop)
     try:
         user = f"norbac-{uuid.uuid4().hex[:4]}"
         await hub.ensure_user(user)

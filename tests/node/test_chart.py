@@ -13,7 +13,6 @@ docs/deploy.md ("On a test node"). Screenshots go to test-artifacts/chart/.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import re
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from browser import CHROMIUM, CHROMIUM_ARGS
-from helm_chart import CHART, helm
+from helm_chart import CHART, egress_allows, helm
 from kubernetes_asyncio import client
 from node_harness import NodeCluster, start_node_cluster, stop_node_cluster
 from playwright.async_api import async_playwright, expect
@@ -41,6 +40,7 @@ pytestmark = [pytest.mark.node, pytest.mark.timeout(2400)]
 
 RELEASE = "aicoe-spawner"
 NAMESPACE = "jupyterhub"
+BUILDS = "jupyterhub-builds"  # the chart's default build namespace: "<namespace>-builds"
 USER = "chart-user"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chart"
 COMPONENTS = ("hub", "proxy", "image-builder")
@@ -325,11 +325,6 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
         await core.delete_collection_namespaced_pod(
             NAMESPACE, label_selector="component=singleuser-server"
         )
-        await client.BatchV1Api(api).delete_collection_namespaced_job(
-            NAMESPACE,
-            label_selector="app.kubernetes.io/managed-by=aicoe-image-builder",
-            propagation_policy="Background",
-        )
         await core.delete_collection_namespaced_config_map(
             NAMESPACE, label_selector="app.kubernetes.io/managed-by=aicoe-image-builder"
         )
@@ -346,35 +341,19 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
         (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=2))
 
 
-def egress_allows(policy: dict, ip: str, port: int, protocol: str = "TCP") -> bool:
-    """Whether one of the policy's egress rules admits ``ip:port`` (ipBlock peers only)."""
-    for rule in policy["spec"].get("egress", []):
-        ports = rule.get("ports") or [{"protocol": protocol, "port": port}]
-        if not any(p.get("protocol", "TCP") == protocol and p["port"] == port for p in ports):
-            continue
-        for peer in rule.get("to", []):
-            block = peer.get("ipBlock")
-            if block and ipaddress.ip_address(ip) in ipaddress.ip_network(block["cidr"]):
-                if not any(
-                    ipaddress.ip_address(ip) in ipaddress.ip_network(e)
-                    for e in block.get("except", [])
-                ):
-                    return True
-    return False
-
-
 async def policy_selects_build_pods_and_allows_their_peers(
     api: client.ApiClient, cluster: NodeCluster, git: GitServer
 ) -> None:
     """Nothing here enforces NetworkPolicies (see docs/deploy.md): prove instead that the
-    build policy's selector picks the build pods that ran and only them, and that its egress
-    rules admit what those pods used (DNS, the git server, the registry) and nothing else."""
+    build policy's selector picks the build pods that ran (in the build namespace, admitted by
+    the chart's admission policy) and only them, and that its egress rules admit what those
+    pods used (DNS, the git server, the registry) and nothing else."""
     node = cluster.node
-    api_path = f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies"
+    api_path = f"/apis/networking.k8s.io/v1/namespaces/{BUILDS}/networkpolicies"
     policy = cluster.plane.get(f"{api_path}/{RELEASE}-builder-builds")
     assert policy is not None
     selector = policy["spec"]["podSelector"]["matchLabels"]
-    pods = (await client.CoreV1Api(api).list_namespaced_pod(NAMESPACE)).items
+    pods = (await client.CoreV1Api(api).list_namespaced_pod(BUILDS)).items
     selected = [
         p.metadata.name for p in pods if selector.items() <= (p.metadata.labels or {}).items()
     ]
@@ -447,13 +426,12 @@ async def wait_hub_replaced(core: client.CoreV1Api, old_hub: str, timeout: float
 
 # What `helm uninstall` leaves, as docs/deploy.md says: the ImageStream and ImageBuild CRDs and
 # what they hold (the catalog with the built images, the build history), and what the hub and
-# the builder made at run time, not Helm: running notebook servers, finished builds' Jobs,
-# pods and ConfigMaps.
+# the builder made at run time, not Helm: running notebook servers and the builder's
+# ConfigMaps (kept logs, the quota ledger). The build namespace goes, with its Jobs and pods.
 def expected_after_uninstall(user_pod: str) -> dict:
     return {
-        "pods": sorted(["imgbuild-*", user_pod]),
+        "pods": [user_pod],
         "configmaps": ["aicoe-image-builder-quota", "imgbuild-*"],  # + the quota ledger
-        "jobs": ["imgbuild-*"],
         "imagestreams": ["dockerfile-notebook", "jupyterlab"],
         "imagebuilds": ["*"],  # the build history, with its CRD
         "crds": ["imagebuilds.aicoe-spawner.io", "imagestreams.image.openshift.io"],
@@ -497,6 +475,12 @@ async def release_leftovers(api: client.ApiClient, cluster: NodeCluster, expecte
         kept = {
             k: v for k, v in expected.items() if k not in ("imagestreams", "imagebuilds", "crds")
         }
+        try:
+            await core.read_namespace(BUILDS)
+            found["namespaces"] = [BUILDS]
+        except client.ApiException as e:
+            assert e.status == 404, e
+            found.pop("namespaces", None)
         if found == kept or time.monotonic() > deadline:
             break
         await asyncio.sleep(2)

@@ -43,6 +43,13 @@ c.AICoESpawner.image_namespaces = values["imageNamespaces"]
 c.KubeSpawner.common_labels = {"app.kubernetes.io/part-of": "aicoe-spawner"}
 c.KubeSpawner.start_timeout = 600  # pulling a big notebook image takes a while
 c.KubeSpawner.environment = dict(values["singleuser"].get("extraEnv") or {})
+singleuser = values["singleuser"]
+if singleuser.get("uid") is not None:
+    c.KubeSpawner.uid = singleuser["uid"]
+if singleuser.get("fsGid") is not None:
+    c.KubeSpawner.fs_gid = singleuser["fsGid"]
+c.KubeSpawner.pod_security_context = dict(singleuser.get("podSecurityContext") or {})
+c.KubeSpawner.container_security_context = dict(singleuser.get("containerSecurityContext") or {})
 
 storage = values["singleuser"]["storage"]
 if storage["type"] == "dynamic":

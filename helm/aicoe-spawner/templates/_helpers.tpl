@@ -90,7 +90,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 A generated secret value that survives upgrades: the explicit value if set, else the value in
-the existing Secret, else a new random one. Call with (list $ "secret-key" .explicitValue).
+the existing Secret, else a new random one, made once per rendering (the Secret and the
+checksum annotations of the pods see the same value). Call with
+(list $ "secret-key" .explicitValue).
 */}}
 {{- define "aicoe-spawner.secretValue" -}}
 {{- $root := index . 0 -}}
@@ -99,12 +101,54 @@ the existing Secret, else a new random one. Call with (list $ "secret-key" .expl
 {{- if $explicit -}}
 {{- $explicit -}}
 {{- else -}}
+{{- if not (hasKey $root.Values "_generatedSecrets") -}}
+{{- $_ := set $root.Values "_generatedSecrets" dict -}}
+{{- end -}}
+{{- $cache := $root.Values._generatedSecrets -}}
+{{- if not (hasKey $cache $key) -}}
 {{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "aicoe-spawner.hub" $root) -}}
 {{- if and $existing $existing.data (hasKey $existing.data $key) -}}
-{{- index $existing.data $key | b64dec -}}
+{{- $_ := set $cache $key (index $existing.data $key | b64dec) -}}
 {{- else -}}
-{{- randAlphaNum 64 | sha256sum -}}
+{{- $_ := set $cache $key (randAlphaNum 64 | sha256sum) -}}
 {{- end -}}
+{{- end -}}
+{{- index $cache $key -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The tokens of the release (key: explicit value), in the chart's Secret unless
+hub.existingSecret names one that holds them. */}}
+{{- define "aicoe-spawner.tokens" -}}
+{{- toJson (dict
+  "proxy.token" .Values.proxy.secretToken
+  "hub.cookie-secret" .Values.hub.cookieSecret
+  "builder.api-token" .Values.builder.apiToken
+  "builder.cookie-secret" .Values.builder.cookieSecret
+  "builder.webhook-secret" .Values.builder.webhookSecret) -}}
+{{- end -}}
+
+{{/* Name of the Secret with the tokens: hub.existingSecret, else the chart's. */}}
+{{- define "aicoe-spawner.tokenSecret" -}}
+{{- default (include "aicoe-spawner.hub" .) .Values.hub.existingSecret -}}
+{{- end -}}
+
+{{/*
+Checksum of some tokens, for a pod annotation: a changed token rolls the pods that use it.
+Call with (list $ "key" "key" ...). With hub.existingSecret, of that Secret's name (restart the
+pods yourself after changing its content).
+*/}}
+{{- define "aicoe-spawner.tokenChecksum" -}}
+{{- $root := index . 0 -}}
+{{- if $root.Values.hub.existingSecret -}}
+{{- $root.Values.hub.existingSecret | sha256sum -}}
+{{- else -}}
+{{- $tokens := include "aicoe-spawner.tokens" $root | fromJson -}}
+{{- $parts := list -}}
+{{- range $key := rest . -}}
+{{- $parts = append $parts (include "aicoe-spawner.secretValue" (list $root $key (index $tokens $key))) -}}
+{{- end -}}
+{{- join "\n" $parts | sha256sum -}}
 {{- end -}}
 {{- end -}}
 
@@ -123,4 +167,67 @@ the existing Secret, else a new random one. Call with (list $ "secret-key" .expl
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+{{- end -}}
+
+{{/* Namespace of build Jobs: builder.buildNamespace, default "<release namespace>-builds". */}}
+{{- define "aicoe-spawner.buildNamespace" -}}
+{{- default (printf "%s-builds" .Release.Namespace | trunc 63 | trimSuffix "-") .Values.builder.buildNamespace -}}
+{{- end -}}
+
+{{/* Whether build Jobs run beside the hub (builder.buildNamespace = the release namespace). */}}
+{{- define "aicoe-spawner.buildsBesideHub" -}}
+{{- if eq (include "aicoe-spawner.buildNamespace" .) .Release.Namespace -}}true{{- end -}}
+{{- end -}}
+
+{{/* The builder's ServiceAccount as the API server names the requests it makes. */}}
+{{- define "aicoe-spawner.builderUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "aicoe-spawner.builderServiceAccount" .) -}}
+{{- end -}}
+
+{{/* Name of a cluster-scoped object of this release: "<namespace>.<fullname>-<suffix>". */}}
+{{- define "aicoe-spawner.clusterName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s.%s-%s" $root.Release.Namespace (include "aicoe-spawner.fullname" $root) (index . 1) -}}
+{{- end -}}
+
+{{/* NetworkPolicy egress rules to the cluster DNS (builder.networkPolicy.dns*). */}}
+{{- define "aicoe-spawner.dnsEgress" -}}
+{{- $np := .Values.builder.networkPolicy -}}
+- to:
+    {{- with $np.dnsPeers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- range $np.dnsCIDRs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  ports:
+    {{- range $np.dnsPorts }}
+    - {protocol: UDP, port: {{ . }}}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end -}}
+
+{{/* NetworkPolicy egress rule to the Git hosts (builder.networkPolicy.git*), or nothing. */}}
+{{- define "aicoe-spawner.gitEgress" -}}
+{{- $np := .Values.builder.networkPolicy -}}
+{{- if $np.gitCIDRs -}}
+- to:
+    {{- range $np.gitCIDRs }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+        {{- if $np.gitExcept }}
+        except: {{ toJson $np.gitExcept }}
+        {{- end }}
+    {{- end }}
+  ports:
+    {{- range $np.gitPorts }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Capabilities of build containers (STEP_CAPABILITIES + MKNOD + SYS_ADMIN of
+aicoe_spawner/builder/backends/kubernetes.py), as a CEL list. */}}
+{{- define "aicoe-spawner.buildCapabilities" -}}
+["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETFCAP", "SETGID", "SETUID", "SYS_CHROOT", "MKNOD", "SYS_ADMIN"]
 {{- end -}}
