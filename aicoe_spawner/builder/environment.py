@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .requests import BuildRequestError
+from .requests import BuildRequestError, RepoView
 
 __all__ = [
     "ENV_FILES",
@@ -401,3 +401,28 @@ def environment_dockerfile(
             'CMD ["jupyterhub-singleuser"]',
         ]
     return "\n".join(out) + "\n"
+
+
+# -- what the service reads of a commit ----------------------------------------------------
+
+
+def _in_context(view: Mapping[str, str], context_dir: str) -> dict[str, str]:
+    if not context_dir:
+        return dict(view)
+    prefix = context_dir.rstrip("/") + "/"
+    return {p[len(prefix) :]: src for p, src in view.items() if p.startswith(prefix)}
+
+
+def wanted_files(paths: Iterable[str], overlay: str, context_dir: str) -> set[str]:
+    """The repository paths whose content :func:`decide` needs for a build of ``overlay``
+    with ``context_dir`` (what the service reads, at most MAX_FILE_BYTES each)."""
+    seen = _in_context(overlay_view(paths, overlay), context_dir)
+    return {seen[p] for p in files_to_read(seen)}
+
+
+def build_view(view: RepoView, overlay: str) -> RepoView:
+    """``view`` (the commit as it is) as ``overlay``'s build sees it (:func:`overlay_view`)."""
+    seen = overlay_view(view.paths, overlay)
+    return RepoView(
+        tuple(seen), {p: view.files[src] for p, src in seen.items() if src in view.files}
+    )

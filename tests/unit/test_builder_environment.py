@@ -398,3 +398,127 @@ def test_helper_says_when_conda_is_missing(tmp_path):
     assert "aicoe-build-error: environment.yml needs conda or mamba, and the base image b:1" in (
         got.stderr
     )
+
+
+# -- through resolve_spec and the backends' manifests --------------------------------------
+
+
+def resolved(paths, body=None, ci=None, **defaults):
+    from aicoe_spawner.builder.requests import (
+        BuildDefaults,
+        BuildRequest,
+        RepoView,
+        resolve_spec,
+    )
+
+    request = BuildRequest(repo="https://github.com/org/repo", ref="v1", **(body or {}))
+    d = BuildDefaults(
+        namespace="nb",
+        registry="reg.local:5000",
+        python_base_images=(("3.11", "nb:3.11"),),
+        **defaults,
+    )
+    context = (body or {}).get("context_dir") or (ci.context_dir if ci else "")
+    wanted = env.wanted_files(paths, "", context)
+    view = RepoView(tuple(paths), {p: READ[p.rsplit("/", 1)[-1]] for p in wanted})
+    return resolve_spec(request, "a" * 40, "tag", ci, d, "alice", view=view)
+
+
+def test_detection_decides_the_spec_and_says_so():
+    s = resolved(["requirements.txt", "nb.ipynb"])
+    assert (s.strategy, s.decided_by) == ("environment", ("requirements.txt",))
+    assert s.base_image == "quay.io/jupyter/minimal-notebook:2025-10-06"
+    assert "detected: environment build from requirements.txt" in s.notes
+    assert s.generated_dockerfile.startswith(f"FROM {s.base_image}\n")
+    assert 'LABEL "io.openshift.build.commit.id"="' + "a" * 40 + '"' in s.generated_dockerfile
+    d = resolved(["binder/Dockerfile", "requirements.txt"])
+    assert (d.strategy, d.dockerfile, d.decided_by) == (
+        "dockerfile",
+        "binder/Dockerfile",
+        ("binder/Dockerfile",),
+    )
+    assert d.generated_dockerfile == "" and "detected: Dockerfile build from binder/Dockerfile" in (
+        d.notes
+    )
+    c = resolved(["nb.ipynb"])
+    assert c.strategy == "environment" and c.decided_by == ()
+    assert any("the repository's content on the notebook image" in n for n in c.notes)
+    assert resolved(["runtime.txt"]).base_image == "nb:3.11"
+
+
+def test_a_request_that_names_a_dockerfile_is_not_detected():
+    s = resolved(["requirements.txt"], {"dockerfile": "docker/Dockerfile"})
+    assert (s.strategy, s.dockerfile, s.decided_by) == ("dockerfile", "docker/Dockerfile", ())
+
+
+def test_source_without_a_base_image_is_an_environment_build_and_thoth_gets_its_variables():
+    s = resolved(["requirements.txt"], {"strategy": "source"})
+    assert s.strategy == "environment" and s.decided_by == ("requirements.txt",)
+    thoth = "quay.io/thoth-station/s2i-thoth-ubi9-py311:v0.35.1"
+    t = resolved(["Pipfile", "Pipfile.lock"], {"strategy": "source", "base_image": thoth})
+    assert (t.strategy, t.base_image) == ("source", thoth)
+    assert dict(t.build_env) == {
+        "THOTH_ADVISE": "0",
+        "THOTH_DRY_RUN": "1",
+        "THOTH_ERROR_FALLBACK": "1",
+    }
+    other = resolved([], {"strategy": "source", "base_image": "quay.io/x/s2i:1"})
+    assert other.build_env == ()
+
+
+def test_context_dir_is_where_detection_looks():
+    s = resolved(["app/requirements.txt", "Dockerfile"], {"context_dir": "app"})
+    assert (s.strategy, s.decided_by) == ("environment", ("requirements.txt",))
+
+
+def test_the_generated_dockerfile_and_the_overlay_reach_the_build_pod():
+    from aicoe_spawner.builder.backends.kubernetes import BUILD_SCRIPT, JobConfig, job_manifest
+    from aicoe_spawner.builder.ci_config import parse_ci_configs
+
+    ci = parse_ci_configs("overlays:\n- name: cpu\n  build: {}\n")[0]
+    view = env.overlay_view(["overlays/cpu/requirements.txt", "nb.ipynb"], "cpu")
+    s = resolved(list(view), ci=ci, layer_cache=True)
+    job = job_manifest(s, JobConfig())
+    [build] = job["spec"]["template"]["spec"]["initContainers"]
+    e = {x["name"]: x["value"] for x in build["env"]}
+    assert e["STRATEGY"] == "environment" and e["OVERLAY"] == "cpu"
+    assert e["GENERATED_DOCKERFILE"] == s.generated_dockerfile
+    assert e["DECIDED_BY"] == "requirements.txt"
+    assert e["CACHE_REPO"] == "reg.local:5000/nb/org-repo-cpu-cache"
+    assert build["terminationMessagePath"] == "/dev/termination-log"
+    assert build["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert (
+        BUILD_SCRIPT.splitlines()[1]
+        == "fail() {  # the build's reason, for the record's message (termination message)"
+    )
+    # no cache unless the admin turns it on
+    plain = job_manifest(resolved(["requirements.txt"]), JobConfig())
+    [build] = plain["spec"]["template"]["spec"]["initContainers"]
+    assert "CACHE_REPO" not in {x["name"] for x in build["env"]}
+
+
+def test_openshift_builds_the_generated_dockerfile_inline_and_refuses_overlays():
+    from aicoe_spawner.builder.backends.openshift import buildconfig_manifest, validate_spec
+    from aicoe_spawner.builder.ci_config import parse_ci_configs
+
+    s = resolved(["requirements.txt"])
+    bc = buildconfig_manifest(s)
+    assert bc["spec"]["source"]["dockerfile"] == s.generated_dockerfile
+    assert bc["spec"]["strategy"] == {"type": "Docker", "dockerStrategy": {}}
+    ci = parse_ci_configs("overlays:\n- name: cpu\n  build: {}\n")[0]
+    with pytest.raises(BuildRequestError, match="cannot copy overlays/cpu/"):
+        validate_spec(resolved(["requirements.txt"], ci=ci))
+
+
+def test_the_spec_round_trips_through_its_record():
+    from aicoe_spawner.builder.requests import BuildSpec
+
+    s = resolved(["requirements.txt", "apt.txt"])
+    assert BuildSpec.from_json(s.to_json()) == s
+
+
+def test_settings_change_the_build():
+    a = resolved(["requirements.txt"])
+    b = resolved(["requirements.txt"], package_index_url="http://10.0.0.9/simple/")
+    assert a.content_id != b.content_id
+    assert "ARG PIP_INDEX_URL=http://10.0.0.9/simple/" in b.generated_dockerfile

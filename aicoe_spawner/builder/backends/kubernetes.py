@@ -36,6 +36,10 @@ DEFAULT_SCRIPTS = "/usr/libexec/s2i"
 # text (paths, the base image's labels) is only ever data: quoted expansions, `case` patterns
 # and realpath checks, never a shell or sed program.
 BUILD_SCRIPT = r"""set -eu
+fail() {  # the build's reason, for the record's message (termination message)
+  printf '%s\n' "$*" > "${BUILD_TERMINATION_LOG:-/dev/termination-log}" 2>/dev/null || true
+  echo "error: $*" >&2; exit 2
+}
 B="--storage-driver vfs --root $BUILD_STORAGE/root --runroot $BUILD_STORAGE/run"
 TLS="--tls-verify=${TLS_VERIFY:-true}"
 work=$(mktemp -d)
@@ -51,6 +55,16 @@ inside() {  # $1 resolved (symlinks followed) must exist inside the checkout
   r=$(realpath -e -- "$1" 2>/dev/null) || return 1
   case "$r" in "$src"|"$src"/*) printf '%s' "$r" ;; *) return 1 ;; esac
 }
+if [ -n "${OVERLAY:-}" ]; then
+  # AICoE-CI's rule: the root Pipfile and Pipfile.lock go, overlays/<name>/* is copied over
+  echo "==> overlay $OVERLAY: overlays/$OVERLAY/* copied to the root (root Pipfile* removed)"
+  od=$(inside "$src/overlays/$OVERLAY") && test -d "$od" ||
+    fail "overlay '$OVERLAY': overlays/$OVERLAY is not a folder inside the repository"
+  rm -f -- "$src/Pipfile" "$src/Pipfile.lock"
+  for f in "$od"/*; do
+    if [ -e "$f" ] || [ -L "$f" ]; then cp -R -- "$f" "$src/"; fi
+  done
+fi
 ctx=$(inside "$src/${CONTEXT_DIR:-.}") && test -d "$ctx" || {
   echo "context_dir '$CONTEXT_DIR' is not a directory inside the repository"; exit 2; }
 if [ "$STRATEGY" = source ]; then
@@ -76,13 +90,30 @@ if [ "$STRATEGY" = source ]; then
   done
   printf '%s%s' "$out" "$rest" > "$work/Dockerfile.s2i"
   file="$work/Dockerfile.s2i"
+elif [ "$STRATEGY" = environment ]; then
+  echo "==> environment build on $BASE_IMAGE, decided by: ${DECIDED_BY:-(no environment files)}"
+  printf '%s' "$GENERATED_DOCKERFILE" > "$work/Dockerfile.env"
+  file="$work/Dockerfile.env"
 else
   file=$(inside "$src/$DOCKERFILE") && test -f "$file" || {
     echo "Dockerfile '$DOCKERFILE' is not a file inside the repository"; exit 2; }
 fi
+layers="--layers=false"
+if [ -n "${CACHE_REPO:-}" ]; then
+  echo "==> layer cache: $CACHE_REPO"
+  layers="--layers --cache-from $CACHE_REPO --cache-to $CACHE_REPO"
+fi
 echo "==> building $OUTPUT_IMAGE"
-buildah $B bud --isolation chroot $TLS --layers=false --cap-drop=all --cap-add="$STEP_CAPS" \
-  -f "$file" -t aicoe-build/image "$ctx"
+{ r=0; buildah $B bud --isolation chroot $TLS $layers --cap-drop=all --cap-add="$STEP_CAPS" \
+    -f "$file" -t aicoe-build/image "$ctx" || r=$?; echo "$r" > "$work/bud.rc"; } 2>&1 |
+  tee "$work/bud.log"
+r=$(cat "$work/bud.rc")
+if [ "$r" != 0 ]; then  # a step of ours says why (aicoe-env); else buildah's last error
+  why=$(sed -n 's/^aicoe-build-error: //p' "$work/bud.log" | tail -n 1)
+  last=$(grep -i 'error' "$work/bud.log" | tail -n 1)
+  [ -n "$why" ] || why="the image build failed (buildah exit code $r): $last"
+  fail "$why"
+fi
 rm -f "$WORKSPACE/image.tar"
 buildah $B push -q aicoe-build/image "oci-archive:$WORKSPACE/image.tar"
 echo "==> built; the push step uploads it"
@@ -188,6 +219,8 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "GIT_ALLOW_PROTOCOL": "https" if spec.repo.startswith("https:") else "http",
         "GIT_TERMINAL_PROMPT": "0",
     }
+    if spec.overlay:
+        build_env["OVERLAY"] = spec.overlay
     if spec.strategy == "source":
         build_env["S2I_DOCKERFILE"] = s2i_dockerfile(
             spec.base_image,
@@ -196,7 +229,13 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
                 "io.openshift.build.commit.id": spec.commit,
                 "io.openshift.build.commit.ref": spec.ref,
             },
+            spec.build_env,
         )
+    if spec.strategy == "environment":
+        build_env["GENERATED_DOCKERFILE"] = spec.generated_dockerfile
+        build_env["DECIDED_BY"] = " ".join(spec.decided_by)
+    if spec.layer_cache:
+        build_env["CACHE_REPO"] = spec.layer_cache
     repo = spec.output_image.rsplit(":", 1)[0]
     push_env = {
         **common,
@@ -239,6 +278,7 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "env": [{"name": k, "value": v} for k, v in build_env.items()],
         "resources": resources,
         "securityContext": security,
+        "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE},

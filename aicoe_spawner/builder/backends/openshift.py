@@ -73,9 +73,17 @@ def dockerfile_path(spec: BuildSpec) -> str:
 
 
 def validate_spec(spec: BuildSpec) -> None:
-    """Raise BuildRequestError (400) for a spec this backend cannot build."""
+    """Raise BuildRequestError (400) for a spec this backend cannot build: a Dockerfile
+    outside the context, and overlays of environment or Dockerfile builds (an OpenShift Build
+    cannot run AICoE-CI's copy-in of ``overlays/<name>/*`` before the build)."""
     if spec.strategy == "dockerfile":
         dockerfile_path(spec)
+    if spec.overlay and spec.strategy in ("dockerfile", "environment"):
+        raise BuildRequestError(
+            ".aicoe-ci.yaml overlays",
+            f"overlay {spec.overlay!r}: the OpenShift backend cannot copy overlays/"
+            f"{spec.overlay}/* to the root before the build; use the kubernetes backend",
+        )
 
 
 def common_spec(spec: BuildSpec, timeout_seconds: int, service_account: str | None) -> dict:
@@ -87,6 +95,12 @@ def common_spec(spec: BuildSpec, timeout_seconds: int, service_account: str | No
             "type": "Source",
             "sourceStrategy": {"from": {"kind": "DockerImage", "name": spec.base_image}},
         }
+        if spec.build_env:
+            strategy["sourceStrategy"]["env"] = [{"name": k, "value": v} for k, v in spec.build_env]
+    elif spec.strategy == "environment":
+        # the generated Dockerfile, inline: OpenShift writes it into the checkout's context
+        source["dockerfile"] = spec.generated_dockerfile
+        strategy = {"type": "Docker", "dockerStrategy": {}}
     else:
         strategy = {"type": "Docker", "dockerStrategy": {"dockerfilePath": dockerfile_path(spec)}}
     out: dict[str, Any] = {
