@@ -146,7 +146,8 @@ def stop_process_group(proc: subprocess.Popen | None, timeout: float = 20) -> No
 class Demo:
     """The product on a cluster with a real node: example repositories on a git server that
     pods reach, a base notebook ImageStream, and JupyterHub from the example config with the
-    builder as a hub-managed service. ``extra_config`` is appended to the hub's config."""
+    builder as a hub-managed service. ``extra_config`` is appended to the hub's config;
+    ``extra_env``: more builder settings (``AICOE_BUILDER_*``, e.g. the package index)."""
 
     def __init__(
         self,
@@ -155,8 +156,10 @@ class Demo:
         workdir: Path,
         port: int,
         extra_config: str = "",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.plane, self.node = plane, node
+        self.extra_env = dict(extra_env or {})
         self.workdir = workdir
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -195,6 +198,11 @@ class Demo:
             AICOE_BUILDER_PRIVATE_HOSTS=node.node_ip,
             AICOE_BUILDER_ALLOW_HTTP="true",
             AICOE_BUILDER_TLS_VERIFY="false",
+            # environment builds on the local notebook image (Python 3.11): the default
+            # (quay.io) is not reachable from this machine's node
+            AICOE_BUILDER_BASE_IMAGE=node.images["notebook"],
+            AICOE_BUILDER_PYTHON_BASE_IMAGES=f"3.11={node.images['notebook']}",
+            **self.extra_env,
         )
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.hub_log.open("ab") as hub_log:

@@ -39,16 +39,16 @@ python)
   got=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   [ "$got" = "$1" ] || fail "$r asks for Python $1, but the base image ${AICOE_BASE_IMAGE:-} has Python $got (the builder's python_base_images maps $1 to it)" ;;
 apt)
-  o=""
-  if [ -s /etc/apt/sources.list.d/aicoe.list ]; then
-    o="-o Dir::Etc::sourcelist=/etc/apt/sources.list.d/aicoe.list -o Dir::Etc::sourceparts=-"; fi
+  o="-o APT::Update::Error-Mode=any"  # a source that fails fails the update
+  if [ -s /tmp/aicoe-apt.list ]; then  # the builder's sources instead of the image's
+    o="$o -o Dir::Etc::sourcelist=/tmp/aicoe-apt.list -o Dir::Etc::sourceparts=/dev/null"; fi
   apt-get $o update -q > /tmp/aicoe-apt.log 2>&1 || { cat /tmp/aicoe-apt.log >&2;
     fail "$r: apt-get update failed: $(grep -E '^(E|W):' /tmp/aicoe-apt.log | head -n 1)"; }
   DEBIAN_FRONTEND=noninteractive apt-get $o install -y -q --no-install-recommends "$@" \
     > /tmp/aicoe-apt.log 2>&1 || { cat /tmp/aicoe-apt.log >&2;
     fail "$r: apt-get could not install it: $(grep '^E:' /tmp/aicoe-apt.log | head -n 1)"; }
   cat /tmp/aicoe-apt.log
-  rm -rf /var/lib/apt/lists/* /etc/apt/sources.list.d/aicoe.list /tmp/aicoe-apt.log ;;
+  rm -rf /var/lib/apt/lists/* /tmp/aicoe-apt.list /tmp/aicoe-apt.log ;;
 conda)
   c=""
   for x in mamba micromamba conda; do command -v "$x" >/dev/null 2>&1 && { c=$x; break; }; done
@@ -87,5 +87,7 @@ postbuild)
   chmod +x "$f" 2>/dev/null || true
   rc=0; "$f" || rc=$?
   [ "$rc" = 0 ] || fail "$r exited with code $rc (see the lines above)" ;;
+home)  # the home folder writable by the notebook user and by any uid of group 0 (OpenShift)
+  chgrp -R 0 "$f" && chmod -R g=u "$f" ;;
 *) fail "unknown step $step" ;;
 esac

@@ -339,7 +339,7 @@ def environment_dockerfile(
         if settings.apt_sources:
             run = (
                 f"RUN printf '%s\\n' {_quote_lines(settings.apt_sources)}"
-                f" > /etc/apt/sources.list.d/aicoe.list && {run[4:]}"
+                f" > /tmp/aicoe-apt.list && {run[4:]}"
             )
         out.append(run)
     chown = f"--chown={user}"
@@ -392,6 +392,7 @@ def environment_dockerfile(
     out.append(f"WORKDIR {home}")
     if has("postBuild"):
         out.append(f"RUN {HELPER} postbuild {q(path('postBuild'))}")
+    out += ["USER root", f"RUN {HELPER} home {q(home)}", f"USER {user}"]
     if has("start"):
         out += [
             "USER root",

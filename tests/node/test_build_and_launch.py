@@ -3,11 +3,15 @@
 repositories (Dockerfile and source-to-image) through the builder's API; the Jobs run buildah
 in the builder image on the node, clone from a git server pods reach, and push to the local
 registry; the ImageStream gets the pushed digest; the user starts the built image and the
-repository's notebook is in it (Jupyter contents API)."""
+repository's notebook is in it (Jupyter contents API). Real public repositories with only
+environment files (tests/data/repos) are detected as environment builds, install from the
+test cluster's package index, and the running server has exactly the pinned versions."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
 import time
 import uuid
@@ -15,8 +19,10 @@ import uuid
 import aiohttp
 import pytest
 import pytest_asyncio
+from hub_harness import run_in_kernel
 from kube_helpers import user_pods
 from kubernetes_asyncio import client
+from node_harness import data_repo
 
 from aicoe_spawner.demo import NAMESPACE, Demo
 from aicoe_spawner.devcluster.controlplane import free_port
@@ -33,13 +39,18 @@ c.JupyterHub.load_roles.append({{"name": "tester", "scopes": ["admin:users", "ad
 
 
 @pytest_asyncio.fixture(scope="module")
-async def demo(node_cluster, tmp_path_factory):
+async def demo(node_cluster, package_index, tmp_path_factory):
     demo = Demo(
         node_cluster.plane,
         node_cluster.node,
         tmp_path_factory.mktemp("demo"),
         free_port(),
         extra_config=TESTER,
+        extra_env={
+            "AICOE_BUILDER_PACKAGE_INDEX_URL": package_index.pip_url,
+            "AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST": package_index.trusted_host,
+            "AICOE_BUILDER_APT_SOURCES": package_index.apt_line,
+        },
     )
     await asyncio.to_thread(demo.start)
     yield demo
@@ -80,7 +91,9 @@ async def build(demo: Demo, token: str, repo: str, timeout: float = 900) -> dict
     return current
 
 
-async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, path: str):
+@contextlib.asynccontextmanager
+async def running_server(demo: Demo, kube, user: str, image: str):
+    """The user's server on ``image``, started from the hub (its pod), stopped at the end."""
     status, body = await hub_api(demo, "POST", f"/users/{user}/server", json={"image": image})
     assert status in (201, 202), body
     deadline = time.monotonic() + 300
@@ -92,13 +105,20 @@ async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, pa
         assert server or model["pending"], f"spawn failed:\n{demo.hub_log.read_text()[-3000:]}"
         await asyncio.sleep(1)
     [pod] = await user_pods(kube, NAMESPACE, user)
-    headers = {"Authorization": f"token {token}"}
-    async with aiohttp.ClientSession(headers=headers) as s:
-        async with s.get(f"{demo.url}/user/{user}/api/contents/{path}") as r:
-            assert r.status == 200, (r.status, await r.text())
-            content = await r.json()
-    status, _ = await hub_api(demo, "DELETE", f"/users/{user}/server")
-    assert status in (202, 204)
+    try:
+        yield pod
+    finally:
+        status, _ = await hub_api(demo, "DELETE", f"/users/{user}/server")
+        assert status in (202, 204)
+
+
+async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, path: str):
+    async with running_server(demo, kube, user, image) as pod:
+        headers = {"Authorization": f"token {token}"}
+        async with aiohttp.ClientSession(headers=headers) as s:
+            async with s.get(f"{demo.url}/user/{user}/api/contents/{path}") as r:
+                assert r.status == 200, (r.status, await r.text())
+                content = await r.json()
     return pod, content
 
 
@@ -134,3 +154,44 @@ async def test_build_on_the_node_then_launch_the_built_image(
     assert pod["spec"]["containers"][0]["image"] == reference
     assert content["type"] == "notebook"
     assert title in "".join(content["content"]["cells"][0]["source"])
+
+
+@pytest.mark.timeout(1500)  # real builds with pip on a shared 2-core machine
+@pytest.mark.parametrize(
+    ("repo", "decided_by", "pins"),
+    [
+        (
+            "requirements-only",
+            ["requirements.txt"],
+            {"requests": "2.32.3", "xmltodict": "0.13.0", "diskcache": "5.6.3"},
+        ),
+        (
+            "pipfile-lock",
+            ["Pipfile", "Pipfile.lock"],
+            {"daiquiri": "2.0.0", "python-json-logger": "0.1.11"},
+        ),
+    ],
+)
+async def test_an_environment_build_installs_the_pinned_versions(
+    demo, node_kube, repo, decided_by, pins
+):
+    """The repository URL and a tag, nothing else: detected as an environment build, the
+    packages come from the test cluster's index, and the server started from the hub has
+    exactly the pinned versions and the repository's files in its home."""
+    url = demo.git.add_repo(repo, data_repo(repo))
+    user, token = await new_user_token(demo)
+    started = time.monotonic()
+    result = await build(demo, token, url, timeout=1200)
+    print(f"{repo}: environment build {result['phase']} in {time.monotonic() - started:.0f} s")
+    assert result["phase"] == "ready", (result["message"], result["log"][-4000:])
+    assert (result["strategy"], result["decided_by"]) == ("environment", decided_by)
+    assert f"decided by: {' '.join(decided_by)}" in result["log"]
+    code = (
+        "import importlib.metadata as m, json, os\n"
+        f"names = {sorted(pins)!r}\n"
+        "print(json.dumps({'versions': {n: m.version(n) for n in names},\n"
+        f"  'file': os.path.exists(os.path.expanduser('~/{decided_by[-1]}'))}}))"
+    )
+    async with running_server(demo, node_kube, user, result["image"]):
+        got = json.loads(await run_in_kernel(demo, user, token, code))
+    assert got == {"versions": pins, "file": True}
