@@ -496,6 +496,7 @@ class JobRunner:
             PATH=os.environ["PATH"],
             HOME=str(own),
             TERMINATION_LOG=str(own / "termination-log"),
+            BUILD_TERMINATION_LOG=str(own / "termination-log"),
             TMPDIR=str(own),
         )
         self.environments[job][container["name"]] = env

@@ -327,7 +327,8 @@ def environment_dockerfile(
     out += [f"ARG {k}={shlex.quote(v)}" for k, v in args.items()]  # build-time only, not ENV
     out.append("USER root")
     out.append(
-        f"RUN printf '%s\\n' {_quote_lines(HELPER_SCRIPT.splitlines())} > {HELPER}"
+        f"RUN mkdir -p {HELPER.rsplit('/', 1)[0]} && "
+        f"printf '%s\\n' {_quote_lines(HELPER_SCRIPT.splitlines())} > {HELPER}"
         f" && chmod 755 {HELPER}"
     )
     if decision.python_version:

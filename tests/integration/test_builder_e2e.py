@@ -154,6 +154,57 @@ async def test_source_strategy_end_to_end(kube, namespace, infra, builder):
     print(f"\nsource build: {time.monotonic() - t0:.1f} s end to end")
 
 
+async def test_overlay_is_built_with_aicoe_cis_copy_in_rule(kube, namespace, infra, builder):
+    """An overlay's Dockerfile lives in its folder: detection and the build both see the
+    repository after AICoE-CI's rule (root Pipfile and Pipfile.lock removed, overlays/<name>/*
+    copied to the root, dot-files not)."""
+    git, registry, base, _ = infra
+    service, _ = builder
+    check = "test ! -e /src/Pipfile && test ! -e /src/Pipfile.lock && test -e /src/only-cpu.txt"
+    git.create_repo(
+        "overlay-nb",
+        {
+            ".aicoe-ci.yaml": "overlays:\n- name: cpu\n  build: {}\n",
+            "Pipfile": "[packages]\n",
+            "Pipfile.lock": "{}\n",
+            "overlays/cpu/Dockerfile": f"FROM {base}\nCOPY . /src\nRUN {check} && echo copied-in\n",
+            "overlays/cpu/only-cpu.txt": "cpu\n",
+            "overlays/cpu/.hidden": "not copied\n",
+        },
+        tag="v1",
+    )
+    status, build = await service.submit({"repo": git.url("overlay-nb"), "ref": "v1"}, "olive")
+    assert status == 202
+    assert (build.spec.strategy, build.spec.dockerfile, build.spec.decided_by) == (
+        "dockerfile",
+        "Dockerfile",
+        ("Dockerfile",),
+    )
+    done = await finished(service, build.id)
+    assert done.phase == "ready", done.message + done.log
+    assert "==> overlay cpu: overlays/cpu/* copied to the root" in done.log
+    assert "copied-in" in done.log
+    assert registry.manifest_digest(f"{namespace}/overlay-nb-cpu", "v1") == done.digest
+
+
+async def test_an_environment_step_that_fails_says_why_in_the_record(
+    kube, namespace, infra, builder
+):
+    """A repository without environment files on a base image without Python: the
+    generated build's own check fails, and its reason is the record's message."""
+    git, _, base, _ = infra
+    service, _ = builder
+    git.create_repo("content-nb", {"nb.ipynb": "{}\n"}, tag="v1")
+    body = {"repo": git.url("content-nb"), "ref": "v1", "base_image": base}
+    status, build = await service.submit(body, "paula")
+    assert status == 202 and build.spec.strategy == "environment"
+    assert build.spec.decided_by == ()
+    done = await finished(service, build.id)
+    assert done.phase == "failed"
+    assert f"the base image {base} has no Python" in done.message, done.message + done.log
+    assert "decided by: (no environment files)" in done.log
+
+
 async def test_failed_build_marks_tag_failed_with_a_generic_reason(kube, namespace, infra, builder):
     git, _, base, _ = infra
     service, _ = builder

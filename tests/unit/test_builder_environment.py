@@ -285,8 +285,8 @@ def test_environment_files_are_copied_and_installed_before_the_rest():
 def test_the_helper_is_the_same_layer_for_every_build():
     _, a = dockerfile(["requirements.txt"])
     _, b = dockerfile(["Pipfile.lock", "start"])
-    helper = index_of(a, "RUN printf '%s\\n' '#!/bin/sh'")
-    assert a[helper] == b[index_of(b, "RUN printf '%s\\n' '#!/bin/sh'")]
+    helper = index_of(a, "RUN mkdir -p /usr/local/bin && printf '%s\\n' '#!/bin/sh'")
+    assert a[helper] == b[index_of(b, "RUN mkdir -p /usr/local/bin && printf '%s\\n' '#!/bin/sh'")]
 
 
 @pytest.mark.parametrize(
