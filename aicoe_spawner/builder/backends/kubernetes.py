@@ -65,11 +65,56 @@ if [ -n "${OVERLAY:-}" ]; then
     if [ -e "$f" ] || [ -L "$f" ]; then cp -R -- "$f" "$src/"; fi
   done
 fi
+# Base images: the Dockerfile's FROM lines are read as data (never evaluated) and each image
+# is pulled once before the build, without retries, so that an image the cluster cannot pull
+# fails the build at once with the registry's answer in the record's message.
+base_images() {  # $1: a Dockerfile; prints its FROM images, stages and scratch left out
+  set -f; df=$1; stages=" "; args=""; seen_from=""
+  while IFS= read -r line || [ -n "$line" ]; do
+    set -- $line
+    [ $# -gt 0 ] || continue
+    case "$1" in
+      [Aa][Rr][Gg])  # an ARG default before the first FROM may name the image
+        if [ -z "$seen_from" ] && [ $# -ge 2 ]; then
+          case "$2" in *=*) args="$args $2" ;; esac
+        fi ;;
+      [Ff][Rr][Oo][Mm])
+        seen_from=1; shift
+        while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
+        [ $# -gt 0 ] || continue
+        img=$1
+        case "$img" in
+          '$'*)  # exactly $NAME or ${NAME}: its ARG default, else left to the build
+            name=${img#'$'}; name=${name#'{'}; name=${name%'}'}; img=""
+            for kv in $args; do
+              if [ "${kv%%=*}" = "$name" ]; then img=${kv#*=}; img=${img#'"'}; img=${img%'"'}; fi
+            done ;;
+        esac
+        case "$img" in
+          ''|*'$'*|[Ss][Cc][Rr][Aa][Tt][Cc][Hh]) ;;
+          *) case "$stages" in *" $img "*) ;; *) printf '%s\n' "$img" ;; esac ;;
+        esac
+        if [ $# -ge 3 ]; then case "$2" in [Aa][Ss]) stages="$stages$3 " ;; esac; fi ;;
+    esac
+  done < "$df"
+  set +f
+}
+pulled=" "
+pull_base() {  # $1: an image; pulled once, with no retries, else the build fails naming it
+  case "$pulled" in *" $1 "*) return 0 ;; esac
+  echo "==> pulling base image $1"
+  limit=${PULL_TIMEOUT:-600}
+  if ! err=$(timeout "$limit" buildah $B pull -q --retry 0 $TLS -- "$1" 2>&1 >/dev/null); then
+    err=$(printf '%s\n' "$err" | grep -v '^[[:space:]]*$' | tail -n 3 | tr '\n' ' ')
+    fail "base image $1 cannot be pulled: ${err:-no answer within $limit s}"
+  fi
+  pulled="$pulled$1 "
+}
 ctx=$(inside "$src/${CONTEXT_DIR:-.}") && test -d "$ctx" || {
   echo "context_dir '$CONTEXT_DIR' is not a directory inside the repository"; exit 2; }
 if [ "$STRATEGY" = source ]; then
   echo "==> source strategy: builder image $BASE_IMAGE"
-  buildah $B pull -q $TLS -- "$BASE_IMAGE" >/dev/null
+  pull_base "$BASE_IMAGE"
   fmt='{{index .OCIv1.Config.Labels "io.openshift.s2i.scripts-url"}}'
   url=$(buildah $B inspect --type image --format "$fmt" -- "$BASE_IMAGE" || true)
   scripts=$DEFAULT_SCRIPTS
@@ -103,6 +148,8 @@ if [ -n "${CACHE_REPO:-}" ]; then
   echo "==> layer cache: $CACHE_REPO"
   layers="--layers --cache-from $CACHE_REPO --cache-to $CACHE_REPO"
 fi
+base_images "$file" > "$work/base-images"
+while IFS= read -r img; do pull_base "$img"; done < "$work/base-images"
 echo "==> building $OUTPUT_IMAGE"
 { r=0; buildah $B bud --isolation chroot $TLS $layers --cap-drop=all --cap-add="$STEP_CAPS" \
     -f "$file" -t aicoe-build/image "$ctx" || r=$?; echo "$r" > "$work/bud.rc"; } 2>&1 |
