@@ -17,6 +17,7 @@ as_env() {  # run as the owner of the Python environment (a conda env belongs to
     setpriv --reuid="${OWNER%%:*}" --regid="${OWNER#*:}" --clear-groups -- "$@"; fi
 }
 tool() {  # install a build tool (micropipenv, uv) from the package index, apart from the env
+  rm -rf "$T"
   "$PY" -m pip install -q --target "$T" "$1" >&2 ||
     fail "cannot install $1 from the package index ${PIP_INDEX_URL:-(pip's default)}"
   chmod -R a+rX "$T"
@@ -59,10 +60,10 @@ pipenv)
   tool micropipenv
   cd "$d"
   if [ -f Pipfile ]; then
-    PYTHONPATH=$T "$PY" -m micropipenv verify ||
+    PYTHONPATH=$T "$PY" -m micropipenv verify --method pipenv ||
       fail "$r is out of date with Pipfile, or needs another Python: run \`pipenv lock\` and commit Pipfile.lock"
   fi
-  PYTHONPATH=$T "$PY" -m micropipenv requirements --no-indexes --no-dev > /tmp/aicoe-req.txt ||
+  PYTHONPATH=$T "$PY" -m micropipenv requirements --method pipenv --no-indexes --no-dev > /tmp/aicoe-req.txt ||
     fail "$r cannot be read by micropipenv (see above)"
   pip_install "$r" --no-deps --require-hashes -r /tmp/aicoe-req.txt
   rm -rf "$T" /tmp/aicoe-req.txt ;;
