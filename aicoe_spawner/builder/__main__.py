@@ -28,6 +28,9 @@ AICOE_BUILDER_COOKIE_SECRET   secret signing the OAuth and XSRF cookies (hex, or
                               from JUPYTERHUB_API_TOKEN, which every replica shares too
 AICOE_BUILDER_MAX_STREAMS, AICOE_BUILDER_MAX_STREAMS_PER_USER  open event streams per replica
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
+AICOE_BUILDER_HUB_VERSION     the hub's JupyterHub version, whose major version every built image
+                              must have (default: asked from $JUPYTERHUB_API_URL at start)
+AICOE_BUILDER_CHECK_IMAGE     "false": offer built images without checking them (docs/builder.md)
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the service URL;
                               "0.0.0.0" when the URL names a Service, e.g. in z2jh's hub pod)
@@ -37,12 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client, config
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 
 from ..options import parse_memory
@@ -98,6 +103,8 @@ class Settings:
     cookie_secret: str = ""
     max_streams: int = 200
     max_streams_per_user: int = 10
+    hub_version: str = ""  # "" = ask the hub's API at start
+    check_image: bool = True
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -127,6 +134,8 @@ class Settings:
             cookie_secret=g("AICOE_BUILDER_COOKIE_SECRET", ""),
             max_streams=int(g("AICOE_BUILDER_MAX_STREAMS", "200")),
             max_streams_per_user=int(g("AICOE_BUILDER_MAX_STREAMS_PER_USER", "10")),
+            hub_version=g("AICOE_BUILDER_HUB_VERSION", ""),
+            check_image=g("AICOE_BUILDER_CHECK_IMAGE", "true") != "false",
         )
 
 
@@ -146,6 +155,8 @@ def build_service(
                 timeout_seconds=s.timeout,
                 namespace=s.build_namespace,
                 storage_size=s.build_storage,
+                check_image=s.check_image,
+                hub_version=s.hub_version,
             ),
             log_reader=log_reader,
         )
@@ -172,6 +183,40 @@ def build_service(
         ),
         ledger=QuotaLedger(api, s.namespace),
     )
+
+
+def hub_version_of(body: bytes | str) -> str | None:
+    """The ``version`` of the hub API's root answer (``GET /hub/api/``), if it is one."""
+    try:
+        version = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        return None
+    ok = isinstance(version, str) and version[:1].isdigit() and len(version) < 40
+    return version if ok and version.isprintable() and " " not in version else None
+
+
+async def learn_hub_version(service: BuildService, api_url: str, interval: float = 10) -> None:
+    """Ask the hub's API for its version until it answers, and give it to the build Jobs
+    (the image check compares the major versions); until then the major is not compared."""
+    log = logging.getLogger("aicoe_spawner.builder")
+    http = AsyncHTTPClient()
+    while True:
+        try:
+            answer = await http.fetch(api_url.rstrip("/") + "/", request_timeout=10)
+            version = hub_version_of(answer.body)
+            if version:
+                backend = service.backend
+                if hasattr(backend, "config"):
+                    backend.config = replace(backend.config, hub_version=version)
+                log.info(
+                    "the hub runs JupyterHub %s: built images must have %s.*",
+                    version,
+                    version.split(".")[0],
+                )
+                return
+        except Exception as e:  # the hub may start after the builder
+            log.info("asking the hub's version at %s: %s; trying again", api_url, e)
+        await asyncio.sleep(interval)
 
 
 def cookie_secret(s: Settings, env=os.environ) -> bytes:
@@ -206,6 +251,9 @@ async def _main() -> None:
     api = client.ApiClient(configuration)
     service = await make_service(api, s)
     service.start(s.interval)
+    api_url = os.environ.get("JUPYTERHUB_API_URL", "")
+    if s.check_image and not s.hub_version and api_url:
+        asking = asyncio.create_task(learn_hub_version(service, api_url), name="hub-version")
     watch = ImageStreamWatch(
         client.CustomObjectsApi(api), (s.namespace,), "opendatahub.io/notebook-image=true"
     )
