@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,12 +56,9 @@ exec setpriv --reuid="${user%:*}" --regid="${user#*:}" --clear-groups -- "$@"
 
 
 @pytest.fixture
-def tmp_path():
-    """A folder the image's user and the arbitrary uid can reach (pytest's is root's only)."""
-    path = Path(tempfile.mkdtemp(prefix="image-check-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
+def tmp_path(open_tmp):
+    """The image's user and the arbitrary uid run in it."""
+    return open_tmp
 
 
 FAIL = BUILD_SCRIPT.split("\n}\n", 1)[0] + "\n}\n"  # `set -eu` and the contract's fail()
