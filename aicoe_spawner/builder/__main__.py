@@ -43,7 +43,7 @@ import hmac
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client, config
@@ -195,28 +195,23 @@ def hub_version_of(body: bytes | str) -> str | None:
     return version if ok and version.isprintable() and " " not in version else None
 
 
-async def learn_hub_version(service: BuildService, api_url: str, interval: float = 10) -> None:
-    """Ask the hub's API for its version until it answers, and give it to the build Jobs
-    (the image check compares the major versions); until then the major is not compared."""
+async def ask_hub_version(api_url: str) -> str | None:
+    """The hub's JupyterHub version from its API root (``GET $JUPYTERHUB_API_URL/``), or None
+    (logged) when the hub does not answer."""
     log = logging.getLogger("aicoe_spawner.builder")
-    http = AsyncHTTPClient()
-    while True:
-        try:
-            answer = await http.fetch(api_url.rstrip("/") + "/", request_timeout=10)
-            version = hub_version_of(answer.body)
-            if version:
-                backend = service.backend
-                if hasattr(backend, "config"):
-                    backend.config = replace(backend.config, hub_version=version)
-                log.info(
-                    "the hub runs JupyterHub %s: built images must have %s.*",
-                    version,
-                    version.split(".")[0],
-                )
-                return
-        except Exception as e:  # the hub may start after the builder
-            log.info("asking the hub's version at %s: %s; trying again", api_url, e)
-        await asyncio.sleep(interval)
+    try:
+        answer = await AsyncHTTPClient().fetch(api_url.rstrip("/") + "/", request_timeout=5)
+    except Exception as e:  # the hub may not be up yet: asked again at the next build
+        log.warning("the hub's version (%s/): %s; built images are checked without it", api_url, e)
+        return None
+    version = hub_version_of(answer.body)
+    if version:
+        log.info(
+            "the hub runs JupyterHub %s: built images must have %s.*",
+            version,
+            version.split(".")[0],
+        )
+    return version
 
 
 def cookie_secret(s: Settings, env=os.environ) -> bytes:
@@ -252,8 +247,8 @@ async def _main() -> None:
     service = await make_service(api, s)
     service.start(s.interval)
     api_url = os.environ.get("JUPYTERHUB_API_URL", "")
-    if s.check_image and not s.hub_version and api_url:
-        asking = asyncio.create_task(learn_hub_version(service, api_url), name="hub-version")
+    if s.check_image and not s.hub_version and api_url and hasattr(service.backend, "config"):
+        service.backend.hub_version_lookup = lambda: ask_hub_version(api_url)
     watch = ImageStreamWatch(
         client.CustomObjectsApi(api), (s.namespace,), "opendatahub.io/notebook-image=true"
     )

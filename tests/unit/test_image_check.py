@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_builder_backends import spec
 
+from aicoe_spawner.builder.__main__ import hub_version_of
 from aicoe_spawner.builder.backends.kubernetes import (
     BUILD_SCRIPT,
     JobConfig,
@@ -320,3 +321,10 @@ def test_job_state_carries_the_report_of_a_finished_build():
     pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = D
     state = job_state(done, [pod])
     assert state.digest == D and state.software is None and state.dependencies is None
+
+
+def test_the_hubs_version_is_read_from_its_api_root():
+    assert hub_version_of(b'{"version": "6.1.1"}') == "6.1.1"
+    assert hub_version_of('{"version": "5.3.0b1"}') == "5.3.0b1"
+    for bad in (b"", b"[]", b'{"version": 6}', b'{"version": "x; rm"}', b'{"version": "6 1"}'):
+        assert hub_version_of(bad) is None, bad

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -358,6 +359,9 @@ class KubernetesBackend:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.config = config
+        # Asks the hub's version when the config has none (the image check compares majors);
+        # learned once, at the first build that finds the hub answering.
+        self.hub_version_lookup: Callable[[], Awaitable[str | None]] | None = None
         # Reads a pod's log: the kubelet's log API by default; a test harness playing the
         # kubelet passes its own.
         self.log_reader = log_reader or self._read_pod_log
@@ -366,6 +370,10 @@ class KubernetesBackend:
         return job_namespace(spec, self.config)
 
     async def submit(self, spec: BuildSpec) -> None:
+        if self.config.check_image and not self.config.hub_version and self.hub_version_lookup:
+            version = await self.hub_version_lookup()
+            if version:
+                self.config = replace(self.config, hub_version=version)
         try:
             await self.batch.create_namespaced_job(self._ns(spec), job_manifest(spec, self.config))
         except ApiException as e:
