@@ -161,7 +161,13 @@ def build_service(
             log_reader=log_reader,
         )
     elif name == "openshift":
-        impl = OpenShiftBackend(api, timeout_seconds=s.timeout, log_reader=log_reader)
+        impl = OpenShiftBackend(
+            api,
+            timeout_seconds=s.timeout,
+            log_reader=log_reader,
+            check_image=s.check_image,
+            hub_version=s.hub_version,
+        )
     elif name == "auto":
         raise ValueError("backend 'auto' is resolved by make_service (API discovery)")
     else:
@@ -247,7 +253,7 @@ async def _main() -> None:
     service = await make_service(api, s)
     service.start(s.interval)
     api_url = os.environ.get("JUPYTERHUB_API_URL", "")
-    if s.check_image and not s.hub_version and api_url and hasattr(service.backend, "config"):
+    if s.check_image and not s.hub_version and api_url:
         service.backend.hub_version_lookup = lambda: ask_hub_version(api_url)
     watch = ImageStreamWatch(
         client.CustomObjectsApi(api), (s.namespace,), "opendatahub.io/notebook-image=true"

@@ -115,19 +115,10 @@ while len(json.dumps(report, separators=(",", ":"))) > BUDGET and deps:
 print("report=" + json.dumps(report, separators=(",", ":")))
 """.replace("BUDGET", str(REPORT_BUDGET))
 
-# In the build step (after `buildah bud`): the check of aicoe-build/image. Uses $B, $work and
-# fail() of BUILD_SCRIPT. Facts are read with `case` (data only, never a program).
-CHECK_SCRIPT = r"""if [ "${CHECK_IMAGE:-true}" = true ]; then
-echo "==> checking the image: jupyterhub-singleuser, JupyterLab, a writable home folder"
-ctr=$(buildah $B from -q aicoe-build/image)
-check_run() { timeout 600 buildah $B run --isolation chroot --cap-drop=all "$@"; }
-if ! check_run "$ctr" -- /bin/sh -c "$CHECK_PROBE" sh "$CHECK_REPORT" \
-    > "$work/check" 2> "$work/check.err"; then
-  cat "$work/check.err" >&2
-  fail "the image cannot run /bin/sh as its user, so it can neither be checked nor start a \
-notebook server: build it FROM a notebook image (e.g. quay.io/jupyter/minimal-notebook)"
-fi
-uid= home= home_writable= singleuser= singleuser_runs= singleuser_says= python_path=
+# The decision on the facts in "$work/check" (PROBE's output): every problem with its fix, in
+# one fail(). Facts are read with `case` (data only, never a program). Needs fail(), $work,
+# $HUB_VERSION and any_uid_writes HOME (can an arbitrary uid in group 0 write there?).
+DECIDE = r"""uid= home= home_writable= singleuser= singleuser_runs= singleuser_says= python_path=
 jupyterhub= jupyterlab= jupyter_server= import_jupyterlab= import_jupyter_server= python=
 report=
 while IFS= read -r line; do
@@ -185,26 +176,66 @@ if [ -z "$home" ] || [ "$home" = / ]; then
 elif [ "$home_writable" != yes ]; then
   problem "the home folder $home is not writable by the image's user (uid $uid): in the \
 Dockerfile, as root, \`RUN chown -R $uid $home\` (or \`COPY --chown=$uid ...\`)"
-elif ! check_run --user "$ANY_UID:0" "$ctr" -- /bin/sh -c \
-    ': > "$1/.aicoe-check-any-uid" && rm -f "$1/.aicoe-check-any-uid"' sh "$home" \
-    >/dev/null 2>&1; then
+elif ! any_uid_writes "$home"; then
   problem "the home folder $home is not writable by an arbitrary user in group 0, as \
 OpenShift runs notebooks: in the Dockerfile, as root, \
 \`RUN chgrp -R 0 $home && chmod -R g=u $home\`"
 fi
-buildah $B rm "$ctr" >/dev/null 2>&1 || true
 if [ -n "$problems" ]; then
   fail "the image cannot be offered as a notebook:$problems"
 fi
 echo "==> checked: jupyterhub-singleuser $jupyterhub (this hub: ${hubv:-not known}), \
 JupyterLab ${jupyterlab:-none} (jupyter_server $jupyter_server), Python $python, home $home"
+"""
+
+# In the build step (after `buildah bud`): the check of aicoe-build/image. Uses $B, $work and
+# fail() of BUILD_SCRIPT.
+CHECK_SCRIPT = (
+    (
+        r"""if [ "${CHECK_IMAGE:-true}" = true ]; then
+echo "==> checking the image: jupyterhub-singleuser, JupyterLab, a writable home folder"
+ctr=$(buildah $B from -q aicoe-build/image)
+check_run() { timeout 600 buildah $B run --isolation chroot --cap-drop=all "$@"; }
+if ! check_run "$ctr" -- /bin/sh -c "$CHECK_PROBE" sh "$CHECK_REPORT" \
+    > "$work/check" 2> "$work/check.err"; then
+  cat "$work/check.err" >&2
+  fail "the image cannot run /bin/sh as its user, so it can neither be checked nor start a \
+notebook server: build it FROM a notebook image (e.g. quay.io/jupyter/minimal-notebook)"
+fi
+any_uid_writes() {
+  check_run --user "$ANY_UID:0" "$ctr" -- /bin/sh -c \
+    ': > "$1/.aicoe-check-any-uid" && rm -f "$1/.aicoe-check-any-uid"' sh "$1" >/dev/null 2>&1
+}
+"""
+        + DECIDE
+        + r"""buildah $B rm "$ctr" >/dev/null 2>&1 || true
 rm -f "$WORKSPACE/image-report.json"
 case "$report" in
   "{"*"}") if [ "$(printf '%s' "$report" | wc -c)" -le $REPORT_BUDGET ]; then
       printf '%s' "$report" > "$WORKSPACE/image-report.json"; fi ;;
 esac
 fi
-""".replace("$REPORT_BUDGET", str(REPORT_BUDGET)).replace("$ANY_UID", str(ANY_UID))
+"""
+    )
+    .replace("$REPORT_BUDGET", str(REPORT_BUDGET))
+    .replace("$ANY_UID", str(ANY_UID))
+)
+
+# OpenShift's build controller runs a BuildConfig's postCommit hook in a container of the built
+# image before pushing it: the same probe and decision, in place ($1 PROBE, $2 REPORT_PY, $3
+# the hub's version); a failure fails the Build (PostCommitHookFailed), the reason in its log.
+# The arbitrary uid is not tried there (the hook runs as OpenShift runs the build).
+OPENSHIFT_HOOK = (
+    r"""set -eu
+fail() { printf 'error: %s\n' "$*" >&2; exit 2; }
+echo "==> checking the image: jupyterhub-singleuser, JupyterLab, a writable home folder"
+work=$(mktemp -d)
+/bin/sh -c "$1" sh "$2" > "$work/check" 2>/dev/null || true
+HUB_VERSION=${3:-}
+any_uid_writes() { return 0; }
+"""
+    + DECIDE
+)
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _PREFIX = re.compile(r'\{"digest":"(sha256:[0-9a-f]{64})"[,}]')

@@ -21,9 +21,11 @@ from aicoe_spawner.builder.backends.kubernetes import (
     job_manifest,
     job_state,
 )
+from aicoe_spawner.builder.backends.openshift import buildconfig_manifest
 from aicoe_spawner.builder.image_check import (
     ANY_UID,
     CHECK_SCRIPT,
+    OPENSHIFT_HOOK,
     PROBE,
     REPORT_BUDGET,
     REPORT_PY,
@@ -328,3 +330,32 @@ def test_the_hubs_version_is_read_from_its_api_root():
     assert hub_version_of('{"version": "5.3.0b1"}') == "5.3.0b1"
     for bad in (b"", b"[]", b'{"version": 6}', b'{"version": "x; rm"}', b'{"version": "6 1"}'):
         assert hub_version_of(bad) is None, bad
+
+
+def run_hook(tmp_path: Path, image_env: dict, hub: str = "6.1.1") -> subprocess.CompletedProcess:
+    """The OpenShift postCommit hook as the build controller runs it: in the image, as the
+    image's user."""
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, IMAGE_UID, 100)
+    hook = buildconfig_manifest(spec(), check_hub_version=hub)["spec"]["postCommit"]["command"]
+    return subprocess.run(
+        ["setpriv", f"--reuid={IMAGE_UID}", "--regid=100", "--clear-groups", "--", *hook],
+        env={**image_env, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_openshift_backend_checks_in_a_post_commit_hook(tmp_path):
+    hook = buildconfig_manifest(spec(), check_hub_version="6.1.1")["spec"]["postCommit"]
+    assert hook["command"][:3] == ["/bin/sh", "-c", OPENSHIFT_HOOK]
+    assert hook["command"][4:] == [PROBE, REPORT_PY, "6.1.1"]
+    assert "postCommit" not in buildconfig_manifest(spec())["spec"]
+    passed = run_hook(tmp_path / "a", fake_image(tmp_path / "a" / "image"))
+    assert passed.returncode == 0, passed.stderr
+    assert "==> checked: jupyterhub-singleuser 6.1.1 (this hub: 6.1.1)" in passed.stdout
+    failed = run_hook(tmp_path / "b", fake_image(tmp_path / "b" / "image", singleuser=None))
+    assert failed.returncode == 2
+    assert "error: the image cannot be offered as a notebook:" in failed.stderr
+    assert "the image has no jupyterhub-singleuser" in failed.stderr
