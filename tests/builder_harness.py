@@ -25,7 +25,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from aicoe_spawner.builder.__main__ import Settings
 from aicoe_spawner.devcluster import gitserver
-from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_spawner.devcluster.controlplane import free_port, this_checkout_env
 
 MERGE = "application/merge-patch+json"
 
@@ -727,8 +727,7 @@ class BuilderProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}{prefix}"
         self.log_path = workdir / f"builder-{port}.log"
-        self.env = dict(
-            os.environ,
+        self.env = this_checkout_env(os.environ) | dict(
             AICOE_BUILDER_NAMESPACE=namespace,
             AICOE_BUILDER_REGISTRY="registry.local:5000",
             AICOE_BUILDER_ALLOWED_HOSTS="",
