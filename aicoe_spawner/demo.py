@@ -24,7 +24,7 @@ from pathlib import Path
 from kubernetes_asyncio import client
 
 from .devcluster import ControlPlane, api_client, install_crds
-from .devcluster.controlplane import REPO_ROOT, free_port
+from .devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
 from .devcluster.gitserver import GitServer
 from .devcluster.node import RealNode, processes_mentioning
 
@@ -189,7 +189,7 @@ class Demo:
         if self.extra_config:
             config.write_text(config.read_text() + textwrap.dedent(self.extra_config))
         env = dict(
-            os.environ,
+            this_checkout_env(dict(os.environ)),
             KUBECONFIG=str(self.plane.kubeconfig),
             AICOE_NAMESPACE=NAMESPACE,
             AICOE_REGISTRY=node.registry,

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT, free_port
+from aicoe_spawner.devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
 
 CHP = REPO_ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 
@@ -122,7 +122,9 @@ class Hub:
     # -- process ---------------------------------------------------------------------------
 
     async def start(self, timeout: float = 60) -> Hub:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        env = this_checkout_env(
+            dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        )
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once

@@ -28,6 +28,9 @@ AICOE_BUILDER_COOKIE_SECRET   secret signing the OAuth and XSRF cookies (hex, or
                               from JUPYTERHUB_API_TOKEN, which every replica shares too
 AICOE_BUILDER_MAX_STREAMS, AICOE_BUILDER_MAX_STREAMS_PER_USER  open event streams per replica
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
+AICOE_BUILDER_HUB_VERSION     the hub's JupyterHub version, whose major version every built image
+                              must have (default: asked from $JUPYTERHUB_API_URL at start)
+AICOE_BUILDER_CHECK_IMAGE     "false": offer built images without checking them (docs/builder.md)
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 AICOE_BUILDER_BASE_IMAGE      base image of environment builds and of `source` without one
                               (default: quay.io/jupyter/minimal-notebook, pinned)
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import re
@@ -57,6 +61,7 @@ from dataclasses import dataclass
 
 from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client, config
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 
 from ..options import parse_memory
@@ -152,6 +157,8 @@ class Settings:
     notebook_user: str = "1000:100"
     notebook_home: str = "/home/jovyan"
     layer_cache: bool = False
+    hub_version: str = ""  # "" = ask the hub's API at start
+    check_image: bool = True
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -193,6 +200,8 @@ class Settings:
             notebook_user=g("AICOE_BUILDER_NOTEBOOK_USER") or "1000:100",
             notebook_home=g("AICOE_BUILDER_NOTEBOOK_HOME") or "/home/jovyan",
             layer_cache=g("AICOE_BUILDER_LAYER_CACHE", "") == "true",
+            hub_version=g("AICOE_BUILDER_HUB_VERSION", ""),
+            check_image=g("AICOE_BUILDER_CHECK_IMAGE", "true") != "false",
         )
 
 
@@ -212,11 +221,19 @@ def build_service(
                 timeout_seconds=s.timeout,
                 namespace=s.build_namespace,
                 storage_size=s.build_storage,
+                check_image=s.check_image,
+                hub_version=s.hub_version,
             ),
             log_reader=log_reader,
         )
     elif name == "openshift":
-        impl = OpenShiftBackend(api, timeout_seconds=s.timeout, log_reader=log_reader)
+        impl = OpenShiftBackend(
+            api,
+            timeout_seconds=s.timeout,
+            log_reader=log_reader,
+            check_image=s.check_image,
+            hub_version=s.hub_version,
+        )
     elif name == "auto":
         raise ValueError("backend 'auto' is resolved by make_service (API discovery)")
     else:
@@ -251,6 +268,35 @@ def build_service(
     )
 
 
+def hub_version_of(body: bytes | str) -> str | None:
+    """The ``version`` of the hub API's root answer (``GET /hub/api/``), if it is one."""
+    try:
+        version = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        return None
+    ok = isinstance(version, str) and version[:1].isdigit() and len(version) < 40
+    return version if ok and version.isprintable() and " " not in version else None
+
+
+async def ask_hub_version(api_url: str) -> str | None:
+    """The hub's JupyterHub version from its API root (``GET $JUPYTERHUB_API_URL/``), or None
+    (logged) when the hub does not answer."""
+    log = logging.getLogger("aicoe_spawner.builder")
+    try:
+        answer = await AsyncHTTPClient().fetch(api_url.rstrip("/") + "/", request_timeout=5)
+    except Exception as e:  # the hub may not be up yet: asked again at the next build
+        log.warning("the hub's version (%s/): %s; built images are checked without it", api_url, e)
+        return None
+    version = hub_version_of(answer.body)
+    if version:
+        log.info(
+            "the hub runs JupyterHub %s: built images must have %s.*",
+            version,
+            version.split(".")[0],
+        )
+    return version
+
+
 def cookie_secret(s: Settings, env=os.environ) -> bytes:
     """The cookie secret every replica shares: configured, else derived from the service's
     API token (the same for every replica and across restarts)."""
@@ -283,6 +329,9 @@ async def _main() -> None:
     api = client.ApiClient(configuration)
     service = await make_service(api, s)
     service.start(s.interval)
+    api_url = os.environ.get("JUPYTERHUB_API_URL", "")
+    if s.check_image and not s.hub_version and api_url:
+        service.backend.hub_version_lookup = lambda: ask_hub_version(api_url)
     watch = ImageStreamWatch(
         client.CustomObjectsApi(api), (s.namespace,), "opendatahub.io/notebook-image=true"
     )

@@ -536,7 +536,7 @@ class BuildService:
                 # the catalog says building once the build runs (pending until then)
                 await self.registrar.mark(spec, "building")
             elif state.phase == "ready":
-                await self.registrar.ready(spec, state.digest)
+                await self.registrar.ready(spec, state.digest, state.software, state.dependencies)
             elif state.phase == "failed":
                 await self.registrar.mark(spec, "failed", state.message)
         except OwnershipError as e:

@@ -220,6 +220,54 @@ async def test_failed_build_marks_tag_failed_with_a_generic_reason(kube, namespa
     assert "oops-marker" not in tag.message and "exit code" not in tag.message
 
 
+async def test_an_image_without_jupyterhub_fails_the_check_and_the_tag_keeps_its_image(
+    kube, namespace, infra, tmp_path
+):
+    """The image check in the build step (the real script, buildah on this machine): the
+    busybox image has no jupyterhub-singleuser, runs as root and has no home. Built without
+    the check it is served; rebuilt with the check, the build fails with what is missing in
+    its record's message, and the tag keeps serving the first digest."""
+    git, registry, base, _ = infra
+    runner = JobRunner(kube, namespace, tmp_path)
+    runner.start()
+    unchecked = build_service(
+        kube, local_settings(namespace, registry.host), log_reader=runner.read_log
+    )
+    checked = build_service(
+        kube,
+        local_settings(namespace, registry.host, check_image=True, hub_version="6.1.1"),
+        log_reader=runner.read_log,
+    )
+    git.create_repo("checked-nb", {"Dockerfile": f"FROM {base}\nRUN true\n"})
+    body = {"repo": git.url("checked-nb"), "ref": "main"}
+    try:
+        unchecked.start(0.2)
+        _, first = await unchecked.submit(body, "fay")
+        served = await finished(unchecked, first.id)
+        assert served.phase == "ready", served.message
+        await unchecked.stop()
+        git.update_repo("checked-nb", {"Dockerfile": f"FROM {base}\nRUN echo v2 > /v2\n"})
+        checked.start(0.2)
+        _, second = await checked.submit(body, "fay")
+        done = await finished(checked, second.id)
+        assert done.phase == "failed"
+        message = " ".join(done.message.split())
+        assert "the image cannot be offered as a notebook" in message, done.message
+        assert (
+            "the image has no jupyterhub-singleuser, the program JupyterHub starts: add "
+            "`jupyterhub==6.*` to requirements.txt" in message
+        )
+        assert "the image runs as root (uid 0)" in message
+        assert "==> checking the image" in done.log
+        tag = parse_imagestream(await stream(kube, namespace, "checked-nb")).tag("main")
+        assert tag.ready and tag.digest == served.digest
+        assert tag.build_commit == first.spec.commit
+    finally:
+        await unchecked.stop()
+        await checked.stop()
+        await runner.stop()
+
+
 async def test_unknown_ref_and_restart(kube, namespace, infra, builder, tmp_path):
     git, _, base, _ = infra
     service, runner = builder

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from ...options import parse_memory
+from ..image_check import CHECK_SCRIPT, PROBE, REPORT_PY, parse_termination
 from ..kube import raw_json
 from ..requests import BuildSpec, repo_hash, user_label
 from ..source import s2i_dockerfile
@@ -35,7 +37,8 @@ DEFAULT_SCRIPTS = "/usr/libexec/s2i"
 # Runs user content (git checkout, Dockerfile steps). No credentials here. User-controlled
 # text (paths, the base image's labels) is only ever data: quoted expansions, `case` patterns
 # and realpath checks, never a shell or sed program.
-BUILD_SCRIPT = r"""set -eu
+BUILD_SCRIPT = (
+    r"""set -eu
 fail() {  # the build's reason, for the record's message (termination message)
   printf '%s\n' "$*" > "${BUILD_TERMINATION_LOG:-/dev/termination-log}" 2>/dev/null || true
   echo "error: $*" >&2; exit 2
@@ -161,10 +164,13 @@ if [ "$r" != 0 ]; then  # a step of ours says why (aicoe-env); else buildah's la
   [ -n "$why" ] || why="the image build failed (buildah exit code $r): $last"
   fail "$why"
 fi
-rm -f "$WORKSPACE/image.tar"
+"""
+    + CHECK_SCRIPT
+    + r"""rm -f "$WORKSPACE/image.tar"
 buildah $B push -q aicoe-build/image "oci-archive:$WORKSPACE/image.tar"
 echo "==> built; the push step uploads it"
 """
+)
 
 # Never runs user content: loads the archive the build step wrote and pushes it.
 PUSH_SCRIPT = r"""set -eu
@@ -178,7 +184,17 @@ for extra in $EXTRA_IMAGES; do
   echo "==> pushing $extra"
   buildah $B push -q $TLS "$image" "docker://$extra"
 done
-printf '%s' "$digest" > "${TERMINATION_LOG:-/dev/termination-log}"
+# the digest, then the image check's report (written by the build step: data, capped)
+report=$(cat "$WORKSPACE/image-report.json" 2>/dev/null || true)
+case "$report" in
+  "{"?*"}") ;;
+  *) report="" ;;
+esac
+if [ -n "$report" ] && [ "$(printf '%s' "$report" | wc -c)" -le 3900 ]; then
+  printf '{"digest":"%s",%s' "$digest" "${report#?}" > "${TERMINATION_LOG:-/dev/termination-log}"
+else
+  printf '{"digest":"%s"}' "$digest" > "${TERMINATION_LOG:-/dev/termination-log}"
+fi
 echo "==> pushed $OUTPUT_IMAGE@$digest"
 """
 
@@ -205,6 +221,8 @@ class JobConfig:
     tls_verify: bool = True
     timeout_seconds: int = 3600
     ttl_seconds_after_finished: int = 600
+    check_image: bool = True  # run the image check (image_check.py) before pushing
+    hub_version: str = ""  # the hub's JupyterHub version; "" = not known (major not compared)
     service_account: str | None = None
     namespace: str | None = None  # where build Jobs run (default: the builder's namespace)
     storage_size: str = "20Gi"  # sizeLimit of each emptyDir and the ephemeral-storage limit
@@ -265,6 +283,10 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "STEP_CAPS": ",".join(STEP_CAPABILITIES),
         "GIT_ALLOW_PROTOCOL": "https" if spec.repo.startswith("https:") else "http",
         "GIT_TERMINAL_PROMPT": "0",
+        "CHECK_IMAGE": "true" if config.check_image else "false",
+        "HUB_VERSION": config.hub_version,
+        "CHECK_PROBE": PROBE,
+        "CHECK_REPORT": REPORT_PY,
     }
     if spec.overlay:
         build_env["OVERLAY"] = spec.overlay
@@ -395,10 +417,10 @@ def job_state(job: dict | None, pods: list[dict]) -> BackendState:
     if (conditions.get("Complete") or {}).get("status") == "True" or (
         status.get("succeeded") or 0
     ) > 0:
-        digest = message if message.startswith("sha256:") and len(message) == 71 else None
+        digest, software, dependencies = parse_termination(message)
         if digest is None:
             return BackendState("failed", "build succeeded but reported no image digest")
-        return BackendState("ready", "", digest)
+        return BackendState("ready", "", digest, software=software, dependencies=dependencies)
     failed = conditions.get("Failed")
     if (failed or {}).get("status") == "True" or (status.get("failed") or 0) > 0:
         reason = (failed or {}).get("reason") or ""
@@ -419,6 +441,9 @@ class KubernetesBackend:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.config = config
+        # Asks the hub's version when the config has none (the image check compares majors);
+        # learned once, at the first build that finds the hub answering.
+        self.hub_version_lookup: Callable[[], Awaitable[str | None]] | None = None
         # Reads a pod's log: the kubelet's log API by default; a test harness playing the
         # kubelet passes its own.
         self.log_reader = log_reader or self._read_pod_log
@@ -427,6 +452,10 @@ class KubernetesBackend:
         return job_namespace(spec, self.config)
 
     async def submit(self, spec: BuildSpec) -> None:
+        if self.config.check_image and not self.config.hub_version and self.hub_version_lookup:
+            version = await self.hub_version_lookup()
+            if version:
+                self.config = replace(self.config, hub_version=version)
         try:
             await self.batch.create_namespaced_job(self._ns(spec), job_manifest(spec, self.config))
         except ApiException as e:
@@ -473,7 +502,7 @@ class KubernetesBackend:
             if any(p is not None for p in parts):
                 text = "".join(p for p in parts if p)
         if text is not None:
-            state = BackendState(state.phase, state.message, state.digest, state.image_ref, text)
+            state = replace(state, log=text)
         return state
 
     async def exists(self, spec: BuildSpec) -> bool:
