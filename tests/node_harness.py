@@ -4,9 +4,12 @@ controller-manager) for the node tier and the demo-journey tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from aicoe_spawner.devcluster import ControlPlane
+from aicoe_spawner.devcluster.controlplane import REPO_ROOT
 from aicoe_spawner.devcluster.node import RealNode
+from aicoe_spawner.devcluster.packages import PackageSources
 
 # Clusters started and not yet stopped (their logs are attached to failing tests).
 RUNNING: list[NodeCluster] = []
@@ -46,3 +49,23 @@ def stop_node_cluster(cluster: NodeCluster) -> None:
         cluster.node.stop()
     finally:
         cluster.plane.stop()
+
+
+# -- package sources for build pods (issue 22): a PEP 503 index and a Debian repository ------
+
+TEST_REPOS = REPO_ROOT / "tests" / "data" / "repos"
+# Debian packages besides the test repositories' apt.txt: a small one for quick checks.
+EXTRA_APT = ("tree",)
+
+
+def data_repo(name: str) -> Path:
+    """A real public repository's environment files (tests/data/repos/<name>, see PROVENANCE)."""
+    path = TEST_REPOS / name
+    assert path.is_dir(), f"no test repository {path}"
+    return path
+
+
+def start_package_sources(node_ip: str) -> PackageSources:
+    """The index and Debian repository on the node IP, serving what the test repositories
+    install (and micropipenv, uv, pip, setuptools, wheel, hatchling)."""
+    return PackageSources(sorted(TEST_REPOS.iterdir()), node_ip, extra_apt=EXTRA_APT).start()

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field, replace
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from . import git
+from . import git, repo_files
 from .backends import BackendState
 from .ci_config import parse_ci_configs
+from .environment import build_view, wanted_files
 from .publish import content_options, is_webhook, publisher_of, refusal
 from .quota import LimitError, QuotaLedger
 from .registration import OwnershipError, PublishError, ownership
@@ -33,7 +34,9 @@ from .requests import (
     BuildRequestError,
     BuildSpec,
     RepoPolicy,
+    RepoView,
     Resolver,
+    needs_view,
     parse_build_request,
     resolve_spec,
     system_resolver,
@@ -175,16 +178,39 @@ class BuildService:
     ) -> tuple[int, list[Build]]:
         commit, kind = await git.resolve_ref(request.repo, request.ref)
         ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
+        # the repository's defaults (publish rule) may need detection where the request not
+        plain = replace(request, strategy=None, dockerfile=None, context_dir=None, base_image=None)
+        configs = [
+            (ci, needs_view(request, ci) or needs_view(plain, ci))
+            for ci in parse_ci_configs(ci_text)
+        ]
+        seen: RepoView | None = None
+        if any(needed for _, needed in configs):  # detection reads the commit's files once
+
+            def context(ci) -> str:
+                return request.context_dir if request.context_dir is not None else ci.context_dir
+
+            seen = await repo_files.read_view(
+                request.repo,
+                commit,
+                request.ref,
+                lambda paths: set().union(
+                    *(wanted_files(paths, ci.overlay, context(ci)) for ci, n in configs if n)
+                ),
+            )
         specs = []
         rights = admin or is_webhook(user)
-        # the content the repository's own defaults give: what anyone may publish
-        plain = replace(request, strategy=None, dockerfile=None, context_dir=None, base_image=None)
         new_streams = 0
-        for ci in parse_ci_configs(ci_text):
-            spec = resolve_spec(request, commit, kind, ci, self.defaults, user)
+        for ci, needed in configs:
+            view = build_view(seen, ci.overlay) if needed and seen is not None else None
+            spec = resolve_spec(request, commit, kind, ci, self.defaults, user, view=view)
             spec = replace(spec, publisher_rights=rights)
-            reference = content_options(resolve_spec(plain, commit, kind, ci, self.defaults, user))
-            spec, created = await self._writable(spec, request, commit, kind, ci, user, reference)
+            reference = content_options(
+                resolve_spec(plain, commit, kind, ci, self.defaults, user, view=view)
+            )
+            spec, created = await self._writable(
+                spec, request, commit, kind, ci, user, reference, view
+            )
             if created and not admin:
                 new_streams += 1
                 await self._check_stream_limit(user, new_streams)
@@ -203,7 +229,15 @@ class BuildService:
         return status, [build for _, build in results]
 
     async def _writable(
-        self, spec: BuildSpec, request, commit, kind, ci, user, reference: dict[str, str]
+        self,
+        spec: BuildSpec,
+        request,
+        commit,
+        kind,
+        ci,
+        user,
+        reference: dict[str, str],
+        view=None,
     ) -> tuple[BuildSpec, bool]:
         """(``spec``, or with the hashed default name when the short one is another repo's;
         whether it creates its stream). OwnershipError (409) when the chosen stream is not
@@ -214,7 +248,9 @@ class BuildService:
         why = ownership(stream, spec.repo)
         if why is not None and spec.name_field != "name":
             spec = replace(
-                resolve_spec(request, commit, kind, ci, self.defaults, user, hashed_name=True),
+                resolve_spec(
+                    request, commit, kind, ci, self.defaults, user, hashed_name=True, view=view
+                ),
                 publisher_rights=spec.publisher_rights,
             )
             stream = await self.registrar.read(spec)
@@ -586,7 +622,7 @@ class BuildService:
                 # the catalog says building once the build runs (pending until then)
                 await self.registrar.mark(spec, "building")
             elif state.phase == "ready":
-                await self.registrar.ready(spec, state.digest)
+                await self.registrar.ready(spec, state.digest, state.software, state.dependencies)
             elif state.phase in ("failed", "cancelled"):
                 # (cancelled: on OpenShift, a Build cancelled outside the builder)
                 await self.registrar.mark(spec, state.phase, state.message)

@@ -1,8 +1,10 @@
 """A real single-node cluster on this machine: containerd + runc, bridge CNI, kubelet,
-kube-scheduler and kube-controller-manager beside a ``ControlPlane``, and a local registry
-that the node pulls from. With ``cluster_services=True`` also what in-cluster clients need:
-the API server on the node IP (the ``kubernetes`` Service), kube-proxy (Services, NodePorts)
-and CoreDNS (``<service>.<namespace>.svc.cluster.local``). Test and demo use only; needs root.
+kube-scheduler and kube-controller-manager beside a ``ControlPlane``, a local registry
+that the node pulls from, and CoreDNS on the node IP as the pods' only resolver
+(``<service>.<namespace>.svc.cluster.local``; every other name is REFUSED: pods reach nothing
+outside the test cluster, not even the machine's resolver). With ``cluster_services=True``
+also what in-cluster clients need: the API server on the node IP (the ``kubernetes``
+Service) and kube-proxy (Services, NodePorts). Test and demo use only; needs root.
 
 Everything it makes is its own: a bridge ``aicoe<N>`` with gateway ``10.244.<N>.1`` (the node
 IP, which pods use to reach services on the host), containerd's root/state/socket, the
@@ -175,7 +177,7 @@ class RealNode:
             self._start_controllers()
             if self.cluster_services:
                 self._start_kube_proxy()
-                self._start_coredns(timeout)
+            self._start_coredns(timeout)  # every node: pods resolve nothing outside it
             self._wait_node_ready(timeout)
         except BaseException:
             self.stop()
@@ -383,15 +385,15 @@ class RealNode:
             "imageGCHighThresholdPercent": 100,
             "makeIPTablesUtilChains": False,
             "serializeImagePulls": False,
-            "resolvConf": "/etc/resolv.conf",
+            # not the machine's resolver: pods (also dnsPolicy Default) ask CoreDNS only
+            "resolvConf": str(self._write_resolv_conf()),
+            "clusterDNS": [self.node_ip],
+            "clusterDomain": CLUSTER_DOMAIN,
             "volumeStatsAggPeriod": "0s",
             # not the machine's /var/log/pods: another node's kubelet deletes the log folders
             # of pods it does not know there
             "podLogsDir": str(kubelet_dir / "pod-logs"),
         }
-        if self.cluster_services:  # pods resolve through CoreDNS on the node IP
-            config["clusterDNS"] = [self.node_ip]
-            config["clusterDomain"] = CLUSTER_DOMAIN
         config_path = kubelet_dir / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
         self._spawn(
@@ -463,13 +465,22 @@ class RealNode:
         path.write_text(json.dumps(config, indent=2))
         self._spawn("kube-proxy", [str(find_binary("kube-proxy")), f"--config={path}", "--v=1"])
 
+    def _write_resolv_conf(self) -> Path:
+        """The resolv.conf the kubelet gives pods: CoreDNS on the node IP, nothing else."""
+        path = self.workdir / "kubelet" / "resolv.conf"
+        path.write_text(f"nameserver {self.node_ip}\n")
+        return path
+
     def _start_coredns(self, timeout: float) -> None:
-        """CoreDNS on the node IP, port 53, answering for the cluster domain only."""
+        """CoreDNS on the node IP, port 53, the only resolver of the node's pods: it answers
+        for the cluster domain (and reverse lookups) and REFUSES every other name, so a
+        build that names an outside host (a registry on the internet) fails at once instead
+        of waiting for a resolver it cannot reach."""
         ready_port = free_port()
         corefile = self.workdir / "Corefile"
         corefile.write_text(
             textwrap.dedent(
-                f"""                .:53 {{
+                f"""                {CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
                     bind {self.node_ip}
                     errors
                     ready 127.0.0.1:{ready_port}

@@ -11,9 +11,16 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client
-from node_harness import RUNNING, NodeCluster, start_node_cluster, stop_node_cluster
+from node_harness import (
+    RUNNING,
+    NodeCluster,
+    start_node_cluster,
+    start_package_sources,
+    stop_node_cluster,
+)
 
 from aicoe_spawner.devcluster import api_client, install_crds
+from aicoe_spawner.devcluster.packages import PackageSources
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +53,13 @@ def pytest_runtest_makereport(item, call):
         for cluster in RUNNING:
             report.sections.append(("real node logs", cluster.log_tail()))
     return report
+
+
+@pytest.fixture(scope="session")
+def package_index(node_cluster: NodeCluster) -> Iterator[PackageSources]:
+    """Python and Debian packages for build pods, served on the node IP: ``.pip_url`` (PEP 503
+    index, for the builder's ``package_index_url``), ``.trusted_host``, ``.apt_line`` (for its
+    ``apt_sources``). Serves every package the repositories in tests/data/repos install."""
+    sources = start_package_sources(node_cluster.node.node_ip)
+    yield sources
+    sources.stop()
