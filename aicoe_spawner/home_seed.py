@@ -21,7 +21,7 @@ import hashlib
 import posixpath
 from typing import Any
 
-SEED_MOUNT = "/var/run/aicoe-spawner/home"
+SEED_MOUNT = "/aicoe-seed/home"  # where the init container sees the home volume
 SEED_CONTAINER = "seed-home"
 
 # $1 the image's home (the image's own files), $2 the volume, $3 the marker's name.
