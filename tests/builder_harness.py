@@ -285,48 +285,133 @@ class GitServer(gitserver.GitServer):
 
 
 class Registry:
-    """Debian's docker-registry (distribution) on 127.0.0.1."""
+    """Debian's docker-registry (distribution) on 127.0.0.1; with ``users`` (name -> password)
+    it asks for HTTP basic authentication (htpasswd, bcrypt entries). :meth:`stop` and
+    :meth:`start` take it down and bring it back on the same port and storage."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.users = dict(users or {})
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "config.yml"
+        auth = ""
+        if self.users:
+            import bcrypt
+
+            htpasswd = workdir / "htpasswd"
+            htpasswd.write_text(
+                "".join(
+                    f"{name}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
+                    for name, pw in self.users.items()
+                )
+            )
+            auth = f"auth: {{htpasswd: {{realm: test-registry, path: {htpasswd}}}}}\n"
         conf.write_text(
             "version: 0.1\nlog: {level: error}\n"
             f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}}}\n"
-            f"http: {{addr: {self.host}}}\n"
+            f"http: {{addr: {self.host}}}\n{auth}"
         )
-        self.log = (workdir / "registry.log").open("wb")
+        self.start()
+
+    def start(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        self.log = (self.workdir / "registry.log").open("ab")
         self.proc = subprocess.Popen(
-            ["/usr/bin/docker-registry", "serve", str(conf)],
+            ["/usr/bin/docker-registry", "serve", str(self.workdir / "config.yml")],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        import urllib.request
-
         deadline = time.monotonic() + 20
         while True:
             try:
                 urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
                 break
+            except urllib.error.HTTPError as e:
+                if e.code == 401 and self.users:
+                    break
+                raise
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("docker-registry did not start") from None
                 time.sleep(0.1)
 
-    def manifest_digest(self, repo: str, tag: str) -> str:
+    def _request(self, method: str, path: str, body: bytes | None = None, **headers):
         import urllib.request
 
+        if self.users:
+            name, pw = next(iter(self.users.items()))
+            token = base64.b64encode(f"{name}:{pw}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         req = urllib.request.Request(
-            f"http://{self.host}/v2/{repo}/manifests/{tag}",
-            method="HEAD",
-            headers={
-                "Accept": "application/vnd.oci.image.manifest.v1+json,"
-                "application/vnd.docker.distribution.manifest.v2+json"
-            },
+            f"http://{self.host}{path}", data=body, method=method, headers=headers
         )
-        with urllib.request.urlopen(req, timeout=5) as r:
+        return urllib.request.urlopen(req, timeout=10)
+
+    def manifest_digest(self, repo: str, tag: str) -> str:
+        with self._request(
+            "HEAD",
+            f"/v2/{repo}/manifests/{tag}",
+            Accept="application/vnd.oci.image.manifest.v1+json,"
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ) as r:
+            return r.headers["Docker-Content-Digest"]
+
+    def push_tiny_image(self, repo: str, tag: str, content: str) -> str:
+        """Upload a one-file image (OCI manifest, a config and one layer) as ``repo:tag``
+        through the distribution API; returns the registry's Docker-Content-Digest."""
+        import gzip
+        import io
+        import tarfile
+        from urllib.parse import urlsplit
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            data = content.encode()
+            info = tarfile.TarInfo("hello.txt")
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+        diff_id = "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest()
+        layer = gzip.compress(buf.getvalue(), mtime=0)
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Cmd": ["/hello.txt"]},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            }
+        ).encode()
+        descriptors = []
+        for blob, media_type in (
+            (config, "application/vnd.oci.image.config.v1+json"),
+            (layer, "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ):
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            with self._request("POST", f"/v2/{repo}/blobs/uploads/", b"") as r:
+                location = urlsplit(r.headers["Location"])
+            sep = "&" if location.query else "?"
+            self._request(
+                "PUT",
+                f"{location.path}?{location.query}{sep}digest={digest}",
+                blob,
+                **{"Content-Type": "application/octet-stream"},
+            ).close()
+            descriptors.append({"mediaType": media_type, "digest": digest, "size": len(blob)})
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": descriptors[0],
+            "layers": descriptors[1:],
+        }
+        with self._request(
+            "PUT",
+            f"/v2/{repo}/manifests/{tag}",
+            json.dumps(manifest).encode(),
+            **{"Content-Type": manifest["mediaType"]},
+        ) as r:
             return r.headers["Docker-Content-Digest"]
 
     def stop(self) -> None:

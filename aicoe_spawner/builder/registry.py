@@ -26,6 +26,7 @@ from pathlib import Path
 from .imports import Failed, ImageReference, Resolved, Result
 
 _MSG_RE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+_PREFIX_RE = re.compile(r'^"docker://[^"]*": ')
 _MAX_MANIFEST = 4 * 1024 * 1024
 
 
@@ -38,6 +39,7 @@ def classify(stderr: str) -> Failed:
     else:
         message = stderr.strip().splitlines()[-1] if stderr.strip() else "skopeo failed"
     message = message.removeprefix("Error parsing image name ").strip()
+    message = _PREFIX_RE.sub("", message)  # the '"docker://…": ' that skopeo puts first
     low = message.lower()
     if any(
         s in low

@@ -44,11 +44,14 @@ OPERATIONS = {
     ),
     ("builder-catalog", "image.openshift.io:imagestreams"): "publish built images as streams",
     ("builder-catalog", "image.openshift.io:imagestreams/status"): "record built digests",
+    ("builder-import", "image.openshift.io:imagestreams"): "list the streams to import",
+    ("builder-import", "image.openshift.io:imagestreams/status"): "write imported digests",
+    ("builder-import", "core:secrets,serviceaccounts"): "read the pull secrets of an import",
 }
 
 
 def role_kind(role: dict) -> str:
-    """hub, hub-catalog, builder or builder-catalog."""
+    """hub, hub-catalog, builder, builder-catalog or builder-import."""
     return role["metadata"]["name"].removeprefix(f"{RELEASE}-aicoe-spawner-")
 
 

@@ -412,8 +412,7 @@ def test_helper_only_entries_give_no_credentials():
             '\\"docker://127.0.0.1:5000/a:nope\\": reading manifest nope in 127.0.0.1:5000/a: '
             'manifest unknown: manifest unknown"',
             "NotFound",
-            '"docker://127.0.0.1:5000/a:nope": reading manifest nope in 127.0.0.1:5000/a: '
-            "manifest unknown: manifest unknown",
+            "reading manifest nope in 127.0.0.1:5000/a: manifest unknown: manifest unknown",
         ),
         (
             'level=fatal msg="Error parsing image name \\"docker://h/a:b\\": reading manifest b '
@@ -436,3 +435,32 @@ def test_classify_skopeo_errors(stderr, reason, message):
     assert got.reason == reason
     if message is not None:
         assert got.message == message
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_import_settings_from_env():
+    from aicoe_spawner.builder.__main__ import Settings
+
+    s = Settings.from_env({})
+    assert (s.import_enabled, s.import_namespaces, s.import_interval, s.import_retry) == (
+        True,
+        (),
+        900.0,
+        120.0,
+    )
+    s = Settings.from_env(
+        {
+            "AICOE_BUILDER_IMPORT": "false",
+            "AICOE_BUILDER_IMPORT_NAMESPACES": "a, b",
+            "AICOE_BUILDER_IMPORT_INTERVAL": "60",
+            "AICOE_BUILDER_IMPORT_RETRY": "5",
+            "AICOE_BUILDER_IMPORT_POLL": "0.5",
+        }
+    )
+    assert (s.import_enabled, s.import_namespaces) == (False, ("a", "b"))
+    assert (s.import_interval, s.import_retry, s.import_poll) == (60.0, 5.0, 0.5)
+    for bad in ("0", "-1", "soon", "nan"):
+        with pytest.raises(SystemExit, match="AICOE_BUILDER_IMPORT_INTERVAL"):
+            Settings.from_env({"AICOE_BUILDER_IMPORT_INTERVAL": bad})
