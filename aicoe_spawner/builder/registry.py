@@ -41,18 +41,13 @@ def classify(stderr: str) -> Failed:
     message = message.removeprefix("Error parsing image name ").strip()
     message = _PREFIX_RE.sub("", message)  # the '"docker://…": ' that skopeo puts first
     low = message.lower()
-    if any(
-        s in low
-        for s in (
-            "unauthorized",
-            "authentication required",
-            "denied",
-            "invalid username/password",
-            "401",
-        )
+    if any(s in low for s in ("dial tcp", "no such host", "i/o timeout", "tls:", "x509:")):
+        reason = "InternalError"  # the registry could not be reached (or trusted)
+    elif any(
+        s in low for s in ("unauthorized", "authentication required", "denied", "invalid username")
     ):
         reason = "Unauthorized"
-    elif any(s in low for s in ("manifest unknown", "not found", "name unknown", "404")):
+    elif any(s in low for s in ("manifest unknown", "not found", "name unknown")):
         reason = "NotFound"
     else:
         reason = "InternalError"

@@ -426,6 +426,19 @@ def test_helper_only_entries_give_no_credentials():
             "InternalError",
             None,
         ),
+        (
+            # a port with 401 or 404 in it is no answer of that status
+            'level=fatal msg="pinging container registry 127.0.0.1:40104: Get '
+            '\\"http://127.0.0.1:40104/v2/\\": dial tcp 127.0.0.1:40104: connect: connection '
+            'refused"',
+            "InternalError",
+            None,
+        ),
+        (
+            'level=fatal msg="reading manifest v in 127.0.0.1:40104/a: denied: not allowed"',
+            "Unauthorized",
+            None,
+        ),
         ("", "InternalError", "skopeo failed"),
         ("plain text error\n", "InternalError", "plain text error"),
     ],
