@@ -55,8 +55,8 @@ class Importer:
         self.label_selector = label_selector
         self.clock = clock
         self._limit = asyncio.Semaphore(concurrency)
-        # (namespace, stream, tag) -> time of the last attempt by this process
-        self._attempts: dict[tuple[str, str, str], float] = {}
+        # (namespace, stream) -> tag -> time of the last attempt by this process
+        self._attempts: dict[tuple[str, str], dict[str, float]] = {}
         self._task: asyncio.Task | None = None
         # API requests made, by verb (the report's requests per stream per hour)
         self.requests = {"list": 0, "get": 0, "update": 0, "secret": 0}
@@ -97,6 +97,9 @@ class Importer:
                 GROUP, VERSION, namespace, PLURAL, label_selector=self.label_selector
             )
             streams = [s for s in listed.get("items") or [] if isinstance(s, dict)]
+            names = {(s.get("metadata") or {}).get("name") for s in streams}
+            for key in [k for k in self._attempts if k[0] == namespace and k[1] not in names]:
+                del self._attempts[key]  # the stream is gone
             secrets = _SecretCache(self, namespace)
             results = await asyncio.gather(
                 *(self._import_stream(namespace, s, secrets) for s in streams),
@@ -110,15 +113,12 @@ class Importer:
                     writes += result
         return writes
 
-    def _attempts_of(self, namespace: str, name: str) -> dict[str, float]:
-        return {t: at for (ns, s, t), at in self._attempts.items() if (ns, s) == (namespace, name)}
-
     async def _import_stream(self, namespace: str, stream: dict, secrets: _SecretCache) -> int:
         name = stream["metadata"]["name"]
         targets = imports.due(
             stream,
             self.clock(),
-            self._attempts_of(namespace, name),
+            self._attempts.get((namespace, name)),
             interval=self.interval,
             retry=self.retry,
         )
@@ -130,7 +130,7 @@ class Importer:
             await asyncio.gather(*(self._resolve(namespace, stream, t, secrets) for t in targets)),
             strict=True,
         ):
-            self._attempts[(namespace, name, target.tag)] = self.clock()
+            self._attempts.setdefault((namespace, name), {})[target.tag] = self.clock()
             results[target.tag] = (target, result)
             log.info(
                 "import %s/%s:%s (%s) from %s: %s",

@@ -44,8 +44,6 @@ OPERATIONS = {
     ),
     ("builder-catalog", "image.openshift.io:imagestreams"): "publish built images as streams",
     ("builder-catalog", "image.openshift.io:imagestreams/status"): "record built digests",
-    ("builder-import", "image.openshift.io:imagestreams"): "list the streams to import",
-    ("builder-import", "image.openshift.io:imagestreams/status"): "write imported digests",
     ("builder-import", "core:secrets,serviceaccounts"): "read the pull secrets of an import",
 }
 
