@@ -15,6 +15,8 @@ import pytest
 import pytest_asyncio
 import yaml
 from builder_harness import Registry
+from helm_chart import apply as apply_chart
+from helm_chart import render
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
 
@@ -23,6 +25,7 @@ from aicoe_spawner.builder.importer import Importer
 from aicoe_spawner.builder.imports import PULL_SECRETS_ANNOTATION
 from aicoe_spawner.builder.registry import SkopeoResolver
 from aicoe_spawner.catalog import ImageTag, TagPhase, parse_imagestream
+from aicoe_spawner.devcluster import api_client, delete_namespace
 from aicoe_spawner.watch import ImageStreamWatch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imagestreams"
@@ -114,10 +117,12 @@ async def test_odh_stream_becomes_ready_and_follows_a_moved_tag(
     d1 = registry.push_tiny_image(REPO, "2025.2", "one")
     d_old = registry.push_tiny_image(REPO, "2025.1", "old")
     assert registry.manifest_digest(REPO, "2025.2") == d1
+    applied_at = time.monotonic()
     await apply(kube, namespace, odh_stream(registry.host))
 
     repo = f"{registry.host}/{REPO}"
     new = await wait_tag(kube, namespace, "jupyter-minimal-notebook", "2025.2", ImageTag.ready.fget)
+    print(f"\nstream applied -> ready: {time.monotonic() - applied_at:.2f} s (poll 0.2 s)")
     assert new.image_ref == f"{repo}@{d1}"
     old = await wait_tag(kube, namespace, "jupyter-minimal-notebook", "2025.1", ImageTag.ready.fget)
     assert old.image_ref == f"{repo}@{d_old}"
@@ -318,3 +323,43 @@ async def test_builder_streams_and_openshift_are_left_alone(kube, namespace, reg
         make_importer(kube, Settings(namespace=namespace, import_enabled=False), "kubernetes")
         is None
     )
+
+
+async def test_import_with_the_charts_builder_service_account(
+    kube, namespace, registry, token_kubeconfig
+):
+    """The chart's Roles are enough to import, in the release namespace and in a second
+    catalog namespace, with a TokenRequest token of the builder's ServiceAccount."""
+    other = f"{namespace}-other"
+    core = client.CoreV1Api(kube)
+    await core.create_namespace({"metadata": {"name": other}})
+    api = None
+    try:
+        docs = render(
+            "default",
+            namespace=namespace,
+            release="r",
+            values={"imageStreams.namespaces": [namespace, other]},
+        )
+        rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+        await apply_chart(kube, rbac, namespace)
+        d1 = registry.push_tiny_image(REPO, "2025.2", "one")
+        registry.push_tiny_image(REPO, "2025.1", "old")
+        for ns in (namespace, other):
+            await core.create_namespaced_secret(
+                ns, pull_secret("registry-creds", registry.host, USER, PASSWORD)
+            )
+            await apply(kube, ns, odh_stream(registry.host))
+        token = await core.create_namespaced_service_account_token(
+            "r-aicoe-spawner-builder", namespace, {"spec": {"expirationSeconds": 3600}}
+        )
+        api = await api_client(token_kubeconfig(token.status.token, namespace))
+        imp = Importer(api, (namespace, other), SkopeoResolver(), poll=3600)
+        assert await imp.run_once() == 2
+        for ns in (namespace, other):
+            tag = await tag_of(kube, ns, "jupyter-minimal-notebook", "2025.2")
+            assert tag.image_ref == f"{registry.host}/{REPO}@{d1}"
+    finally:
+        if api is not None:
+            await api.close()
+        await delete_namespace(kube, other)
