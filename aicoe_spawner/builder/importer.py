@@ -205,6 +205,7 @@ class _SecretCache:
         self.namespace = namespace
         self._secrets: dict[str, dict | None] = {}
         self._account: dict | bool | None = False  # False: not read yet
+        self._lock = asyncio.Lock()  # concurrent streams read each object once
 
     async def _read(self, coro_factory: Callable[[], Any]) -> dict | None:
         self.importer.requests["secret"] += 1
@@ -218,6 +219,10 @@ class _SecretCache:
     async def credentials(self, stream: dict, registry: str) -> tuple[str, str] | None:
         """Credentials for ``registry``; raises LookupError when a Secret that the stream
         names cannot be read."""
+        async with self._lock:
+            return await self._credentials(stream, registry)
+
+    async def _credentials(self, stream: dict, registry: str) -> tuple[str, str] | None:
         core = self.importer.core
         if self._account is False:
             self._account = await self._read(
