@@ -23,10 +23,12 @@ FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="aicoe-spawner" \
       org.opencontainers.image.description="JupyterHub with AICoESpawner and the image builder service" \
       org.opencontainers.image.licenses="BSD-3-Clause"
-# git: the builder resolves refs and reads .aicoe-ci.yaml; tini: signal handling as PID 1.
+# git: the builder resolves refs and reads .aicoe-ci.yaml; skopeo: the builder's image import
+# resolves tags to digests; tini: signal handling as PID 1.
 # hadolint ignore=SC2015
-RUN command -v git && command -v tini || { apt-get update \
-    && apt-get install -y --no-install-recommends git=1:2.39.* tini=0.19.* ca-certificates=2023* \
+RUN command -v git && command -v tini && command -v skopeo || { apt-get update \
+    && apt-get install -y --no-install-recommends git=1:2.39.* tini=0.19.* skopeo=1.9.* \
+       ca-certificates=2023* \
     && rm -rf /var/lib/apt/lists/*; }
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

@@ -73,6 +73,8 @@ async def create_notebook_stream(api: client.ApiClient, namespace: str, image: s
                     "name": "latest",
                     "annotations": {f"{A}notebook-image-recommended": "true"},
                     "from": {"kind": "DockerImage", "name": image},
+                    # the node's registry speaks plain HTTP: the builder's import may verify it
+                    "importPolicy": {"insecure": True},
                 }
             ]
         },

@@ -6,13 +6,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# Debian packages: git (builder), chromium (browser tests), buildah + docker-registry +
-# busybox-static + mmdebstrap (images built on this machine), and the real test node's
+# Debian packages: git (builder), skopeo (the builder's image import), chromium (browser
+# tests), buildah + docker-registry + busybox-static + mmdebstrap (images built on this
+# machine), and the real test node's
 # container runtime and network: containerd, runc, CNI plugins, iproute2, iptables, nftables
 # (kube-proxy's tables are removed after it), nodejs (copied into the proxy image), dpkg-dev
 # (dpkg-scanpackages indexes the test cluster's local Debian repository).
 need_apt=()
-for pkg in git chromium buildah docker-registry busybox-static mmdebstrap containerd runc \
+for pkg in git skopeo chromium buildah docker-registry busybox-static mmdebstrap containerd runc \
   containernetworking-plugins iproute2 iptables nftables nodejs dpkg-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done

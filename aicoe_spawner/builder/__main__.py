@@ -33,6 +33,13 @@ AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
 AICOE_BUILDER_HUB_VERSION     the hub's JupyterHub version, whose major version every built image
                               must have (default: asked from $JUPYTERHUB_API_URL at start)
 AICOE_BUILDER_CHECK_IMAGE     "false": offer built images without checking them (docs/builder.md)
+AICOE_BUILDER_IMPORT         "false": no image import (on OpenShift there is none anyway: the
+                              platform imports)
+AICOE_BUILDER_IMPORT_NAMESPACES  comma-separated namespaces whose notebook ImageStreams are
+                              imported (default: AICOE_BUILDER_NAMESPACE)
+AICOE_BUILDER_IMPORT_INTERVAL seconds between imports of importPolicy.scheduled tags (900)
+AICOE_BUILDER_IMPORT_RETRY    seconds before a failed import is tried again (120)
+AICOE_BUILDER_IMPORT_POLL     seconds between passes over the streams (30)
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 AICOE_BUILDER_BASE_IMAGE      base image of environment builds and of `source` without one
                               (default: quay.io/jupyter/minimal-notebook, pinned)
@@ -68,11 +75,14 @@ from tornado.httpserver import HTTPServer
 
 from ..options import parse_memory
 from ..watch import ImageStreamWatch
+from . import imports
 from .app import SERVER_OPTIONS, make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
 from .backends.openshift import OpenShiftBackend, choose_backend
+from .importer import Importer
 from .quota import QuotaLedger
 from .registration import Registrar
+from .registry import SkopeoResolver
 from .requests import (
     DEFAULT_BASE_IMAGE,
     BuildDefaults,
@@ -125,6 +135,20 @@ def _python_images(value: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _seconds(get, name: str, default: float) -> float:
+    """A positive number of seconds, checked at start."""
+    value = get(name)
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise SystemExit(f"{name}: {value!r} is not a positive number of seconds")
+    return seconds
+
+
 @dataclass
 class Settings:
     namespace: str = "default"
@@ -162,6 +186,11 @@ class Settings:
     layer_cache: bool = False
     hub_version: str = ""  # "" = ask the hub's API at start
     check_image: bool = True
+    import_enabled: bool = True
+    import_namespaces: tuple[str, ...] = ()  # empty: (namespace,)
+    import_interval: float = imports.DEFAULT_INTERVAL
+    import_retry: float = imports.DEFAULT_RETRY
+    import_poll: float = 30.0
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -206,6 +235,11 @@ class Settings:
             layer_cache=g("AICOE_BUILDER_LAYER_CACHE", "") == "true",
             hub_version=g("AICOE_BUILDER_HUB_VERSION", ""),
             check_image=g("AICOE_BUILDER_CHECK_IMAGE", "true") != "false",
+            import_enabled=g("AICOE_BUILDER_IMPORT", "true") != "false",
+            import_namespaces=_list(g("AICOE_BUILDER_IMPORT_NAMESPACES")),
+            import_interval=_seconds(g, "AICOE_BUILDER_IMPORT_INTERVAL", cls.import_interval),
+            import_retry=_seconds(g, "AICOE_BUILDER_IMPORT_RETRY", cls.import_retry),
+            import_poll=_seconds(g, "AICOE_BUILDER_IMPORT_POLL", cls.import_poll),
         )
 
 
@@ -318,9 +352,32 @@ def cookie_secret(s: Settings, env=os.environ) -> bytes:
 
 async def make_service(api: client.ApiClient, s: Settings, log_reader=None) -> BuildService:
     """:func:`build_service` with ``auto`` resolved by API discovery."""
+    service, _ = await make_service_and_importer(api, s, log_reader)
+    return service
+
+
+def make_importer(api: client.ApiClient, s: Settings, backend: str) -> Importer | None:
+    """The image import loop for plain Kubernetes (``backend`` kubernetes); None on OpenShift,
+    whose image import controller imports, or when disabled."""
+    if backend != "kubernetes" or not s.import_enabled:
+        return None
+    return Importer(
+        api,
+        s.import_namespaces or (s.namespace,),
+        SkopeoResolver(),
+        interval=s.import_interval,
+        retry=s.import_retry,
+        poll=s.import_poll,
+    )
+
+
+async def make_service_and_importer(
+    api: client.ApiClient, s: Settings, log_reader=None
+) -> tuple[BuildService, Importer | None]:
+    """The service and the import loop for the backend that ``s.backend`` resolves to."""
     name = await choose_backend(api, s.backend)
     logging.getLogger("aicoe_spawner.builder").info("build backend: %s", name)
-    return build_service(api, s, log_reader, backend=name)
+    return build_service(api, s, log_reader, backend=name), make_importer(api, s, name)
 
 
 async def _main() -> None:
@@ -332,11 +389,13 @@ async def _main() -> None:
     else:
         await config.load_kube_config(config_file=s.kubeconfig, client_configuration=configuration)
     api = client.ApiClient(configuration)
-    service = await make_service(api, s)
+    service, importer = await make_service_and_importer(api, s)
     service.start(s.interval)
     api_url = os.environ.get("JUPYTERHUB_API_URL", "")
     if s.check_image and not s.hub_version and api_url:
         service.backend.hub_version_lookup = lambda: ask_hub_version(api_url)
+    if importer is not None:
+        importer.start()
     watch = ImageStreamWatch(
         client.CustomObjectsApi(api), (s.namespace,), "opendatahub.io/notebook-image=true"
     )

@@ -139,6 +139,7 @@ def image_specs() -> dict[str, ImageSpec]:
                 "python-is-python3",
                 "git",
                 "tini",
+                "skopeo",
                 "ca-certificates",
             ),
         ),

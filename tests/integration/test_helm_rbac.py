@@ -46,11 +46,12 @@ OPERATIONS = {
     ),
     ("builder-catalog", "image.openshift.io:imagestreams"): "publish built images as streams",
     ("builder-catalog", "image.openshift.io:imagestreams/status"): "record built digests",
+    ("builder-import", "core:secrets,serviceaccounts"): "read the pull secrets of an import",
 }
 
 
 def role_kind(role: dict) -> str:
-    """hub, hub-catalog, builder, builder-builds or builder-catalog."""
+    """hub, hub-catalog, builder, builder-builds, builder-catalog or builder-import."""
     return role["metadata"]["name"].removeprefix(f"{RELEASE}-aicoe-spawner-")
 
 
