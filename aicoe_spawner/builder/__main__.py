@@ -28,6 +28,10 @@ AICOE_BUILDER_COOKIE_SECRET   secret signing the OAuth and XSRF cookies (hex, or
                               from JUPYTERHUB_API_TOKEN, which every replica shares too
 AICOE_BUILDER_MAX_STREAMS, AICOE_BUILDER_MAX_STREAMS_PER_USER  open event streams per replica
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
+AICOE_BUILDER_IMAGE_POLICY    JSON {"default_policy": {...}, "group_policies": {...}}: the
+                              spawner's dicts of the same names, so that GET api/images shows
+                              each user only the images their spawn page offers (default: all
+                              images that are not hidden)
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the service URL;
                               "0.0.0.0" when the URL names a Service, e.g. in z2jh's hub pod)
@@ -50,6 +54,7 @@ from ..watch import ImageStreamWatch
 from .app import make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
 from .backends.openshift import OpenShiftBackend, choose_backend
+from .catalog_view import ImagePolicies
 from .quota import QuotaLedger
 from .registration import Registrar
 from .requests import BuildDefaults, RepoPolicy
@@ -98,6 +103,7 @@ class Settings:
     cookie_secret: str = ""
     max_streams: int = 200
     max_streams_per_user: int = 10
+    image_policy: str = ""
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -127,7 +133,15 @@ class Settings:
             cookie_secret=g("AICOE_BUILDER_COOKIE_SECRET", ""),
             max_streams=int(g("AICOE_BUILDER_MAX_STREAMS", "200")),
             max_streams_per_user=int(g("AICOE_BUILDER_MAX_STREAMS_PER_USER", "10")),
+            image_policy=g("AICOE_BUILDER_IMAGE_POLICY", ""),
         )
+
+    def image_policies(self) -> ImagePolicies:
+        """The policies of ``image_policy``; SystemExit naming the variable if invalid."""
+        try:
+            return ImagePolicies.from_json(self.image_policy)
+        except ValueError as e:
+            raise SystemExit(f"AICOE_BUILDER_IMAGE_POLICY: {e}") from None
 
 
 def build_service(
@@ -198,6 +212,7 @@ async def make_service(api: client.ApiClient, s: Settings, log_reader=None) -> B
 async def _main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings.from_env()
+    image_policies = s.image_policies()  # a mistake stops the builder before it serves
     configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not s.kubeconfig:
         config.load_incluster_config(client_configuration=configuration)
@@ -221,6 +236,7 @@ async def _main() -> None:
         cookie_secret=cookie_secret(s),
         max_streams=s.max_streams,
         max_streams_per_user=s.max_streams_per_user,
+        image_policies=image_policies,
     )
     from urllib.parse import urlsplit
 
