@@ -14,6 +14,7 @@
 #   IMAGE_BUILDER_API_TOKEN    the builder's JupyterHub API token (default: generated per start)
 #   KUBECONFIG                 outside a cluster: the kubeconfig of the hub and the builder
 #   AICOE_BUILDER_*            passed on to the image builder service (docs/builder.md)
+import json
 import os
 import secrets
 import sys
@@ -141,6 +142,13 @@ c.JupyterHub.services = [
             "AICOE_BUILDER_NAMESPACE": namespace,
             "AICOE_BUILDER_REGISTRY": os.environ.get("AICOE_REGISTRY", "image-registry.local:5000"),
             "KUBECONFIG": os.environ.get("KUBECONFIG", ""),
+            # GET api/images lists for each user what their spawn page offers.
+            "AICOE_BUILDER_IMAGE_POLICY": json.dumps(
+                {
+                    "default_policy": c.AICoESpawner.default_policy,
+                    "group_policies": c.AICoESpawner.group_policies,
+                }
+            ),
             # Every other builder setting (AICOE_BUILDER_IMAGE, _ALLOWED_HOSTS, _PRIVATE_HOSTS,
             # _ALLOW_HTTP, _TLS_VERIFY, _WEBHOOK_SECRET, _PUSH_SECRET, ...; see
             # docs/builder.md) is passed on from the hub's environment, among them what

@@ -60,14 +60,15 @@ def builder_service_config(
     allowed_scopes: tuple[str, ...] = ("custom:image-builder:build", "custom:image-builder:admin"),
 ) -> str:
     """jupyterhub_config.py lines registering the builder as the external service
-    ``image-builder`` on 127.0.0.1:port, with its two custom scopes."""
+    ``image-builder`` on 127.0.0.1:port, with its two custom scopes. The hub waits 2 s (not
+    30) for a builder that is not listening yet: tests start it after the hub."""
     return f"""
 c.JupyterHub.custom_scopes = {{
     "custom:image-builder:build": {{"description": "submit image builds"}},
     "custom:image-builder:admin": {{"description": "see and cancel all image builds"}},
 }}
 c.JupyterHub.services.append({{"name": "image-builder", "api_token": {token!r},
-    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True,
+    "url": "http://127.0.0.1:{port}", "oauth_no_confirm": True, "timeout": 2,
     "oauth_client_allowed_scopes": {list(allowed_scopes)!r}}})
 """
 

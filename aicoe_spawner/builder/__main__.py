@@ -40,6 +40,10 @@ AICOE_BUILDER_IMPORT_NAMESPACES  comma-separated namespaces whose notebook Image
 AICOE_BUILDER_IMPORT_INTERVAL seconds between imports of importPolicy.scheduled tags (900)
 AICOE_BUILDER_IMPORT_RETRY    seconds before a failed import is tried again (120)
 AICOE_BUILDER_IMPORT_POLL     seconds between passes over the streams (30)
+AICOE_BUILDER_IMAGE_POLICY    JSON {"default_policy": {...}, "group_policies": {...}}: the
+                              spawner's dicts of the same names, so that GET api/images shows
+                              each user only the images their spawn page offers (default: all
+                              images that are not hidden)
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
 AICOE_BUILDER_BASE_IMAGE      base image of environment builds and of `source` without one
                               (default: quay.io/jupyter/minimal-notebook, pinned)
@@ -79,6 +83,7 @@ from . import imports
 from .app import SERVER_OPTIONS, make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
 from .backends.openshift import OpenShiftBackend, choose_backend
+from .catalog_view import ImagePolicies
 from .importer import Importer
 from .quota import QuotaLedger
 from .registration import Registrar
@@ -191,6 +196,7 @@ class Settings:
     import_interval: float = imports.DEFAULT_INTERVAL
     import_retry: float = imports.DEFAULT_RETRY
     import_poll: float = 30.0
+    image_policy: str = ""
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -240,7 +246,15 @@ class Settings:
             import_interval=_seconds(g, "AICOE_BUILDER_IMPORT_INTERVAL", cls.import_interval),
             import_retry=_seconds(g, "AICOE_BUILDER_IMPORT_RETRY", cls.import_retry),
             import_poll=_seconds(g, "AICOE_BUILDER_IMPORT_POLL", cls.import_poll),
+            image_policy=g("AICOE_BUILDER_IMAGE_POLICY", ""),
         )
+
+    def image_policies(self) -> ImagePolicies:
+        """The policies of ``image_policy``; SystemExit naming the variable if invalid."""
+        try:
+            return ImagePolicies.from_json(self.image_policy)
+        except ValueError as e:
+            raise SystemExit(f"AICOE_BUILDER_IMAGE_POLICY: {e}") from None
 
 
 def build_service(
@@ -383,6 +397,7 @@ async def make_service_and_importer(
 async def _main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings.from_env()
+    image_policies = s.image_policies()  # a mistake stops the builder before it serves
     configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not s.kubeconfig:
         config.load_incluster_config(client_configuration=configuration)
@@ -411,6 +426,7 @@ async def _main() -> None:
         cookie_secret=cookie_secret(s),
         max_streams=s.max_streams,
         max_streams_per_user=s.max_streams_per_user,
+        image_policies=image_policies,
     )
     from urllib.parse import urlsplit
 

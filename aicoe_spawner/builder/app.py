@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
 from ..watch import ImageStreamWatch
+from .catalog_view import ImagePolicies, render_images, shown_images, viewer_policy
 from .identity import github_identity, hub_identity
 from .page import STATIC, page_context
 from .page import environment as page_environment
@@ -89,7 +90,27 @@ def body_checked(method):
     return wrapper
 
 
-class CappedBody(web.RequestHandler):
+#: Sent with every response of the builder, as the hub sends them: no page of the builder may
+#: be framed (its Cancel and Retry buttons cannot be clickjacked), and no response is
+#: sniffed into another type than it declares.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",  # the same for browsers without CSP level 2
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class SecurityHeaders(web.RequestHandler):
+    """Every handler of the app derives from this (a test checks the routes): tornado sets
+    default headers on every response, redirects and error pages included."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
+
+class CappedBody(SecurityHeaders):
     """Every route streams its request body (tornado never buffers one) and keeps at most
     ``max_body`` bytes of it (0: the route takes none). A declared Content-Length over that is
     answered 413 in ``prepare``, before anything else (authentication included); a body that
@@ -343,43 +364,38 @@ class EventsHandler(AuthHandler):
 
 
 class ImagesHandler(AuthHandler):
+    """The catalog as the requesting user's spawn page offers it (:mod:`.catalog_view`):
+    hidden images and images their groups' policies do not allow are left out, for
+    builder admins nothing is. Rendered once per catalog change and policy (users with the
+    same groups share it), not per request."""
+
+    MAX_CACHED = 64  # bodies per catalog version (distinct policies of the users)
+
     @web.authenticated
     async def get(self) -> None:
         watch: ImageStreamWatch = self.settings["image_watch"]
         if not watch.synced:
             await watch.wait_synced(10)
-        # served from the watch: serialized once per catalog change, not per request
+        groups = (self.current_user or {}).get("groups") or []
+        key = viewer_policy(self.settings["image_policies"], groups, self.is_admin())
         cache: dict = self.settings["images_cache"]
-        key = (watch.version, watch.stale)
-        if cache.get("key") != key:
-            body = self._render(watch).encode()
-            cache.update(key=key, body=body, etag=f'"{hashlib.sha1(body).hexdigest()}"')
-        self._etag = cache["etag"]
+        if cache.get("version") != (watch.version, watch.stale):
+            cache.clear()
+            cache.update(version=(watch.version, watch.stale), bodies={})
+        bodies: dict = cache["bodies"]
+        if key not in bodies:
+            if len(bodies) >= self.MAX_CACHED:
+                bodies.clear()
+            body = render_images(shown_images(watch.catalog, key), watch.stale).encode()
+            bodies[key] = (body, f'"{hashlib.sha1(body).hexdigest()}"')
+        body, self._etag = bodies[key]
         self.set_header("Content-Type", "application/json")
-        self.finish(cache["body"])
+        self.finish(body)
 
     _etag: str | None = None
 
     def compute_etag(self) -> str | None:
         return self._etag  # the cached body's, not a hash of it per request
-
-    @staticmethod
-    def _render(watch: ImageStreamWatch) -> str:
-        images = []
-        for image in watch.catalog.images:
-            for tag in image.tags:
-                images.append(
-                    {
-                        "image": f"{image.namespace}/{image.name}:{tag.name}",
-                        "display_name": image.display_name,
-                        "phase": tag.phase.value,
-                        "digest": tag.digest,
-                        "image_ref": tag.image_ref,
-                        "message": tag.message,
-                        "build_commit": tag.build_commit,
-                    }
-                )
-        return json.dumps({"images": images, "stale": watch.stale})
 
 
 def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
@@ -493,6 +509,13 @@ class MetricsHandler(BaseHandler):
         self.finish(generate_latest(self.service.metrics.registry))
 
 
+class NotFoundHandler(BaseHandler):
+    """Every path no route serves: 404 as JSON."""
+
+    def prepare(self) -> None:
+        raise JSONError(404, f"no such page: {self.request.path[:200]}")
+
+
 class CallbackHandler(CappedBody, HubOAuthCallbackHandler):
     @property
     def hub_auth(self):
@@ -553,9 +576,11 @@ def make_app(
     cookie_secret: bytes | None = None,
     max_streams: int = 200,
     max_streams_per_user: int = 10,
+    image_policies: ImagePolicies | None = None,
 ) -> web.Application:
     """The service's tornado app. ``cookie_secret`` signs the OAuth and XSRF cookies: give
-    every replica the same one (a random one is only for a single throwaway process)."""
+    every replica the same one (a random one is only for a single throwaway process).
+    ``image_policies``: the spawner's policies, for what ``GET api/images`` shows a user."""
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     build_id = r"([^/]+)"
     routes = [
@@ -573,6 +598,7 @@ def make_app(
     ]
     return web.Application(
         routes,
+        default_handler_class=NotFoundHandler,
         build_service=service,
         hub_auth=hub_auth,
         image_watch=image_watch,
@@ -584,4 +610,5 @@ def make_app(
         max_streams=max_streams,
         max_streams_per_user=max_streams_per_user,
         images_cache={},
+        image_policies=image_policies or ImagePolicies(),
     )
