@@ -93,15 +93,7 @@ async def start_builder_hub(
 ):
     """A started hub with the builder registered on 127.0.0.1:port and ``roles`` (see
     :func:`builder_roles`)."""
-    from hub_harness import Hub
-
-    hub = Hub(
-        workdir / "hub",
-        control_plane.kubeconfig,
-        namespace,
-        free_port(),
-        builder_service_config(token, port) + builder_roles(**roles),
-    )
+    hub = builder_hub(control_plane, namespace, workdir, token, port, **roles)
     await hub.start()
     return hub
 
@@ -806,4 +798,18 @@ async def builder_state(service, kube: client.ApiClient, namespace: str) -> tupl
         records,
         sorted(j.metadata.name for j in jobs.items),
         {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in streams["items"]},
+    )
+
+
+def builder_hub(control_plane, namespace: str, workdir: Path, token: str, port: int, **roles):
+    """The hub of :func:`start_builder_hub`, not started yet: its ``url`` is known, so the
+    builder can listen before the hub starts (which then does not wait for the service)."""
+    from hub_harness import Hub
+
+    return Hub(
+        workdir / "hub",
+        control_plane.kubeconfig,
+        namespace,
+        free_port(),
+        builder_service_config(token, port) + builder_roles(**roles),
     )

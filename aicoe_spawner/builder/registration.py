@@ -232,6 +232,23 @@ def after_end(stream: dict, spec: BuildSpec, phase: str, message: str = "") -> d
     return out
 
 
+def abandoned(
+    stream: dict, active: set[tuple[str, str]], now: datetime.datetime, grace_seconds: float
+) -> bool:
+    """True for a stream of this builder that never served an image (not in the catalog),
+    none of whose tags an active build writes (``active``: (stream, tag)), created more than
+    ``grace_seconds`` ago: what a first build left when it ended in a race with a write."""
+    meta = stream.get("metadata") or {}
+    if (meta.get("labels") or {}).get(NOTEBOOK_IMAGE_LABEL) == "true":
+        return False
+    name = meta.get("name", "")
+    tags = [t.get("name") for t in (stream.get("spec") or {}).get("tags") or [] if t]
+    if any(serves_image(stream, t) for t in tags) or any((name, t) in active for t in tags):
+        return False
+    created = _parse_stamp(meta.get("creationTimestamp"))
+    return created is not None and (now - created).total_seconds() > grace_seconds
+
+
 def with_status_tag(stream: dict, spec: BuildSpec, digest: str) -> dict:
     """``stream`` with the status tags of ``spec`` whose newest item is the pushed digest."""
     out = copy.deepcopy(stream)
@@ -409,6 +426,34 @@ class Registrar:
                     raise
                 await asyncio.sleep(0.02 * (attempt + 1))
         raise RuntimeError("unreachable")
+
+    async def sweep(
+        self, namespace: str, active: set[tuple[str, str]], grace_seconds: float
+    ) -> list[str]:
+        """Delete this builder's :func:`abandoned` streams in ``namespace``; their names."""
+        now = datetime.datetime.now(datetime.UTC)
+        streams = await self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=f"{MANAGED_BY_LABEL}={MANAGER}"
+        )
+        deleted = []
+        for stream in streams.get("items") or []:
+            if not abandoned(stream, active, now, grace_seconds):
+                continue
+            meta = stream["metadata"]
+            try:
+                await self.custom.delete_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    meta["name"],
+                    body={"preconditions": {"resourceVersion": meta["resourceVersion"]}},
+                )
+                deleted.append(meta["name"])
+            except ApiException as e:
+                if e.status not in (404, 409):  # gone, or written meanwhile: next run
+                    raise
+        return deleted
 
     async def expire(self, namespace: str, now: datetime.datetime | None = None) -> list[dict]:
         """Remove the expired spec and status tags of this builder's ImageStreams in
