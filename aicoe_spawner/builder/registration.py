@@ -37,6 +37,9 @@ MANAGER = "aicoe-image-builder"
 PUBLISHER_LABEL = "aicoe-spawner.io/publisher-hash"  # user_label(publisher), to count them
 
 
+ANOTHER_REPO = "belongs to another repository"
+
+
 class OwnershipError(BuildRequestError):
     """The target stream exists and is not this builder's for the build's repository (409)."""
 
@@ -69,7 +72,7 @@ def ownership(stream: dict | None, repo: str) -> str | None:
     # streams written before the source-repo annotation: the repo link stood for it
     source = ann.get(SOURCE_REPO_ANNOTATION, ann.get(f"{A}notebook-image-url"))
     if source != repo:
-        return "belongs to another repository"
+        return ANOTHER_REPO
     return None
 
 

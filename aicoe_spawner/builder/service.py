@@ -26,7 +26,7 @@ from .backends import BackendState
 from .ci_config import parse_ci_configs
 from .publish import content_options, is_webhook, publisher_of, refusal
 from .quota import LimitError, QuotaLedger
-from .registration import OwnershipError, PublishError, ownership, tag_names
+from .registration import ANOTHER_REPO, OwnershipError, PublishError, ownership, tag_names
 from .requests import (
     BuildDefaults,
     BuildRequest,
@@ -202,7 +202,11 @@ class BuildService:
         repository's defaults ``reference`` for tags that record no options)."""
         stream = await self.registrar.read(spec)
         why = ownership(stream, spec.repo)
-        if why is not None and spec.name_field != "name":
+        # a default name, or a registry-project whose prefix (the default name) another
+        # repository has: the hashed default name
+        if why is not None and (
+            spec.name_field == "repo" or (spec.name_field != "name" and why == ANOTHER_REPO)
+        ):
             spec = replace(
                 resolve_spec(request, commit, kind, ci, self.defaults, user, hashed_name=True),
                 publisher_rights=spec.publisher_rights,
