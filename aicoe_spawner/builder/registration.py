@@ -40,6 +40,9 @@ MANAGER = "aicoe-image-builder"
 PUBLISHER_LABEL = "aicoe-spawner.io/publisher-hash"  # user_label(publisher), to count them
 
 
+ANOTHER_REPO = "belongs to another repository"
+
+
 class OwnershipError(BuildRequestError):
     """The target stream exists and is not this builder's for the build's repository (409)."""
 
@@ -72,7 +75,7 @@ def ownership(stream: dict | None, repo: str) -> str | None:
     # streams written before the source-repo annotation: the repo link stood for it
     source = ann.get(SOURCE_REPO_ANNOTATION, ann.get(f"{A}notebook-image-url"))
     if source != repo:
-        return "belongs to another repository"
+        return ANOTHER_REPO
     return None
 
 
@@ -244,6 +247,23 @@ def after_end(stream: dict, spec: BuildSpec, phase: str, message: str = "") -> d
     if not out["spec"]["tags"] and not status_tags:
         return None
     return out
+
+
+def abandoned(
+    stream: dict, active: set[tuple[str, str]], now: datetime.datetime, grace_seconds: float
+) -> bool:
+    """True for a stream of this builder that never served an image (not in the catalog),
+    none of whose tags an active build writes (``active``: (stream, tag)), created more than
+    ``grace_seconds`` ago: what a first build left when it ended in a race with a write."""
+    meta = stream.get("metadata") or {}
+    if (meta.get("labels") or {}).get(NOTEBOOK_IMAGE_LABEL) == "true":
+        return False
+    name = meta.get("name", "")
+    tags = [t.get("name") for t in (stream.get("spec") or {}).get("tags") or [] if t]
+    if any(serves_image(stream, t) for t in tags) or any((name, t) in active for t in tags):
+        return False
+    created = _parse_stamp(meta.get("creationTimestamp"))
+    return created is not None and (now - created).total_seconds() > grace_seconds
 
 
 def with_status_tag(stream: dict, spec: BuildSpec, digest: str) -> dict:
@@ -443,6 +463,34 @@ class Registrar:
                     raise
                 await asyncio.sleep(0.02 * (attempt + 1))
         raise RuntimeError("unreachable")
+
+    async def sweep(
+        self, namespace: str, active: set[tuple[str, str]], grace_seconds: float
+    ) -> list[str]:
+        """Delete this builder's :func:`abandoned` streams in ``namespace``; their names."""
+        now = datetime.datetime.now(datetime.UTC)
+        streams = await self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=f"{MANAGED_BY_LABEL}={MANAGER}"
+        )
+        deleted = []
+        for stream in streams.get("items") or []:
+            if not abandoned(stream, active, now, grace_seconds):
+                continue
+            meta = stream["metadata"]
+            try:
+                await self.custom.delete_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    meta["name"],
+                    body={"preconditions": {"resourceVersion": meta["resourceVersion"]}},
+                )
+                deleted.append(meta["name"])
+            except ApiException as e:
+                if e.status not in (404, 409):  # gone, or written meanwhile: next run
+                    raise
+        return deleted
 
     async def expire(self, namespace: str, now: datetime.datetime | None = None) -> list[dict]:
         """Remove the expired spec and status tags of this builder's ImageStreams in

@@ -27,7 +27,7 @@ from .ci_config import parse_ci_configs
 from .environment import build_view, wanted_files
 from .publish import content_options, is_webhook, publisher_of, refusal
 from .quota import LimitError, QuotaLedger
-from .registration import OwnershipError, PublishError, ownership
+from .registration import ANOTHER_REPO, OwnershipError, PublishError, ownership, tag_names
 from .requests import (
     BuildDefaults,
     BuildRequest,
@@ -246,7 +246,11 @@ class BuildService:
         repository's defaults ``reference`` for tags that record no options)."""
         stream = await self.registrar.read(spec)
         why = ownership(stream, spec.repo)
-        if why is not None and spec.name_field != "name":
+        # a default name, or a registry-project whose prefix (the default name) another
+        # repository has: the hashed default name
+        if why is not None and (
+            spec.name_field == "repo" or (spec.name_field != "name" and why == ANOTHER_REPO)
+        ):
             spec = replace(
                 resolve_spec(
                     request, commit, kind, ci, self.defaults, user, hashed_name=True, view=view
@@ -682,7 +686,8 @@ class BuildService:
 
     async def cleanup_once(self) -> dict[str, list]:
         """Expired branch images (spec and status tags, a stream left empty, and the records
-        of their builds), records past their retention, finished build Jobs/Builds past
+        of their builds), streams that never served an image and no active build writes
+        (past the quota grace), records past their retention, finished build Jobs/Builds past
         theirs, old webhook deliveries and stale quota admissions. Safe to run on every
         replica at once (deletes of what is gone are no-ops). Reads the active records and
         the metadata of finished ones, never the whole history."""
@@ -720,16 +725,20 @@ class BuildService:
                 await self.backend.delete_object(namespace, name)
                 deleted_objects.append(name)
         pruned = await self.ledger.prune(active, self.limits.quota_grace_seconds)
+        written = {(b.spec.stream, t) for b in records if b.active for t in tag_names(b.spec)}
+        swept = await self.registrar.sweep(namespace, written, self.limits.quota_grace_seconds)
         deliveries = await self.store.expire_deliveries(retention)
-        if removed or deleted_objects or deleted_records or pruned or deliveries:
+        if removed or deleted_objects or deleted_records or pruned or deliveries or swept:
             log.info(
                 "cleanup: expired %s; deleted records %s and build objects %s; "
-                "pruned admissions %s; forgot %d webhook deliveries",
+                "pruned admissions %s; forgot %d webhook deliveries; removed streams that "
+                "never served an image %s",
                 [f"{r['stream']}:{r['tag']}" if r["tag"] else r["stream"] for r in removed],
                 deleted_records,
                 deleted_objects,
                 pruned,
                 len(deliveries),
+                swept,
             )
         return {"expired": removed, "records": deleted_records, "objects": deleted_objects}
 

@@ -15,9 +15,9 @@ from builder_harness import (
     GitServer,
     Registry,
     api_call,
+    builder_hub,
     github_signature,
     push_base_image,
-    start_builder_hub,
     user_tokens,
 )
 from kube_helpers import wait_for
@@ -42,7 +42,7 @@ async def env(kube, control_plane, tmp_path_factory):
     base = push_base_image(registry, tmp_path)
     token = secrets.token_hex(16)
     port = free_port()
-    hub = await start_builder_hub(
+    hub = builder_hub(
         control_plane,
         namespace,
         tmp_path,
@@ -64,6 +64,7 @@ async def env(kube, control_plane, tmp_path_factory):
         max_per_user=2,
         max_total=10,
     )
+    await hub.start()  # the builder listens already: the hub need not wait for it
     service, runner = stack.service, stack.runner
     git.create_repo("bad", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
     tokens = await user_tokens(hub, ("alice", "bob", "root", "eve"))

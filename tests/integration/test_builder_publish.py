@@ -15,11 +15,11 @@ from builder_harness import (
     BuilderStack,
     GitServer,
     api_call,
+    builder_hub,
     builder_state,
     complete_job,
     digest_of,
     push_unpublished_ref,
-    start_builder_hub,
     user_tokens,
 )
 from kube_helpers import wait_for
@@ -45,7 +45,7 @@ async def env(kube, control_plane, tmp_path_factory):
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": namespace}})
     git = GitServer(tmp_path / "git")
     token, port = secrets.token_hex(16), free_port()
-    hub = await start_builder_hub(
+    hub = builder_hub(
         control_plane,
         namespace,
         tmp_path,
@@ -66,6 +66,7 @@ async def env(kube, control_plane, tmp_path_factory):
         max_total=60,
     )
     stack.runner.paused = True  # the test finishes Jobs (complete_job); none runs
+    await hub.start()  # the builder listens already: the hub need not wait for it
     e = type("Env", (), {})()
     e.url, e.git, e.kube, e.namespace = stack_url(port), git, kube, namespace
     e.tokens, e.service = await user_tokens(hub, USERS), stack.service
@@ -293,7 +294,9 @@ async def test_the_catalog_shows_a_stream_once_it_is_ready_and_nothing_of_an_abo
     e.git.create_repo("pub-fails", {"Dockerfile": "FROM scratch\n"}, tag="v1")
     status, b = await build(e, "bob", "pub-fails")
     assert status == 202 and await stream(e, "pub-fails") is not None
-    await client.BatchV1Api(e.kube).delete_namespaced_job(f"imgbuild-{b['id']}", e.namespace)
+    await client.BatchV1Api(e.kube).delete_namespaced_job(
+        f"imgbuild-{b['id']}", e.namespace, propagation_policy="Background"
+    )  # the Job gone before its result was read: the build fails
     assert (await phase(e, "bob", b["id"], "failed"))["phase"] == "failed"
     assert await stream(e, "pub-fails") is None
     assert await images(e) == shown

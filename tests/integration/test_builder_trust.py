@@ -18,10 +18,10 @@ from builder_harness import (
     JobRunner,
     Registry,
     api_call,
+    builder_hub,
     github_signature,
     local_settings,
     push_base_image,
-    start_builder_hub,
     user_tokens,
 )
 from kube_helpers import create_imagestream, wait_for
@@ -63,7 +63,7 @@ async def env(kube, control_plane, tmp_path_factory):
     )
     token = secrets.token_hex(16)
     port = free_port()
-    hub = await start_builder_hub(
+    hub = builder_hub(
         control_plane,
         namespace,
         tmp_path,
@@ -85,6 +85,7 @@ async def env(kube, control_plane, tmp_path_factory):
         max_total=40,
         push_secret="push-creds",
     )
+    await hub.start()  # the builder listens already: the hub need not wait for it
     tokens = await user_tokens(hub, USERS)
     e = type("Env", (), {})()
     e.url, e.tokens, e.git, e.base, e.kube, e.namespace = (

@@ -21,7 +21,13 @@ from aicoe_spawner.builder.publish import (
     refusal,
     tag_options,
 )
-from aicoe_spawner.builder.registration import after_end, new_stream, with_status_tag, with_tag
+from aicoe_spawner.builder.registration import (
+    abandoned,
+    after_end,
+    new_stream,
+    with_status_tag,
+    with_tag,
+)
 from aicoe_spawner.builder.requests import (
     BuildDefaults,
     BuildRequestError,
@@ -240,3 +246,16 @@ def test_a_stream_enters_the_catalog_with_its_first_ready_tag():
     label = "opendatahub.io/notebook-image"
     assert label not in with_tag(new_stream(s), s, "building")["metadata"]["labels"]
     assert published(s)["metadata"]["labels"][label] == "true"
+
+
+def test_a_stream_no_build_writes_and_that_never_served_is_abandoned():
+    import datetime
+
+    s = spec()
+    stream = with_tag(new_stream(s), s, "building")
+    stream["metadata"]["creationTimestamp"] = "2025-01-01T00:00:00Z"
+    now = datetime.datetime(2025, 1, 1, 0, 10, tzinfo=datetime.UTC)
+    assert abandoned(stream, set(), now, 300)
+    assert not abandoned(stream, {(s.stream, "v1")}, now, 300)  # a build still writes it
+    assert not abandoned(stream, set(), now, 3600)  # within the grace
+    assert not abandoned(published(s) | {"metadata": stream["metadata"]}, set(), now, 300)
