@@ -429,10 +429,16 @@ async def _fetch(repo: str, commit: str, ref: str, tmp: str, blob_limit: int | N
         r = await _run((*base, ref), cwd=tmp, protocols=p, disk_limit=MAX_FETCH_BYTES)
     if r.code:
         raise BuildRequestError("repo", f"cannot fetch {commit[:12]}: {r.failure()}", 422)
-    # not a promisor any more: a missing (filtered) blob is missing, never fetched lazily
-    await _run(("config", "--remove-section", f"remote.{repo}"), cwd=tmp)
-    got = await _run(("rev-parse", "FETCH_HEAD"), cwd=tmp)
-    if got.out.decode(errors="replace").strip() != commit:
+    # not a promisor any more (the remote's section, which fetch appended, goes): a missing
+    # (filtered) blob is missing, never fetched lazily
+    config = os.path.join(tmp, "config")
+    with open(config) as f:
+        text = f.read()
+    with open(config, "w") as f:
+        f.write(text.split("\n[remote ", 1)[0] + "\n")
+    with open(os.path.join(tmp, "FETCH_HEAD")) as f:
+        got = f.read(200).split("\t", 1)[0].strip()
+    if got != commit:
         raise BuildRequestError("ref", f"{ref!r} moved while reading it; retry", 409)
 
 

@@ -132,6 +132,8 @@ class BuildService:
         self.metrics = metrics or Metrics()
         self.ledger = ledger or QuotaLedger(store.core.api_client, store.namespace)
         self.builds: dict[str, Build] = {}  # active builds (and recently finished ones)
+        # requests in progress here: (requester, request) -> their answer
+        self._in_progress: dict[tuple[str, BuildRequest], asyncio.Future] = {}
         self.log_lines: dict[str, list[str]] = {}  # running builds' logs, read from the pod
         self._log_text: dict[str, str] = {}
         self._tail_written: dict[str, float] = {}
@@ -161,7 +163,32 @@ class BuildService:
         returned nor replaced. Who may publish what to an existing stream: :mod:`.publish`
         (``admin``: a builder admin, who may publish anything). The request counts against
         the requester's limit from before its git work (429 before any git process starts)
-        until it ends; builds are admitted atomically (ledger) after it."""
+        until it ends; builds are admitted atomically (ledger) after it. The same request of
+        the same requester while one is in progress on this replica waits for that one's
+        answer (200), taking no place of its own (a double submit)."""
+        key = (user, request, admin)
+        first = self._in_progress.get(key)
+        if first is not None:
+            _, builds = await asyncio.shield(first)
+            return 200, builds
+        first = self._in_progress[key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await self._submit_held(request, user, admin)
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
+        except BaseException as e:
+            first.set_exception(e)
+            first.exception()  # retrieved: nobody need wait for it
+            raise
+        finally:
+            del self._in_progress[key]
+        first.set_result(result)
+        return result
+
+    async def _submit_held(
+        self, request: BuildRequest, user: str, admin: bool
+    ) -> tuple[int, list[Build]]:
         limits = self.limits
         try:
             slot = await self.ledger.hold(user, limits.per_user, limits.total)
