@@ -276,3 +276,12 @@ common label). */}}
     {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* imagePullSecrets of a pod spec (JSON) from a list of Secret names. */}}
+{{- define "aicoe-spawner.pullSecrets" -}}
+{{- $refs := list -}}
+{{- range . -}}
+{{- $refs = append $refs (dict "name" .) -}}
+{{- end -}}
+{{- toJson $refs -}}
+{{- end -}}
