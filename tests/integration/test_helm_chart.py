@@ -563,3 +563,34 @@ def test_openshift_assigns_the_uids():
     for deployment in by_kind(render("openshift"), "Deployment"):
         security = deployment["spec"]["template"]["spec"]["securityContext"]
         assert security == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def test_every_pod_gets_its_pull_secrets(tmp_path, monkeypatch):
+    values = {
+        "hub.image.pullSecrets": ["hub-pull"],
+        "proxy.chp.image.pullSecrets": ["proxy-pull"],
+        "singleuser.imagePullSecrets": ["notebooks-pull"],
+    }
+    docs = render(values=values)
+    pulls = {
+        d["metadata"]["name"].removeprefix("aicoe-aicoe-spawner-"): d["spec"]["template"]["spec"][
+            "imagePullSecrets"
+        ]
+        for d in by_kind(docs, "Deployment")
+    }
+    assert pulls == {
+        "hub": [{"name": "hub-pull"}],
+        "builder": [{"name": "hub-pull"}],  # the same image by default
+        "proxy": [{"name": "proxy-pull"}],
+    }
+    own = render(values={**values, "builder.image.pullSecrets": ["builder-pull"]})
+    builder = one(own, "Deployment", "aicoe-aicoe-spawner-builder")["spec"]["template"]["spec"]
+    assert builder["imagePullSecrets"] == [{"name": "builder-pull"}]
+    c = load_chart_config(tmp_path, monkeypatch, values=values)
+    assert c.KubeSpawner.image_pull_secrets == ["notebooks-pull"]
+    plain = render()
+    assert not [
+        d
+        for d in by_kind(plain, "Deployment")
+        if "imagePullSecrets" in d["spec"]["template"]["spec"]
+    ]

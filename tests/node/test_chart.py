@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from browser import CHROMIUM, CHROMIUM_ARGS
-from helm_chart import CHART, egress_allows, helm
+from helm_chart import CHART, egress_allows, helm, selects
 from kubernetes_asyncio import client
 from node_harness import NodeCluster, start_node_cluster, stop_node_cluster
 from playwright.async_api import async_playwright, expect
@@ -119,6 +119,7 @@ def node_values(cluster: NodeCluster, git: GitServer) -> dict:
             "service": {"type": "NodePort"},
         },
         "ingress": {"enabled": False},
+        "networkPolicy": {"dnsCIDRs": here},  # CoreDNS runs on the node, not as a pod
         "imageStreams": {"examples": {"enabled": False}},
         "singleuser": {"storage": {"type": "none"}},
         "builder": {
@@ -132,7 +133,6 @@ def node_values(cluster: NodeCluster, git: GitServer) -> dict:
                 "AICOE_BUILDER_TLS_VERIFY": "false",
             },
             "networkPolicy": {
-                "dnsCIDRs": here,
                 "gitCIDRs": here,
                 "gitExcept": [],
                 "gitPorts": [git.port],
@@ -283,6 +283,7 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
                 assert errors == [], errors
 
                 user_pod = await one_user_pod(core)
+                await policies_select_their_pods(cluster, core, user_pod)
                 built = (await core.read_namespaced_pod(user_pod, NAMESPACE)).spec.containers[0]
                 assert built.image.startswith(f"{node.registry}/"), built.image
                 restarted = {name: n for name, n in (await restarts(core)).items() if n}
@@ -367,6 +368,46 @@ async def policy_selects_build_pods_and_allows_their_peers(
     assert egress_allows(policy, node.node_ip, registry_port)
     assert not egress_allows(policy, node.node_ip, cluster.plane.apiserver_port)
     assert not egress_allows(policy, "10.0.0.1", 443)  # the API server's Service
+
+
+async def policies_select_their_pods(
+    cluster: NodeCluster, core: client.CoreV1Api, user_pod: str
+) -> None:
+    """Each NetworkPolicy of the release namespace selects exactly its component's pods that
+    run (the user's notebook pod for the singleuser policy), and the user policy admits no
+    private address (another user's pod, the metadata address) beyond DNS."""
+    api_path = f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies"
+    pods = [
+        p
+        for p in (await core.list_namespaced_pod(NAMESPACE)).items
+        if p.metadata.deletion_timestamp is None
+    ]
+    expected = {
+        f"{RELEASE}-hub": "hub",
+        f"{RELEASE}-proxy": "proxy",
+        f"{RELEASE}-builder": "image-builder",
+        f"{RELEASE}-singleuser": None,
+    }
+    for name, component in expected.items():
+        policy = cluster.plane.get(f"{api_path}/{name}")
+        assert policy is not None, name
+        selected = [
+            p.metadata.name
+            for p in pods
+            if selects(policy["spec"]["podSelector"], p.metadata.labels or {})
+        ]
+        if component is None:
+            assert selected == [user_pod], (name, selected)
+        else:
+            assert selected and all(
+                p.metadata.labels.get("app.kubernetes.io/component") == component
+                for p in pods
+                if p.metadata.name in selected
+            ), (name, selected)
+    user = cluster.plane.get(f"{api_path}/{RELEASE}-singleuser")
+    pod_ips = [p.status.pod_ip for p in pods if p.status.pod_ip]
+    assert pod_ips and not [ip for ip in pod_ips if egress_allows(user, ip, 8888)]
+    assert not egress_allows(user, "169.254.169.254", 80)
 
 
 def parse_quantity(value: str) -> int:

@@ -50,6 +50,8 @@ if singleuser.get("fsGid") is not None:
     c.KubeSpawner.fs_gid = singleuser["fsGid"]
 c.KubeSpawner.pod_security_context = dict(singleuser.get("podSecurityContext") or {})
 c.KubeSpawner.container_security_context = dict(singleuser.get("containerSecurityContext") or {})
+if singleuser.get("imagePullSecrets"):
+    c.KubeSpawner.image_pull_secrets = list(singleuser["imagePullSecrets"])
 
 storage = values["singleuser"]["storage"]
 if storage["type"] == "dynamic":

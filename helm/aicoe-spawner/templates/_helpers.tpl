@@ -190,9 +190,9 @@ pods yourself after changing its content).
 {{- printf "%s.%s-%s" $root.Release.Namespace (include "aicoe-spawner.fullname" $root) (index . 1) -}}
 {{- end -}}
 
-{{/* NetworkPolicy egress rules to the cluster DNS (builder.networkPolicy.dns*). */}}
+{{/* NetworkPolicy egress rule to the cluster DNS (networkPolicy.dns*). */}}
 {{- define "aicoe-spawner.dnsEgress" -}}
-{{- $np := .Values.builder.networkPolicy -}}
+{{- $np := .Values.networkPolicy -}}
 - to:
     {{- with $np.dnsPeers }}
     {{- toYaml . | nindent 4 }}
@@ -230,4 +230,58 @@ pods yourself after changing its content).
 aicoe_spawner/builder/backends/kubernetes.py), as a CEL list. */}}
 {{- define "aicoe-spawner.buildCapabilities" -}}
 ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETFCAP", "SETGID", "SETUID", "SYS_CHROOT", "MKNOD", "SYS_ADMIN"]
+{{- end -}}
+
+{{/* A NetworkPolicy peer: the pods of this release's component (list $ "hub"). */}}
+{{- define "aicoe-spawner.componentPeer" -}}
+{{- $root := index . 0 -}}
+- podSelector:
+    matchLabels:
+      {{- include "aicoe-spawner.selectorLabels" $root | nindent 6 }}
+      app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* A NetworkPolicy peer: the users' pods (KubeSpawner's component label and the chart's
+common label). */}}
+{{- define "aicoe-spawner.userPeer" -}}
+- podSelector:
+    matchLabels:
+      component: singleuser-server
+      app.kubernetes.io/part-of: aicoe-spawner
+{{- end -}}
+
+{{/* NetworkPolicy egress rule to public addresses (networkPolicy.privateRanges excepted). */}}
+{{- define "aicoe-spawner.internetEgress" -}}
+- to:
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        except: {{ toJson .Values.networkPolicy.privateRanges }}
+{{- end -}}
+
+{{/* NetworkPolicy egress rule to the API server (builder.networkPolicy.apiServer*). */}}
+{{- define "aicoe-spawner.apiServerEgress" -}}
+{{- $np := .Values.builder.networkPolicy -}}
+{{- if $np.apiServerCIDRs -}}
+- to:
+    {{- range $np.apiServerCIDRs }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+        {{- if $np.apiServerExcept }}
+        except: {{ toJson $np.apiServerExcept }}
+        {{- end }}
+    {{- end }}
+  ports:
+    {{- range $np.apiServerPorts }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* imagePullSecrets of a pod spec (JSON) from a list of Secret names. */}}
+{{- define "aicoe-spawner.pullSecrets" -}}
+{{- $refs := list -}}
+{{- range . -}}
+{{- $refs = append $refs (dict "name" .) -}}
+{{- end -}}
+{{- toJson $refs -}}
 {{- end -}}
