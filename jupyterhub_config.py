@@ -143,7 +143,10 @@ c.JupyterHub.services = [
             "KUBECONFIG": os.environ.get("KUBECONFIG", ""),
             # Every other builder setting (AICOE_BUILDER_IMAGE, _ALLOWED_HOSTS, _PRIVATE_HOSTS,
             # _ALLOW_HTTP, _TLS_VERIFY, _WEBHOOK_SECRET, _PUSH_SECRET, ...; see
-            # docs/builder.md) is passed on from the hub's environment.
+            # docs/builder.md) is passed on from the hub's environment, among them what
+            # environment builds use: _BASE_IMAGE (default
+            # quay.io/jupyter/minimal-notebook:2025-10-06), _PYTHON_BASE_IMAGES,
+            # _PACKAGE_INDEX_URL, _APT_SOURCES.
             **{k: v for k, v in os.environ.items() if k.startswith("AICOE_BUILDER_")},
         },
     }

@@ -24,7 +24,7 @@ from pathlib import Path
 from kubernetes_asyncio import client
 
 from .devcluster import ControlPlane, api_client, install_crds
-from .devcluster.controlplane import REPO_ROOT, free_port
+from .devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
 from .devcluster.gitserver import GitServer
 from .devcluster.node import RealNode, processes_mentioning
 
@@ -146,7 +146,8 @@ def stop_process_group(proc: subprocess.Popen | None, timeout: float = 20) -> No
 class Demo:
     """The product on a cluster with a real node: example repositories on a git server that
     pods reach, a base notebook ImageStream, and JupyterHub from the example config with the
-    builder as a hub-managed service. ``extra_config`` is appended to the hub's config."""
+    builder as a hub-managed service. ``extra_config`` is appended to the hub's config;
+    ``extra_env``: more builder settings (``AICOE_BUILDER_*``, e.g. the package index)."""
 
     def __init__(
         self,
@@ -155,8 +156,10 @@ class Demo:
         workdir: Path,
         port: int,
         extra_config: str = "",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.plane, self.node = plane, node
+        self.extra_env = dict(extra_env or {})
         self.workdir = workdir
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -186,7 +189,7 @@ class Demo:
         if self.extra_config:
             config.write_text(config.read_text() + textwrap.dedent(self.extra_config))
         env = dict(
-            os.environ,
+            this_checkout_env(dict(os.environ)),
             KUBECONFIG=str(self.plane.kubeconfig),
             AICOE_NAMESPACE=NAMESPACE,
             AICOE_REGISTRY=node.registry,
@@ -195,6 +198,11 @@ class Demo:
             AICOE_BUILDER_PRIVATE_HOSTS=node.node_ip,
             AICOE_BUILDER_ALLOW_HTTP="true",
             AICOE_BUILDER_TLS_VERIFY="false",
+            # environment builds on the local notebook image (Python 3.11): the default
+            # (quay.io) is not reachable from this machine's node
+            AICOE_BUILDER_BASE_IMAGE=node.images["notebook"],
+            AICOE_BUILDER_PYTHON_BASE_IMAGES=f"3.11={node.images['notebook']}",
+            **self.extra_env,
         )
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.hub_log.open("ab") as hub_log:

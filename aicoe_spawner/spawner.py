@@ -24,6 +24,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, d
 from . import options as opts
 from .catalog import NOTEBOOK_IMAGE_LABEL
 from .form_view import FormView
+from .home_seed import HomeSeed
 from .pod import ANNOTATION_PREFIX, APPLIED_TRAITS, PodShaping
 from .secret_env import SECRET_ENV_COMPONENT, SecretEnv, without_secret_values
 from .watch import ImageStreamWatch
@@ -85,7 +86,7 @@ def _never_store_secret_values(target, value, oldvalue, initiator):
     return without_secret_values(value)
 
 
-class AICoESpawner(FormView, PodShaping, SecretEnv, KubeSpawner):
+class AICoESpawner(FormView, PodShaping, SecretEnv, HomeSeed, KubeSpawner):
     """Spawns notebook pods from Open Data Hub notebook ImageStreams, at a chosen size."""
 
     image_namespaces = List(
@@ -224,6 +225,25 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, KubeSpawner):
     )
     form_filter_threshold = Int(
         8, config=True, help="Show a filter box above the images when there are more than this."
+    )
+    seed_home = Bool(
+        True,
+        config=True,
+        help="""Copy the image's home folder into the user's home volume when a server starts,
+        so that the repository's files a built image keeps in the home are there although a
+        persistent volume is mounted over it. Only when a writable volume is mounted at
+        home_path: an init container runs the same image (same digest, securityContext and
+        resources as the notebook) and copies every file or folder the volume does not have
+        yet; nothing that exists is overwritten. Once per image digest (marker
+        .aicoe-spawner/seeded/<digest> in the home): a file the user deleted comes back only
+        with a new image. False: the volume is mounted as it is.""",
+    )
+    home_path = Unicode(
+        "/home/jovyan",
+        config=True,
+        help="""The notebook user's home folder in the offered images (where built images keep
+        the repository's files; /home/jovyan in Jupyter's images, /opt/app-root/src in Open
+        Data Hub's). seed_home acts when a volume is mounted exactly here.""",
     )
 
     @validate("sizes")

@@ -25,7 +25,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from aicoe_spawner.builder.__main__ import Settings
 from aicoe_spawner.devcluster import gitserver
-from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_spawner.devcluster.controlplane import free_port, this_checkout_env
 
 MERGE = "application/merge-patch+json"
 
@@ -35,15 +35,19 @@ MERGE = "application/merge-patch+json"
 
 def local_settings(namespace: str, registry: str, **overrides) -> Settings:
     """Builder settings for this machine: the loopback Git server and registry allowed
-    explicitly (the defaults refuse them), plain HTTP, no TLS verification."""
+    explicitly (the defaults refuse them), plain HTTP, no TLS verification, and no image
+    check (the busybox base image has no jupyterhub; ``check_image=True`` turns it on)."""
     return Settings(
-        namespace=namespace,
-        registry=registry,
-        allowed_hosts=(),
-        private_hosts=("127.0.0.1",),
-        allow_http=True,
-        tls_verify=False,
-        **overrides,
+        **{
+            "namespace": namespace,
+            "registry": registry,
+            "allowed_hosts": (),
+            "private_hosts": ("127.0.0.1",),
+            "allow_http": True,
+            "tls_verify": False,
+            "check_image": False,
+            **overrides,
+        }
     )
 
 
@@ -496,6 +500,7 @@ class JobRunner:
             PATH=os.environ["PATH"],
             HOME=str(own),
             TERMINATION_LOG=str(own / "termination-log"),
+            BUILD_TERMINATION_LOG=str(own / "termination-log"),
             TMPDIR=str(own),
         )
         self.environments[job][container["name"]] = env
@@ -722,8 +727,7 @@ class BuilderProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}{prefix}"
         self.log_path = workdir / f"builder-{port}.log"
-        self.env = dict(
-            os.environ,
+        self.env = this_checkout_env(os.environ) | dict(
             AICOE_BUILDER_NAMESPACE=namespace,
             AICOE_BUILDER_REGISTRY="registry.local:5000",
             AICOE_BUILDER_ALLOWED_HOSTS="",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import json
 import os
 import re
 import secrets
@@ -14,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT, free_port
+from aicoe_spawner.devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
 
 CHP = REPO_ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 
@@ -119,7 +122,9 @@ class Hub:
     # -- process ---------------------------------------------------------------------------
 
     async def start(self, timeout: float = 60) -> Hub:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        env = this_checkout_env(
+            dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        )
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
@@ -337,3 +342,48 @@ def files_containing(directory: Path, needle: str) -> list[str]:
     return [
         p.name for p in directory.iterdir() if p.is_file() and needle.encode() in p.read_bytes()
     ]
+
+
+async def run_in_kernel(hub, user: str, token: str, code: str) -> str:
+    """Run ``code`` in a new kernel of the user's server (through the proxy at ``hub.url``:
+    a :class:`Hub` or the demo); its stdout."""
+    headers = {"Authorization": f"token {token}"}
+    base = f"{hub.url}/user/{user}/api"
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(f"{base}/kernels", json={"name": "python3"}) as r:
+            assert r.status == 201, (r.status, await r.text())
+            kernel = await r.json()
+        msg_id = uuid.uuid4().hex
+        request = {
+            "header": {
+                "msg_id": msg_id,
+                "username": user,
+                "session": uuid.uuid4().hex,
+                "msg_type": "execute_request",
+                "version": "5.3",
+                "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": {"code": code, "silent": False, "allow_stdin": False},
+            "channel": "shell",
+            "buffers": [],
+        }
+        out = []
+        ws_url = f"{base}/kernels/{kernel['id']}/channels".replace("http://", "ws://")
+        async with session.ws_connect(ws_url) as ws:
+            await ws.send_str(json.dumps(request))
+            async with asyncio.timeout(120):
+                async for frame in ws:
+                    msg = json.loads(frame.data)
+                    if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                        continue
+                    if msg["msg_type"] == "stream":
+                        out.append(msg["content"]["text"])
+                    if msg["msg_type"] == "error":
+                        raise AssertionError("\n".join(msg["content"]["traceback"]))
+                    if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                        break
+        async with session.delete(f"{base}/kernels/{kernel['id']}") as r:
+            assert r.status == 204
+    return "".join(out)

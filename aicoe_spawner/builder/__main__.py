@@ -28,7 +28,23 @@ AICOE_BUILDER_COOKIE_SECRET   secret signing the OAuth and XSRF cookies (hex, or
                               from JUPYTERHUB_API_TOKEN, which every replica shares too
 AICOE_BUILDER_MAX_STREAMS, AICOE_BUILDER_MAX_STREAMS_PER_USER  open event streams per replica
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
+AICOE_BUILDER_HUB_VERSION     the hub's JupyterHub version, whose major version every built image
+                              must have (default: asked from $JUPYTERHUB_API_URL at start)
+AICOE_BUILDER_CHECK_IMAGE     "false": offer built images without checking them (docs/builder.md)
 AICOE_BUILDER_KUBECONFIG      kubeconfig (default: in-cluster, else $KUBECONFIG)
+AICOE_BUILDER_BASE_IMAGE      base image of environment builds and of `source` without one
+                              (default: quay.io/jupyter/minimal-notebook, pinned)
+AICOE_BUILDER_PYTHON_BASE_IMAGES  ``3.12=<image>,3.11=<image>``: the Python versions a
+                              runtime.txt / .python-version may name, and their base images
+AICOE_BUILDER_PACKAGE_INDEX_URL   PEP 503 index environment builds install from (pip, uv,
+                              micropipenv); AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST: its host
+                              when it is plain http
+AICOE_BUILDER_APT_SOURCES     sources.list lines (newline or ';' separated) apt.txt installs
+                              from, instead of the base image's own
+AICOE_BUILDER_NOTEBOOK_USER, AICOE_BUILDER_NOTEBOOK_HOME  owner (uid:gid, default 1000:100)
+                              and place (default /home/jovyan) of the repository's files
+AICOE_BUILDER_LAYER_CACHE     "true": environment builds keep their layers in the registry
+                              (<registry>/<org>/<stream>-cache, buildah --cache-from/--cache-to)
 AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the service URL;
                               "0.0.0.0" when the URL names a Service, e.g. in z2jh's hub pod)
 """
@@ -37,12 +53,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from jupyterhub.services.auth import HubOAuth
 from kubernetes_asyncio import client, config
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 
 from ..options import parse_memory
@@ -52,7 +71,13 @@ from .backends.kubernetes import JobConfig, KubernetesBackend
 from .backends.openshift import OpenShiftBackend, choose_backend
 from .quota import QuotaLedger
 from .registration import Registrar
-from .requests import BuildDefaults, RepoPolicy
+from .requests import (
+    DEFAULT_BASE_IMAGE,
+    BuildDefaults,
+    BuildRequestError,
+    RepoPolicy,
+    validate_image,
+)
 from .service import BuildService, Limits
 from .store import BuildStore
 
@@ -70,6 +95,32 @@ def _quantity(value: str) -> str:
     except ValueError as e:
         raise SystemExit(f"AICOE_BUILDER_BUILD_STORAGE: {e}") from None
     return value
+
+
+#: runtime.txt / .python-version versions offered by default (Jupyter Docker Stacks' tags)
+DEFAULT_PYTHON_BASE_IMAGES = (
+    ("3.11", "quay.io/jupyter/minimal-notebook:python-3.11"),
+    ("3.12", "quay.io/jupyter/minimal-notebook:python-3.12"),
+    ("3.13", "quay.io/jupyter/minimal-notebook:python-3.13"),
+)
+
+
+def _python_images(value: str | None) -> tuple[tuple[str, str], ...]:
+    """``3.12=<image>,3.11=<image>`` -> pairs, checked at start."""
+    if value is None:
+        return DEFAULT_PYTHON_BASE_IMAGES
+    out = []
+    for item in _list(value):
+        version, sep, image = item.partition("=")
+        if not sep or not re.fullmatch(r"\d+\.\d+", version.strip()):
+            raise SystemExit(
+                f"AICOE_BUILDER_PYTHON_BASE_IMAGES: {item!r} is not <major.minor>=<image>"
+            )
+        try:
+            out.append((version.strip(), validate_image(image.strip(), "image")))
+        except BuildRequestError as e:
+            raise SystemExit(f"AICOE_BUILDER_PYTHON_BASE_IMAGES: {e}") from None
+    return tuple(out)
 
 
 @dataclass
@@ -98,6 +149,16 @@ class Settings:
     cookie_secret: str = ""
     max_streams: int = 200
     max_streams_per_user: int = 10
+    base_image: str = DEFAULT_BASE_IMAGE
+    python_base_images: tuple[tuple[str, str], ...] = DEFAULT_PYTHON_BASE_IMAGES
+    package_index_url: str = ""
+    package_index_trusted_host: str = ""
+    apt_sources: tuple[str, ...] = ()
+    notebook_user: str = "1000:100"
+    notebook_home: str = "/home/jovyan"
+    layer_cache: bool = False
+    hub_version: str = ""  # "" = ask the hub's API at start
+    check_image: bool = True
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -127,6 +188,20 @@ class Settings:
             cookie_secret=g("AICOE_BUILDER_COOKIE_SECRET", ""),
             max_streams=int(g("AICOE_BUILDER_MAX_STREAMS", "200")),
             max_streams_per_user=int(g("AICOE_BUILDER_MAX_STREAMS_PER_USER", "10")),
+            base_image=g("AICOE_BUILDER_BASE_IMAGE") or DEFAULT_BASE_IMAGE,
+            python_base_images=_python_images(g("AICOE_BUILDER_PYTHON_BASE_IMAGES")),
+            package_index_url=g("AICOE_BUILDER_PACKAGE_INDEX_URL", ""),
+            package_index_trusted_host=g("AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST", ""),
+            apt_sources=tuple(
+                line.strip()
+                for line in re.split(r"[;\n]", g("AICOE_BUILDER_APT_SOURCES", ""))
+                if line.strip()
+            ),
+            notebook_user=g("AICOE_BUILDER_NOTEBOOK_USER") or "1000:100",
+            notebook_home=g("AICOE_BUILDER_NOTEBOOK_HOME") or "/home/jovyan",
+            layer_cache=g("AICOE_BUILDER_LAYER_CACHE", "") == "true",
+            hub_version=g("AICOE_BUILDER_HUB_VERSION", ""),
+            check_image=g("AICOE_BUILDER_CHECK_IMAGE", "true") != "false",
         )
 
 
@@ -146,11 +221,19 @@ def build_service(
                 timeout_seconds=s.timeout,
                 namespace=s.build_namespace,
                 storage_size=s.build_storage,
+                check_image=s.check_image,
+                hub_version=s.hub_version,
             ),
             log_reader=log_reader,
         )
     elif name == "openshift":
-        impl = OpenShiftBackend(api, timeout_seconds=s.timeout, log_reader=log_reader)
+        impl = OpenShiftBackend(
+            api,
+            timeout_seconds=s.timeout,
+            log_reader=log_reader,
+            check_image=s.check_image,
+            hub_version=s.hub_version,
+        )
     elif name == "auto":
         raise ValueError("backend 'auto' is resolved by make_service (API discovery)")
     else:
@@ -161,7 +244,18 @@ def build_service(
         # On OpenShift the build's output and the image controller write the ImageStream tag
         Registrar(api, write_status=name == "kubernetes", branch_ttl_seconds=s.branch_ttl),
         policy=RepoPolicy(s.allowed_hosts, s.private_hosts, s.allow_http),
-        defaults=BuildDefaults(namespace=s.namespace, registry=s.registry),
+        defaults=BuildDefaults(
+            namespace=s.namespace,
+            registry=s.registry,
+            base_image=s.base_image,
+            python_base_images=s.python_base_images,
+            package_index_url=s.package_index_url,
+            trusted_host=s.package_index_trusted_host,
+            apt_sources=s.apt_sources,
+            notebook_user=s.notebook_user,
+            notebook_home=s.notebook_home,
+            layer_cache=s.layer_cache,
+        ),
         limits=Limits(
             per_user=s.max_per_user,
             total=s.max_total,
@@ -172,6 +266,35 @@ def build_service(
         ),
         ledger=QuotaLedger(api, s.namespace),
     )
+
+
+def hub_version_of(body: bytes | str) -> str | None:
+    """The ``version`` of the hub API's root answer (``GET /hub/api/``), if it is one."""
+    try:
+        version = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        return None
+    ok = isinstance(version, str) and version[:1].isdigit() and len(version) < 40
+    return version if ok and version.isprintable() and " " not in version else None
+
+
+async def ask_hub_version(api_url: str) -> str | None:
+    """The hub's JupyterHub version from its API root (``GET $JUPYTERHUB_API_URL/``), or None
+    (logged) when the hub does not answer."""
+    log = logging.getLogger("aicoe_spawner.builder")
+    try:
+        answer = await AsyncHTTPClient().fetch(api_url.rstrip("/") + "/", request_timeout=5)
+    except Exception as e:  # the hub may not be up yet: asked again at the next build
+        log.warning("the hub's version (%s/): %s; built images are checked without it", api_url, e)
+        return None
+    version = hub_version_of(answer.body)
+    if version:
+        log.info(
+            "the hub runs JupyterHub %s: built images must have %s.*",
+            version,
+            version.split(".")[0],
+        )
+    return version
 
 
 def cookie_secret(s: Settings, env=os.environ) -> bytes:
@@ -206,6 +329,9 @@ async def _main() -> None:
     api = client.ApiClient(configuration)
     service = await make_service(api, s)
     service.start(s.interval)
+    api_url = os.environ.get("JUPYTERHUB_API_URL", "")
+    if s.check_image and not s.hub_version and api_url:
+        service.backend.hub_version_lookup = lambda: ask_hub_version(api_url)
     watch = ImageStreamWatch(
         client.CustomObjectsApi(api), (s.namespace,), "opendatahub.io/notebook-image=true"
     )

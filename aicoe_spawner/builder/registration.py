@@ -18,11 +18,14 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..catalog import BUILD_MESSAGE_ANNOTATION, BUILD_PHASE_ANNOTATION, NOTEBOOK_IMAGE_LABEL
+from .image_check import Packages, packages_annotation
 from .requests import BuildRequestError, BuildSpec
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
 MESSAGE_LIMIT = 2000
+SOFTWARE_ANNOTATION = f"{A}notebook-software"
+DEPENDENCIES_ANNOTATION = f"{A}notebook-python-dependencies"
 
 
 def _now() -> str:
@@ -137,13 +140,17 @@ def with_tag(
     image_from: bool = True,
     expires_at: datetime.datetime | None = None,
     digest: str | None = None,
+    software: Packages | None = None,
+    dependencies: Packages | None = None,
 ) -> dict:
     """``stream`` with the spec tags of ``spec`` describing the build in ``phase``
     (pending|building|failed|ready|cancelled). ``image_from``: the tag points at the pushed image
     (plain Kubernetes); on OpenShift the build's output writes the tag, so it has no ``from``
     (an extra tag then follows the built image, ``digest``). ``expires_at``: images built from
     branches expire (tag annotation, see :func:`expired`). A tag that serves an image keeps
-    serving it (and its commit) while a rebuild runs or after one failed."""
+    serving it (and its commit) while a rebuild runs or after one failed. ``software`` and
+    ``dependencies`` (the image check's report, phase ready) become the tag's
+    ``notebook-software`` / ``notebook-python-dependencies`` annotations; None keeps them."""
     out = copy.deepcopy(stream)
     tags = out.setdefault("spec", {}).setdefault("tags", []) or []
     out["spec"]["tags"] = tags
@@ -168,6 +175,13 @@ def with_tag(
             ann[BUILD_MESSAGE_ANNOTATION] = public_reason(message)
         else:
             ann.pop(BUILD_MESSAGE_ANNOTATION, None)
+        if phase == "ready":
+            for key, items in (
+                (SOFTWARE_ANNOTATION, software),
+                (DEPENDENCIES_ANNOTATION, dependencies),
+            ):
+                if items is not None:
+                    ann[key] = packages_annotation(items)
         if expires_at is not None:
             ann[EXPIRES_ANNOTATION] = _stamp(expires_at)
         else:
@@ -253,7 +267,13 @@ class Registrar:
         return now + datetime.timedelta(seconds=self.branch_ttl_seconds)
 
     def _with_tag(
-        self, stream: dict, spec: BuildSpec, phase: str, message: str, digest: str | None = None
+        self,
+        stream: dict,
+        spec: BuildSpec,
+        phase: str,
+        message: str,
+        digest: str | None = None,
+        report: tuple[Packages | None, Packages | None] = (None, None),
     ) -> dict:
         return with_tag(
             stream,
@@ -263,6 +283,8 @@ class Registrar:
             image_from=self.write_status,
             expires_at=self._expiry(spec),
             digest=digest,
+            software=report[0],
+            dependencies=report[1],
         )
 
     async def check(self, spec: BuildSpec) -> str | None:
@@ -280,7 +302,12 @@ class Registrar:
             raise
 
     async def mark(
-        self, spec: BuildSpec, phase: str, message: str = "", digest: str | None = None
+        self,
+        spec: BuildSpec,
+        phase: str,
+        message: str = "",
+        digest: str | None = None,
+        report: tuple[Packages | None, Packages | None] = (None, None),
     ) -> dict:
         """Create or update the stream and its tags for ``phase``; retried on conflicts.
         Raises :class:`OwnershipError` for a stream that is not the builder's for the repo
@@ -292,11 +319,11 @@ class Registrar:
                 raise OwnershipError(spec, why)
             try:
                 if current is None:
-                    body = self._with_tag(new_stream(spec), spec, phase, message)
+                    body = self._with_tag(new_stream(spec), spec, phase, message, digest, report)
                     return await self.custom.create_namespaced_custom_object(
                         GROUP, VERSION, spec.namespace, PLURAL, body
                     )
-                body = self._with_tag(current, spec, phase, message, digest)
+                body = self._with_tag(current, spec, phase, message, digest, report)
                 if body == current:
                     return current
                 return await self.custom.replace_namespaced_custom_object(
@@ -308,8 +335,15 @@ class Registrar:
                 await asyncio.sleep(0.02 * (attempt + 1))
         raise RuntimeError("unreachable")
 
-    async def ready(self, spec: BuildSpec, digest: str) -> dict:
-        stream = await self.mark(spec, "ready", digest=digest)
+    async def ready(
+        self,
+        spec: BuildSpec,
+        digest: str,
+        software: Packages | None = None,
+        dependencies: Packages | None = None,
+    ) -> dict:
+        """The tags serve ``digest``; the image check's report (None: none) is annotated."""
+        stream = await self.mark(spec, "ready", digest=digest, report=(software, dependencies))
         if not self.write_status:
             return stream
         for attempt in range(20):

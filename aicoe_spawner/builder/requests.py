@@ -18,9 +18,21 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
 
-STRATEGIES = ("dockerfile", "source")
+STRATEGIES = ("dockerfile", "source", "environment")
 # AICoE-CI spellings -> our strategy; "containerfile" is a Dockerfile build of a Containerfile
-STRATEGY_ALIASES = {"dockerfile": "dockerfile", "containerfile": "dockerfile", "source": "source"}
+STRATEGY_ALIASES = {
+    "dockerfile": "dockerfile",
+    "containerfile": "dockerfile",
+    "source": "source",
+    "environment": "environment",
+}
+#: The builder's default base image: Jupyter Docker Stacks' minimal notebook (it has
+#: jupyterhub-singleuser and conda), pinned; admins change it (AICOE_BUILDER_BASE_IMAGE).
+DEFAULT_BASE_IMAGE = "quay.io/jupyter/minimal-notebook:2025-10-06"
+#: Thoth's s2i images ask the retired Thoth service for advice unless told not to; AICoE-CI
+#: ran them with these variables, so the lock installs as it is.
+THOTH_IMAGE_PREFIX = "quay.io/thoth-station/s2i-thoth-"
+THOTH_ENV = (("THOTH_ADVISE", "0"), ("THOTH_DRY_RUN", "1"), ("THOTH_ERROR_FALLBACK", "1"))
 MAX_URL = 2048
 MAX_REF = 255
 REQUEST_KEYS = frozenset(
@@ -201,7 +213,8 @@ def validate_relative_path(value: Any, f: str, *, allow_empty: bool = True) -> s
 
 
 def validate_strategy(value: Any, f: str = "strategy") -> str:
-    """``dockerfile`` | ``source`` (``containerfile`` is read as ``dockerfile``)."""
+    """``dockerfile`` | ``source`` | ``environment`` (``containerfile`` is read as
+    ``dockerfile``)."""
     if not isinstance(value, str) or value.strip().lower() not in STRATEGY_ALIASES:
         raise BuildRequestError(f, f"must be one of {', '.join(STRATEGY_ALIASES)}")
     return STRATEGY_ALIASES[value.strip().lower()]
@@ -341,12 +354,49 @@ def user_label(user: str) -> str:
 
 @dataclass(frozen=True)
 class BuildDefaults:
+    """The builder's configuration of builds. ``strategy`` empty: detected from the
+    repository's files (:mod:`.environment`). ``python_base_images``: (version, image) pairs
+    runtime.txt / .python-version choose from. ``package_index_url`` / ``trusted_host`` /
+    ``apt_sources``: where environment builds install from. ``notebook_user`` (uid:gid) and
+    ``notebook_home``: who owns the repository's files and where they go. ``layer_cache``:
+    environment builds keep their layers in ``<registry>/<org>/<stream>-cache``."""
+
     namespace: str = "default"
     registry: str = "image-registry.local:5000"
     registry_org: str = ""  # default: the namespace
-    strategy: str = "dockerfile"
+    strategy: str = ""
     dockerfile: str = "Dockerfile"
-    base_image: str = "quay.io/thoth-station/s2i-thoth-ubi9-py311:latest"
+    base_image: str = DEFAULT_BASE_IMAGE
+    python_base_images: tuple[tuple[str, str], ...] = ()
+    package_index_url: str = ""
+    trusted_host: str = ""
+    apt_sources: tuple[str, ...] = ()
+    notebook_user: str = "1000:100"
+    notebook_home: str = "/home/jovyan"
+    layer_cache: bool = False
+
+    def env_settings(self, base_image: str):
+        """The :class:`~.environment.EnvSettings` of a build on ``base_image``."""
+        from .environment import EnvSettings
+
+        return EnvSettings(
+            base_image=base_image,
+            python_base_images=dict(self.python_base_images),
+            package_index_url=self.package_index_url,
+            trusted_host=self.trusted_host,
+            apt_sources=self.apt_sources,
+            user=self.notebook_user,
+            home=self.notebook_home,
+        )
+
+
+@dataclass(frozen=True)
+class RepoView:
+    """What detection reads of a commit: the paths in it and the contents of the small
+    environment files (path -> text, None when too large to read)."""
+
+    paths: tuple[str, ...]
+    files: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -379,6 +429,12 @@ class BuildSpec:
     # and run as one Job (named after ``job_id``, the build that started it)
     content_id: str = ""
     job_id: str = ""
+    # the files that decided the strategy (detection), and an environment build's Dockerfile
+    decided_by: tuple[str, ...] = field(default=())
+    generated_dockerfile: str = ""
+    # build-time variables of the source strategy (Thoth's s2i images)
+    build_env: tuple[tuple[str, str], ...] = field(default=())
+    layer_cache: str = ""  # the repository --cache-from/--cache-to use ("" = no layer cache)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "content_id", self.content_id or self.id)
@@ -396,12 +452,36 @@ class BuildSpec:
         data = json.loads(text)
         data["notes"] = tuple(data.get("notes", ()))
         data["extra_tags"] = tuple(data.get("extra_tags", ()))
+        data["decided_by"] = tuple(data.get("decided_by", ()))
+        data["build_env"] = tuple(tuple(kv) for kv in data.get("build_env", ()))
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def build_id(repo: str, commit: str, options: dict[str, Any]) -> str:
     canonical = json.dumps({"repo": repo, "commit": commit, **options}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def _subtree(view: RepoView, folder: str) -> RepoView:
+    """``view`` seen from ``folder`` (the build context)."""
+    if not folder:
+        return view
+    prefix = folder + "/"
+    return RepoView(
+        tuple(p[len(prefix) :] for p in view.paths if p.startswith(prefix)),
+        {k[len(prefix) :]: v for k, v in view.files.items() if k.startswith(prefix)},
+    )
+
+
+def needs_view(request: BuildRequest, ci: Any) -> bool:
+    """Whether :func:`resolve_spec` reads the repository's files (detection, or an
+    environment build) for ``request`` under ``ci``."""
+    strategy = request.strategy or ci.build_strategy
+    if strategy is None:
+        return not (request.dockerfile or ci.dockerfile_path or ci.containerfile)
+    return strategy == "environment" or (
+        strategy == "source" and not (request.base_image or ci.base_image)
+    )
 
 
 def resolve_spec(
@@ -413,19 +493,52 @@ def resolve_spec(
     requester: str,
     *,
     hashed_name: bool = False,
+    view: RepoView | None = None,
 ) -> BuildSpec:
-    """Request options, else the repo's .aicoe-ci.yaml (``ci``, a CIConfig or None), else the
-    service defaults -> the :class:`BuildSpec`. Where the image is pushed is the service's
-    configuration alone. ``hashed_name``: the default stream name is taken by another repo."""
+    """Request options, else the repo's .aicoe-ci.yaml (``ci``, a CIConfig or None), else
+    detection from the repository's files (``view``, as the overlay's build sees them; see
+    :mod:`.environment`), else the service defaults -> the :class:`BuildSpec`. Where the
+    image is pushed is the service's configuration alone. ``hashed_name``: the default stream
+    name is taken by another repo. BuildRequestError (422) for a file a build cannot honour."""
     from .ci_config import CIConfig
+    from .environment import decide, environment_dockerfile
 
     ci = ci or CIConfig()
     notes: list[str] = list(ci.notes)
-    strategy = request.strategy or ci.build_strategy or defaults.strategy
-    default_file = "Containerfile" if ci.containerfile else defaults.dockerfile
-    dockerfile = request.dockerfile or ci.dockerfile_path or default_file
+    named = request.strategy or ci.build_strategy
+    explicit_base = request.base_image or ci.base_image
+    if named == "source" and not explicit_base:
+        # the builder's default base image is a notebook image, not an s2i builder image
+        named = "environment"
+        notes.append(
+            "strategy source without a base image: an environment build on the builder's "
+            "default notebook image"
+        )
+    if named is None and (request.dockerfile or ci.dockerfile_path or ci.containerfile):
+        named = "dockerfile"
     context_dir = request.context_dir if request.context_dir is not None else ci.context_dir
-    base_image = request.base_image or ci.base_image or defaults.base_image
+    base_image = explicit_base or defaults.base_image
+    decision = None
+    if view is not None and named in (None, "environment"):
+        settings = defaults.env_settings(base_image)
+        sub = _subtree(view, context_dir)
+        decision = decide(sub.paths, sub.files, settings, strategy=named, base_image=explicit_base)
+        notes.extend(decision.notes)
+        if decision.kind == "content-only":
+            notes.append(
+                "detected: no Dockerfile and no environment files: the repository's content "
+                "on the notebook image"
+            )
+        elif named is None:
+            what = "Dockerfile build" if decision.kind == "dockerfile" else "environment build"
+            notes.append(f"detected: {what} from {', '.join(decision.decided_by)}")
+        named = decision.strategy
+        base_image = decision.base_image or base_image
+    strategy = named or defaults.strategy or "dockerfile"
+    default_file = "Containerfile" if ci.containerfile else defaults.dockerfile
+    if decision is not None and decision.dockerfile:
+        default_file = decision.dockerfile
+    dockerfile = request.dockerfile or ci.dockerfile_path or default_file
     if request.name:
         stream, name_field = request.name, "name"
     elif ci.registry_project:
@@ -444,15 +557,40 @@ def resolve_spec(
             notes.append(f".aicoe-ci.yaml {key} {value!r} ignored: the builder chooses the push")
     org = defaults.registry_org or defaults.namespace
     output_image = f"{defaults.registry}/{_dns_label(org)}/{stream}:{tag}"
+    generated = ""
+    if strategy == "environment":
+        if decision is None:  # no view: the repository's content only
+            decision = decide((), {}, defaults.env_settings(base_image), strategy="environment")
+        labels = {
+            "io.openshift.build.source-location": request.repo,
+            "io.openshift.build.commit.id": commit,
+            "io.openshift.build.commit.ref": request.ref,
+        }
+        sub = _subtree(view, context_dir) if view is not None else RepoView(())
+        generated = environment_dockerfile(
+            decision, base_image, defaults.env_settings(base_image), sub.files, labels
+        )
+    build_env = (
+        THOTH_ENV if strategy == "source" and base_image.startswith(THOTH_IMAGE_PREFIX) else ()
+    )
+    if build_env:
+        notes.append("Thoth base image: built with " + " ".join(f"{k}={v}" for k, v in build_env))
     options = {
         "strategy": strategy,
         "dockerfile": dockerfile if strategy == "dockerfile" else "",
         "context_dir": context_dir,
-        "base_image": base_image if strategy == "source" else "",
+        "base_image": base_image if strategy in ("source", "environment") else "",
         "output_image": output_image,
         "namespace": defaults.namespace,
         "extra_tags": list(extra_tags),
     }
+    if strategy == "environment":
+        options["generated"] = hashlib.sha256(generated.encode()).hexdigest()
+    if build_env:
+        options["build_env"] = list(build_env)
+    cache = ""
+    if defaults.layer_cache and strategy == "environment":
+        cache = f"{defaults.registry}/{_dns_label(org)}/{stream[:57]}-cache"
     # one record per requester: another user's request never returns (or replaces) it
     record_id = build_id(request.repo, commit, {**options, "requester": requester})
     return BuildSpec(
@@ -477,6 +615,10 @@ def resolve_spec(
         extra_tags=extra_tags,
         name_field=name_field,
         overlay=ci.overlay,
+        decided_by=decision.decided_by if decision is not None else (),
+        generated_dockerfile=generated,
+        build_env=build_env,
+        layer_cache=cache,
     )
 
 

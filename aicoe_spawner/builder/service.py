@@ -21,9 +21,10 @@ from dataclasses import dataclass, field, replace
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from . import git
+from . import git, repo_files
 from .backends import BackendState
 from .ci_config import parse_ci_configs
+from .environment import build_view, wanted_files
 from .quota import LimitError, QuotaLedger
 from .registration import OwnershipError
 from .requests import (
@@ -32,7 +33,9 @@ from .requests import (
     BuildRequestError,
     BuildSpec,
     RepoPolicy,
+    RepoView,
     Resolver,
+    needs_view,
     parse_build_request,
     resolve_spec,
     system_resolver,
@@ -160,10 +163,26 @@ class BuildService:
             raise
         commit, kind = await git.resolve_ref(request.repo, request.ref)
         ci_text = await git.read_file_at(request.repo, commit, request.ref, ".aicoe-ci.yaml")
+        configs = [(ci, needs_view(request, ci)) for ci in parse_ci_configs(ci_text)]
+        seen: RepoView | None = None
+        if any(needed for _, needed in configs):  # detection reads the commit's files once
+
+            def context(ci) -> str:
+                return request.context_dir if request.context_dir is not None else ci.context_dir
+
+            seen = await repo_files.read_view(
+                request.repo,
+                commit,
+                request.ref,
+                lambda paths: set().union(
+                    *(wanted_files(paths, ci.overlay, context(ci)) for ci, n in configs if n)
+                ),
+            )
         specs = []
-        for ci in parse_ci_configs(ci_text):
-            spec = resolve_spec(request, commit, kind, ci, self.defaults, user)
-            spec = await self._writable(spec, request, commit, kind, ci, user)
+        for ci, needed in configs:
+            view = build_view(seen, ci.overlay) if needed and seen is not None else None
+            spec = resolve_spec(request, commit, kind, ci, self.defaults, user, view=view)
+            spec = await self._writable(spec, request, commit, kind, ci, user, view)
             validate = getattr(self.backend, "validate", None)
             if validate is not None:
                 validate(spec)  # BuildRequestError (400) for what this backend cannot build
@@ -178,12 +197,16 @@ class BuildService:
         status = 202 if any(code == 202 for code, _ in results) else 200
         return status, [build for _, build in results]
 
-    async def _writable(self, spec: BuildSpec, request, commit, kind, ci, user) -> BuildSpec:
+    async def _writable(
+        self, spec: BuildSpec, request, commit, kind, ci, user, view=None
+    ) -> BuildSpec:
         """``spec``, or with the hashed default name when the short one is another repo's;
         OwnershipError (409) when the chosen stream is not the builder's for this repo."""
         why = await self.registrar.check(spec)
         if why is not None and spec.name_field == "repo":
-            spec = resolve_spec(request, commit, kind, ci, self.defaults, user, hashed_name=True)
+            spec = resolve_spec(
+                request, commit, kind, ci, self.defaults, user, hashed_name=True, view=view
+            )
             why = await self.registrar.check(spec)
         if why is not None:
             self.metrics.requests.labels("refused").inc()
@@ -513,7 +536,7 @@ class BuildService:
                 # the catalog says building once the build runs (pending until then)
                 await self.registrar.mark(spec, "building")
             elif state.phase == "ready":
-                await self.registrar.ready(spec, state.digest)
+                await self.registrar.ready(spec, state.digest, state.software, state.dependencies)
             elif state.phase == "failed":
                 await self.registrar.mark(spec, "failed", state.message)
         except OwnershipError as e:

@@ -21,11 +21,15 @@ def scripts_dir(scripts_url: str | None) -> str:
     return DEFAULT_SCRIPTS
 
 
-def s2i_dockerfile(base_image: str, labels: dict[str, str]) -> str:
-    """The Dockerfile template (with ``@S2I_SCRIPTS@``) for building ``base_image`` + sources."""
+def s2i_dockerfile(
+    base_image: str, labels: dict[str, str], env: tuple[tuple[str, str], ...] = ()
+) -> str:
+    """The Dockerfile template (with ``@S2I_SCRIPTS@``) for building ``base_image`` + sources;
+    ``env``: variables of the assemble step and the image (as s2i's ``--env``)."""
     label_lines = "".join(
         f'LABEL "{k}"="{v.replace(chr(34), "")}"\n' for k, v in sorted(labels.items())
     )
+    label_lines += "".join(f'ENV {k}="{v.replace(chr(34), "")}"\n' for k, v in env)
     s = SCRIPTS_PLACEHOLDER
     return (
         f"FROM {base_image}\n"

@@ -128,6 +128,7 @@ class Build:
             "image": s.image,
             "output_image": s.output_image,
             "strategy": s.strategy,
+            "decided_by": list(s.decided_by),
             "requester": s.requester,
             "phase": self.phase,
             "message": self.message,

@@ -29,6 +29,13 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not be built or started."""
 
 
+def this_checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a Python subprocess (hub, builder) that must import this checkout's
+    ``aicoe_spawner``, not another one an editable install may point at."""
+    path = env.get("PYTHONPATH", "")
+    return {**env, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+
+
 def tools_bin_dir() -> Path:
     """Where tools/build.sh puts kube-apiserver, etcd and helm."""
     return Path(os.environ.get("AICOE_TOOLS_BIN", REPO_ROOT / ".cache" / "bin"))

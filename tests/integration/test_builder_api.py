@@ -303,3 +303,53 @@ async def test_bad_http_inputs_create_nothing(env, body, code):
     assert status == code, reply
     assert isinstance(reply, dict) and reply["message"]
     assert await objects(e) == before
+
+
+async def test_environment_files_are_detected_and_bad_ones_refused(env):
+    """A repository with only requirements.txt is an environment build (the record and the
+    Job say which file decided it); a runtime.txt naming Python 2.7 is refused at request
+    time naming the file and the versions offered, and creates nothing."""
+    e = env
+    e.git.create_repo(
+        "env-py2",
+        {"runtime.txt": "python-2.7\n", "requirements.txt": "six\n", "nb.ipynb": "{}\n"},
+        tag="v1",
+    )
+    before = await objects(e)
+    status, body = await call(
+        e, "POST", "api/builds", "alice", {"repo": e.git.url("env-py2"), "ref": "v1"}
+    )
+    assert status == 422, body
+    assert body["field"] == "runtime.txt"
+    assert "Python 2.7 is not offered" in body["message"]
+    assert "(versions offered: 3.11, 3.12, 3.13)" in body["message"]
+    assert await objects(e) == before
+    e.git.create_repo(
+        "env-req", {"requirements.txt": "requests==2.32.3\n", "nb.ipynb": "{}\n"}, tag="v1"
+    )
+    e.runner.paused = True
+    try:
+        status, build = await call(
+            e, "POST", "api/builds", "alice", {"repo": e.git.url("env-req"), "ref": "v1"}
+        )
+        assert status == 202, build
+        assert (build["strategy"], build["decided_by"]) == ("environment", ["requirements.txt"])
+        assert "detected: environment build from requirements.txt" in build["notes"]
+        record = await client.CustomObjectsApi(e.kube).get_namespaced_custom_object(
+            "aicoe-spawner.io", "v1", e.namespace, "imagebuilds", f"imgbuild-{build['id']}"
+        )
+        assert record["spec"]["decided_by"] == ["requirements.txt"]
+        job = await client.BatchV1Api(e.kube).read_namespaced_job(
+            f"imgbuild-{build['id']}", e.namespace
+        )
+        build_env = {v.name: v.value for v in job.spec.template.spec.init_containers[0].env}
+        assert build_env["STRATEGY"] == "environment"
+        assert build_env["DECIDED_BY"] == "requirements.txt"
+        generated = build_env["GENERATED_DOCKERFILE"].splitlines()
+        assert generated.index(
+            "COPY --chown=1000:100 requirements.txt /home/jovyan/requirements.txt"
+        ) < generated.index("COPY --chown=1000:100 . /home/jovyan/")
+        assert (await call(e, "DELETE", f"api/builds/{build['id']}", "alice"))[0] == 200
+
+    finally:
+        e.runner.paused = False

@@ -154,6 +154,57 @@ async def test_source_strategy_end_to_end(kube, namespace, infra, builder):
     print(f"\nsource build: {time.monotonic() - t0:.1f} s end to end")
 
 
+async def test_overlay_is_built_with_aicoe_cis_copy_in_rule(kube, namespace, infra, builder):
+    """An overlay's Dockerfile lives in its folder: detection and the build both see the
+    repository after AICoE-CI's rule (root Pipfile and Pipfile.lock removed, overlays/<name>/*
+    copied to the root, dot-files not)."""
+    git, registry, base, _ = infra
+    service, _ = builder
+    check = "test ! -e /src/Pipfile && test ! -e /src/Pipfile.lock && test -e /src/only-cpu.txt"
+    git.create_repo(
+        "overlay-nb",
+        {
+            ".aicoe-ci.yaml": "overlays:\n- name: cpu\n  build: {}\n",
+            "Pipfile": "[packages]\n",
+            "Pipfile.lock": "{}\n",
+            "overlays/cpu/Dockerfile": f"FROM {base}\nCOPY . /src\nRUN {check} && echo copied-in\n",
+            "overlays/cpu/only-cpu.txt": "cpu\n",
+            "overlays/cpu/.hidden": "not copied\n",
+        },
+        tag="v1",
+    )
+    status, build = await service.submit({"repo": git.url("overlay-nb"), "ref": "v1"}, "olive")
+    assert status == 202
+    assert (build.spec.strategy, build.spec.dockerfile, build.spec.decided_by) == (
+        "dockerfile",
+        "Dockerfile",
+        ("Dockerfile",),
+    )
+    done = await finished(service, build.id)
+    assert done.phase == "ready", done.message + done.log
+    assert "==> overlay cpu: overlays/cpu/* copied to the root" in done.log
+    assert "copied-in" in done.log
+    assert registry.manifest_digest(f"{namespace}/overlay-nb-cpu", "v1") == done.digest
+
+
+async def test_an_environment_step_that_fails_says_why_in_the_record(
+    kube, namespace, infra, builder
+):
+    """A repository without environment files on a base image without Python: the
+    generated build's own check fails, and its reason is the record's message."""
+    git, _, base, _ = infra
+    service, _ = builder
+    git.create_repo("content-nb", {"nb.ipynb": "{}\n"}, tag="v1")
+    body = {"repo": git.url("content-nb"), "ref": "v1", "base_image": base}
+    status, build = await service.submit(body, "paula")
+    assert status == 202 and build.spec.strategy == "environment"
+    assert build.spec.decided_by == ()
+    done = await finished(service, build.id)
+    assert done.phase == "failed"
+    assert f"the base image {base} has no Python" in done.message, done.message + done.log
+    assert "decided by: (no environment files)" in done.log
+
+
 async def test_failed_build_marks_tag_failed_with_a_generic_reason(kube, namespace, infra, builder):
     git, _, base, _ = infra
     service, _ = builder
@@ -167,6 +218,54 @@ async def test_failed_build_marks_tag_failed_with_a_generic_reason(kube, namespa
     # everyone sees the catalog: it says the build failed, never what its log says
     assert tag.phase is TagPhase.FAILED and tag.message.startswith("build failed")
     assert "oops-marker" not in tag.message and "exit code" not in tag.message
+
+
+async def test_an_image_without_jupyterhub_fails_the_check_and_the_tag_keeps_its_image(
+    kube, namespace, infra, tmp_path
+):
+    """The image check in the build step (the real script, buildah on this machine): the
+    busybox image has no jupyterhub-singleuser, runs as root and has no home. Built without
+    the check it is served; rebuilt with the check, the build fails with what is missing in
+    its record's message, and the tag keeps serving the first digest."""
+    git, registry, base, _ = infra
+    runner = JobRunner(kube, namespace, tmp_path)
+    runner.start()
+    unchecked = build_service(
+        kube, local_settings(namespace, registry.host), log_reader=runner.read_log
+    )
+    checked = build_service(
+        kube,
+        local_settings(namespace, registry.host, check_image=True, hub_version="6.1.1"),
+        log_reader=runner.read_log,
+    )
+    git.create_repo("checked-nb", {"Dockerfile": f"FROM {base}\nRUN true\n"})
+    body = {"repo": git.url("checked-nb"), "ref": "main"}
+    try:
+        unchecked.start(0.2)
+        _, first = await unchecked.submit(body, "fay")
+        served = await finished(unchecked, first.id)
+        assert served.phase == "ready", served.message
+        await unchecked.stop()
+        git.update_repo("checked-nb", {"Dockerfile": f"FROM {base}\nRUN echo v2 > /v2\n"})
+        checked.start(0.2)
+        _, second = await checked.submit(body, "fay")
+        done = await finished(checked, second.id)
+        assert done.phase == "failed"
+        message = " ".join(done.message.split())
+        assert "the image cannot be offered as a notebook" in message, done.message
+        assert (
+            "the image has no jupyterhub-singleuser, the program JupyterHub starts: add "
+            "`jupyterhub==6.*` to requirements.txt" in message
+        )
+        assert "the image runs as root (uid 0)" in message
+        assert "==> checking the image" in done.log
+        tag = parse_imagestream(await stream(kube, namespace, "checked-nb")).tag("main")
+        assert tag.ready and tag.digest == served.digest
+        assert tag.build_commit == first.spec.commit
+    finally:
+        await unchecked.stop()
+        await checked.stop()
+        await runner.stop()
 
 
 async def test_unknown_ref_and_restart(kube, namespace, infra, builder, tmp_path):

@@ -23,6 +23,7 @@ from kube_helpers import (
 from kubernetes_asyncio import client
 
 from aicoe_spawner.devcluster import delete_namespace
+from aicoe_spawner.home_seed import SEED_CONTAINER, SEED_MOUNT, marker_name
 
 A = "opendatahub.io/"
 DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}
@@ -35,6 +36,10 @@ c.AICoESpawner.sizes = [
      "mem_guarantee": "2Gi", "mem_limit": "4Gi"},
     {"name": "large", "display_name": "Large", "cpu_guarantee": 2, "cpu_limit": 4,
      "mem_guarantee": "4Gi", "mem_limit": "8Gi"},
+    {"name": "persistent", "display_name": "With a home volume", "cpu_guarantee": 0.5,
+     "cpu_limit": 1, "mem_guarantee": "1Gi", "mem_limit": "2Gi", "kubespawner_override": {
+        "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
+        "volume_mounts": [{"name": "home", "mountPath": "/home/jovyan"}]}},
 ]
 c.AICoESpawner.default_policy = {
     "images": ["minimal", "datascience", "fresh", "after-*"],
@@ -43,6 +48,7 @@ c.AICoESpawner.default_policy = {
 c.AICoESpawner.group_policies = {
     "team-a": {"images": ["secret-project"]},
     "big": {"sizes": ["large"], "max_gpus": 2},
+    "homes": {"sizes": ["persistent"]},
 }
 c.AICoESpawner.max_gpus = 1
 c.AICoESpawner.gpu_node_selector = {"accelerator": "nvidia"}
@@ -183,6 +189,28 @@ async def test_rest_every_option_lands_on_the_pod(env, kube):
     assert not pod["spec"].get("nodeSelector")
     assert container(pod)["image"] == reference(env.namespace, "minimal", "2025.1")
     assert "MY_VAR" not in env_of(pod)
+    await env.stop_server(user)
+
+
+async def test_a_home_volume_gets_the_seed_init_container_with_the_notebooks_bounds(env, kube):
+    """A size that mounts a volume at the home: the pod (as the API server has it) starts with
+    the seed-home init container of the same image, resources and securityContext; a size
+    without one has none."""
+    user = new_user()
+    options = {"image": "minimal:2025.2", "size": "persistent"}
+    pod = await spawn_ok(env, kube, user, options, groups=["homes"])
+    c = container(pod)
+    [seed] = pod["spec"]["initContainers"]
+    assert seed["name"] == SEED_CONTAINER
+    assert seed["image"] == c["image"] and "@sha256:" in seed["image"]
+    assert seed["resources"] == c["resources"]
+    assert seed["securityContext"] == c["securityContext"]
+    assert seed["volumeMounts"] == [{"name": "home", "mountPath": SEED_MOUNT}]
+    assert seed["command"][4:] == ["/home/jovyan", SEED_MOUNT, marker_name(c["image"])]
+    assert not seed.get("env")
+    await env.stop_server(user)
+    pod = await spawn_ok(env, kube, user, {"image": "minimal:2025.2", "size": "small"})
+    assert not pod["spec"].get("initContainers")
     await env.stop_server(user)
 
 

@@ -3,24 +3,38 @@
 repositories (Dockerfile and source-to-image) through the builder's API; the Jobs run buildah
 in the builder image on the node, clone from a git server pods reach, and push to the local
 registry; the ImageStream gets the pushed digest; the user starts the built image and the
-repository's notebook is in it (Jupyter contents API)."""
+repository's notebook is in it (Jupyter contents API). Every user's home is a persistent
+volume (a folder of the node): the image's home files are copied into it on first start and a
+user's edit survives a restart. Every built image was checked (software annotations on its
+tag); a Dockerfile without jupyterhub fails the check and the tag keeps its image.
+Real public repositories with only environment files (tests/data/repos) are detected as
+environment builds, install from the test cluster's package index, and the running server has
+exactly the pinned versions."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import shutil
 import time
 import uuid
+from importlib import metadata
+from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
+from hub_harness import run_in_kernel
 from kube_helpers import user_pods
 from kubernetes_asyncio import client
+from node_harness import data_repo
 
-from aicoe_spawner.demo import NAMESPACE, Demo
+from aicoe_spawner.demo import EXAMPLE_REPOS, NAMESPACE, Demo
 from aicoe_spawner.devcluster.controlplane import free_port
 from aicoe_spawner.devcluster.images import registry_digest
+from aicoe_spawner.home_seed import SEED_CONTAINER, marker_name
 
 pytestmark = pytest.mark.node
 
@@ -30,16 +44,30 @@ c.JupyterHub.services.append({{"name": "tester", "api_token": {ADMIN_TOKEN!r}}})
 c.JupyterHub.load_roles.append({{"name": "tester", "scopes": ["admin:users", "admin:servers",
     "tokens", "read:users"], "services": ["tester"]}})
 """
+# Each user's home: a persistent volume (a folder of the node), as the chart's claim would be.
+HOMES = """
+c.KubeSpawner.volumes = [{"name": "home", "hostPath": {"path": "{homes}/{username}",
+    "type": "Directory"}}]
+c.KubeSpawner.volume_mounts = [{"name": "home", "mountPath": "/home/jovyan"}]
+"""
+HOMES_DIR: Path | None = None
 
 
 @pytest_asyncio.fixture(scope="module")
-async def demo(node_cluster, tmp_path_factory):
+async def demo(node_cluster, package_index, tmp_path_factory):
+    global HOMES_DIR
+    HOMES_DIR = tmp_path_factory.mktemp("homes")
     demo = Demo(
         node_cluster.plane,
         node_cluster.node,
         tmp_path_factory.mktemp("demo"),
         free_port(),
-        extra_config=TESTER,
+        extra_config=TESTER + HOMES.replace("{homes}", str(HOMES_DIR)),
+        extra_env={
+            "AICOE_BUILDER_PACKAGE_INDEX_URL": package_index.pip_url,
+            "AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST": package_index.trusted_host,
+            "AICOE_BUILDER_APT_SOURCES": package_index.apt_line,
+        },
     )
     await asyncio.to_thread(demo.start)
     yield demo
@@ -55,6 +83,11 @@ async def hub_api(demo: Demo, method: str, path: str, **kwargs):
 
 async def new_user_token(demo: Demo) -> tuple[str, str]:
     user = f"dev-{uuid.uuid4().hex[:6]}"
+    assert HOMES_DIR is not None
+    home = HOMES_DIR / user  # the user's empty volume, the notebook user's (1000:100)
+    home.mkdir()
+    os.chown(home, 1000, 100)
+    home.chmod(0o775)
     status, _ = await hub_api(demo, "POST", f"/users/{user}")
     assert status == 201
     status, body = await hub_api(demo, "POST", f"/users/{user}/tokens", json={})
@@ -63,6 +96,7 @@ async def new_user_token(demo: Demo) -> tuple[str, str]:
 
 
 async def build(demo: Demo, token: str, repo: str, timeout: float = 900) -> dict:
+    """Build ``repo`` at ``v1`` as the token's user; the finished build with its log."""
     headers = {"Authorization": f"token {token}"}
     async with aiohttp.ClientSession(headers=headers) as s:
         async with s.post(f"{demo.builder_url}/api/builds", json={"repo": repo, "ref": "v1"}) as r:
@@ -80,7 +114,8 @@ async def build(demo: Demo, token: str, repo: str, timeout: float = 900) -> dict
     return current
 
 
-async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, path: str):
+async def start_server(demo: Demo, kube, user: str, image: str) -> dict:
+    """Start the user's server on ``image`` from the hub; its pod once it is ready."""
     status, body = await hub_api(demo, "POST", f"/users/{user}/server", json={"image": image})
     assert status in (201, 202), body
     deadline = time.monotonic() + 300
@@ -92,14 +127,53 @@ async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, pa
         assert server or model["pending"], f"spawn failed:\n{demo.hub_log.read_text()[-3000:]}"
         await asyncio.sleep(1)
     [pod] = await user_pods(kube, NAMESPACE, user)
+    return pod
+
+
+async def stop_server(demo: Demo, kube, user: str) -> None:
+    status, _ = await hub_api(demo, "DELETE", f"/users/{user}/server")
+    assert status in (202, 204)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        _, model = await hub_api(demo, "GET", f"/users/{user}")
+        if (
+            not model["servers"]
+            and not model["pending"]
+            and not await user_pods(kube, NAMESPACE, user)
+        ):
+            return
+        await asyncio.sleep(1)
+    raise AssertionError(f"{user}'s server did not stop")
+
+
+async def contents(demo: Demo, user: str, token: str, path: str, method="GET", body=None):
+    """The Jupyter contents API of the user's server (through the proxy)."""
     headers = {"Authorization": f"token {token}"}
     async with aiohttp.ClientSession(headers=headers) as s:
-        async with s.get(f"{demo.url}/user/{user}/api/contents/{path}") as r:
-            assert r.status == 200, (r.status, await r.text())
-            content = await r.json()
+        url = f"{demo.url}/user/{user}/api/contents/{path}"
+        async with s.request(method, url, json=body) as r:
+            assert r.status in (200, 201), (r.status, await r.text())
+            return await r.json()
+
+
+async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, path: str):
+    pod = await start_server(demo, kube, user, image)
+    content = await contents(demo, user, token, path)
     status, _ = await hub_api(demo, "DELETE", f"/users/{user}/server")
     assert status in (202, 204)
     return pod, content
+
+
+async def stream_tag(kube, image: str) -> tuple[dict, dict | None]:
+    """(spec tag, status tag) of ``namespace/stream:tag``."""
+    namespace, name_tag = image.split("/", 1)
+    stream, tag = name_tag.split(":")
+    is_ = await client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        "image.openshift.io", "v1", namespace, "imagestreams", stream
+    )
+    [spec_tag] = [t for t in is_["spec"]["tags"] if t["name"] == tag]
+    status = [t for t in (is_.get("status") or {}).get("tags") or [] if t["tag"] == tag]
+    return spec_tag, status[0] if status else None
 
 
 @pytest.mark.timeout(1200)  # real builds and image pulls on a shared 2-core machine
@@ -130,7 +204,136 @@ async def test_build_on_the_node_then_launch_the_built_image(
     assert registry == node_cluster.node.registry
     assert reference.endswith(registry_digest(registry, repository, tag))
 
+    # The image was checked: its software and top-level packages are on the tag (the card).
+    assert f"(this hub: {metadata.version('jupyterhub')})" in result["log"], result["log"]
+    spec_tag, _ = await stream_tag(node_kube, result["image"])
+    software = json.loads(spec_tag["annotations"]["opendatahub.io/notebook-software"])
+    assert [p["name"] for p in software] == ["Python", "JupyterLab", "JupyterHub"]
+    assert software[2]["version"] == metadata.version("jupyterhub")
+    assert software[0]["version"].startswith("3.11.")
+    dependencies = json.loads(
+        spec_tag["annotations"]["opendatahub.io/notebook-python-dependencies"]
+    )
+    assert {"name": "jupyterlab", "version": metadata.version("jupyterlab")} in dependencies
+
+    # The notebook comes from the image through the user's (empty) home volume.
     pod, content = await spawn_and_read(demo, node_kube, user, token, result["image"], notebook)
     assert pod["spec"]["containers"][0]["image"] == reference
+    [seed] = pod["spec"]["initContainers"]
+    assert seed["name"] == SEED_CONTAINER and seed["image"] == reference
     assert content["type"] == "notebook"
     assert title in "".join(content["content"]["cells"][0]["source"])
+
+
+@pytest.mark.timeout(1200)
+async def test_a_persistent_home_gets_the_images_files_once_and_keeps_the_users_edit(
+    demo, node_kube
+):
+    user, token = await new_user_token(demo)
+    result = await build(demo, token, demo.repos["dockerfile-notebook"])  # shared if built
+    assert result["phase"] == "ready", result
+    pod = await start_server(demo, node_kube, user, result["image"])
+    reference = pod["spec"]["containers"][0]["image"]
+    first = await contents(demo, user, token, "hello.ipynb")
+    assert "Hello from a Dockerfile build" in "".join(first["content"]["cells"][0]["source"])
+    assert HOMES_DIR is not None
+    home = HOMES_DIR / user
+    assert (home / ".aicoe-spawner" / "seeded" / marker_name(reference)).is_file()
+    # the user edits the notebook and adds one of their own
+    edited = first["content"]
+    edited["cells"][0]["source"] = ["# My own analysis\n"]
+    model = {"type": "notebook", "format": "json", "content": edited}
+    await contents(demo, user, token, "hello.ipynb", "PUT", model)
+    await contents(demo, user, token, "mine.ipynb", "PUT", model)
+    await stop_server(demo, node_kube, user)
+
+    await start_server(demo, node_kube, user, result["image"])  # the same image again
+    again = await contents(demo, user, token, "hello.ipynb")
+    assert "".join(again["content"]["cells"][0]["source"]) == "# My own analysis\n"
+    assert (await contents(demo, user, token, "mine.ipynb"))["type"] == "notebook"
+    assert (home / "hello.ipynb").stat().st_uid == 1000  # the notebook user's files
+    await stop_server(demo, node_kube, user)
+
+
+@pytest.mark.timeout(1200)
+async def test_a_dockerfile_without_jupyterhub_fails_the_check_and_the_tag_keeps_its_image(
+    demo, node_kube, tmp_path
+):
+    """The repository's next release drops jupyterhub: its build fails with what to add, in
+    the record's message, and the tag keeps serving the release before."""
+    _, token = await new_user_token(demo)
+    good = await build(demo, token, demo.repos["dockerfile-notebook"])  # shared if built
+    assert good["phase"] == "ready", good
+    _, served = await stream_tag(node_kube, good["image"])
+    assert served and served["items"][0]["image"] == good["digest"]
+    broken = tmp_path / "dockerfile-notebook"
+    shutil.copytree(EXAMPLE_REPOS / "dockerfile-notebook", broken)
+    with (broken / "Dockerfile").open("a") as f:
+        f.write("USER root\nRUN pip uninstall -y jupyterhub\nUSER 1000:100\n")
+    assert demo.git is not None
+    substitutions = {"NOTEBOOK_IMAGE": demo.node.images["notebook"]}
+    demo.git.add_repo("dockerfile-notebook", broken, substitutions=substitutions)
+    try:
+        bad = await build(demo, token, demo.repos["dockerfile-notebook"])
+    finally:  # the example repository as it was, for the other tests
+        demo.git.add_repo(
+            "dockerfile-notebook",
+            EXAMPLE_REPOS / "dockerfile-notebook",
+            substitutions=substitutions,
+        )
+    assert bad["phase"] == "failed", bad
+    assert bad["commit"] != good["commit"]
+    major = metadata.version("jupyterhub").split(".")[0]
+    message = " ".join(bad["message"].split())
+    assert (
+        "the image has no jupyterhub-singleuser, the program JupyterHub starts: add "
+        f"`jupyterhub=={major}.*` to requirements.txt" in message
+    ), bad["message"]
+    spec_tag, status = await stream_tag(node_kube, good["image"])
+    assert status["items"][0]["image"] == good["digest"]  # still the release before
+    assert spec_tag["annotations"]["opendatahub.io/notebook-build-commit"] == good["commit"]
+    assert spec_tag["annotations"]["aicoe-spawner.io/last-build"] == f"failed {bad['id']}"
+
+
+@pytest.mark.timeout(1500)  # real builds with pip on a shared 2-core machine
+@pytest.mark.parametrize(
+    ("repo", "decided_by", "pins"),
+    [
+        (
+            "requirements-only",
+            ["requirements.txt"],
+            {"requests": "2.32.3", "xmltodict": "0.13.0", "diskcache": "5.6.3"},
+        ),
+        (
+            "pipfile-lock",
+            ["Pipfile", "Pipfile.lock"],
+            {"daiquiri": "2.0.0", "python-json-logger": "0.1.11"},
+        ),
+    ],
+)
+async def test_an_environment_build_installs_the_pinned_versions(
+    demo, node_kube, repo, decided_by, pins
+):
+    """The repository URL and a tag, nothing else: detected as an environment build, the
+    packages come from the test cluster's index, and the server started from the hub has
+    exactly the pinned versions and the repository's files in its home."""
+    url = demo.git.add_repo(repo, data_repo(repo))
+    user, token = await new_user_token(demo)
+    started = time.monotonic()
+    result = await build(demo, token, url, timeout=1200)
+    print(f"{repo}: environment build {result['phase']} in {time.monotonic() - started:.0f} s")
+    assert result["phase"] == "ready", (result["message"], result["log"][-4000:])
+    assert (result["strategy"], result["decided_by"]) == ("environment", decided_by)
+    assert f"decided by: {' '.join(decided_by)}" in result["log"]
+    code = (
+        "import importlib.metadata as m, json, os\n"
+        f"names = {sorted(pins)!r}\n"
+        "print(json.dumps({'versions': {n: m.version(n) for n in names},\n"
+        f"  'file': os.path.exists(os.path.expanduser('~/{decided_by[-1]}'))}}))"
+    )
+    await start_server(demo, node_kube, user, result["image"])
+    try:
+        got = json.loads(await run_in_kernel(demo, user, token, code))
+    finally:
+        await stop_server(demo, node_kube, user)
+    assert got == {"versions": pins, "file": True}

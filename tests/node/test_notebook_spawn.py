@@ -5,8 +5,6 @@ node fails with the scheduler's reason."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime
 import json
 import uuid
 from pathlib import Path
@@ -15,7 +13,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from browser import chromium, login, screenshot
-from hub_harness import Hub
+from hub_harness import Hub, run_in_kernel
 from kube_helpers import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -84,50 +82,6 @@ async def hub(node_cluster, notebook_ns, tmp_path_factory):
     hub = await start_hub(node_cluster, notebook_ns, tmp_path_factory.mktemp("hub"), 240)
     yield hub
     await hub.stop()
-
-
-async def run_in_kernel(hub: Hub, user: str, token: str, code: str) -> str:
-    """Run ``code`` in a new kernel of the user's server (through the proxy); its stdout."""
-    headers = {"Authorization": f"token {token}"}
-    base = f"{hub.url}/user/{user}/api"
-    async with aiohttp.ClientSession(headers=headers) as session:
-        async with session.post(f"{base}/kernels", json={"name": "python3"}) as r:
-            assert r.status == 201, (r.status, await r.text())
-            kernel = await r.json()
-        msg_id = uuid.uuid4().hex
-        request = {
-            "header": {
-                "msg_id": msg_id,
-                "username": user,
-                "session": uuid.uuid4().hex,
-                "msg_type": "execute_request",
-                "version": "5.3",
-                "date": datetime.datetime.now(datetime.UTC).isoformat(),
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {"code": code, "silent": False, "allow_stdin": False},
-            "channel": "shell",
-            "buffers": [],
-        }
-        out = []
-        ws_url = f"{base}/kernels/{kernel['id']}/channels".replace("http://", "ws://")
-        async with session.ws_connect(ws_url) as ws:
-            await ws.send_str(json.dumps(request))
-            async with asyncio.timeout(120):
-                async for frame in ws:
-                    msg = json.loads(frame.data)
-                    if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                        continue
-                    if msg["msg_type"] == "stream":
-                        out.append(msg["content"]["text"])
-                    if msg["msg_type"] == "error":
-                        raise AssertionError("\n".join(msg["content"]["traceback"]))
-                    if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                        break
-        async with session.delete(f"{base}/kernels/{kernel['id']}") as r:
-            assert r.status == 204
-    return "".join(out)
 
 
 async def user_token(hub: Hub, user: str) -> str:

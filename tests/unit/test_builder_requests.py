@@ -221,10 +221,16 @@ def test_job_manifest():
     assert push["terminationMessagePolicy"] == "File"
     # user input never reaches the shell text, only env values
     assert s.repo not in build["command"][2]
-    src = job_manifest(spec_for(ok(strategy="source")), JobConfig())
+    thoth = "quay.io/thoth-station/s2i-thoth-ubi9-py311:v0.35.1"
+    src = job_manifest(spec_for(ok(strategy="source", base_image=thoth)), JobConfig())
     [src_build] = src["spec"]["template"]["spec"]["initContainers"]
     env = {e["name"]: e["value"] for e in src_build["env"]}
-    assert "FROM " in env["S2I_DOCKERFILE"]
+    assert env["S2I_DOCKERFILE"].startswith(f"FROM {thoth}\n")
+    # Thoth's images install the lock without asking the retired Thoth service
+    for line in ('ENV THOTH_ADVISE="0"', 'ENV THOTH_DRY_RUN="1"', 'ENV THOTH_ERROR_FALLBACK="1"'):
+        assert line in env["S2I_DOCKERFILE"].splitlines()
+    other = job_manifest(spec_for(ok(strategy="source", base_image="quay.io/x/y:1")), JobConfig())
+    assert "THOTH" not in str(other)
 
 
 DIGEST = "sha256:" + "a" * 64

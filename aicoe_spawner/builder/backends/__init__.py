@@ -17,3 +17,6 @@ class BackendState:
     digest: str | None = None  # sha256:... when ready
     image_ref: str | None = None  # pinned reference when ready
     log: str | None = None  # the log so far, when the backend can read it
+    # from the image check when ready: (name, version) pairs; None = no report (keep the tag's)
+    software: tuple[tuple[str, str], ...] | None = None  # Python, JupyterLab, JupyterHub
+    dependencies: tuple[tuple[str, str], ...] | None = None  # top-level Python packages

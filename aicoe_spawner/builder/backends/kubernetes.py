@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from ...options import parse_memory
+from ..image_check import CHECK_SCRIPT, PROBE, REPORT_PY, parse_termination
 from ..kube import raw_json
 from ..requests import BuildSpec, repo_hash, user_label
 from ..source import s2i_dockerfile
@@ -35,7 +37,8 @@ DEFAULT_SCRIPTS = "/usr/libexec/s2i"
 # Runs user content (git checkout, Dockerfile steps). No credentials here. User-controlled
 # text (paths, the base image's labels) is only ever data: quoted expansions, `case` patterns
 # and realpath checks, never a shell or sed program.
-BUILD_SCRIPT = r"""set -eu
+BUILD_SCRIPT = (
+    r"""set -eu
 fail() {  # the build's reason, for the record's message (termination message)
   printf '%s\n' "$*" > "${BUILD_TERMINATION_LOG:-/dev/termination-log}" 2>/dev/null || true
   echo "error: $*" >&2; exit 2
@@ -55,6 +58,16 @@ inside() {  # $1 resolved (symlinks followed) must exist inside the checkout
   r=$(realpath -e -- "$1" 2>/dev/null) || return 1
   case "$r" in "$src"|"$src"/*) printf '%s' "$r" ;; *) return 1 ;; esac
 }
+if [ -n "${OVERLAY:-}" ]; then
+  # AICoE-CI's rule: the root Pipfile and Pipfile.lock go, overlays/<name>/* is copied over
+  echo "==> overlay $OVERLAY: overlays/$OVERLAY/* copied to the root (root Pipfile* removed)"
+  od=$(inside "$src/overlays/$OVERLAY") && test -d "$od" ||
+    fail "overlay '$OVERLAY': overlays/$OVERLAY is not a folder inside the repository"
+  rm -f -- "$src/Pipfile" "$src/Pipfile.lock"
+  for f in "$od"/*; do
+    if [ -e "$f" ] || [ -L "$f" ]; then cp -R -- "$f" "$src/"; fi
+  done
+fi
 # Base images: the Dockerfile's FROM lines are read as data (never evaluated) and each image
 # is pulled once before the build, without retries, so that an image the cluster cannot pull
 # fails the build at once with the registry's answer in the record's message.
@@ -109,7 +122,7 @@ ctx=$(inside "$src/${CONTEXT_DIR:-.}") && test -d "$ctx" || {
   echo "context_dir '$CONTEXT_DIR' is not a directory inside the repository"; exit 2; }
 if [ "$STRATEGY" = source ]; then
   echo "==> source strategy: builder image $BASE_IMAGE"
-  buildah $B pull -q $TLS -- "$BASE_IMAGE" >/dev/null
+  pull_base "$BASE_IMAGE"
   fmt='{{index .OCIv1.Config.Labels "io.openshift.s2i.scripts-url"}}'
   url=$(buildah $B inspect --type image --format "$fmt" -- "$BASE_IMAGE" || true)
   scripts=$DEFAULT_SCRIPTS
@@ -130,19 +143,39 @@ if [ "$STRATEGY" = source ]; then
   done
   printf '%s%s' "$out" "$rest" > "$work/Dockerfile.s2i"
   file="$work/Dockerfile.s2i"
+elif [ "$STRATEGY" = environment ]; then
+  echo "==> environment build on $BASE_IMAGE, decided by: ${DECIDED_BY:-(no environment files)}"
+  printf '%s' "$GENERATED_DOCKERFILE" > "$work/Dockerfile.env"
+  file="$work/Dockerfile.env"
 else
   file=$(inside "$src/$DOCKERFILE") && test -f "$file" || {
     echo "Dockerfile '$DOCKERFILE' is not a file inside the repository"; exit 2; }
 fi
+layers="--layers=false"
+if [ -n "${CACHE_REPO:-}" ]; then
+  echo "==> layer cache: $CACHE_REPO"
+  layers="--layers --cache-from $CACHE_REPO --cache-to $CACHE_REPO"
+fi
 base_images "$file" > "$work/base-images"
 while IFS= read -r img; do pull_base "$img"; done < "$work/base-images"
 echo "==> building $OUTPUT_IMAGE"
-buildah $B bud --isolation chroot $TLS --layers=false --cap-drop=all --cap-add="$STEP_CAPS" \
-  -f "$file" -t aicoe-build/image "$ctx"
-rm -f "$WORKSPACE/image.tar"
+{ r=0; buildah $B bud --isolation chroot $TLS $layers --cap-drop=all --cap-add="$STEP_CAPS" \
+    -f "$file" -t aicoe-build/image "$ctx" || r=$?; echo "$r" > "$work/bud.rc"; } 2>&1 |
+  tee "$work/bud.log"
+r=$(cat "$work/bud.rc")
+if [ "$r" != 0 ]; then  # a step of ours says why (aicoe-env); else buildah's last error
+  why=$(sed -n 's/^aicoe-build-error: //p' "$work/bud.log" | tail -n 1)
+  last=$(grep -i 'error' "$work/bud.log" | tail -n 1)
+  [ -n "$why" ] || why="the image build failed (buildah exit code $r): $last"
+  fail "$why"
+fi
+"""
+    + CHECK_SCRIPT
+    + r"""rm -f "$WORKSPACE/image.tar"
 buildah $B push -q aicoe-build/image "oci-archive:$WORKSPACE/image.tar"
 echo "==> built; the push step uploads it"
 """
+)
 
 # Never runs user content: loads the archive the build step wrote and pushes it.
 PUSH_SCRIPT = r"""set -eu
@@ -156,7 +189,17 @@ for extra in $EXTRA_IMAGES; do
   echo "==> pushing $extra"
   buildah $B push -q $TLS "$image" "docker://$extra"
 done
-printf '%s' "$digest" > "${TERMINATION_LOG:-/dev/termination-log}"
+# the digest, then the image check's report (written by the build step: data, capped)
+report=$(cat "$WORKSPACE/image-report.json" 2>/dev/null || true)
+case "$report" in
+  "{"?*"}") ;;
+  *) report="" ;;
+esac
+if [ -n "$report" ] && [ "$(printf '%s' "$report" | wc -c)" -le 3900 ]; then
+  printf '{"digest":"%s",%s' "$digest" "${report#?}" > "${TERMINATION_LOG:-/dev/termination-log}"
+else
+  printf '{"digest":"%s"}' "$digest" > "${TERMINATION_LOG:-/dev/termination-log}"
+fi
 echo "==> pushed $OUTPUT_IMAGE@$digest"
 """
 
@@ -183,6 +226,8 @@ class JobConfig:
     tls_verify: bool = True
     timeout_seconds: int = 3600
     ttl_seconds_after_finished: int = 600
+    check_image: bool = True  # run the image check (image_check.py) before pushing
+    hub_version: str = ""  # the hub's JupyterHub version; "" = not known (major not compared)
     service_account: str | None = None
     namespace: str | None = None  # where build Jobs run (default: the builder's namespace)
     storage_size: str = "20Gi"  # sizeLimit of each emptyDir and the ephemeral-storage limit
@@ -243,7 +288,13 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "STEP_CAPS": ",".join(STEP_CAPABILITIES),
         "GIT_ALLOW_PROTOCOL": "https" if spec.repo.startswith("https:") else "http",
         "GIT_TERMINAL_PROMPT": "0",
+        "CHECK_IMAGE": "true" if config.check_image else "false",
+        "HUB_VERSION": config.hub_version,
+        "CHECK_PROBE": PROBE,
+        "CHECK_REPORT": REPORT_PY,
     }
+    if spec.overlay:
+        build_env["OVERLAY"] = spec.overlay
     if spec.strategy == "source":
         build_env["S2I_DOCKERFILE"] = s2i_dockerfile(
             spec.base_image,
@@ -252,7 +303,13 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
                 "io.openshift.build.commit.id": spec.commit,
                 "io.openshift.build.commit.ref": spec.ref,
             },
+            spec.build_env,
         )
+    if spec.strategy == "environment":
+        build_env["GENERATED_DOCKERFILE"] = spec.generated_dockerfile
+        build_env["DECIDED_BY"] = " ".join(spec.decided_by)
+    if spec.layer_cache:
+        build_env["CACHE_REPO"] = spec.layer_cache
     repo = spec.output_image.rsplit(":", 1)[0]
     push_env = {
         **common,
@@ -365,10 +422,10 @@ def job_state(job: dict | None, pods: list[dict]) -> BackendState:
     if (conditions.get("Complete") or {}).get("status") == "True" or (
         status.get("succeeded") or 0
     ) > 0:
-        digest = message if message.startswith("sha256:") and len(message) == 71 else None
+        digest, software, dependencies = parse_termination(message)
         if digest is None:
             return BackendState("failed", "build succeeded but reported no image digest")
-        return BackendState("ready", "", digest)
+        return BackendState("ready", "", digest, software=software, dependencies=dependencies)
     failed = conditions.get("Failed")
     if (failed or {}).get("status") == "True" or (status.get("failed") or 0) > 0:
         reason = (failed or {}).get("reason") or ""
@@ -389,6 +446,9 @@ class KubernetesBackend:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.config = config
+        # Asks the hub's version when the config has none (the image check compares majors);
+        # learned once, at the first build that finds the hub answering.
+        self.hub_version_lookup: Callable[[], Awaitable[str | None]] | None = None
         # Reads a pod's log: the kubelet's log API by default; a test harness playing the
         # kubelet passes its own.
         self.log_reader = log_reader or self._read_pod_log
@@ -397,6 +457,10 @@ class KubernetesBackend:
         return job_namespace(spec, self.config)
 
     async def submit(self, spec: BuildSpec) -> None:
+        if self.config.check_image and not self.config.hub_version and self.hub_version_lookup:
+            version = await self.hub_version_lookup()
+            if version:
+                self.config = replace(self.config, hub_version=version)
         try:
             await self.batch.create_namespaced_job(self._ns(spec), job_manifest(spec, self.config))
         except ApiException as e:
@@ -443,7 +507,7 @@ class KubernetesBackend:
             if any(p is not None for p in parts):
                 text = "".join(p for p in parts if p)
         if text is not None:
-            state = BackendState(state.phase, state.message, state.digest, state.image_ref, text)
+            state = replace(state, log=text)
         return state
 
     async def exists(self, spec: BuildSpec) -> bool:

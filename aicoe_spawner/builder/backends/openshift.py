@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from ..image_check import OPENSHIFT_HOOK, PROBE, REPORT_PY
 from ..requests import BuildRequestError, BuildSpec
 from . import BackendState
 from .kubernetes import MANAGED_BY, build_annotations, build_labels, job_name
@@ -73,12 +74,33 @@ def dockerfile_path(spec: BuildSpec) -> str:
 
 
 def validate_spec(spec: BuildSpec) -> None:
-    """Raise BuildRequestError (400) for a spec this backend cannot build."""
+    """Raise BuildRequestError (400) for a spec this backend cannot build: a Dockerfile
+    outside the context, and overlays of environment or Dockerfile builds (an OpenShift Build
+    cannot run AICoE-CI's copy-in of ``overlays/<name>/*`` before the build)."""
     if spec.strategy == "dockerfile":
         dockerfile_path(spec)
+    if spec.overlay and spec.strategy in ("dockerfile", "environment"):
+        raise BuildRequestError(
+            ".aicoe-ci.yaml overlays",
+            f"overlay {spec.overlay!r}: the OpenShift backend cannot copy overlays/"
+            f"{spec.overlay}/* to the root before the build; use the kubernetes backend",
+        )
 
 
-def common_spec(spec: BuildSpec, timeout_seconds: int, service_account: str | None) -> dict:
+def post_commit(hub_version: str) -> dict[str, Any]:
+    """The image check as a postCommit hook (run in the built image before the push)."""
+    command = ["/bin/sh", "-c", OPENSHIFT_HOOK, "aicoe-check", PROBE, REPORT_PY, hub_version]
+    return {"command": command}
+
+
+def common_spec(
+    spec: BuildSpec,
+    timeout_seconds: int,
+    service_account: str | None,
+    check_hub_version: str | None = None,
+) -> dict:
+    """``check_hub_version``: run the image check (postCommit hook) against this hub version
+    ("" unknown); None: no check."""
     source: dict[str, Any] = {"type": "Git", "git": {"uri": spec.repo, "ref": spec.commit}}
     if spec.context_dir:
         source["contextDir"] = spec.context_dir
@@ -87,6 +109,12 @@ def common_spec(spec: BuildSpec, timeout_seconds: int, service_account: str | No
             "type": "Source",
             "sourceStrategy": {"from": {"kind": "DockerImage", "name": spec.base_image}},
         }
+        if spec.build_env:
+            strategy["sourceStrategy"]["env"] = [{"name": k, "value": v} for k, v in spec.build_env]
+    elif spec.strategy == "environment":
+        # the generated Dockerfile, inline: OpenShift writes it into the checkout's context
+        source["dockerfile"] = spec.generated_dockerfile
+        strategy = {"type": "Docker", "dockerStrategy": {}}
     else:
         strategy = {"type": "Docker", "dockerStrategy": {"dockerfilePath": dockerfile_path(spec)}}
     out: dict[str, Any] = {
@@ -104,11 +132,16 @@ def common_spec(spec: BuildSpec, timeout_seconds: int, service_account: str | No
     }
     if service_account:
         out["serviceAccount"] = service_account
+    if check_hub_version is not None:
+        out["postCommit"] = post_commit(check_hub_version)
     return out
 
 
 def buildconfig_manifest(
-    spec: BuildSpec, timeout_seconds: int = 3600, service_account: str | None = None
+    spec: BuildSpec,
+    timeout_seconds: int = 3600,
+    service_account: str | None = None,
+    check_hub_version: str | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -120,7 +153,7 @@ def buildconfig_manifest(
             "annotations": build_annotations(spec),
         },
         "spec": {
-            **common_spec(spec, timeout_seconds, service_account),
+            **common_spec(spec, timeout_seconds, service_account, check_hub_version),
             "runPolicy": "Serial",
             "triggers": [],  # builds are started by the builder service only
             "successfulBuildsHistoryLimit": 1,
@@ -134,6 +167,7 @@ def build_manifest(
     timeout_seconds: int = 3600,
     service_account: str | None = None,
     owner: dict | None = None,
+    check_hub_version: str | None = None,
 ) -> dict[str, Any]:
     name = object_name(spec.job_id)
     meta: dict[str, Any] = {
@@ -161,7 +195,7 @@ def build_manifest(
                 "controller": True,
             }
         ]
-    common = common_spec(spec, timeout_seconds, service_account)
+    common = common_spec(spec, timeout_seconds, service_account, check_hub_version)
     common["revision"] = {"type": "Git", "git": {"commit": spec.commit}}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -236,8 +270,13 @@ class OpenShiftBackend:
         timeout_seconds: int = 3600,
         service_account: str | None = None,
         log_reader=None,
+        check_image: bool = True,
+        hub_version: str = "",
     ) -> None:
         self.custom = client.CustomObjectsApi(api)
+        self.check_image = check_image
+        self.hub_version = hub_version
+        self.hub_version_lookup: Callable[[], Awaitable[str | None]] | None = None
         self.core = client.CoreV1Api(api)
         self.timeout_seconds = timeout_seconds
         self.service_account = service_account
@@ -267,17 +306,20 @@ class OpenShiftBackend:
             return None
 
     async def submit(self, spec: BuildSpec) -> None:
+        if self.check_image and not self.hub_version and self.hub_version_lookup:
+            self.hub_version = await self.hub_version_lookup() or ""
+        check = self.hub_version if self.check_image else None
         bc = await self._create(
             "buildconfigs",
             spec,
-            buildconfig_manifest(spec, self.timeout_seconds, self.service_account),
+            buildconfig_manifest(spec, self.timeout_seconds, self.service_account, check),
         )
         if bc is None:
             bc = await self._get("buildconfigs", spec)
         await self._create(
             "builds",
             spec,
-            build_manifest(spec, self.timeout_seconds, self.service_account, bc),
+            build_manifest(spec, self.timeout_seconds, self.service_account, bc, check),
         )
 
     async def _stream(self, spec: BuildSpec) -> dict | None:

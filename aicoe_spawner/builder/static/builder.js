@@ -150,9 +150,10 @@
     const facts = [
       ["Commit", build.commit],
       ["Strategy", build.strategy],
+      ["Decided by", (build.decided_by || []).join(", ")],
       ["Image", build.image],
       ["Digest", build.digest],
-      ...(build.notes || []).map((note) => ["From .aicoe-ci.yaml", note]),
+      ...(build.notes || []).map((note) => ["Note", note]),
     ].filter(([, value]) => value);
     $("detail-facts").replaceChildren(
       ...facts.flatMap(([key, value]) => [

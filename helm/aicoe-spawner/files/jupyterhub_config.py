@@ -53,6 +53,8 @@ if storage["type"] == "dynamic":
         c.KubeSpawner.storage_class = storage["storageClass"]
     c.KubeSpawner.volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}]
     c.KubeSpawner.volume_mounts = [{"name": "home", "mountPath": storage["homeMountPath"]}]
+    # the repository's files built images keep in the home reach the volume (docs/builder.md)
+    c.AICoESpawner.home_path = storage["homeMountPath"]
 else:
     c.KubeSpawner.storage_pvc_ensure = False
 

@@ -1,0 +1,94 @@
+#!/bin/sh
+# aicoe-env: the steps of an aicoe-spawner environment build
+set -eu
+fail() { echo "aicoe-build-error: $*" >&2; exit 1; }
+J=$(command -v jupyterhub-singleuser || true)
+PY=""
+if [ -n "$J" ] && [ -x "$(dirname "$J")/python" ]; then PY=$(dirname "$J")/python; fi
+[ -n "$PY" ] || PY=$(command -v python3 || command -v python || true)
+[ -n "$PY" ] || fail "the base image ${AICOE_BASE_IMAGE:-} has no Python (no jupyterhub-singleuser, no python3)"
+PFX=$("$PY" -c 'import sys; print(sys.prefix)')
+OWNER=$(stat -c %u:%g "$PFX")
+T=/tmp/aicoe-tools
+export UV_CACHE_DIR=/tmp/aicoe-uv-cache UV_PYTHON_DOWNLOADS=never PIP_NO_CACHE_DIR=1 \
+  PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+as_env() {  # run as the owner of the Python environment (a conda env belongs to the user)
+  if [ "$(id -u)" != 0 ] || [ "${OWNER%%:*}" = 0 ]; then "$@"; else
+    setpriv --reuid="${OWNER%%:*}" --regid="${OWNER#*:}" --clear-groups -- "$@"; fi
+}
+tool() {  # install a build tool (micropipenv, uv) from the package index, apart from the env
+  rm -rf "$T"
+  "$PY" -m pip install -q --target "$T" "$1" >&2 ||
+    fail "cannot install $1 from the package index ${PIP_INDEX_URL:-(pip's default)}"
+  chmod -R a+rX "$T"
+}
+pip_install() {  # $1: the file the packages come from; the rest: pip install arguments
+  what=$1; shift
+  if as_env "$PY" -m pip install "$@" > /tmp/aicoe-pip.log 2>&1; then cat /tmp/aicoe-pip.log; return; fi
+  cat /tmp/aicoe-pip.log >&2
+  bad=$(grep -A1 'DO NOT MATCH THE HASHES' /tmp/aicoe-pip.log | tail -n 1 | awk '{print $1}')
+  [ -z "$bad" ] || fail "$what: the downloaded $bad does not match the hash in the lock (tampered, or published again): lock it again"
+  missing=$(grep -o 'No matching distribution found for [^ ]*' /tmp/aicoe-pip.log | head -n 1 || true)
+  [ -z "$missing" ] || fail "$what: $missing on the package index ${PIP_INDEX_URL:-(pip's default)}"
+  fail "$what: pip could not install it: $(grep -E '^(ERROR|error):' /tmp/aicoe-pip.log | tail -n 1)"
+}
+step=$1; f=$2; shift 2
+d=$(dirname "$f")
+r=${f#"${AICOE_HOME:-/}/"}  # the path in the repository, for messages
+case "$step" in
+python)
+  got=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  [ "$got" = "$1" ] || fail "$r asks for Python $1, but the base image ${AICOE_BASE_IMAGE:-} has Python $got (the builder's python_base_images maps $1 to it)" ;;
+apt)
+  o="-o APT::Update::Error-Mode=any"  # a source that fails fails the update
+  if [ -s /tmp/aicoe-apt.list ]; then  # the builder's sources instead of the image's
+    o="$o -o Dir::Etc::sourcelist=/tmp/aicoe-apt.list -o Dir::Etc::sourceparts=/dev/null"; fi
+  apt-get $o update -q > /tmp/aicoe-apt.log 2>&1 || { cat /tmp/aicoe-apt.log >&2;
+    fail "$r: apt-get update failed: $(grep -E '^(E|W):' /tmp/aicoe-apt.log | head -n 1)"; }
+  DEBIAN_FRONTEND=noninteractive apt-get $o install -y -q --no-install-recommends "$@" \
+    > /tmp/aicoe-apt.log 2>&1 || { cat /tmp/aicoe-apt.log >&2;
+    fail "$r: apt-get could not install it: $(grep '^E:' /tmp/aicoe-apt.log | head -n 1)"; }
+  cat /tmp/aicoe-apt.log
+  rm -rf /var/lib/apt/lists/* /tmp/aicoe-apt.list /tmp/aicoe-apt.log ;;
+conda)
+  c=""
+  for x in mamba micromamba conda; do command -v "$x" >/dev/null 2>&1 && { c=$x; break; }; done
+  [ -n "$c" ] || fail "$r needs conda or mamba, and the base image ${AICOE_BASE_IMAGE:-} has neither: use requirements.txt, or a base image with conda (quay.io/jupyter/minimal-notebook)"
+  as_env "$c" env update -p "$PFX" -f "$f" || fail "$r: $c env update failed (see above)"
+  as_env "$c" clean -afy >/dev/null 2>&1 || true ;;
+pipenv)
+  tool micropipenv
+  cd "$d"
+  if [ -f Pipfile ]; then
+    PYTHONPATH=$T "$PY" -m micropipenv verify --method pipenv ||
+      fail "$r is out of date with Pipfile, or needs another Python: run \`pipenv lock\` and commit Pipfile.lock"
+  fi
+  PYTHONPATH=$T "$PY" -m micropipenv requirements --method pipenv --no-indexes --no-dev > /tmp/aicoe-req.txt ||
+    fail "$r cannot be read by micropipenv (see above)"
+  pip_install "$r" --no-deps --require-hashes -r /tmp/aicoe-req.txt
+  rm -rf "$T" /tmp/aicoe-req.txt ;;
+uv)
+  tool uv
+  cd "$d"
+  "$T/bin/uv" export --frozen --no-dev --no-emit-project --format requirements-txt \
+    -o /tmp/aicoe-req.txt >&2 || fail "$r cannot be exported by uv (see above)"
+  pip_install "$r" --no-deps --require-hashes -r /tmp/aicoe-req.txt
+  rm -rf "$T" /tmp/aicoe-req.txt "$UV_CACHE_DIR" ;;
+pylock)
+  tool uv
+  as_env "$T/bin/uv" pip install --python "$PY" -r "$f" || fail "$r: uv could not install it (see above)"
+  rm -rf "$T" "$UV_CACHE_DIR" ;;
+requirements)
+  cd "$d"
+  pip_install "$r" -r "$f" ;;
+project)
+  cd "$d"
+  pip_install "$r" "$@" . ;;
+postbuild)
+  chmod +x "$f" 2>/dev/null || true
+  rc=0; "$f" || rc=$?
+  [ "$rc" = 0 ] || fail "$r exited with code $rc (see the lines above)" ;;
+home)  # the home folder writable by the notebook user and by any uid of group 0 (OpenShift)
+  chgrp -R 0 "$f" && chmod -R g=u "$f" ;;
+*) fail "unknown step $step" ;;
+esac

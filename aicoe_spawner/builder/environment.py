@@ -1,0 +1,430 @@
+"""What a repository is built as, and the Dockerfile of an environment build (pure).
+
+Input: the repository's file list at the commit (for an ``.aicoe-ci.yaml`` overlay: the view
+after AICoE-CI's copy-in rule, :func:`overlay_view`) and the contents of its small environment
+files. Output: a :class:`Decision` (``dockerfile`` | ``environment`` | ``content-only``, the
+files that decided it) and, for environment builds, the Dockerfile (:func:`environment_dockerfile`).
+
+Detection order (docs/builder.md): the environment folder is ``binder/`` or ``.binder/`` when
+the repository has one (then it is the only place looked at; both is refused, as repo2docker
+does), else the root. 1. ``Dockerfile``, else ``Containerfile`` there -> a Dockerfile build.
+2. Any environment file there -> an environment build. 3. Else the repository's content on the
+default notebook image. Lock files are never parsed here: micropipenv, uv and pip read them in
+the build. Refusals raise :class:`BuildRequestError` (status 422) naming the file.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+
+from .requests import BuildRequestError, RepoView
+
+__all__ = [
+    "ENV_FILES",
+    "MAX_FILE_BYTES",
+    "Decision",
+    "EnvSettings",
+    "decide",
+    "environment_dockerfile",
+    "environment_folder",
+    "files_to_read",
+    "overlay_view",
+]
+
+MAX_FILE_BYTES = 64 * 1024
+DOCKERFILES = ("Dockerfile", "Containerfile")
+#: The files an environment build honours, in the order their steps run.
+ENV_FILES = (
+    "apt.txt",
+    "runtime.txt",
+    ".python-version",
+    "environment.yml",
+    "Pipfile",
+    "Pipfile.lock",
+    "pyproject.toml",
+    "uv.lock",
+    "pylock.toml",
+    "requirements.txt",
+    "setup.py",
+    "postBuild",
+    "start",
+)
+#: Files whose content detection reads (the rest only need to exist).
+READ_FILES = ("apt.txt", "runtime.txt", ".python-version", "pyproject.toml", "requirements.txt")
+HELPER = "/usr/local/bin/aicoe-env"
+_APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?")
+_VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
+# requirements.txt lines that need the whole repository (local paths, other files)
+_LOCAL_REQ = re.compile(r"^\s*(-e|--editable|-r|--requirement|-c|--constraint|\.|/|file:)")
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """The admin's choices for environment builds.
+
+    ``python_base_images``: Python version (``"3.12"``) -> the base image a ``runtime.txt`` /
+    ``.python-version`` naming it builds on; other versions are refused. ``package_index_url``
+    (+ ``trusted_host``): the PEP 503 index pip, uv and the tools come from (empty: their
+    defaults). ``apt_sources``: sources.list lines ``apt.txt`` installs from instead of the
+    image's own (empty: the image's). ``user`` / ``home``: the notebook user (uid:gid) and its
+    home, where the repository's files go."""
+
+    base_image: str = "quay.io/jupyter/minimal-notebook:2025-10-06"
+    python_base_images: Mapping[str, str] = field(default_factory=dict)
+    package_index_url: str = ""
+    trusted_host: str = ""
+    apt_sources: tuple[str, ...] = ()
+    user: str = "1000:100"
+    home: str = "/home/jovyan"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``kind``: dockerfile | environment | content-only; ``decided_by``: the files (paths in
+    the repository) that decided it; ``dockerfile``: the file of a Dockerfile build;
+    ``folder``: where environment files are read (``""``, ``binder``, ``.binder``);
+    ``base_image`` / ``python_version``: chosen by runtime.txt / .python-version (else empty);
+    ``notes``: what else was found and not used."""
+
+    kind: str
+    decided_by: tuple[str, ...] = ()
+    dockerfile: str = ""
+    folder: str = ""
+    base_image: str = ""
+    python_version: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def strategy(self) -> str:
+        """The build strategy: ``dockerfile``, else ``environment`` (content-only included)."""
+        return "dockerfile" if self.kind == "dockerfile" else "environment"
+
+
+def _refuse(path: str, why: str) -> BuildRequestError:
+    return BuildRequestError(path, why, 422)
+
+
+def overlay_view(paths: Iterable[str], overlay: str) -> dict[str, str]:
+    """AICoE-CI's overlay rule as a view: path seen by the build -> path in the repository.
+    Before an overlay's build the root ``Pipfile``/``Pipfile.lock`` are removed and
+    ``overlays/<name>/*`` (not its dot-files: a shell glob) is copied to the root, over what
+    is there. ``overlay`` empty: the repository as it is."""
+    paths = list(paths)
+    view = {p: p for p in paths}
+    if not overlay:
+        return view
+    view.pop("Pipfile", None)
+    view.pop("Pipfile.lock", None)
+    prefix = f"overlays/{overlay}/"
+    for p in paths:
+        if p.startswith(prefix) and not p[len(prefix) :].startswith("."):
+            view[p[len(prefix) :]] = p
+    return view
+
+
+def environment_folder(paths: Iterable[str]) -> str:
+    """``binder`` or ``.binder`` when the repository has that folder, else ``""``."""
+    tops = {p.split("/", 1)[0] for p in paths if "/" in p}
+    if "binder" in tops and ".binder" in tops:
+        raise _refuse(
+            "binder", "the repository has both binder/ and .binder/; keep one (repo2docker's rule)"
+        )
+    return "binder" if "binder" in tops else ".binder" if ".binder" in tops else ""
+
+
+def _at(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
+def files_to_read(paths: Iterable[str]) -> list[str]:
+    """The files (view paths) whose content :func:`decide` needs."""
+    paths = set(paths)
+    folder = environment_folder(paths)
+    return [_at(folder, n) for n in READ_FILES if _at(folder, n) in paths]
+
+
+def _lines(text: str) -> list[str]:
+    return [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.split("#", 1)[0].strip()]
+
+
+def _python_version(path: str, text: str) -> str:
+    """``python-3.11`` (runtime.txt) / ``3.11.4`` (.python-version) -> ``3.11``."""
+    lines = _lines(text)
+    value = lines[0] if lines else ""
+    raw = value
+    if path.endswith("runtime.txt"):
+        if not value.startswith("python-"):
+            raise _refuse(path, f"{raw!r} is not a Python runtime (write e.g. python-3.12)")
+        value = value[len("python-") :]
+    value = value.removeprefix("cpython-").removeprefix("python")
+    m = _VERSION.fullmatch(value.split("-", 1)[0]) if value else None
+    if not m:
+        raise _refuse(path, f"{raw!r} is not a Python version (write e.g. 3.12)")
+    return f"{m.group(1)}.{m.group(2)}"
+
+
+def _apt_packages(path: str, text: str) -> tuple[str, ...]:
+    names = []
+    for line in _lines(text):
+        for name in line.split():
+            if not _APT_NAME.fullmatch(name):
+                raise _refuse(path, f"{name!r} is not a Debian package name")
+            names.append(name)
+    return tuple(names)
+
+
+def _has_build_system(text: str | None) -> bool:
+    if text is None:
+        return False
+    try:
+        return "build-system" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def decide(
+    paths: Iterable[str],
+    files: Mapping[str, str | None],
+    settings: EnvSettings,
+    *,
+    strategy: str | None = None,
+    base_image: str | None = None,
+) -> Decision:
+    """The build of a repository with ``paths`` (view paths) and the contents ``files`` of
+    :func:`files_to_read` (None: too large to read). ``strategy``: what the request or
+    .aicoe-ci.yaml asked for (None: detect); ``base_image``: the one they named (it wins over
+    runtime.txt). BuildRequestError (422) names the file a build cannot honour."""
+    paths = set(paths)
+    folder = environment_folder(paths)
+    if strategy in (None, "dockerfile"):
+        for name in DOCKERFILES:
+            if _at(folder, name) in paths:
+                return Decision("dockerfile", (_at(folder, name),), _at(folder, name), folder)
+        if strategy == "dockerfile":
+            return Decision("dockerfile", (), "", folder)
+    present = [n for n in ENV_FILES if _at(folder, n) in paths]
+    for name in READ_FILES:
+        if name in present and files.get(_at(folder, name)) is None:
+            raise _refuse(_at(folder, name), f"larger than {MAX_FILE_BYTES // 1024} KiB")
+    notes: list[str] = []
+    if "Pipfile" in present and "Pipfile.lock" not in present:
+        raise _refuse(
+            _at(folder, "Pipfile"), "Pipfile has no Pipfile.lock: run `pipenv lock` and commit it"
+        )
+    if "uv.lock" in present and "pyproject.toml" not in present:
+        raise _refuse(_at(folder, "uv.lock"), "uv.lock without pyproject.toml cannot be installed")
+    if "apt.txt" in present:
+        _apt_packages(_at(folder, "apt.txt"), files[_at(folder, "apt.txt")] or "")
+    version = chosen = ""
+    for name in ("runtime.txt", ".python-version"):
+        if name not in present:
+            continue
+        path = _at(folder, name)
+        if version:
+            notes.append(f"{path} ignored: runtime.txt names the Python version")
+            continue
+        version = _python_version(path, files[path] or "")
+        if base_image:
+            notes.append(f"{path} asks for Python {version}; the base image {base_image} is used")
+            continue
+        offered = settings.python_base_images
+        if version not in offered:
+            listed = ", ".join(sorted(offered, key=_version_key)) or "none"
+            raise _refuse(
+                path,
+                f"Python {version} is not offered by this builder (versions offered: {listed}); "
+                f"change {name} to one of them",
+            )
+        chosen = offered[version]
+    locks = [
+        n for n in ("Pipfile.lock", "uv.lock", "pylock.toml", "requirements.txt") if n in present
+    ]
+    for extra in locks[1:]:
+        notes.append(f"{_at(folder, extra)} ignored: {_at(folder, locks[0])} pins the packages")
+    decided = [n for n in present if n not in locks[1:]]
+    if "pyproject.toml" in present and "uv.lock" not in present:
+        text = files.get(_at(folder, "pyproject.toml"))
+        if not _has_build_system(text) and "setup.py" not in present:
+            decided.remove("pyproject.toml")
+            notes.append(f"{_at(folder, 'pyproject.toml')} has no [build-system]: not installed")
+    if not decided:
+        return Decision("content-only", (), "", folder, chosen, version, tuple(notes))
+    return Decision(
+        "environment",
+        tuple(_at(folder, n) for n in decided),
+        "",
+        folder,
+        chosen,
+        version,
+        tuple(notes),
+    )
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    return tuple(int(x) if x.isdigit() else 0 for x in v.split("."))
+
+
+# -- the generated Dockerfile -------------------------------------------------------------
+
+# The helper every step calls (installed first, the same for every build: a cached layer).
+# ``aicoe-env <step> <file> [args]``; a failing step prints ``aicoe-build-error: <why>``,
+# which the build script reports as the build's message.
+HELPER_SCRIPT = (resources.files(__package__) / "aicoe-env.sh").read_text()
+
+
+def _quote_lines(lines: Iterable[str]) -> str:
+    return " ".join(shlex.quote(line) for line in lines)
+
+
+def _needs_whole_repo(requirements: str | None) -> bool:
+    """A requirements.txt naming local paths or other files needs the whole repository."""
+    return any(_LOCAL_REQ.match(line) for line in (requirements or "").splitlines())
+
+
+def environment_dockerfile(
+    decision: Decision,
+    base_image: str,
+    settings: EnvSettings,
+    files: Mapping[str, str | None],
+    labels: Mapping[str, str] | None = None,
+) -> str:
+    """The Dockerfile of an environment (or content-only) build: as root, apt.txt; the
+    environment files copied into the home folder and installed (each its own layer, so a
+    change elsewhere reuses them); then the rest of the repository; then, as the notebook
+    user, postBuild; ``start`` becomes the entrypoint. ``files``: as for :func:`decide`."""
+    home = settings.home.rstrip("/") or "/"
+    user = settings.user
+    folder = decision.folder
+    got = set(decision.decided_by)
+
+    def has(name: str) -> bool:
+        return _at(folder, name) in got
+
+    def path(name: str) -> str:
+        return f"{home}/{_at(folder, name)}"
+
+    out = [f"FROM {base_image}"]
+    for key, value in sorted(
+        {
+            **(labels or {}),
+            "io.aicoe-spawner.decided-by": " ".join(decision.decided_by) or "content-only",
+        }.items()
+    ):
+        out.append(f'LABEL "{key}"="{value.replace(chr(34), "").replace(chr(10), " ")}"')
+    args = {"AICOE_BASE_IMAGE": base_image, "AICOE_HOME": home}
+    if settings.package_index_url:
+        args["PIP_INDEX_URL"] = settings.package_index_url
+        args["UV_INDEX_URL"] = settings.package_index_url
+        args["UV_DEFAULT_INDEX"] = settings.package_index_url
+    if settings.trusted_host:
+        args["PIP_TRUSTED_HOST"] = settings.trusted_host
+        args["UV_INSECURE_HOST"] = settings.trusted_host
+    out += [f"ARG {k}={shlex.quote(v)}" for k, v in args.items()]  # build-time only, not ENV
+    out.append("USER root")
+    out.append(
+        f"RUN mkdir -p {HELPER.rsplit('/', 1)[0]} && "
+        f"printf '%s\\n' {_quote_lines(HELPER_SCRIPT.splitlines())} > {HELPER}"
+        f" && chmod 755 {HELPER}"
+    )
+    if decision.python_version:
+        src = _at(folder, "runtime.txt") if has("runtime.txt") else _at(folder, ".python-version")
+        out.append(f"RUN {HELPER} python {shlex.quote(src)} {decision.python_version}")
+    if has("apt.txt"):
+        pkgs = _apt_packages(_at(folder, "apt.txt"), files.get(_at(folder, "apt.txt")) or "")
+        run = f"RUN {HELPER} apt {shlex.quote(_at(folder, 'apt.txt'))} {' '.join(pkgs)}"
+        if settings.apt_sources:
+            run = (
+                f"RUN printf '%s\\n' {_quote_lines(settings.apt_sources)}"
+                f" > /tmp/aicoe-apt.list && {run[4:]}"
+            )
+        out.append(run)
+    chown = f"--chown={user}"
+    early = [
+        n
+        for n in (
+            "environment.yml",
+            "Pipfile",
+            "Pipfile.lock",
+            "pyproject.toml",
+            "uv.lock",
+            "pylock.toml",
+            "requirements.txt",
+        )
+        if has(n)
+    ]
+    req_late = has("requirements.txt") and _needs_whole_repo(
+        files.get(_at(folder, "requirements.txt"))
+    )
+    if req_late:
+        early.remove("requirements.txt")
+    for name in early:
+        out.append(f"COPY {chown} {_at(folder, name)} {path(name)}")
+    q = shlex.quote
+    if has("environment.yml"):
+        out.append(f"RUN {HELPER} conda {q(path('environment.yml'))}")
+    locked = True
+    if has("Pipfile.lock"):
+        out.append(f"RUN {HELPER} pipenv {q(path('Pipfile.lock'))}")
+    elif has("uv.lock"):
+        out.append(f"RUN {HELPER} uv {q(path('uv.lock'))}")
+    elif has("pylock.toml"):
+        out.append(f"RUN {HELPER} pylock {q(path('pylock.toml'))}")
+    elif has("requirements.txt") and not req_late:
+        out.append(f"RUN {HELPER} requirements {q(path('requirements.txt'))}")
+        locked = False
+    else:
+        locked = False
+    out.append(f"COPY {chown} . {home}/")
+    if req_late:
+        out.append(f"RUN {HELPER} requirements {q(path('requirements.txt'))}")
+    if (
+        has("setup.py")
+        or (has("pyproject.toml") and not has("uv.lock"))
+        or (has("uv.lock") and _has_build_system(files.get(_at(folder, "pyproject.toml"))))
+    ):
+        project = path("setup.py") if has("setup.py") else path("pyproject.toml")
+        out.append(f"RUN {HELPER} project {q(project)}" + (" --no-deps" if locked else ""))
+    out.append(f"USER {user}")
+    out.append(f"WORKDIR {home}")
+    if has("postBuild"):
+        out.append(f"RUN {HELPER} postbuild {q(path('postBuild'))}")
+    out += ["USER root", f"RUN {HELPER} home {q(home)}", f"USER {user}"]
+    if has("start"):
+        out += [
+            "USER root",
+            f"RUN install -m 0755 {q(path('start'))} /usr/local/bin/aicoe-repo-start",
+            f"USER {user}",
+            'ENTRYPOINT ["/usr/local/bin/aicoe-repo-start"]',
+            'CMD ["jupyterhub-singleuser"]',
+        ]
+    return "\n".join(out) + "\n"
+
+
+# -- what the service reads of a commit ----------------------------------------------------
+
+
+def _in_context(view: Mapping[str, str], context_dir: str) -> dict[str, str]:
+    if not context_dir:
+        return dict(view)
+    prefix = context_dir.rstrip("/") + "/"
+    return {p[len(prefix) :]: src for p, src in view.items() if p.startswith(prefix)}
+
+
+def wanted_files(paths: Iterable[str], overlay: str, context_dir: str) -> set[str]:
+    """The repository paths whose content :func:`decide` needs for a build of ``overlay``
+    with ``context_dir`` (what the service reads, at most MAX_FILE_BYTES each)."""
+    seen = _in_context(overlay_view(paths, overlay), context_dir)
+    return {seen[p] for p in files_to_read(seen)}
+
+
+def build_view(view: RepoView, overlay: str) -> RepoView:
+    """``view`` (the commit as it is) as ``overlay``'s build sees it (:func:`overlay_view`)."""
+    seen = overlay_view(view.paths, overlay)
+    return RepoView(
+        tuple(seen), {p: view.files[src] for p, src in seen.items() if src in view.files}
+    )

@@ -1,0 +1,534 @@
+"""Detection of what a repository is built as, and the environment build's Dockerfile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aicoe_spawner.builder import environment as env
+from aicoe_spawner.builder.requests import BuildRequestError
+
+S = env.EnvSettings(
+    base_image="quay.io/jupyter/minimal-notebook:2025-10-06",
+    python_base_images={"3.11": "nb:3.11", "3.12": "quay.io/jupyter/minimal-notebook:python-3.12"},
+    package_index_url="http://10.1.0.1:8081/simple/",
+    trusted_host="10.1.0.1",
+    apt_sources=("deb [trusted=yes] http://10.1.0.1:8082 ./",),
+)
+READ = {
+    "requirements.txt": "numpy==2.1.0\n",
+    "apt.txt": "# tools\ncurl\nlibgomp1 jq # json\n",
+    "runtime.txt": "python-3.11\n",
+    ".python-version": "3.12.4\n",
+    "pyproject.toml": '[project]\nname = "x"\n[build-system]\nrequires = ["hatchling"]\n',
+}
+
+
+def files_of(paths, **content):
+    """The contents decide() reads, for ``paths`` (defaults from READ, overrides by name)."""
+    wanted = env.files_to_read(paths)
+    out = {}
+    for p in wanted:
+        name = p.rsplit("/", 1)[-1]
+        out[p] = content.get(name.replace(".", "_"), READ[name])
+    return out
+
+
+def decide(paths, **kw):
+    content = {k: v for k, v in kw.items() if k not in ("strategy", "base_image")}
+    return env.decide(
+        paths,
+        files_of(paths, **content),
+        S,
+        strategy=kw.get("strategy"),
+        base_image=kw.get("base_image"),
+    )
+
+
+def refused(paths, **kw) -> BuildRequestError:
+    with pytest.raises(BuildRequestError) as e:
+        decide(paths, **kw)
+    assert e.value.status == 422
+    return e.value
+
+
+# -- detection order -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "paths, kind, by, dockerfile",
+    [
+        (["Dockerfile", "requirements.txt"], "dockerfile", ("Dockerfile",), "Dockerfile"),
+        (["Containerfile", "apt.txt"], "dockerfile", ("Containerfile",), "Containerfile"),
+        (["Dockerfile", "Containerfile"], "dockerfile", ("Dockerfile",), "Dockerfile"),
+        # a binder folder is the only place looked at: the root Dockerfile is not used
+        (
+            ["Dockerfile", "binder/requirements.txt"],
+            "environment",
+            ("binder/requirements.txt",),
+            "",
+        ),
+        (
+            ["binder/Dockerfile", "requirements.txt"],
+            "dockerfile",
+            ("binder/Dockerfile",),
+            "binder/Dockerfile",
+        ),
+        (
+            [".binder/Containerfile"],
+            "dockerfile",
+            (".binder/Containerfile",),
+            ".binder/Containerfile",
+        ),
+        (["requirements.txt", "nb.ipynb"], "environment", ("requirements.txt",), ""),
+        (["nb.ipynb", "README.md"], "content-only", (), ""),
+        (["binder/README.md", "requirements.txt"], "content-only", (), ""),
+        (["sub/Dockerfile", "sub/requirements.txt"], "content-only", (), ""),
+    ],
+)
+def test_detection_order(paths, kind, by, dockerfile):
+    d = decide(paths)
+    assert (d.kind, d.decided_by, d.dockerfile) == (kind, by, dockerfile)
+    assert d.strategy == ("dockerfile" if kind == "dockerfile" else "environment")
+
+
+def test_both_binder_folders_are_refused():
+    e = refused(["binder/requirements.txt", ".binder/apt.txt"])
+    assert e.field == "binder" and "both binder/ and .binder/" in e.why
+
+
+def test_a_named_strategy_skips_detection():
+    assert decide(["Dockerfile", "requirements.txt"], strategy="environment").decided_by == (
+        "requirements.txt",
+    )
+    d = decide(["requirements.txt"], strategy="dockerfile")
+    assert d.kind == "dockerfile" and d.decided_by == ()
+
+
+def test_every_file_kind_decides_in_step_order():
+    paths = [*env.ENV_FILES, "nb.ipynb"]
+    paths.remove("Pipfile")  # a lock without Pipfile is fine (no staleness check)
+    d = decide(paths)
+    assert d.decided_by == (
+        "apt.txt",
+        "runtime.txt",
+        ".python-version",
+        "environment.yml",
+        "Pipfile.lock",
+        "pyproject.toml",
+        "setup.py",
+        "postBuild",
+        "start",
+    )
+    # one file pins the packages; the others are named as ignored
+    assert "uv.lock ignored: Pipfile.lock pins the packages" in d.notes
+    assert "requirements.txt ignored: Pipfile.lock pins the packages" in d.notes
+    assert ".python-version ignored: runtime.txt names the Python version" in d.notes
+
+
+@pytest.mark.parametrize(
+    "paths, first",
+    [
+        (["uv.lock", "pyproject.toml", "pylock.toml", "requirements.txt"], "uv.lock"),
+        (["pylock.toml", "requirements.txt"], "pylock.toml"),
+        (["requirements.txt", "setup.py"], "requirements.txt"),
+    ],
+)
+def test_lock_precedence(paths, first):
+    assert first in decide(paths).decided_by
+
+
+# -- refusals -----------------------------------------------------------------------------
+
+
+def test_pipfile_without_lock_is_refused():
+    e = refused(["Pipfile", "nb.ipynb"])
+    assert e.field == "Pipfile"
+    assert e.why == "Pipfile has no Pipfile.lock: run `pipenv lock` and commit it"
+
+
+def test_uv_lock_without_pyproject_is_refused():
+    assert refused(["uv.lock"]).field == "uv.lock"
+
+
+@pytest.mark.parametrize(
+    "name, text, version",
+    [
+        ("runtime.txt", "python-3.11\n", "3.11"),
+        ("runtime.txt", "# pinned\npython-3.12.4\n", "3.12"),
+        (".python-version", "3.12\n", "3.12"),
+        (".python-version", "cpython-3.11.9\n", "3.11"),
+    ],
+)
+def test_python_version_maps_to_the_admins_base_image(name, text, version):
+    d = decide([name], **{name.replace(".", "_"): text})
+    assert d.python_version == version
+    assert d.base_image == S.python_base_images[version]
+    assert d.kind == "environment" and d.decided_by == (name,)
+
+
+@pytest.mark.parametrize(
+    "name, text, shown",
+    [
+        ("runtime.txt", "python-2.7\n", "Python 2.7 is not offered"),
+        ("runtime.txt", "python-3.9\n", "Python 3.9 is not offered"),
+        (".python-version", "3.13.1\n", "Python 3.13 is not offered"),
+        ("runtime.txt", "r-2023-01-01\n", "'r-2023-01-01' is not a Python runtime"),
+        (".python-version", "pypy3.10\n", "'pypy3.10' is not a Python version"),
+        ("runtime.txt", "\n", "'' is not a Python runtime"),
+    ],
+)
+def test_unknown_python_versions_are_refused_naming_the_file_and_the_offer(name, text, shown):
+    e = refused([name, "requirements.txt"], **{name.replace(".", "_"): text})
+    assert e.field == name
+    assert shown in e.why
+    if "offered" in shown:
+        assert "(versions offered: 3.11, 3.12)" in e.why
+
+
+def test_no_versions_offered_says_none():
+    with pytest.raises(BuildRequestError, match=r"versions offered: none"):
+        env.decide(["runtime.txt"], {"runtime.txt": "python-3.11"}, env.EnvSettings())
+
+
+def test_an_explicit_base_image_wins_over_runtime_txt():
+    d = decide(["runtime.txt"], runtime_txt="python-2.7", base_image="my/image:1")
+    assert d.base_image == "" and d.python_version == "2.7"
+    assert any("the base image my/image:1 is used" in n for n in d.notes)
+
+
+def test_apt_names_are_checked():
+    e = refused(["apt.txt"], apt_txt="curl\n$(reboot)\n")
+    assert e.field == "apt.txt" and "'$(reboot)' is not a Debian package name" in e.why
+
+
+def test_a_file_too_large_to_read_is_refused():
+    with pytest.raises(BuildRequestError, match="larger than 64 KiB") as e:
+        env.decide(["requirements.txt"], {"requirements.txt": None}, S)
+    assert e.value.field == "requirements.txt"
+
+
+def test_pyproject_without_build_system_is_not_installed():
+    d = decide(["pyproject.toml", "requirements.txt"], pyproject_toml='[project]\nname = "x"\n')
+    assert d.decided_by == ("requirements.txt",)
+    assert "pyproject.toml has no [build-system]: not installed" in d.notes
+
+
+# -- overlays (AICoE-CI's copy-in rule) ------------------------------------------------------
+
+
+def test_overlay_view_removes_root_pipfiles_and_copies_the_overlay():
+    paths = [
+        "Pipfile",
+        "Pipfile.lock",
+        "README.md",
+        "requirements.txt",
+        "overlays/cpu/Pipfile",
+        "overlays/cpu/Pipfile.lock",
+        "overlays/cpu/Dockerfile",
+        "overlays/cpu/.hidden",
+        "overlays/cpu/sub/x.txt",
+        "overlays/gpu/Dockerfile",
+    ]
+    view = env.overlay_view(paths, "cpu")
+    assert view["Pipfile.lock"] == "overlays/cpu/Pipfile.lock"
+    assert view["Dockerfile"] == "overlays/cpu/Dockerfile"
+    assert view["sub/x.txt"] == "overlays/cpu/sub/x.txt"
+    assert view["README.md"] == "README.md"
+    assert ".hidden" not in view  # a shell glob does not copy dot-files
+    assert env.overlay_view(paths, "") == {p: p for p in paths}
+    # an overlay without its own lock loses the root one
+    view = env.overlay_view(paths, "gpu")
+    assert "Pipfile" not in view and "Pipfile.lock" not in view
+    assert decide(list(view)).decided_by == ("Dockerfile",)
+    d = decide(list(env.overlay_view(["Pipfile", "Pipfile.lock", "overlays/x/apt.txt"], "x")))
+    assert d.decided_by == ("apt.txt",)
+
+
+# -- the generated Dockerfile -------------------------------------------------------------
+
+
+def dockerfile(paths, **kw):
+    d = decide(paths, **kw)
+    text = env.environment_dockerfile(d, d.base_image or S.base_image, S, files_of(paths, **kw))
+    return d, text.splitlines()
+
+
+def index_of(lines, prefix):
+    return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+
+
+def test_environment_files_are_copied_and_installed_before_the_rest():
+    _, lines = dockerfile(["requirements.txt", "apt.txt", "postBuild", "nb.ipynb"])
+    assert lines[0] == f"FROM {S.base_image}"
+    copy_req = lines.index("COPY --chown=1000:100 requirements.txt /home/jovyan/requirements.txt")
+    install = lines.index("RUN /usr/local/bin/aicoe-env requirements /home/jovyan/requirements.txt")
+    rest = lines.index("COPY --chown=1000:100 . /home/jovyan/")
+    apt = index_of(lines, "RUN printf '%s\\n' 'deb [trusted=yes]")
+    post = lines.index("RUN /usr/local/bin/aicoe-env postbuild /home/jovyan/postBuild")
+    user = lines.index("USER 1000:100")
+    assert apt < copy_req < install < rest < user < post
+    assert lines[apt].endswith("/usr/local/bin/aicoe-env apt apt.txt curl libgomp1 jq")
+    assert lines.index("USER root") < apt  # apt as root; postBuild as the notebook user
+    # the index is a build argument only (not left in the image's environment)
+    assert "ARG PIP_INDEX_URL=http://10.1.0.1:8081/simple/" in lines
+    assert "ARG PIP_TRUSTED_HOST=10.1.0.1" in lines
+    assert not any(line.startswith("ENV ") for line in lines)
+    assert 'LABEL "io.aicoe-spawner.decided-by"="requirements.txt apt.txt postBuild"' not in lines
+    assert 'LABEL "io.aicoe-spawner.decided-by"="apt.txt requirements.txt postBuild"' in lines
+
+
+def test_the_helper_is_the_same_layer_for_every_build():
+    _, a = dockerfile(["requirements.txt"])
+    _, b = dockerfile(["Pipfile.lock", "start"])
+    helper = index_of(a, "RUN mkdir -p /usr/local/bin && printf '%s\\n' '#!/bin/sh'")
+    assert a[helper] == b[index_of(b, "RUN mkdir -p /usr/local/bin && printf '%s\\n' '#!/bin/sh'")]
+
+
+@pytest.mark.parametrize(
+    "paths, install, project",
+    [
+        (["Pipfile", "Pipfile.lock"], "pipenv /home/jovyan/Pipfile.lock", None),
+        (["Pipfile.lock", "setup.py"], "pipenv /home/jovyan/Pipfile.lock", "setup.py --no-deps"),
+        (["pyproject.toml", "uv.lock"], "uv /home/jovyan/uv.lock", "pyproject.toml --no-deps"),
+        (["pylock.toml"], "pylock /home/jovyan/pylock.toml", None),
+        (
+            ["requirements.txt", "setup.py"],
+            "requirements /home/jovyan/requirements.txt",
+            "setup.py",
+        ),
+        (["pyproject.toml"], None, "pyproject.toml"),
+        (["binder/requirements.txt"], "requirements /home/jovyan/binder/requirements.txt", None),
+    ],
+)
+def test_each_python_file_kind_installs_with_its_tool(paths, install, project):
+    _, lines = dockerfile(paths)
+    rest = lines.index("COPY --chown=1000:100 . /home/jovyan/")
+    runs = [
+        line
+        for line in lines
+        if line.startswith("RUN /usr/local/bin/aicoe-env ") and " home " not in line
+    ]
+    if install:
+        at = lines.index(f"RUN /usr/local/bin/aicoe-env {install}")
+        assert at < rest
+        for p in paths:  # every file the install reads is copied before it
+            if p != "setup.py":
+                assert lines.index(f"COPY --chown=1000:100 {p} /home/jovyan/{p}") < at
+    if project:
+        name, _, flags = project.partition(" ")
+        line = f"RUN /usr/local/bin/aicoe-env project /home/jovyan/{name}" + (
+            f" {flags}" if flags else ""
+        )
+        assert lines.index(line) > rest  # a project needs its whole source
+    assert len(runs) == bool(install) + bool(project)
+
+
+def test_requirements_naming_local_paths_install_after_the_copy():
+    _, lines = dockerfile(["requirements.txt", "setup.py"], requirements_txt="-e .\nnumpy\n")
+    rest = lines.index("COPY --chown=1000:100 . /home/jovyan/")
+    at = lines.index("RUN /usr/local/bin/aicoe-env requirements /home/jovyan/requirements.txt")
+    assert at > rest
+    assert "COPY --chown=1000:100 requirements.txt /home/jovyan/requirements.txt" not in lines
+
+
+def test_runtime_and_conda_and_start():
+    _, lines = dockerfile(["runtime.txt", "environment.yml", "start"])
+    assert lines[0] == "FROM nb:3.11"
+    assert "RUN /usr/local/bin/aicoe-env python runtime.txt 3.11" in lines
+    assert "RUN /usr/local/bin/aicoe-env conda /home/jovyan/environment.yml" in lines
+    assert lines[-2:] == [
+        'ENTRYPOINT ["/usr/local/bin/aicoe-repo-start"]',
+        'CMD ["jupyterhub-singleuser"]',
+    ]
+    assert "RUN install -m 0755 /home/jovyan/start /usr/local/bin/aicoe-repo-start" in lines
+
+
+def test_content_only_copies_the_repository_onto_the_base_image():
+    d, lines = dockerfile(["nb.ipynb"])
+    assert d.kind == "content-only"
+    assert [line for line in lines if line.startswith(("COPY", "RUN /usr"))] == [
+        "COPY --chown=1000:100 . /home/jovyan/",
+        "RUN /usr/local/bin/aicoe-env home /home/jovyan",
+    ]
+    # the home folder is writable by group 0 too (an arbitrary uid on OpenShift), as root
+    assert lines[-3:] == [
+        "USER root",
+        "RUN /usr/local/bin/aicoe-env home /home/jovyan",
+        "USER 1000:100",
+    ]
+
+
+# -- the helper script's own checks (run with this machine's sh and Python) ---------------
+
+
+def run_helper(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "aicoe-env"
+    script.write_text(env.HELPER_SCRIPT)
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    return subprocess.run(
+        ["sh", str(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path, "AICOE_HOME": str(tmp_path), "AICOE_BASE_IMAGE": "b:1"},
+        timeout=60,
+    )
+
+
+def test_helper_refuses_a_base_image_with_another_python(tmp_path):
+    got = run_helper(tmp_path, "python", "runtime.txt", "3.1")
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert got.returncode == 1
+    assert (
+        f"aicoe-build-error: runtime.txt asks for Python 3.1, but the base image b:1 has Python "
+        f"{mine}" in got.stderr
+    )
+    assert run_helper(tmp_path, "python", "runtime.txt", mine).returncode == 0
+
+
+def test_helper_reports_a_failing_postbuild(tmp_path):
+    (tmp_path / "postBuild").write_text("echo preparing\nexit 3\n")  # no shebang, not executable
+    got = run_helper(tmp_path, "postbuild", str(tmp_path / "postBuild"))
+    assert got.returncode == 1 and "preparing" in got.stdout
+    assert "aicoe-build-error: postBuild exited with code 3" in got.stderr
+    (tmp_path / "postBuild").write_text("#!/bin/sh\ntouch done\n")
+    assert run_helper(tmp_path, "postbuild", str(tmp_path / "postBuild")).returncode == 0
+    assert (tmp_path / "done").exists()
+
+
+def test_helper_says_when_conda_is_missing(tmp_path):
+    got = run_helper(tmp_path, "conda", str(tmp_path / "environment.yml"))
+    if got.returncode == 0:  # pragma: no cover - a machine with conda
+        pytest.fail("this machine has conda; the refusal cannot be shown")
+    assert "aicoe-build-error: environment.yml needs conda or mamba, and the base image b:1" in (
+        got.stderr
+    )
+
+
+# -- through resolve_spec and the backends' manifests --------------------------------------
+
+
+def resolved(paths, body=None, ci=None, **defaults):
+    from aicoe_spawner.builder.requests import (
+        BuildDefaults,
+        BuildRequest,
+        RepoView,
+        resolve_spec,
+    )
+
+    request = BuildRequest(repo="https://github.com/org/repo", ref="v1", **(body or {}))
+    d = BuildDefaults(
+        namespace="nb",
+        registry="reg.local:5000",
+        python_base_images=(("3.11", "nb:3.11"),),
+        **defaults,
+    )
+    context = (body or {}).get("context_dir") or (ci.context_dir if ci else "")
+    wanted = env.wanted_files(paths, "", context)
+    view = RepoView(tuple(paths), {p: READ[p.rsplit("/", 1)[-1]] for p in wanted})
+    return resolve_spec(request, "a" * 40, "tag", ci, d, "alice", view=view)
+
+
+def test_detection_decides_the_spec_and_says_so():
+    s = resolved(["requirements.txt", "nb.ipynb"])
+    assert (s.strategy, s.decided_by) == ("environment", ("requirements.txt",))
+    assert s.base_image == "quay.io/jupyter/minimal-notebook:2025-10-06"
+    assert "detected: environment build from requirements.txt" in s.notes
+    assert s.generated_dockerfile.startswith(f"FROM {s.base_image}\n")
+    assert 'LABEL "io.openshift.build.commit.id"="' + "a" * 40 + '"' in s.generated_dockerfile
+    d = resolved(["binder/Dockerfile", "requirements.txt"])
+    assert (d.strategy, d.dockerfile, d.decided_by) == (
+        "dockerfile",
+        "binder/Dockerfile",
+        ("binder/Dockerfile",),
+    )
+    assert d.generated_dockerfile == "" and "detected: Dockerfile build from binder/Dockerfile" in (
+        d.notes
+    )
+    c = resolved(["nb.ipynb"])
+    assert c.strategy == "environment" and c.decided_by == ()
+    assert any("the repository's content on the notebook image" in n for n in c.notes)
+    assert resolved(["runtime.txt"]).base_image == "nb:3.11"
+
+
+def test_a_request_that_names_a_dockerfile_is_not_detected():
+    s = resolved(["requirements.txt"], {"dockerfile": "docker/Dockerfile"})
+    assert (s.strategy, s.dockerfile, s.decided_by) == ("dockerfile", "docker/Dockerfile", ())
+
+
+def test_source_without_a_base_image_is_an_environment_build_and_thoth_gets_its_variables():
+    s = resolved(["requirements.txt"], {"strategy": "source"})
+    assert s.strategy == "environment" and s.decided_by == ("requirements.txt",)
+    thoth = "quay.io/thoth-station/s2i-thoth-ubi9-py311:v0.35.1"
+    t = resolved(["Pipfile", "Pipfile.lock"], {"strategy": "source", "base_image": thoth})
+    assert (t.strategy, t.base_image) == ("source", thoth)
+    assert dict(t.build_env) == {
+        "THOTH_ADVISE": "0",
+        "THOTH_DRY_RUN": "1",
+        "THOTH_ERROR_FALLBACK": "1",
+    }
+    other = resolved([], {"strategy": "source", "base_image": "quay.io/x/s2i:1"})
+    assert other.build_env == ()
+
+
+def test_context_dir_is_where_detection_looks():
+    s = resolved(["app/requirements.txt", "Dockerfile"], {"context_dir": "app"})
+    assert (s.strategy, s.decided_by) == ("environment", ("requirements.txt",))
+
+
+def test_the_generated_dockerfile_and_the_overlay_reach_the_build_pod():
+    from aicoe_spawner.builder.backends.kubernetes import BUILD_SCRIPT, JobConfig, job_manifest
+    from aicoe_spawner.builder.ci_config import parse_ci_configs
+
+    ci = parse_ci_configs("overlays:\n- name: cpu\n  build: {}\n")[0]
+    view = env.overlay_view(["overlays/cpu/requirements.txt", "nb.ipynb"], "cpu")
+    s = resolved(list(view), ci=ci, layer_cache=True)
+    job = job_manifest(s, JobConfig())
+    [build] = job["spec"]["template"]["spec"]["initContainers"]
+    e = {x["name"]: x["value"] for x in build["env"]}
+    assert e["STRATEGY"] == "environment" and e["OVERLAY"] == "cpu"
+    assert e["GENERATED_DOCKERFILE"] == s.generated_dockerfile
+    assert e["DECIDED_BY"] == "requirements.txt"
+    assert e["CACHE_REPO"] == "reg.local:5000/nb/org-repo-cpu-cache"
+    assert build["terminationMessagePath"] == "/dev/termination-log"
+    assert build["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert (
+        BUILD_SCRIPT.splitlines()[1]
+        == "fail() {  # the build's reason, for the record's message (termination message)"
+    )
+    # no cache unless the admin turns it on
+    plain = job_manifest(resolved(["requirements.txt"]), JobConfig())
+    [build] = plain["spec"]["template"]["spec"]["initContainers"]
+    assert "CACHE_REPO" not in {x["name"] for x in build["env"]}
+
+
+def test_openshift_builds_the_generated_dockerfile_inline_and_refuses_overlays():
+    from aicoe_spawner.builder.backends.openshift import buildconfig_manifest, validate_spec
+    from aicoe_spawner.builder.ci_config import parse_ci_configs
+
+    s = resolved(["requirements.txt"])
+    bc = buildconfig_manifest(s)
+    assert bc["spec"]["source"]["dockerfile"] == s.generated_dockerfile
+    assert bc["spec"]["strategy"] == {"type": "Docker", "dockerStrategy": {}}
+    ci = parse_ci_configs("overlays:\n- name: cpu\n  build: {}\n")[0]
+    with pytest.raises(BuildRequestError, match="cannot copy overlays/cpu/"):
+        validate_spec(resolved(["requirements.txt"], ci=ci))
+
+
+def test_the_spec_round_trips_through_its_record():
+    from aicoe_spawner.builder.requests import BuildSpec
+
+    s = resolved(["requirements.txt", "apt.txt"])
+    assert BuildSpec.from_json(s.to_json()) == s
+
+
+def test_settings_change_the_build():
+    a = resolved(["requirements.txt"])
+    b = resolved(["requirements.txt"], package_index_url="http://10.0.0.9/simple/")
+    assert a.content_id != b.content_id
+    assert "ARG PIP_INDEX_URL=http://10.0.0.9/simple/" in b.generated_dockerfile
