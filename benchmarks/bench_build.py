@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -229,14 +228,19 @@ async def main(args) -> list[Row]:
     sources = demo = None
     try:
         sources = await asyncio.to_thread(start_package_sources, node.node_ip)
-        os.environ.update(
-            AICOE_BUILDER_BASE_IMAGE=node.images["notebook"],
-            AICOE_BUILDER_PACKAGE_INDEX_URL=sources.pip_url,
-            AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST=sources.trusted_host,
-            AICOE_BUILDER_APT_SOURCES=sources.apt_line,
-            AICOE_BUILDER_LAYER_CACHE="true",
+        demo = Demo(
+            cluster.plane,
+            node,
+            work / "demo",
+            free_port(),
+            extra_config=TESTER,
+            extra_env={
+                "AICOE_BUILDER_PACKAGE_INDEX_URL": sources.pip_url,
+                "AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST": sources.trusted_host,
+                "AICOE_BUILDER_APT_SOURCES": sources.apt_line,
+                "AICOE_BUILDER_LAYER_CACHE": "true",
+            },
         )
-        demo = Demo(cluster.plane, node, work / "demo", free_port(), extra_config=TESTER)
         await asyncio.to_thread(demo.start)
         user = BuilderClient(demo)
         await user.login()

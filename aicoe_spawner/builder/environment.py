@@ -308,23 +308,36 @@ def environment_dockerfile(
     def path(name: str) -> str:
         return f"{home}/{_at(folder, name)}"
 
+    q = shlex.quote
     out = [f"FROM {base_image}"]
-    for key, value in sorted(
-        {
-            **(labels or {}),
-            "io.aicoe-spawner.decided-by": " ".join(decision.decided_by) or "content-only",
-        }.items()
-    ):
-        out.append(f'LABEL "{key}"="{value.replace(chr(34), "").replace(chr(10), " ")}"')
-    args = {"AICOE_BASE_IMAGE": base_image, "AICOE_HOME": home}
+    all_labels = {
+        **(labels or {}),
+        "io.aicoe-spawner.decided-by": " ".join(decision.decided_by) or "content-only",
+    }
+    # one instruction per kind: with --layers every instruction is a layer (a full copy of the
+    # file system under buildah's vfs driver)
+    out.append(
+        "LABEL "
+        + " ".join(
+            f'"{k}"="{v.replace(chr(34), "").replace(chr(10), " ")}"'
+            for k, v in sorted(all_labels.items())
+        )
+    )
+    # build-time variables as a prefix of each step: not left in the image's environment, and
+    # no ARG instructions (buildah 1.28's --cache-from misses after an ARG step)
+    env = {"AICOE_BASE_IMAGE": base_image, "AICOE_HOME": home}
     if settings.package_index_url:
-        args["PIP_INDEX_URL"] = settings.package_index_url
-        args["UV_INDEX_URL"] = settings.package_index_url
-        args["UV_DEFAULT_INDEX"] = settings.package_index_url
+        env["PIP_INDEX_URL"] = settings.package_index_url
+        env["UV_INDEX_URL"] = settings.package_index_url
+        env["UV_DEFAULT_INDEX"] = settings.package_index_url
     if settings.trusted_host:
-        args["PIP_TRUSTED_HOST"] = settings.trusted_host
-        args["UV_INSECURE_HOST"] = settings.trusted_host
-    out += [f"ARG {k}={shlex.quote(v)}" for k, v in args.items()]  # build-time only, not ENV
+        env["PIP_TRUSTED_HOST"] = settings.trusted_host
+        env["UV_INSECURE_HOST"] = settings.trusted_host
+    prefix = " ".join(f"{k}={q(v)}" for k, v in env.items())
+
+    def step(*args: str) -> str:
+        return f"RUN {prefix} {HELPER} {' '.join(args)}"
+
     out.append("USER root")
     out.append(
         f"RUN mkdir -p {HELPER.rsplit('/', 1)[0]} && "
@@ -333,10 +346,10 @@ def environment_dockerfile(
     )
     if decision.python_version:
         src = _at(folder, "runtime.txt") if has("runtime.txt") else _at(folder, ".python-version")
-        out.append(f"RUN {HELPER} python {shlex.quote(src)} {decision.python_version}")
+        out.append(step("python", q(src), decision.python_version))
     if has("apt.txt"):
         pkgs = _apt_packages(_at(folder, "apt.txt"), files.get(_at(folder, "apt.txt")) or "")
-        run = f"RUN {HELPER} apt {shlex.quote(_at(folder, 'apt.txt'))} {' '.join(pkgs)}"
+        run = step("apt", q(_at(folder, "apt.txt")), *pkgs)
         if settings.apt_sources:
             run = (
                 f"RUN printf '%s\\n' {_quote_lines(settings.apt_sources)}"
@@ -364,44 +377,42 @@ def environment_dockerfile(
         early.remove("requirements.txt")
     for name in early:
         out.append(f"COPY {chown} {_at(folder, name)} {path(name)}")
-    q = shlex.quote
     if has("environment.yml"):
-        out.append(f"RUN {HELPER} conda {q(path('environment.yml'))}")
+        out.append(step("conda", q(path("environment.yml"))))
     locked = True
     if has("Pipfile.lock"):
-        out.append(f"RUN {HELPER} pipenv {q(path('Pipfile.lock'))}")
+        out.append(step("pipenv", q(path("Pipfile.lock"))))
     elif has("uv.lock"):
-        out.append(f"RUN {HELPER} uv {q(path('uv.lock'))}")
+        out.append(step("uv", q(path("uv.lock"))))
     elif has("pylock.toml"):
-        out.append(f"RUN {HELPER} pylock {q(path('pylock.toml'))}")
+        out.append(step("pylock", q(path("pylock.toml"))))
     elif has("requirements.txt") and not req_late:
-        out.append(f"RUN {HELPER} requirements {q(path('requirements.txt'))}")
+        out.append(step("requirements", q(path("requirements.txt"))))
         locked = False
     else:
         locked = False
     out.append(f"COPY {chown} . {home}/")
     if req_late:
-        out.append(f"RUN {HELPER} requirements {q(path('requirements.txt'))}")
+        out.append(step("requirements", q(path("requirements.txt"))))
     if (
         has("setup.py")
         or (has("pyproject.toml") and not has("uv.lock"))
         or (has("uv.lock") and _has_build_system(files.get(_at(folder, "pyproject.toml"))))
     ):
         project = path("setup.py") if has("setup.py") else path("pyproject.toml")
-        out.append(f"RUN {HELPER} project {q(project)}" + (" --no-deps" if locked else ""))
-    out.append(f"USER {user}")
-    out.append(f"WORKDIR {home}")
-    if has("postBuild"):
-        out.append(f"RUN {HELPER} postbuild {q(path('postBuild'))}")
-    out += ["USER root", f"RUN {HELPER} home {q(home)}", f"USER {user}"]
+        out.append(step("project", q(project), *(["--no-deps"] if locked else [])))
     if has("start"):
-        out += [
-            "USER root",
-            f"RUN install -m 0755 {q(path('start'))} /usr/local/bin/aicoe-repo-start",
-            f"USER {user}",
-            'ENTRYPOINT ["/usr/local/bin/aicoe-repo-start"]',
-            'CMD ["jupyterhub-singleuser"]',
-        ]
+        out.append(f"RUN install -m 0755 {q(path('start'))} /usr/local/bin/aicoe-repo-start")
+    # the home writable by the notebook user and by any uid of group 0 (after postBuild,
+    # which may add files to it)
+    if not has("postBuild"):
+        out.append(step("home", q(home)))
+    out += [f"USER {user}", f"WORKDIR {home}"]
+    if has("postBuild"):
+        out += [step("postbuild", q(path("postBuild"))), "USER root", step("home", q(home))]
+        out.append(f"USER {user}")
+    if has("start"):
+        out += ['ENTRYPOINT ["/usr/local/bin/aicoe-repo-start"]', 'CMD ["jupyterhub-singleuser"]']
     return "\n".join(out) + "\n"
 
 

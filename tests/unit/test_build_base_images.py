@@ -51,6 +51,12 @@ def base_images(tmp_path: Path, dockerfile: str) -> list[str]:
             ["quay.io/org/base:1", "quay.io/org/base:1"],
         ),
         ("FROM\nFROM *\n", ["*"]),  # a glob is data, not expanded against the checkout
+        (
+            # not instructions: continuation lines, a heredoc's Python, a bare "from"
+            'FROM base:1\nRUN python3 -c "\\\nfrom os import path" && \\\n  from x\n'
+            "RUN python3 - <<EOF\nfrom os import path\nfrom . import x\nEOF\n",
+            ["base:1"],
+        ),
         ("FROM a\\\n  b\nFROM c", ["a\\", "c"]),  # no newline at the end still read
     ],
 )

@@ -77,8 +77,11 @@ fi
 # is pulled once before the build, without retries, so that an image the cluster cannot pull
 # fails the build at once with the registry's answer in the record's message.
 base_images() {  # $1: a Dockerfile; prints its FROM images, stages and scratch left out
-  set -f; df=$1; stages=" "; args=""; seen_from=""
+  set -f; df=$1; stages=" "; args=""; seen_from=""; cont=""
   while IFS= read -r line || [ -n "$line" ]; do
+    was=$cont; cont=""
+    case "$line" in *'\') cont=1 ;; esac
+    [ -z "$was" ] || continue  # a continuation line is not an instruction
     set -- $line
     [ $# -gt 0 ] || continue
     case "$1" in
@@ -89,7 +92,9 @@ base_images() {  # $1: a Dockerfile; prints its FROM images, stages and scratch 
       [Ff][Rr][Oo][Mm])
         seen_from=1; shift
         while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
-        [ $# -gt 0 ] || continue
+        # FROM image [AS name], nothing else (e.g. not a heredoc's "from x import y")
+        [ $# -eq 1 ] || { [ $# -eq 3 ] && case "$2" in [Aa][Ss]) true ;; *) false ;; esac; } ||
+          continue
         img=$1
         case "$img" in
           '$'*)  # exactly $NAME or ${NAME}: its ARG default, else left to the build
