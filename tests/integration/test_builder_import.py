@@ -354,11 +354,13 @@ async def test_import_with_the_charts_builder_service_account(
             "r-aicoe-spawner-builder", namespace, {"spec": {"expirationSeconds": 3600}}
         )
         api = await api_client(token_kubeconfig(token.status.token, namespace))
-        imp = Importer(api, (namespace, other), SkopeoResolver(), poll=3600)
+        # a namespace the chart gives no Role in (403) does not stop the others
+        forbidden = f"{namespace}-none"
+        imp = Importer(api, (forbidden, namespace, other), SkopeoResolver(), poll=3600)
         assert await imp.run_once() == 2
         # per namespace: one list, one read of the default ServiceAccount and of the Secret
         # (shared by the stream's two tags), one status write
-        assert imp.requests == {"list": 2, "get": 0, "update": 2, "secret": 4}
+        assert imp.requests == {"list": 3, "get": 0, "update": 2, "secret": 4}
         for ns in (namespace, other):
             tag = await tag_of(kube, ns, "jupyter-minimal-notebook", "2025.2")
             assert tag.image_ref == f"{registry.host}/{REPO}@{d1}"
