@@ -28,7 +28,7 @@ AICOE_BUILDER_COOKIE_SECRET   secret signing the OAuth and XSRF cookies (hex, or
                               from JUPYTERHUB_API_TOKEN, which every replica shares too
 AICOE_BUILDER_MAX_STREAMS, AICOE_BUILDER_MAX_STREAMS_PER_USER  open event streams per replica
 AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
-AICOE_BUILDER_IMPORT         "false": no image import (on OpenShift there is none anyway: the
+AICOE_BUILDER_IMPORT          "false": no image import (on OpenShift there is none anyway: the
                               platform imports)
 AICOE_BUILDER_IMPORT_NAMESPACES  comma-separated namespaces whose notebook ImageStreams are
                               imported (default: AICOE_BUILDER_NAMESPACE)

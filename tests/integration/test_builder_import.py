@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import yaml
-from builder_harness import Registry
+from builder_harness import BuilderProcess, Registry
 from helm_chart import apply as apply_chart
 from helm_chart import render
 from kube_helpers import wait_for
@@ -26,6 +26,7 @@ from aicoe_spawner.builder.imports import PULL_SECRETS_ANNOTATION
 from aicoe_spawner.builder.registry import SkopeoResolver
 from aicoe_spawner.catalog import ImageTag, TagPhase, parse_imagestream
 from aicoe_spawner.devcluster import api_client, delete_namespace
+from aicoe_spawner.devcluster.controlplane import free_port
 from aicoe_spawner.watch import ImageStreamWatch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imagestreams"
@@ -368,3 +369,31 @@ async def test_import_with_the_charts_builder_service_account(
         if api is not None:
             await api.close()
         await delete_namespace(kube, other)
+
+
+async def test_the_builder_service_imports(kube, namespace, registry, control_plane, tmp_path):
+    """``python -m aicoe_spawner.builder`` (as the chart runs it) starts the import loop,
+    configured by its AICOE_BUILDER_IMPORT_* variables."""
+    await client.CoreV1Api(kube).create_namespaced_secret(
+        namespace, pull_secret("registry-creds", registry.host, USER, PASSWORD)
+    )
+    d1 = registry.push_tiny_image(REPO, "2025.2", "one")
+    registry.push_tiny_image(REPO, "2025.1", "old")
+    builder = BuilderProcess(
+        tmp_path,
+        control_plane.kubeconfig,
+        namespace,
+        token="builder-token",
+        hub_url="http://127.0.0.1:9",  # the import needs no hub
+        port=free_port(),
+        AICOE_BUILDER_IMPORT_POLL="0.2",
+    )
+    await builder.start()
+    try:
+        await apply(kube, namespace, odh_stream(registry.host))
+        tag = await wait_tag(
+            kube, namespace, "jupyter-minimal-notebook", "2025.2", ImageTag.ready.fget
+        )
+        assert tag.image_ref == f"{registry.host}/{REPO}@{d1}", builder.log_tail()
+    finally:
+        await builder.stop()
