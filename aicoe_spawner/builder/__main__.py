@@ -33,7 +33,7 @@ AICOE_BUILDER_WEBHOOK_SECRET  GitHub webhook secret
 AICOE_BUILDER_HUB_VERSION     the hub's JupyterHub version, whose major version every built image
                               must have (default: asked from $JUPYTERHUB_API_URL at start)
 AICOE_BUILDER_CHECK_IMAGE     "false": offer built images without checking them (docs/builder.md)
-AICOE_BUILDER_IMPORT         "false": no image import (on OpenShift there is none anyway: the
+AICOE_BUILDER_IMPORT          "false": no image import (on OpenShift there is none anyway: the
                               platform imports)
 AICOE_BUILDER_IMPORT_NAMESPACES  comma-separated namespaces whose notebook ImageStreams are
                               imported (default: AICOE_BUILDER_NAMESPACE)

@@ -93,9 +93,13 @@ class Importer:
         writes = 0
         for namespace in self.namespaces:
             self.requests["list"] += 1
-            listed = await self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, label_selector=self.label_selector
-            )
+            try:
+                listed = await self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, label_selector=self.label_selector
+                )
+            except ApiException as e:  # e.g. 403: the other namespaces are still imported
+                log.error("cannot list ImageStreams in %s: %s %s", namespace, e.status, e.reason)
+                continue
             streams = [s for s in listed.get("items") or [] if isinstance(s, dict)]
             names = {(s.get("metadata") or {}).get("name") for s in streams}
             for key in [k for k in self._attempts if k[0] == namespace and k[1] not in names]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import yaml
-from builder_harness import Registry
+from builder_harness import BuilderProcess, Registry
 from helm_chart import apply as apply_chart
 from helm_chart import render
 from kube_helpers import wait_for
@@ -26,6 +26,7 @@ from aicoe_spawner.builder.imports import PULL_SECRETS_ANNOTATION
 from aicoe_spawner.builder.registry import SkopeoResolver
 from aicoe_spawner.catalog import ImageTag, TagPhase, parse_imagestream
 from aicoe_spawner.devcluster import api_client, delete_namespace
+from aicoe_spawner.devcluster.controlplane import free_port
 from aicoe_spawner.watch import ImageStreamWatch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imagestreams"
@@ -354,11 +355,13 @@ async def test_import_with_the_charts_builder_service_account(
             "r-aicoe-spawner-builder", namespace, {"spec": {"expirationSeconds": 3600}}
         )
         api = await api_client(token_kubeconfig(token.status.token, namespace))
-        imp = Importer(api, (namespace, other), SkopeoResolver(), poll=3600)
+        # a namespace the chart gives no Role in (403) does not stop the others
+        forbidden = f"{namespace}-none"
+        imp = Importer(api, (forbidden, namespace, other), SkopeoResolver(), poll=3600)
         assert await imp.run_once() == 2
         # per namespace: one list, one read of the default ServiceAccount and of the Secret
         # (shared by the stream's two tags), one status write
-        assert imp.requests == {"list": 2, "get": 0, "update": 2, "secret": 4}
+        assert imp.requests == {"list": 3, "get": 0, "update": 2, "secret": 4}
         for ns in (namespace, other):
             tag = await tag_of(kube, ns, "jupyter-minimal-notebook", "2025.2")
             assert tag.image_ref == f"{registry.host}/{REPO}@{d1}"
@@ -366,3 +369,31 @@ async def test_import_with_the_charts_builder_service_account(
         if api is not None:
             await api.close()
         await delete_namespace(kube, other)
+
+
+async def test_the_builder_service_imports(kube, namespace, registry, control_plane, tmp_path):
+    """``python -m aicoe_spawner.builder`` (as the chart runs it) starts the import loop,
+    configured by its AICOE_BUILDER_IMPORT_* variables."""
+    await client.CoreV1Api(kube).create_namespaced_secret(
+        namespace, pull_secret("registry-creds", registry.host, USER, PASSWORD)
+    )
+    d1 = registry.push_tiny_image(REPO, "2025.2", "one")
+    registry.push_tiny_image(REPO, "2025.1", "old")
+    builder = BuilderProcess(
+        tmp_path,
+        control_plane.kubeconfig,
+        namespace,
+        token="builder-token",
+        hub_url="http://127.0.0.1:9",  # the import needs no hub
+        port=free_port(),
+        AICOE_BUILDER_IMPORT_POLL="0.2",
+    )
+    await builder.start()
+    try:
+        await apply(kube, namespace, odh_stream(registry.host))
+        tag = await wait_tag(
+            kube, namespace, "jupyter-minimal-notebook", "2025.2", ImageTag.ready.fget
+        )
+        assert tag.image_ref == f"{registry.host}/{REPO}@{d1}", builder.log_tail()
+    finally:
+        await builder.stop()
