@@ -16,7 +16,7 @@ import pytest_asyncio
 import yaml
 from builder_harness import BuilderProcess, Registry
 from helm_chart import apply as apply_chart
-from helm_chart import render
+from helm_chart import remove_cluster_objects, render
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
 
@@ -335,6 +335,7 @@ async def test_import_with_the_charts_builder_service_account(
     core = client.CoreV1Api(kube)
     await core.create_namespace({"metadata": {"name": other}})
     api = None
+    docs: list[dict] = []
     try:
         docs = render(
             "default",
@@ -342,7 +343,8 @@ async def test_import_with_the_charts_builder_service_account(
             release="r",
             values={"imageStreams.namespaces": [namespace, other]},
         )
-        rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+        kinds = ("Namespace", "ServiceAccount", "Role", "RoleBinding")
+        rbac = [d for d in docs if d["kind"] in kinds]
         await apply_chart(kube, rbac, namespace)
         d1 = registry.push_tiny_image(REPO, "2025.2", "one")
         registry.push_tiny_image(REPO, "2025.1", "old")
@@ -369,6 +371,7 @@ async def test_import_with_the_charts_builder_service_account(
         if api is not None:
             await api.close()
         await delete_namespace(kube, other)
+        await remove_cluster_objects(kube, docs)
 
 
 async def test_the_builder_service_imports(kube, namespace, registry, control_plane, tmp_path):
