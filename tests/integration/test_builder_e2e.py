@@ -79,9 +79,11 @@ async def test_dockerfile_build_end_to_end(kube, namespace, infra, builder):
             {"repo": git.url("dockerfile-nb"), "ref": "v1.0"}, "alice"
         )
         assert status == 202 and build.spec.commit == sha and build.phase == "pending"
-        # the build is visible in the catalog right away, with the record's phase (pending
-        # until the Job runs; the reconcile marks it building then)
-        image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
+        # the stream carries the record's phase right away (pending until the Job runs; the
+        # reconcile marks it building then); it enters the catalog once its tag is ready
+        pending = await stream(kube, namespace, "dockerfile-nb")
+        assert "opendatahub.io/notebook-image" not in pending["metadata"]["labels"]
+        image = parse_imagestream(pending)
         assert image.tag("v1.0").phase is TagPhase.PENDING
         assert (await service.get(build.id)).phase == "pending"
         tags = (await stream(kube, namespace, "dockerfile-nb"))["spec"]["tags"]
@@ -113,7 +115,9 @@ async def test_dockerfile_build_end_to_end(kube, namespace, infra, builder):
     assert done.phase == "ready", done.message + done.log
     digest = registry.manifest_digest(f"{namespace}/dockerfile-nb", "v1.0")
     assert done.digest == digest
-    image = parse_imagestream(await stream(kube, namespace, "dockerfile-nb"))
+    ready = await stream(kube, namespace, "dockerfile-nb")
+    assert ready["metadata"]["labels"]["opendatahub.io/notebook-image"] == "true"
+    image = parse_imagestream(ready)
     tag = image.tag("v1.0")
     assert tag.phase is TagPhase.READY and tag.digest == digest
     assert tag.image_ref == f"{registry.host}/{namespace}/dockerfile-nb@{digest}"
