@@ -43,6 +43,7 @@ TESTER = f"""
 c.JupyterHub.services.append({{"name": "tester", "api_token": {ADMIN_TOKEN!r}}})
 c.JupyterHub.load_roles.append({{"name": "tester", "scopes": ["admin:users", "admin:servers",
     "tokens", "read:users"], "services": ["tester"]}})
+c.KubeSpawner.http_timeout = 120  # a server's first answer, on a busy shared 2-core machine
 """
 # Each user's home: a persistent volume (a folder of the node), as the chart's claim would be.
 HOMES = """
