@@ -113,10 +113,11 @@ def overlay_view(paths: Iterable[str], overlay: str) -> dict[str, str]:
     """AICoE-CI's overlay rule as a view: path seen by the build -> path in the repository.
     Before an overlay's build the root ``Pipfile``/``Pipfile.lock`` are removed and
     ``overlays/<name>/*`` (not its dot-files: a shell glob) is copied to the root, over what
-    is there. ``overlay`` empty: the repository as it is."""
+    is there. ``overlay`` empty, or no ``overlays/<name>/`` folder (an overlay of build
+    options only): the repository as it is."""
     paths = list(paths)
     view = {p: p for p in paths}
-    if not overlay:
+    if not overlay or not any(p.startswith(f"overlays/{overlay}/") for p in paths):
         return view
     view.pop("Pipfile", None)
     view.pop("Pipfile.lock", None)

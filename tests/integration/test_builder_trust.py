@@ -402,9 +402,16 @@ async def test_symlinks_out_of_the_checkout_fail_the_build(env):
         "POST",
         "api/builds",
         "bob",
-        {"repo": repo, "ref": "v1", "context_dir": "inner", "name": "links-in"},
+        {
+            "repo": repo,
+            "ref": "v1",
+            "context_dir": "inner",
+            "name": "links-in",
+            "strategy": "dockerfile",
+        },
     )
-    assert (await finished(e, b["id"], "bob"))["phase"] == "ready"
+    done = await finished(e, b["id"], "bob")
+    assert done["phase"] == "ready", done["message"]
 
 
 async def test_base_image_label_never_reaches_a_shell_or_sed(env):
@@ -504,7 +511,8 @@ async def test_overlays_build_one_image_each_and_containerfile_is_a_strategy(env
     ]
     assert reply["id"] == builds[0]["id"]
     for b, line in zip(builds, ("cpu-overlay", "gpu-overlay"), strict=True):
-        assert (await finished(e, b["id"]))["phase"] == "ready"
+        done = await finished(e, b["id"])
+        assert done["phase"] == "ready", done["message"]
         log = (await call(e, "GET", f"api/builds/{b['id']}/logs", "alice"))[1]
         assert line in log
     shown = await images(e)

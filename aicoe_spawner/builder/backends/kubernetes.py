@@ -63,7 +63,10 @@ inside() {  # $1 resolved (symlinks followed) must exist inside the checkout
   r=$(realpath -e -- "$1" 2>/dev/null) || return 1
   case "$r" in "$src"|"$src"/*) printf '%s' "$r" ;; *) return 1 ;; esac
 }
-if [ -n "${OVERLAY:-}" ]; then
+ov="$src/overlays/${OVERLAY:-}"
+if [ -n "${OVERLAY:-}" ] && ! [ -e "$ov" ] && ! [ -L "$ov" ]; then
+  echo "==> overlay $OVERLAY: no overlays/$OVERLAY folder; the repository is built as it is"
+elif [ -n "${OVERLAY:-}" ]; then
   # AICoE-CI's rule: the root Pipfile and Pipfile.lock go, overlays/<name>/* is copied over
   echo "==> overlay $OVERLAY: overlays/$OVERLAY/* copied to the root (root Pipfile* removed)"
   od=$(inside "$src/overlays/$OVERLAY") && test -d "$od" ||
