@@ -85,9 +85,11 @@ async def hub_api(demo: Demo, method: str, path: str, **kwargs):
 async def new_user_token(demo: Demo) -> tuple[str, str]:
     user = f"dev-{uuid.uuid4().hex[:6]}"
     assert HOMES_DIR is not None
-    home = HOMES_DIR / user  # the user's empty volume, the notebook user's (1000:100)
+    # the user's empty volume: the notebook user's, writable by group 0 as OpenShift's
+    # convention has it (source-to-image images run as uid 1001 in group 0)
+    home = HOMES_DIR / user
     home.mkdir()
-    os.chown(home, 1000, 100)
+    os.chown(home, 1000, 0)
     home.chmod(0o775)
     status, _ = await hub_api(demo, "POST", f"/users/{user}")
     assert status == 201
