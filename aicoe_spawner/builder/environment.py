@@ -39,10 +39,8 @@ __all__ = [
 MAX_FILE_BYTES = 64 * 1024
 DOCKERFILES = ("Dockerfile", "Containerfile")
 #: The files an environment build honours, in the order their steps run.
-ENV_FILES = (
-    "apt.txt",
-    "runtime.txt",
-    ".python-version",
+#: The package files copied into the image (and installed) before the rest of the repository.
+PACKAGE_FILES = (
     "environment.yml",
     "Pipfile",
     "Pipfile.lock",
@@ -50,6 +48,12 @@ ENV_FILES = (
     "uv.lock",
     "pylock.toml",
     "requirements.txt",
+)
+ENV_FILES = (
+    "apt.txt",
+    "runtime.txt",
+    ".python-version",
+    *PACKAGE_FILES,
     "setup.py",
     "postBuild",
     "start",
@@ -358,19 +362,7 @@ def environment_dockerfile(
             )
         out.append(run)
     chown = f"--chown={user}"
-    early = [
-        n
-        for n in (
-            "environment.yml",
-            "Pipfile",
-            "Pipfile.lock",
-            "pyproject.toml",
-            "uv.lock",
-            "pylock.toml",
-            "requirements.txt",
-        )
-        if has(n)
-    ]
+    early = [n for n in PACKAGE_FILES if has(n)]
     req_late = has("requirements.txt") and _needs_whole_repo(
         files.get(_at(folder, "requirements.txt"))
     )
