@@ -65,6 +65,18 @@ _APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?
 _VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
 # requirements.txt lines that need the whole repository (local paths, other files)
 _LOCAL_REQ = re.compile(r"^\s*(-e|--editable|-r|--requirement|-c|--constraint|\.|/|file:)")
+#: Environment files of other languages (repo2docker's R, Julia and Nix buildpacks): this builder
+#: installs Python environments only, so a repository that has one is refused naming it rather
+#: than started without what its notebooks need.
+OTHER_LANGUAGES = {
+    "install.R": "R",
+    "DESCRIPTION": "R",
+    "Project.toml": "Julia",
+    "JuliaProject.toml": "Julia",
+    "REQUIRE": "Julia",
+    "default.nix": "Nix",
+}
+_R_RUNTIME = re.compile(r"r-(\d+(\.\d+)*)?(-?\d{4}-\d{2}-\d{2})?")
 
 
 @dataclass(frozen=True)
@@ -157,12 +169,31 @@ def _lines(text: str) -> list[str]:
     return [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.split("#", 1)[0].strip()]
 
 
-def _python_version(path: str, text: str) -> str:
+_OTHER_BASE = {"R": "quay.io/jupyter/r-notebook", "Julia": "quay.io/jupyter/julia-notebook"}
+
+
+def _not_python(
+    path: str, language: str, settings: EnvSettings, what: str = ""
+) -> BuildRequestError:
+    offered = ", ".join(sorted(settings.python_base_images, key=_version_key)) or "none"
+    base = _OTHER_BASE.get(language)
+    return _refuse(
+        path,
+        f"{what or 'this file'} asks for {'an' if language == 'R' else 'a'} {language} "
+        "environment, and this builder installs Python environments only"
+        f" (Python versions offered: {offered}): add a Dockerfile "
+        f"that installs {language}" + (f" (e.g. FROM {base})" if base else ""),
+    )
+
+
+def _python_version(path: str, text: str, settings: EnvSettings) -> str:
     """``python-3.11`` (runtime.txt) / ``3.11.4`` (.python-version) -> ``3.11``."""
     lines = _lines(text)
     value = lines[0] if lines else ""
     raw = value
     if path.endswith("runtime.txt"):
+        if _R_RUNTIME.fullmatch(value) and value != "r-":
+            raise _not_python(path, "R", settings, repr(raw))
         if not value.startswith("python-"):
             raise _refuse(path, f"{raw!r} is not a Python runtime (write e.g. python-3.12)")
         value = value[len("python-") :]
@@ -212,6 +243,9 @@ def decide(
                 return Decision("dockerfile", (_at(folder, name),), _at(folder, name), folder)
         if strategy == "dockerfile":
             return Decision("dockerfile", (), "", folder)
+    for name, language in OTHER_LANGUAGES.items():
+        if _at(folder, name) in paths:
+            raise _not_python(_at(folder, name), language, settings)
     present = [n for n in ENV_FILES if _at(folder, n) in paths]
     for name in READ_FILES:
         if name in present and files.get(_at(folder, name)) is None:
@@ -220,6 +254,12 @@ def decide(
     if "Pipfile" in present and "Pipfile.lock" not in present:
         raise _refuse(
             _at(folder, "Pipfile"), "Pipfile has no Pipfile.lock: run `pipenv lock` and commit it"
+        )
+    if "pyproject.toml" in present and _at(folder, "poetry.lock") in paths:
+        notes.append(
+            f"{_at(folder, 'poetry.lock')} is not read (Poetry's own format): pip installs the "
+            "project and resolves its dependencies; commit a uv.lock or requirements.txt to pin "
+            "them"
         )
     if "uv.lock" in present and "pyproject.toml" not in present:
         raise _refuse(_at(folder, "uv.lock"), "uv.lock without pyproject.toml cannot be installed")
@@ -233,7 +273,7 @@ def decide(
         if version:
             notes.append(f"{path} ignored: runtime.txt names the Python version")
             continue
-        version = _python_version(path, files[path] or "")
+        version = _python_version(path, files[path] or "", settings)
         if base_image:
             notes.append(f"{path} asks for Python {version}; the base image {base_image} is used")
             continue

@@ -178,7 +178,9 @@ def test_python_version_maps_to_the_admins_base_image(name, text, version):
         ("runtime.txt", "python-2.7\n", "Python 2.7 is not offered"),
         ("runtime.txt", "python-3.9\n", "Python 3.9 is not offered"),
         (".python-version", "3.13.1\n", "Python 3.13 is not offered"),
-        ("runtime.txt", "r-2023-01-01\n", "'r-2023-01-01' is not a Python runtime"),
+        ("runtime.txt", "r-2023-01-01\n", "'r-2023-01-01' asks for an R environment"),
+        ("runtime.txt", "r-4.1-2020-07-24\n", "'r-4.1-2020-07-24' asks for an R environment"),
+        ("runtime.txt", "julia-1.9\n", "'julia-1.9' is not a Python runtime"),
         (".python-version", "pypy3.10\n", "'pypy3.10' is not a Python version"),
         ("runtime.txt", "\n", "'' is not a Python runtime"),
     ],
@@ -189,6 +191,41 @@ def test_unknown_python_versions_are_refused_naming_the_file_and_the_offer(name,
     assert shown in e.why
     if "offered" in shown:
         assert "(versions offered: 3.11, 3.12)" in e.why
+
+
+@pytest.mark.parametrize(
+    "path, language",
+    [
+        ("install.R", "an R"),
+        ("DESCRIPTION", "an R"),
+        ("binder/install.R", "an R"),
+        ("Project.toml", "a Julia"),
+        ("REQUIRE", "a Julia"),
+        (".binder/default.nix", "a Nix"),
+    ],
+)
+def test_other_languages_environment_files_are_refused_naming_them(path, language):
+    """repo2docker's R, Julia and Nix files: refused, not built without what they install
+    (even next to a requirements.txt, whose image would lack the R packages)."""
+    folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    e = refused([path, f"{folder}requirements.txt", "analysis.ipynb"])
+    assert e.field == path
+    assert f"this file asks for {language} environment" in e.why
+    assert "installs Python environments only (Python versions offered: 3.11, 3.12)" in e.why
+    assert e.status == 422
+
+
+def test_a_dockerfile_builds_whatever_language_files_are_there():
+    assert decide(["Dockerfile", "install.R", "Project.toml"]).kind == "dockerfile"
+
+
+def test_poetry_lock_is_said_to_be_unread():
+    d = decide(
+        ["pyproject.toml", "poetry.lock"],
+        pyproject_toml='[build-system]\nrequires = ["poetry-core"]\n',
+    )
+    assert d.decided_by == ("pyproject.toml",)
+    assert any(n.startswith("poetry.lock is not read") for n in d.notes)
 
 
 def test_no_versions_offered_says_none():
