@@ -149,6 +149,43 @@ async def build_jobs(kubeconfig: Path) -> list[dict]:
         await api.close()
 
 
+async def phase_times(kubeconfig: Path, job: dict) -> list[str]:
+    """The build pod's ``==>`` lines with the seconds since the pod started (the log's own
+    timestamps): where a build spends its time."""
+    api = await api_client(kubeconfig)
+    out: list[str] = []
+    try:
+        core = client.CoreV1Api(api)
+        pods = await core.list_namespaced_pod(
+            job["metadata"]["namespace"], label_selector=f"job-name={job['metadata']['name']}"
+        )
+        for pod in pods.items:
+            start = pod.status.start_time
+            for container in ("build", "push"):
+                text = await core.read_namespaced_pod_log(
+                    pod.metadata.name, pod.metadata.namespace, container=container, timestamps=True
+                )
+                for line in text.splitlines():
+                    stamp, _, rest = line.partition(" ")
+                    if rest.startswith("==>"):
+                        at = datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00")
+                        out.append(f"{(at - start).total_seconds():6.1f} s  {container}: {rest}")
+                end = next(
+                    (
+                        s.state.terminated.finished_at
+                        for s in (pod.status.init_container_statuses or [])
+                        + (pod.status.container_statuses or [])
+                        if s.name == container and s.state.terminated
+                    ),
+                    None,
+                )
+                if end is not None:
+                    out.append(f"{(end - start).total_seconds():6.1f} s  {container}: (ended)")
+    finally:
+        await api.close()
+    return out
+
+
 def job_seconds(job: dict) -> float:
     status = job["status"]
     start = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
@@ -238,7 +275,7 @@ async def main(args) -> list[Row]:
                 "AICOE_BUILDER_PACKAGE_INDEX_URL": sources.pip_url,
                 "AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST": sources.trusted_host,
                 "AICOE_BUILDER_APT_SOURCES": sources.apt_line,
-                "AICOE_BUILDER_LAYER_CACHE": "true",
+                "AICOE_BUILDER_LAYER_CACHE": args.layer_cache,
             },
         )
         await asyncio.to_thread(demo.start)
@@ -258,6 +295,8 @@ async def main(args) -> list[Row]:
         pod_seconds = job_seconds(cold_job)
         generated = job_env(cold_job, "GENERATED_DOCKERFILE")
         say(f"cold build: {cold:.1f} s (pod {pod_seconds:.1f} s), {result['image']}")
+        for line in await phase_times(cluster.plane.kubeconfig, cold_job):
+            say(f"  {line}")
 
         # 2. the same commit again
         before = len(await build_jobs(cluster.plane.kubeconfig))
@@ -287,6 +326,10 @@ async def main(args) -> list[Row]:
         url = publish(demo, files, "v2")
         nb, _ = await user.build(url, "v2", args.timeout)
         say(f"notebook change: {nb:.1f} s = {nb / cold:.2f}x cold")
+        for job in await build_jobs(cluster.plane.kubeconfig):
+            if job["metadata"]["annotations"].get("aicoe-spawner.io/ref") == "v2":
+                for line in await phase_times(cluster.plane.kubeconfig, job):
+                    say(f"  {line}")
         rows.append(
             Row(
                 "build",
@@ -360,4 +403,7 @@ if __name__ == "__main__":
     parser = arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--repo", default="requirements-only", help="a tests/data/repos name")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per build")
+    parser.add_argument(
+        "--layer-cache", default="true", choices=("true", "false"), help="the builder's cache"
+    )
     run(main, parser)

@@ -56,8 +56,9 @@ AICOE_BUILDER_APT_SOURCES     sources.list lines (newline or ';' separated) apt.
                               from, instead of the base image's own
 AICOE_BUILDER_NOTEBOOK_USER, AICOE_BUILDER_NOTEBOOK_HOME  owner (uid:gid, default 1000:100)
                               and place (default /home/jovyan) of the repository's files
-AICOE_BUILDER_LAYER_CACHE     "true": environment builds keep their layers in the registry
-                              (<registry>/<org>/<stream>-cache, buildah --cache-from/--cache-to)
+AICOE_BUILDER_LAYER_CACHE     "false": no environment images (default: environment builds keep
+                              one in <registry>/<org>/<stream>-cache, reused while the
+                              environment files are unchanged)
 AICOE_BUILDER_BIND_IP         address to listen on (default: the host of the service URL;
                               "0.0.0.0" when the URL names a Service, e.g. in z2jh's hub pod)
 """
@@ -238,7 +239,7 @@ class Settings:
             ),
             notebook_user=g("AICOE_BUILDER_NOTEBOOK_USER") or "1000:100",
             notebook_home=g("AICOE_BUILDER_NOTEBOOK_HOME") or "/home/jovyan",
-            layer_cache=g("AICOE_BUILDER_LAYER_CACHE", "") == "true",
+            layer_cache=g("AICOE_BUILDER_LAYER_CACHE", "true") != "false",
             hub_version=g("AICOE_BUILDER_HUB_VERSION", ""),
             check_image=g("AICOE_BUILDER_CHECK_IMAGE", "true") != "false",
             import_enabled=g("AICOE_BUILDER_IMPORT", "true") != "false",

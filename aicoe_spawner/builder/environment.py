@@ -61,6 +61,10 @@ ENV_FILES = (
 #: Files whose content detection reads (the rest only need to exist).
 READ_FILES = ("apt.txt", "runtime.txt", ".python-version", "pyproject.toml", "requirements.txt")
 HELPER = "/usr/local/bin/aicoe-env"
+#: The line of a generated Dockerfile between the environment (the base image, apt.txt, the
+#: package files and their installs: what the environment image holds, reused by every commit
+#: whose environment files are the same) and the repository's content after it.
+ENVIRONMENT_MARKER = "# aicoe-spawner: the environment above, the repository below"
 _APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?")
 _VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
 # requirements.txt lines that need the whole repository (local paths, other files)
@@ -339,8 +343,9 @@ def environment_dockerfile(
     labels: Mapping[str, str] | None = None,
 ) -> str:
     """The Dockerfile of an environment (or content-only) build: as root, apt.txt; the
-    environment files copied into the home folder and installed (each its own layer, so a
-    change elsewhere reuses them); then the rest of the repository; then, as the notebook
+    environment files copied into the home folder and installed; then
+    :data:`ENVIRONMENT_MARKER` (what is above is the environment image, reused while those
+    files stay the same); then the labels and the rest of the repository; then, as the notebook
     user, postBuild; ``start`` becomes the entrypoint. ``files``: as for :func:`decide`."""
     home = settings.home.rstrip("/") or "/"
     user = settings.user
@@ -359,14 +364,10 @@ def environment_dockerfile(
         **(labels or {}),
         "io.aicoe-spawner.decided-by": " ".join(decision.decided_by) or "content-only",
     }
-    # one instruction per kind: with --layers every instruction is a layer (a full copy of the
-    # file system under buildah's vfs driver)
-    out.append(
-        "LABEL "
-        + " ".join(
-            f'"{k}"="{v.replace(chr(34), "").replace(chr(10), " ")}"'
-            for k, v in sorted(all_labels.items())
-        )
+    # after ENVIRONMENT_MARKER: the commit's labels must not change the environment image
+    label = "LABEL " + " ".join(
+        f'"{k}"="{v.replace(chr(34), "").replace(chr(10), " ")}"'
+        for k, v in sorted(all_labels.items())
     )
     # build-time variables as a prefix of each step: not left in the image's environment, and
     # no ARG instructions (buildah 1.28's --cache-from misses after an ARG step)
@@ -424,7 +425,7 @@ def environment_dockerfile(
         locked = False
     else:
         locked = False
-    out.append(f"COPY {chown} . {home}/")
+    out += [ENVIRONMENT_MARKER, label, f"COPY {chown} . {home}/"]
     if req_late:
         out.append(step("requirements", q(path("requirements.txt"))))
     if (

@@ -130,7 +130,7 @@ def image_specs() -> dict[str, ImageSpec]:
             packages=("python3", "python3-venv", "ca-certificates", "git"),
             python=_hub_versions(),
         ),
-        "builder": ImageSpec("builder", packages=("buildah", "git", "ca-certificates")),
+        "builder": ImageSpec("builder", packages=("buildah", "skopeo", "git", "ca-certificates")),
         "hub-base": ImageSpec(
             "hub-base",
             packages=(

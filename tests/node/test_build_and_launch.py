@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import time
+import urllib.request
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +34,7 @@ from node_harness import data_repo
 
 from aicoe_spawner.demo import EXAMPLE_REPOS, NAMESPACE, Demo
 from aicoe_spawner.devcluster.controlplane import free_port
-from aicoe_spawner.devcluster.images import registry_digest
+from aicoe_spawner.devcluster.images import MANIFEST_TYPES, registry_digest
 from aicoe_spawner.home_seed import SEED_CONTAINER, marker_name
 
 pytestmark = pytest.mark.node
@@ -298,45 +299,205 @@ async def test_a_dockerfile_without_jupyterhub_fails_the_check_and_the_tag_keeps
     assert spec_tag["annotations"]["aicoe-spawner.io/last-build"] == f"failed {bad['id']}"
 
 
-@pytest.mark.timeout(1500)  # real builds with pip on a shared 2-core machine
-@pytest.mark.parametrize(
-    ("repo", "decided_by", "pins"),
-    [
-        (
-            "requirements-only",
-            ["requirements.txt"],
-            {"requests": "2.32.3", "xmltodict": "0.13.0", "diskcache": "5.6.3"},
-        ),
-        (
-            "pipfile-lock",
-            ["Pipfile", "Pipfile.lock"],
-            {"daiquiri": "2.0.0", "python-json-logger": "0.1.11"},
-        ),
-    ],
-)
-async def test_an_environment_build_installs_the_pinned_versions(
-    demo, node_kube, repo, decided_by, pins
-):
-    """The repository URL and a tag, nothing else: detected as an environment build, the
-    packages come from the test cluster's index, and the server started from the hub has
-    exactly the pinned versions and the repository's files in its home."""
-    url = demo.git.add_repo(repo, data_repo(repo))
-    user, token = await new_user_token(demo)
+# Real public repositories (tests/data/repos, with their provenance): the files that decide the
+# build, the versions the server must have, and programs apt.txt installs.
+ENVIRONMENT_CASES = {
+    "requirements-only": (
+        ["requirements.txt"],
+        {"requests": "2.32.3", "xmltodict": "0.13.0", "diskcache": "5.6.3"},
+        [],
+    ),
+    "pipfile-lock": (
+        ["Pipfile", "Pipfile.lock"],
+        {"daiquiri": "2.0.0", "python-json-logger": "0.1.11"},
+        [],
+    ),
+    "uv-lock": (
+        ["pyproject.toml", "uv.lock"],
+        {"fastapi": "0.118.0", "pydantic": "2.11.10", "uvicorn": "0.37.0"},
+        [],
+    ),
+    "apt-postbuild": (["apt.txt", "postBuild"], {}, ["/usr/games/cowsay", "/usr/games/lolcat"]),
+}
+
+
+@pytest.mark.timeout(2400)  # real builds with pip and apt on a shared 2-core machine
+async def test_environment_builds_install_exactly_what_each_repository_pins(demo, node_kube):
+    """Each repository URL and a tag, nothing else, built at once: detected as an
+    environment build, the packages come from the test cluster's index and Debian
+    repository, and a server started from the hub has exactly the pinned versions, the
+    programs apt.txt names and the repository's files in its home."""
+    users = {repo: await new_user_token(demo) for repo in ENVIRONMENT_CASES}
+    urls = {repo: demo.git.add_repo(repo, data_repo(repo)) for repo in ENVIRONMENT_CASES}
     started = time.monotonic()
-    result = await build(demo, token, url, timeout=1200)
-    print(f"{repo}: environment build {result['phase']} in {time.monotonic() - started:.0f} s")
-    assert result["phase"] == "ready", (result["message"], result["log"][-4000:])
-    assert (result["strategy"], result["decided_by"]) == ("environment", decided_by)
-    assert f"decided by: {' '.join(decided_by)}" in result["log"]
-    code = (
-        "import importlib.metadata as m, json, os\n"
-        f"names = {sorted(pins)!r}\n"
-        "print(json.dumps({'versions': {n: m.version(n) for n in names},\n"
-        f"  'file': os.path.exists(os.path.expanduser('~/{decided_by[-1]}'))}}))"
+
+    async def timed(repo: str) -> dict:
+        result = await build(demo, users[repo][1], urls[repo], timeout=2000)
+        print(f"{repo}: {result['phase']} after {time.monotonic() - started:.0f} s")
+        return result
+
+    results = dict(
+        zip(ENVIRONMENT_CASES, await asyncio.gather(*map(timed, ENVIRONMENT_CASES)), strict=True)
     )
-    await start_server(demo, node_kube, user, result["image"])
+    for repo, (decided_by, pins, programs) in ENVIRONMENT_CASES.items():
+        result = results[repo]
+        assert result["phase"] == "ready", (repo, result["message"], result["log"][-4000:])
+        assert (result["strategy"], result["decided_by"]) == ("environment", decided_by), repo
+        assert f"decided by: {' '.join(decided_by)}" in result["log"]
+        code = (
+            "import importlib.metadata as m, json, os, shutil\n"
+            f"names = {sorted(pins)!r}\n"
+            f"programs = {programs!r}\n"
+            "print(json.dumps({'versions': {n: m.version(n) for n in names},\n"
+            "  'programs': [p for p in programs if os.access(p, os.X_OK)],\n"
+            f"  'file': os.path.exists(os.path.expanduser('~/{decided_by[-1]}'))}}))"
+        )
+        user, token = users[repo]
+        await start_server(demo, node_kube, user, result["image"])
+        try:
+            got = json.loads(await run_in_kernel(demo, user, token, code))
+        finally:
+            await stop_server(demo, node_kube, user)
+        assert got == {"versions": pins, "programs": programs, "file": True}, repo
+
+
+def _stale_pipfile(files: Path) -> None:
+    pipfile = files / "Pipfile"
+    pipfile.write_text(pipfile.read_text().replace("[packages]\n", '[packages]\nxmltodict = "*"\n'))
+
+
+def _tampered_lock(files: Path) -> None:
+    lock = files / "Pipfile.lock"
+    data = json.loads(lock.read_text())
+    data["default"]["daiquiri"]["hashes"] = [
+        h[:-4] + ("0000" if not h.endswith("0000") else "1111")
+        for h in data["default"]["daiquiri"]["hashes"]
+    ]
+    lock.write_text(json.dumps(data, indent=4))
+
+
+def _failing_postbuild(files: Path) -> None:
+    (files / "postBuild").write_text("#!/bin/sh\necho 'setting up the data'\nexit 1\n")
+    (files / "postBuild").chmod(0o755)
+
+
+def _missing_apt_package(files: Path) -> None:
+    (files / "apt.txt").write_text("cowsay\nno-such-package-aicoe\n")
+
+
+BAD_ENVIRONMENTS = {
+    "stale-pipfile": (
+        "pipfile-lock",
+        _stale_pipfile,
+        "Pipfile.lock is out of date with Pipfile, or needs another Python: run `pipenv lock`",
+    ),
+    "tampered-lock": (
+        "pipfile-lock",
+        _tampered_lock,
+        "Pipfile.lock: the downloaded daiquiri==2.0.0 does not match the hash in the lock",
+    ),
+    "failing-postbuild": (
+        "requirements-only",
+        _failing_postbuild,
+        "postBuild exited with code 1",
+    ),
+    "missing-apt-package": (
+        "apt-postbuild",
+        _missing_apt_package,
+        "apt.txt: apt-get could not install it: E: Unable to locate package no-such-package-aicoe",
+    ),
+}
+
+
+@pytest.mark.timeout(1800)
+async def test_a_broken_environment_fails_its_build_saying_why_and_registers_nothing(
+    demo, node_kube, tmp_path
+):
+    """A stale lock, a tampered hash, a failing postBuild, an apt package that does not
+    exist: each a failed build whose record message names the cause (not only its log), and
+    no ImageStream tag. A Python version no base image offers is refused before any build."""
+    urls = {}
+    for name, (source, breaks, _) in BAD_ENVIRONMENTS.items():
+        files = tmp_path / name
+        shutil.copytree(data_repo(source), files)
+        breaks(files)
+        urls[name] = demo.git.add_repo(name, files)
+    tokens = {name: (await new_user_token(demo))[1] for name in BAD_ENVIRONMENTS}
+    results = await asyncio.gather(
+        *(build(demo, tokens[name], urls[name], timeout=1500) for name in BAD_ENVIRONMENTS)
+    )
+    for (name, (_, _, reason)), result in zip(BAD_ENVIRONMENTS.items(), results, strict=True):
+        assert result["phase"] == "failed", (name, result["phase"], result["log"][-3000:])
+        assert reason in " ".join(result["message"].split()), (name, result["message"])
+        _, status = await stream_tag_or_none(node_kube, result["image"])
+        assert status is None, (name, status)
+
+    url = demo.git.add_repo("runtime-python2", data_repo("runtime-python2"))
+    _, token = await new_user_token(demo)
+    headers = {"Authorization": f"token {token}"}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        async with s.post(f"{demo.builder_url}/api/builds", json={"repo": url, "ref": "v1"}) as r:
+            assert r.status == 422, await r.text()
+            body = await r.json()
+    assert "runtime.txt" in json.dumps(body) and "Python 2.7 is not offered" in json.dumps(body)
+    assert "versions offered: 3.11" in json.dumps(body)
+
+
+async def stream_tag_or_none(kube, image: str) -> tuple[dict | None, dict | None]:
+    """:func:`stream_tag`, or (None, None) when the stream or the tag does not exist."""
     try:
-        got = json.loads(await run_in_kernel(demo, user, token, code))
-    finally:
-        await stop_server(demo, node_kube, user)
-    assert got == {"versions": pins, "file": True}
+        return await stream_tag(kube, image)
+    except client.ApiException as e:
+        if e.status == 404:
+            return None, None
+        raise
+    except ValueError:  # the stream exists without this tag
+        return None, None
+
+
+def registry_layers(reference: str) -> list[str]:
+    """The layer digests of ``registry/repository@digest`` (the local plain-HTTP registry)."""
+    registry, rest = reference.split("/", 1)
+    repository, digest = rest.split("@")
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{digest}",
+        headers={"Accept": MANIFEST_TYPES},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return [layer["digest"] for layer in json.load(resp)["layers"]]
+
+
+@pytest.mark.timeout(1500)
+async def test_a_notebook_change_reuses_the_environment_image(demo, node_kube, tmp_path):
+    """The next commit changes only a notebook: its build pulls the environment image the
+    first one kept (the packages are not installed again) and the new image is that image's
+    layers plus one."""
+    _, token = await new_user_token(demo)
+    url = demo.git.add_repo("requirements-only", data_repo("requirements-only"))
+    first = await build(demo, token, url)  # shared with the test above when it ran first
+    assert first["phase"] == "ready", first["message"]
+    files = tmp_path / "requirements-only"
+    shutil.copytree(data_repo("requirements-only"), files)
+    (files / "notes.ipynb").write_text(
+        json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
+    demo.git.add_repo("requirements-only", files, tag="v1")
+    started = time.monotonic()
+    second = await build(demo, token, url)
+    took = time.monotonic() - started
+    assert second["phase"] == "ready", second["message"]
+    assert second["commit"] != first["commit"]
+    assert "==> environment image: reused" in second["log"], second["log"][-3000:]
+    assert "aicoe-env requirements" not in second["log"]  # nothing installed again
+    print(f"rebuild after a notebook change: {took:.0f} s")
+    _, status = await stream_tag(node_kube, second["image"])
+    now = registry_layers(status["items"][0]["dockerImageReference"])
+    kept = [line for line in first["log"].splitlines() if "environment image" in line]
+    assert kept, first["log"][-3000:]
+    assert len(now) >= 2
+    env_ref = second["log"].split("==> environment image: reused ", 1)[1].split()[0]
+    registry, rest = env_ref.split("/", 1)
+    repository, tag = rest.rsplit(":", 1)
+    env_digest = registry_digest(registry, repository, tag)
+    assert env_digest is not None
+    assert registry_layers(f"{registry}/{repository}@{env_digest}") == now[:-1]

@@ -432,7 +432,27 @@ def test_content_only_copies_the_repository_onto_the_base_image():
         "USER 1000:100",
         "WORKDIR /home/jovyan",
     ]
-    assert lines[2] == "USER root"
+    assert lines[1] == "USER root"
+
+
+def test_the_environment_part_has_nothing_of_the_commit():
+    """Above the marker: the base image, the helper, apt.txt, the package files and their
+    installs; the labels (the commit) and the repository are below it, so that the
+    environment image is the same for every commit with the same environment files."""
+    labels = {"io.openshift.build.commit.id": "c0ffee"}
+    files = {"apt.txt": "cowsay\n", "requirements.txt": "requests==2.32.3\n"}
+    d = env.decide(["apt.txt", "requirements.txt", "postBuild", "nb.ipynb"], files, S)
+    text = env.environment_dockerfile(d, "base:1", S, files, labels)
+    above, below = text.split(env.ENVIRONMENT_MARKER + "\n")
+    assert "c0ffee" not in above and "LABEL" not in above
+    assert above.splitlines()[0] == "FROM base:1"
+    assert "COPY --chown=1000:100 requirements.txt /home/jovyan/requirements.txt" in above
+    assert "aicoe-env requirements /home/jovyan/requirements.txt" in above
+    assert "aicoe-env apt apt.txt cowsay" in above
+    assert below.splitlines()[0].startswith('LABEL "io.aicoe-spawner.decided-by"')
+    assert "c0ffee" in below.splitlines()[0]
+    assert below.splitlines()[1] == "COPY --chown=1000:100 . /home/jovyan/"
+    assert "FROM" not in below and "postbuild" in below
 
 
 # -- the helper script's own checks (run with this machine's sh and Python) ---------------

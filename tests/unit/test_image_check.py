@@ -296,7 +296,7 @@ def test_the_build_step_gets_the_check_and_the_hubs_version():
     assert build["terminationMessagePath"] == "/dev/termination-log"
     script = build["command"][2]
     # after the build, before the archive
-    assert script.index("bud ") < script.index(CHECK_SCRIPT) < script.index("oci-archive:")
+    assert script.index("bud ") < script.index(CHECK_SCRIPT) < script.index("oci:$WORKSPACE/layout")
     assert f'--user "{ANY_UID}:0"' in script
     off = job_manifest(spec(), JobConfig(check_image=False))
     env = {

@@ -1,9 +1,9 @@
 """The Kubernetes backend: one Job per build (pure manifests + state, and a thin async shell).
 
 The build pod has two steps. The init container ``build`` fetches the commit and runs the
-user's Dockerfile (or the s2i-equivalent one) with buildah, writing the image as an OCI archive
+user's Dockerfile (or the s2i-equivalent one) with buildah, writing the image as an OCI layout
 to a sized emptyDir; it has no credentials. The container ``push`` never runs user content: it
-loads the archive and pushes it with the push secret, and writes the pushed digest (buildah
+pushes the layout with the push secret, and writes the pushed digest (buildah
 ``--digestfile``) to its termination message. The pod runs with seccomp RuntimeDefault, no
 service-account token, and ephemeral-storage limits."""
 
@@ -19,6 +19,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from ...options import parse_memory
+from ..environment import ENVIRONMENT_MARKER
 from ..image_check import CHECK_SCRIPT, PROBE, REPORT_PY, parse_termination
 from ..kube import raw_json
 from ..requests import BuildSpec, repo_hash, user_label
@@ -29,7 +30,7 @@ log = logging.getLogger("aicoe_spawner.builder.kubernetes")
 
 MANAGED_BY = "aicoe-image-builder"
 L = "aicoe-spawner.io/"
-WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI archive
+WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI layout of the image
 BUILD_STORAGE = "/var/lib/aicoe-build-storage"  # buildah storage of the build step
 PUSH_STORAGE = "/var/lib/aicoe-push-storage"  # buildah storage of the push step
 DEFAULT_SCRIPTS = "/usr/libexec/s2i"
@@ -159,44 +160,126 @@ else
   file=$(inside "$src/$DOCKERFILE") && test -f "$file" || {
     echo "Dockerfile '$DOCKERFILE' is not a file inside the repository"; exit 2; }
 fi
-layers="--layers=false"
-if [ -n "${CACHE_REPO:-}" ]; then
-  echo "==> layer cache: $CACHE_REPO"
-  layers="--layers --cache-from $CACHE_REPO --cache-to $CACHE_REPO"
+bud() {  # $1: a Dockerfile, $2: the image it makes; a failure fails the build saying why
+  { r=0; buildah $B bud --isolation chroot $TLS --layers=false --cap-drop=all \
+      --cap-add="$STEP_CAPS" -f "$1" -t "$2" "$ctx" || r=$?; echo "$r" > "$work/bud.rc"; } 2>&1 |
+    tee "$work/bud.log"
+  r=$(cat "$work/bud.rc")
+  if [ "$r" != 0 ]; then  # a step of ours says why (aicoe-env); else buildah's last error
+    why=$(sed -n 's/^aicoe-build-error: //p' "$work/bud.log" | tail -n 1)
+    last=$(grep -i 'error' "$work/bud.log" | tail -n 1)
+    [ -n "$why" ] || why="the image build failed (buildah exit code $r): $last"
+    fail "$why"
+  fi
+}
+# The environment image (environment builds, when the builder keeps one): the generated
+# Dockerfile's part above ENV_MARKER, named by a hash of that text, of the files it copies and
+# of the base image's manifest; reused from CACHE_REPO by every commit whose environment is
+# the same, else built here and pushed there by the push step.
+env_key=""
+if [ -n "${CACHE_REPO:-}" ] && [ "$STRATEGY" = environment ]; then
+  part=env; : > "$work/env.df"; : > "$work/app.df"
+  while IFS= read -r line || [ -n "$line" ]; do
+    if [ "$line" = "$ENV_MARKER" ]; then part=app; continue; fi
+    printf '%s\n' "$line" >> "$work/$part.df"
+  done < "$file"
+  if [ "$part" = app ]; then
+    {
+      cat "$work/env.df"
+      set -f
+      while IFS= read -r line; do
+        set -- $line
+        case "$1" in
+          COPY) c=$(inside "$ctx/$3") && sha256sum < "$c" || echo "missing $3" ;;
+          FROM) case "$2" in
+              *@sha256:*) echo "$2" ;;
+              *) if command -v skopeo >/dev/null 2>&1 &&
+                  m=$(skopeo inspect --raw $TLS -- "docker://$2" 2>/dev/null); then
+                  printf '%s' "$m" | sha256sum
+                else unpinned=$2; fi ;;
+            esac ;;
+        esac
+      done < "$work/env.df"
+      set +f
+    } > "$work/env.key"
+    env_key=$(sha256sum < "$work/env.key" | cut -c 1-40)
+    if [ -n "${unpinned:-}" ]; then
+      echo "==> environment image: none (the tag of $unpinned cannot be resolved to a digest)"
+      env_key=""
+    fi
+  fi
 fi
-base_images "$file" > "$work/base-images"
-while IFS= read -r img; do pull_base "$img"; done < "$work/base-images"
-echo "==> building $OUTPUT_IMAGE"
-{ r=0; buildah $B bud --isolation chroot $TLS $layers --cap-drop=all --cap-add="$STEP_CAPS" \
-    -f "$file" -t aicoe-build/image "$ctx" || r=$?; echo "$r" > "$work/bud.rc"; } 2>&1 |
-  tee "$work/bud.log"
-r=$(cat "$work/bud.rc")
-if [ "$r" != 0 ]; then  # a step of ours says why (aicoe-env); else buildah's last error
-  why=$(sed -n 's/^aicoe-build-error: //p' "$work/bud.log" | tail -n 1)
-  last=$(grep -i 'error' "$work/bud.log" | tail -n 1)
-  [ -n "$why" ] || why="the image build failed (buildah exit code $r): $last"
-  fail "$why"
+if [ -n "$env_key" ]; then
+  env_image="$CACHE_REPO:env-$env_key"
+  if buildah $B pull -q --retry 0 $TLS -- "$env_image" >/dev/null 2>&1; then
+    echo "==> environment image: reused $env_image (the environment files are unchanged)"
+    env_from=$env_image
+  else
+    echo "==> environment image: $env_image is new; building it"
+    base_images "$work/env.df" > "$work/base-images"
+    while IFS= read -r img; do pull_base "$img"; done < "$work/base-images"
+    bud "$work/env.df" aicoe-build/env
+    env_from=localhost/aicoe-build/env
+    printf '%s\n' "$env_image" > "$work/env-image"
+  fi
+  { printf 'FROM %s\n' "$env_from"; cat "$work/app.df"; } > "$work/Dockerfile.app"
+  echo "==> building $OUTPUT_IMAGE"
+  bud "$work/Dockerfile.app" aicoe-build/image
+else
+  base_images "$file" > "$work/base-images"
+  while IFS= read -r img; do pull_base "$img"; done < "$work/base-images"
+  echo "==> building $OUTPUT_IMAGE"
+  bud "$file" aicoe-build/image
 fi
 """
     + CHECK_SCRIPT
-    + r"""rm -f "$WORKSPACE/image.tar"
-buildah $B push -q aicoe-build/image "oci-archive:$WORKSPACE/image.tar"
+    + r"""rm -rf "$WORKSPACE/layout" "$WORKSPACE/env-image"
+buildah $B push -q aicoe-build/image "oci:$WORKSPACE/layout:image"
+if [ -s "$work/env-image" ]; then  # a new environment image: the push step keeps it
+  buildah $B push -q aicoe-build/env "oci:$WORKSPACE/layout:env"
+  cp "$work/env-image" "$WORKSPACE/env-image"
+fi
 echo "==> built; the push step uploads it"
 """
 )
 
-# Never runs user content: loads the archive the build step wrote and pushes it.
+# Never runs user content: pushes the OCI layout the build step wrote. With skopeo (the
+# project's builder image) straight from the layout: its compressed layers as they are, and
+# the layers the registry already has (the base image's, on a rebuild) are not sent again.
+# Without it (e.g. quay.io/buildah/stable), buildah loads the layout and pushes the image.
 PUSH_SCRIPT = r"""set -eu
-B="--storage-driver vfs --root $PUSH_STORAGE/root --runroot $PUSH_STORAGE/run"
-TLS="--tls-verify=${TLS_VERIFY:-true}"
-image=$(buildah $B pull -q "oci-archive:$WORKSPACE/image.tar")
+layout="$WORKSPACE/layout"
+if command -v skopeo >/dev/null 2>&1; then
+  push_to() {  # $1: the layout's image; $2: the destination; $3: its digest's file (optional)
+    skopeo copy -q --dest-tls-verify="${TLS_VERIFY:-true}" ${3:+--digestfile "$3"} \
+      "oci:$layout:$1" "docker://$2"
+  }
+else
+  B="--storage-driver vfs --root $PUSH_STORAGE/root --runroot $PUSH_STORAGE/run"
+  push_to() {
+    image=$(buildah $B pull -q "oci:$layout:$1")
+    buildah $B push -q --tls-verify="${TLS_VERIFY:-true}" ${3:+--digestfile "$3"} \
+      "$image" "docker://$2"
+  }
+fi
 echo "==> pushing $OUTPUT_IMAGE"
-buildah $B push -q $TLS --digestfile "$PUSH_STORAGE/digest" "$image" "docker://$OUTPUT_IMAGE"
+push_to image "$OUTPUT_IMAGE" "$PUSH_STORAGE/digest"
 digest=$(cat "$PUSH_STORAGE/digest")
 for extra in $EXTRA_IMAGES; do
   echo "==> pushing $extra"
-  buildah $B push -q $TLS "$image" "docker://$extra"
+  push_to image "$extra"
 done
+# a new environment image, to the builder's cache repository only (the name is checked: the
+# build step ran user content)
+env_image=$(head -c 200 "$WORKSPACE/env-image" 2>/dev/null || true)
+env_image=${env_image%%"$(printf '\n')"*}
+if [ -n "$env_image" ] && [ -n "${CACHE_REPO:-}" ]; then
+  case "${env_image#"$CACHE_REPO:env-"}" in
+    "$env_image"|*[!0-9a-f]*|"") echo "==> ignoring an environment image name: $env_image" ;;
+    *) echo "==> keeping the environment image $env_image"
+       push_to env "$env_image" || echo "==> the environment image could not be kept" ;;
+  esac
+fi
 # the digest, then the image check's report (written by the build step: data, capped)
 report=$(cat "$WORKSPACE/image-report.json" 2>/dev/null || true)
 case "$report" in
@@ -318,12 +401,15 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         build_env["DECIDED_BY"] = " ".join(spec.decided_by)
     if spec.layer_cache:
         build_env["CACHE_REPO"] = spec.layer_cache
+        build_env["ENV_MARKER"] = ENVIRONMENT_MARKER
     repo = spec.output_image.rsplit(":", 1)[0]
     push_env = {
         **common,
         "PUSH_STORAGE": PUSH_STORAGE,
         "EXTRA_IMAGES": " ".join(f"{repo}:{t}" for t in spec.extra_tags),
     }
+    if spec.layer_cache:
+        push_env["CACHE_REPO"] = spec.layer_cache
     size = config.storage_size
     volumes: list[dict[str, Any]] = [
         {"name": name, "emptyDir": {"sizeLimit": size}}
