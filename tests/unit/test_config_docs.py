@@ -36,6 +36,7 @@ def test_every_trait_is_documented_with_its_help():
 
 def test_check_mode_reports_drift(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gen, "OUTPUT", tmp_path / "configuration.md")
+    monkeypatch.setattr(gen, "BUILDER_OUTPUT", tmp_path / "builder-config.md")
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0
     assert gen.main(["--check"]) == 0

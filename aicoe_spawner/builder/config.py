@@ -1,0 +1,704 @@
+"""The builder's configuration: the ``ImageBuilder`` traitlets Application.
+
+Every setting is a trait of :class:`ImageBuilder` (``c.ImageBuilder.<name>`` in
+``aicoe_image_builder_config.py``, ``--ImageBuilder.<name>=…`` on the command line). The
+environment variables JupyterHub and the Helm chart set (``AICOE_BUILDER_*``, the
+``JUPYTERHUB_*`` the builder reads) map onto the traits in :data:`ENV_VARS`, parsed and
+validated like any other value. Precedence: command line > config file > environment >
+default. docs/builder-config.md is generated from these traits (scripts/gen_config_docs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from traitlets import (
+    Bool,
+    Dict,
+    Enum,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
+from traitlets import Callable as CallableTrait
+from traitlets.config import Application, Config, catch_config_error
+
+from ..options import parse_memory
+from . import imports
+from .catalog_view import ImagePolicies
+from .requests import DEFAULT_BASE_IMAGE, BuildRequestError, validate_image
+
+#: runtime.txt / .python-version versions offered by default (Jupyter Docker Stacks' tags)
+DEFAULT_PYTHON_BASE_IMAGES = (
+    ("3.11", "quay.io/jupyter/minimal-notebook:python-3.11"),
+    ("3.12", "quay.io/jupyter/minimal-notebook:python-3.12"),
+    ("3.13", "quay.io/jupyter/minimal-notebook:python-3.13"),
+)
+
+DEFAULT_CONFIG_FILE = "aicoe_image_builder_config.py"
+
+
+@dataclass
+class Settings:
+    """The values the rest of the builder receives (``build_service``, ``make_importer``);
+    made by :meth:`ImageBuilder.settings`. Its defaults are the traits' defaults."""
+
+    namespace: str = "default"
+    registry: str = "image-registry.local:5000"
+    allowed_hosts: tuple[str, ...] = ("github.com", "gitlab.com")
+    private_hosts: tuple[str, ...] = ()
+    allow_http: bool = False
+    tls_verify: bool = True
+    push_secret: str | None = None
+    builder_image: str = "quay.io/buildah/stable:v1.37"
+    backend: str = "kubernetes"
+    max_per_user: int = 2
+    max_total: int = 10
+    timeout: int = 3600
+    webhook_secret: str = ""
+    kubeconfig: str | None = None
+    interval: float = 1.0
+    branch_ttl: int = 0
+    job_retention: int = 600
+    cleanup_interval: float = 60.0
+    build_namespace: str | None = None
+    build_storage: str = "20Gi"
+    record_retention: int = 7 * 24 * 3600
+    cookie_secret: str = ""
+    max_streams: int = 200
+    max_streams_per_user: int = 10
+    max_image_streams_per_user: int = 20
+    base_image: str = DEFAULT_BASE_IMAGE
+    python_base_images: tuple[tuple[str, str], ...] = DEFAULT_PYTHON_BASE_IMAGES
+    package_index_url: str = ""
+    package_index_trusted_host: str = ""
+    apt_sources: tuple[str, ...] = ()
+    notebook_user: str = "1000:100"
+    notebook_home: str = "/home/jovyan"
+    layer_cache: bool = False
+    hub_version: str = ""  # "" = ask the hub's API at start
+    check_image: bool = True
+    import_enabled: bool = True
+    import_namespaces: tuple[str, ...] = ()  # empty: (namespace,)
+    import_interval: float = imports.DEFAULT_INTERVAL
+    import_retry: float = imports.DEFAULT_RETRY
+    import_poll: float = 30.0
+    image_policy: str = ""  # JSON, see ImageBuilder.image_policy
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """The settings of ``env`` alone (no config file, no command line)."""
+        app = ImageBuilder()
+        app.update_config(app.env_config(env))
+        return app.settings()
+
+    def image_policies(self) -> ImagePolicies:
+        """The policies of ``image_policy``; SystemExit naming the variable if invalid."""
+        try:
+            return ImagePolicies.from_json(self.image_policy)
+        except ValueError as e:
+            raise SystemExit(f"AICOE_BUILDER_IMAGE_POLICY: {e}") from None
+
+
+class Seconds(Float):
+    """A positive, finite number of seconds."""
+
+    info_text = "a positive number of seconds"
+
+    def validate(self, obj: Any, value: Any) -> float:
+        value = super().validate(obj, value)
+        if not (math.isfinite(value) and value > 0):
+            self.error(obj, value)
+        return value
+
+
+# -- parsing environment values ----------------------------------------------------------
+
+
+def comma_list(text: str) -> list[str]:
+    """``a, b,,c`` -> ``["a", "b", "c"]``."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def lines(text: str) -> list[str]:
+    """Lines separated by newlines or ``;``, stripped, empty ones dropped."""
+    return [line.strip() for line in re.split(r"[;\n]", text) if line.strip()]
+
+
+def version_images(text: str) -> dict[str, str]:
+    """``3.12=<image>,3.11=<image>`` -> ``{"3.12": "<image>", …}``."""
+    out = {}
+    for item in comma_list(text):
+        version, sep, image = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not <major.minor>=<image>")
+        out[version.strip()] = image.strip()
+    return out
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """An environment variable and the trait it sets. ``parse`` turns its text into the
+    trait's value (default: the trait's own ``from_string``, lists comma-separated)."""
+
+    name: str
+    trait: str
+    parse: Callable[[str], Any] | None = None
+
+
+#: Every environment variable the builder reads, and its trait. When several set one trait,
+#: the first that is set (and not empty) wins.
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("AICOE_BUILDER_NAMESPACE", "namespace"),
+    EnvVar("AICOE_BUILDER_REGISTRY", "registry"),
+    EnvVar("AICOE_BUILDER_ALLOWED_HOSTS", "allowed_hosts"),
+    EnvVar("AICOE_BUILDER_PRIVATE_HOSTS", "private_hosts"),
+    EnvVar("AICOE_BUILDER_ALLOW_HTTP", "allow_http"),
+    EnvVar("AICOE_BUILDER_TLS_VERIFY", "tls_verify"),
+    EnvVar("AICOE_BUILDER_PUSH_SECRET", "push_secret"),
+    EnvVar("AICOE_BUILDER_IMAGE", "build_image"),
+    EnvVar("AICOE_BUILDER_BACKEND", "backend"),
+    EnvVar("AICOE_BUILDER_MAX_PER_USER", "max_per_user"),
+    EnvVar("AICOE_BUILDER_MAX_TOTAL", "max_total"),
+    EnvVar("AICOE_BUILDER_TIMEOUT", "build_timeout"),
+    EnvVar("AICOE_BUILDER_WEBHOOK_SECRET", "webhook_secret"),
+    EnvVar("AICOE_BUILDER_KUBECONFIG", "kubeconfig"),
+    EnvVar("KUBECONFIG", "kubeconfig"),
+    EnvVar("AICOE_BUILDER_INTERVAL", "reconcile_interval"),
+    EnvVar("AICOE_BUILDER_BRANCH_TTL", "branch_ttl"),
+    EnvVar("AICOE_BUILDER_JOB_RETENTION", "job_retention"),
+    EnvVar("AICOE_BUILDER_CLEANUP_INTERVAL", "cleanup_interval"),
+    EnvVar("AICOE_BUILDER_BUILD_NAMESPACE", "build_namespace"),
+    EnvVar("AICOE_BUILDER_BUILD_STORAGE", "build_storage"),
+    EnvVar("AICOE_BUILDER_RECORD_RETENTION", "record_retention"),
+    EnvVar("AICOE_BUILDER_COOKIE_SECRET", "cookie_secret"),
+    EnvVar("AICOE_BUILDER_MAX_STREAMS", "max_streams"),
+    EnvVar("AICOE_BUILDER_MAX_STREAMS_PER_USER", "max_streams_per_user"),
+    EnvVar("AICOE_BUILDER_MAX_IMAGE_STREAMS_PER_USER", "max_image_streams_per_user"),
+    EnvVar("AICOE_BUILDER_BASE_IMAGE", "base_image"),
+    EnvVar("AICOE_BUILDER_PYTHON_BASE_IMAGES", "python_base_images", version_images),
+    EnvVar("AICOE_BUILDER_PACKAGE_INDEX_URL", "package_index_url"),
+    EnvVar("AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST", "package_index_trusted_host"),
+    EnvVar("AICOE_BUILDER_APT_SOURCES", "apt_sources", lines),
+    EnvVar("AICOE_BUILDER_NOTEBOOK_USER", "notebook_user"),
+    EnvVar("AICOE_BUILDER_NOTEBOOK_HOME", "notebook_home"),
+    EnvVar("AICOE_BUILDER_LAYER_CACHE", "layer_cache"),
+    EnvVar("AICOE_BUILDER_HUB_VERSION", "hub_version"),
+    EnvVar("AICOE_BUILDER_CHECK_IMAGE", "check_image"),
+    EnvVar("AICOE_BUILDER_IMPORT", "import_enabled"),
+    EnvVar("AICOE_BUILDER_IMPORT_NAMESPACES", "import_namespaces"),
+    EnvVar("AICOE_BUILDER_IMPORT_INTERVAL", "import_interval"),
+    EnvVar("AICOE_BUILDER_IMPORT_RETRY", "import_retry"),
+    EnvVar("AICOE_BUILDER_IMPORT_POLL", "import_poll"),
+    EnvVar("AICOE_BUILDER_IMAGE_POLICY", "image_policy", json_object),
+    EnvVar("AICOE_BUILDER_BIND_IP", "bind_ip"),
+    EnvVar("JUPYTERHUB_SERVICE_URL", "service_url"),
+    EnvVar("JUPYTERHUB_SERVICE_PREFIX", "service_prefix"),
+    EnvVar("JUPYTERHUB_API_URL", "hub_api_url"),
+)
+
+
+def env_vars_of(trait: str) -> list[str]:
+    """The variables that set ``trait``, in the order they are looked at."""
+    return [v.name for v in ENV_VARS if v.trait == trait]
+
+
+_S = Settings  # the defaults
+
+
+class ImageBuilder(Application):
+    """``aicoe-image-builder``: the image builder service of aicoe-spawner."""
+
+    name = "aicoe-image-builder"
+    description = (
+        "The aicoe-spawner image builder: builds notebook images from Git repositories and "
+        "publishes them as ImageStream tags. Configured by a config file "
+        f"({DEFAULT_CONFIG_FILE}), these options, and AICOE_BUILDER_* environment variables "
+        "(command line > config file > environment > default; docs/builder-config.md)."
+    )
+    examples = """
+    aicoe-image-builder --config=/etc/aicoe/aicoe_image_builder_config.py
+    aicoe-image-builder --namespace=jupyterhub --max-total=20 --log-level=DEBUG
+    aicoe-image-builder --generate-config > aicoe_image_builder_config.py
+    """
+    raise_config_file_errors = True  # a broken config file stops the builder
+
+    aliases = {
+        "config": "ImageBuilder.config_file",
+        "namespace": "ImageBuilder.namespace",
+        "registry": "ImageBuilder.registry",
+        "backend": "ImageBuilder.backend",
+        "build-namespace": "ImageBuilder.build_namespace",
+        "max-per-user": "ImageBuilder.max_per_user",
+        "max-total": "ImageBuilder.max_total",
+        "build-timeout": "ImageBuilder.build_timeout",
+        "kubeconfig": "ImageBuilder.kubeconfig",
+        "bind-ip": "ImageBuilder.bind_ip",
+        "log-level": "Application.log_level",
+    }
+    flags = {
+        **Application.flags,
+        "generate-config": (
+            {"ImageBuilder": {"generate_config": True}},
+            "Print a config file with every setting and its help, commented out.",
+        ),
+        "no-import": (
+            {"ImageBuilder": {"import_enabled": False}},
+            "Do not import images (ImageBuilder.import_enabled = False).",
+        ),
+    }
+
+    #: the coroutine that runs the builder with this configuration (__main__.serve)
+    serve = CallableTrait(allow_none=True, default_value=None)
+
+    config_file = Unicode(
+        DEFAULT_CONFIG_FILE,
+        help="""Python (or .json) config file to load, relative to the working directory.
+        The default name is loaded when it exists; a file named here must exist.""",
+    ).tag(config=True)
+
+    generate_config = Bool(
+        False, help="Print a commented config file with every setting, then exit."
+    ).tag(config=True)
+
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return 20  # INFO
+
+    # -- where builds and images live ---------------------------------------------------
+
+    namespace = Unicode(
+        _S.namespace,
+        help="""Namespace of the build records (ImageBuild objects), the quota ledger and the
+        ImageStreams of built images. The chart sets it to the release's namespace.""",
+    ).tag(config=True)
+
+    build_namespace = Unicode(
+        "",
+        help="""Namespace build Jobs run in (Kubernetes backend), e.g. `notebook-builds`,
+        confined by the chart's NetworkPolicy; records and ImageStreams stay in `namespace`.
+        Empty: `namespace`.""",
+    ).tag(config=True)
+
+    registry = Unicode(
+        _S.registry,
+        help="""Registry host[:port][/organisation] built images are pushed to. Only this
+        setting decides it, never a repository.""",
+    ).tag(config=True)
+
+    push_secret = Unicode(
+        "",
+        help="""Name of a `kubernetes.io/dockerconfigjson` Secret with push credentials,
+        mounted only into the push step of build pods (never where the repository's build
+        steps run). Empty: push without credentials.""",
+    ).tag(config=True)
+
+    tls_verify = Bool(
+        _S.tls_verify,
+        help="False: pull and push without TLS verification (a local registry).",
+    ).tag(config=True)
+
+    build_image = Unicode(
+        _S.builder_image,
+        help="""Image of build pods: buildah and git. The chart's admission policy admits
+        build Jobs of this image only.""",
+    ).tag(config=True)
+
+    backend = Enum(
+        ["kubernetes", "openshift", "auto"],
+        default_value=_S.backend,
+        help="""Build backend: `kubernetes` (a Job running buildah), `openshift` (OpenShift
+        BuildConfigs/Builds), or `auto` (openshift when the API server serves
+        build.openshift.io, found by discovery at start).""",
+    ).tag(config=True)
+
+    build_storage = Unicode(
+        _S.build_storage,
+        help="""Size of each build pod's emptyDir (buildah storage, the image archive) and
+        the pod's ephemeral-storage limit: a Kubernetes quantity such as `20Gi`.""",
+    ).tag(config=True)
+
+    kubeconfig = Unicode(
+        "",
+        help="""kubeconfig file of the builder's credentials. Empty: in-cluster credentials
+        when running in a pod, else the default kubeconfig.""",
+    ).tag(config=True)
+
+    # -- which repositories ---------------------------------------------------------------
+
+    allowed_hosts = List(
+        Unicode(),
+        list(_S.allowed_hosts),
+        help="""Git hosts builds may clone from (globs, e.g. `*.example.com`). Empty: only
+        the private hosts.""",
+    ).tag(config=True)
+
+    private_hosts = List(
+        Unicode(),
+        help="""Hosts allowed to resolve to private or loopback addresses (refused
+        otherwise), e.g. an in-cluster Git server.""",
+    ).tag(config=True)
+
+    allow_http = Bool(
+        _S.allow_http,
+        help="True: plain http:// repository URLs, for the private hosts only.",
+    ).tag(config=True)
+
+    # -- limits ---------------------------------------------------------------------------
+
+    max_per_user = Integer(
+        _S.max_per_user, min=1, help="Active (pending or building) builds per user."
+    ).tag(config=True)
+
+    max_total = Integer(
+        _S.max_total, min=1, help="Active builds in total, across all replicas."
+    ).tag(config=True)
+
+    build_timeout = Integer(
+        _S.timeout,
+        min=1,
+        help="Seconds a build may run before it is stopped and failed.",
+    ).tag(config=True)
+
+    max_image_streams_per_user = Integer(
+        _S.max_image_streams_per_user,
+        min=0,
+        help="""ImageStreams one requester may have published (a build that would make one
+        more is refused). 0: no limit. Builder admins are not limited.""",
+    ).tag(config=True)
+
+    max_streams = Integer(
+        _S.max_streams, min=1, help="Open event streams (live build pages) per replica."
+    ).tag(config=True)
+
+    max_streams_per_user = Integer(
+        _S.max_streams_per_user, min=1, help="Open event streams per user and replica."
+    ).tag(config=True)
+
+    # -- lifetimes ------------------------------------------------------------------------
+
+    branch_ttl = Integer(
+        _S.branch_ttl,
+        min=0,
+        help="Seconds images built from branches live after their last build. 0: forever.",
+    ).tag(config=True)
+
+    job_retention = Integer(
+        _S.job_retention,
+        min=0,
+        help="Seconds finished build Jobs (and their pods) or Builds are kept, for debugging.",
+    ).tag(config=True)
+
+    record_retention = Integer(
+        _S.record_retention,
+        min=0,
+        help="""Seconds finished build records (ImageBuild objects and their kept logs) and
+        remembered webhook deliveries are kept. Default: a week.""",
+    ).tag(config=True)
+
+    cleanup_interval = Seconds(
+        _S.cleanup_interval, help="Seconds between cleanup runs (finished Jobs, old records)."
+    ).tag(config=True)
+
+    reconcile_interval = Seconds(
+        _S.interval,
+        help="""Seconds between the passes in which every replica reads the state of the active
+        builds' Jobs/Builds and pods and updates their records.""",
+    ).tag(config=True)
+
+    # -- secrets --------------------------------------------------------------------------
+
+    webhook_secret = Unicode(
+        "",
+        help="GitHub webhook secret. Empty: webhook deliveries are refused.",
+    ).tag(config=True)
+
+    cookie_secret = Unicode(
+        "",
+        help="""Secret signing the OAuth and XSRF cookies (hex, or text), the same for every
+        replica (the chart shares one Secret). Empty: derived from the service's
+        JupyterHub API token, which every replica shares too.""",
+    ).tag(config=True)
+
+    # -- environment builds ---------------------------------------------------------------
+
+    base_image = Unicode(
+        _S.base_image,
+        help="""Base image of environment builds (requirements.txt, environment.yml, …) and of
+        `source` builds that name none.""",
+    ).tag(config=True)
+
+    python_base_images = Dict(
+        value_trait=Unicode(),
+        key_trait=Unicode(),
+        default_value=dict(DEFAULT_PYTHON_BASE_IMAGES),
+        help="""The Python versions a repository's runtime.txt / .python-version may name
+        (`major.minor`), each with its base image; any other version is refused. As an
+        environment variable: `3.12=<image>,3.11=<image>`.""",
+    ).tag(config=True)
+
+    package_index_url = Unicode(
+        "",
+        help="""PEP 503 package index environment builds install from (pip, uv,
+        micropipenv). Empty: pip's default (PyPI).""",
+    ).tag(config=True)
+
+    package_index_trusted_host = Unicode(
+        "", help="Host of package_index_url when it is plain http."
+    ).tag(config=True)
+
+    apt_sources = List(
+        Unicode(),
+        help="""sources.list lines apt.txt installs from, instead of the base image's own.
+        As an environment variable: lines separated by newlines or `;`.""",
+    ).tag(config=True)
+
+    notebook_user = Unicode(
+        _S.notebook_user,
+        help="Owner (`uid:gid`) of the repository's files in environment builds.",
+    ).tag(config=True)
+
+    notebook_home = Unicode(
+        _S.notebook_home, help="Folder the repository's files are placed in (environment builds)."
+    ).tag(config=True)
+
+    layer_cache = Bool(
+        _S.layer_cache,
+        help="""True: environment builds keep their layers in the registry
+        (`<registry>/<org>/<stream>-cache`, buildah --cache-from/--cache-to).""",
+    ).tag(config=True)
+
+    # -- the image check ------------------------------------------------------------------
+
+    check_image = Bool(
+        _S.check_image,
+        help="""False: offer built images without checking that they start a single-user
+        server (docs/builder.md, "The image check").""",
+    ).tag(config=True)
+
+    hub_version = Unicode(
+        "",
+        help="""The hub's JupyterHub version, whose major version every built image must
+        have. Empty: asked from the hub's API (hub_api_url) at the first build.""",
+    ).tag(config=True)
+
+    # -- image import ---------------------------------------------------------------------
+
+    import_enabled = Bool(
+        _S.import_enabled,
+        help="""False: no image import of the catalog's `from: DockerImage` tags (on OpenShift
+        there is none anyway: the platform imports).""",
+    ).tag(config=True)
+
+    import_namespaces = List(
+        Unicode(),
+        help="Namespaces whose notebook ImageStreams are imported. Empty: `namespace`.",
+    ).tag(config=True)
+
+    import_interval = Seconds(
+        _S.import_interval,
+        help="Seconds between re-imports of `importPolicy.scheduled` tags (OpenShift's 15 min).",
+    ).tag(config=True)
+
+    import_retry = Seconds(
+        _S.import_retry, help="Seconds before a failed import is tried again."
+    ).tag(config=True)
+
+    import_poll = Seconds(
+        _S.import_poll,
+        help="Seconds between passes over the streams (a new stream waits at most this long).",
+    ).tag(config=True)
+
+    # -- who sees which image -------------------------------------------------------------
+
+    image_policy = Dict(
+        help="""`{"default_policy": {…}, "group_policies": {…}}`: the spawner's dicts of the
+        same names, so that GET api/images shows each user only the images their spawn page
+        offers (the chart passes hub.config.AICoESpawner's). Empty: every image that is not
+        hidden. As an environment variable: JSON.""",
+    ).tag(config=True)
+
+    # -- the service's address (JupyterHub sets these for a service it runs) -------------
+
+    service_url = Unicode(
+        "http://127.0.0.1:8890",
+        help="URL the service is reached at; its port is the port listened on.",
+    ).tag(config=True)
+
+    service_prefix = Unicode(
+        "/services/image-builder/", help="URL prefix of the service's pages and API."
+    ).tag(config=True)
+
+    bind_ip = Unicode(
+        "",
+        help="""Address to listen on, e.g. `0.0.0.0` in z2jh's hub pod. Empty: the host of
+        service_url.""",
+    ).tag(config=True)
+
+    hub_api_url = Unicode(
+        "",
+        help="""The hub's API URL, asked for the hub's version (hub_version). Empty: the hub
+        is not asked.""",
+    ).tag(config=True)
+
+    # -- validation of what a type alone does not say ------------------------------------
+
+    @validate("build_storage")
+    def _valid_quantity(self, proposal) -> str:
+        try:
+            parse_memory(proposal.value)
+        except ValueError as e:
+            raise TraitError(f"build_storage: {e}") from None
+        return proposal.value
+
+    @validate("build_image", "base_image")
+    def _valid_image(self, proposal) -> str:
+        name = proposal.trait.name
+        try:
+            return validate_image(proposal.value, name)
+        except BuildRequestError as e:
+            raise TraitError(str(e)) from None
+
+    @validate("python_base_images")
+    def _valid_python_images(self, proposal) -> dict:
+        for version, image in proposal.value.items():
+            if not re.fullmatch(r"\d+\.\d+", version):
+                raise TraitError(f"python_base_images: {version!r} is not <major.minor>")
+            try:
+                validate_image(image, f"python_base_images[{version!r}]")
+            except BuildRequestError as e:
+                raise TraitError(str(e)) from None
+        return proposal.value
+
+    @validate("image_policy")
+    def _valid_policy(self, proposal) -> dict:
+        try:
+            ImagePolicies.from_json(json.dumps(proposal.value))
+        except (TypeError, ValueError) as e:
+            raise TraitError(f"image_policy: {e}") from None
+        return proposal.value
+
+    # -- loading --------------------------------------------------------------------------
+
+    def env_config(self, env: Mapping[str, str]) -> Config:
+        """The configuration ``env`` gives (:data:`ENV_VARS`), each value validated by its
+        trait; SystemExit naming the variable and the trait on a bad value."""
+        config = Config()
+        section = config.ImageBuilder
+        for var in ENV_VARS:
+            raw = env.get(var.name)
+            trait = self.traits()[var.trait]
+            if raw is None or var.trait in section:
+                continue
+            if raw == "" and not isinstance(trait, List):
+                continue  # empty: the default (an empty list is a value: no hosts)
+            try:
+                value = self._parse(var, trait, raw)
+                section[var.trait] = trait._validate(self, value)
+            except (TraitError, ValueError) as e:
+                shown = raw if len(raw) <= 80 else raw[:77] + "..."
+                raise SystemExit(f"{var.name}={shown!r} (ImageBuilder.{var.trait}): {e}") from None
+        return config
+
+    @staticmethod
+    def _parse(var: EnvVar, trait: Any, raw: str) -> Any:
+        if var.parse is not None:
+            return var.parse(raw)
+        if isinstance(trait, List):
+            return comma_list(raw)
+        if isinstance(trait, Unicode | Enum):
+            return raw
+        try:
+            return trait.from_string(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected {trait.info()}") from None
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        """Command line, then environment, then the config file (command line wins)."""
+        self.parse_command_line(argv)
+        if self.generate_config:
+            return
+        self.update_config(self.env_config(os.environ))
+        if self.config_file != DEFAULT_CONFIG_FILE and not os.path.isfile(self.config_file):
+            raise SystemExit(f"config file {self.config_file!r} not found")
+        self.load_config_file(self.config_file)
+
+    def settings(self) -> Settings:
+        """What the rest of the builder receives."""
+        return Settings(
+            namespace=self.namespace,
+            registry=self.registry,
+            allowed_hosts=tuple(self.allowed_hosts),
+            private_hosts=tuple(self.private_hosts),
+            allow_http=self.allow_http,
+            tls_verify=self.tls_verify,
+            push_secret=self.push_secret or None,
+            builder_image=self.build_image,
+            backend=self.backend,
+            max_per_user=self.max_per_user,
+            max_total=self.max_total,
+            timeout=self.build_timeout,
+            webhook_secret=self.webhook_secret,
+            kubeconfig=self.kubeconfig or None,
+            interval=self.reconcile_interval,
+            branch_ttl=self.branch_ttl,
+            job_retention=self.job_retention,
+            cleanup_interval=self.cleanup_interval,
+            build_namespace=self.build_namespace or None,
+            build_storage=self.build_storage,
+            record_retention=self.record_retention,
+            cookie_secret=self.cookie_secret,
+            max_streams=self.max_streams,
+            max_streams_per_user=self.max_streams_per_user,
+            max_image_streams_per_user=self.max_image_streams_per_user,
+            base_image=self.base_image,
+            python_base_images=tuple(self.python_base_images.items()),
+            package_index_url=self.package_index_url,
+            package_index_trusted_host=self.package_index_trusted_host,
+            apt_sources=tuple(self.apt_sources),
+            notebook_user=self.notebook_user,
+            notebook_home=self.notebook_home,
+            layer_cache=self.layer_cache,
+            hub_version=self.hub_version,
+            check_image=self.check_image,
+            import_enabled=self.import_enabled,
+            import_namespaces=tuple(self.import_namespaces),
+            import_interval=self.import_interval,
+            import_retry=self.import_retry,
+            import_poll=self.import_poll,
+            image_policy=json.dumps(self.image_policy) if self.image_policy else "",
+        )
+
+    def start(self) -> None:
+        if self.generate_config:
+            print(self.generate_config_file())
+            return
+        if self.show_config or self.show_config_json:
+            super().start()
+            return
+        if self.serve is None:
+            raise RuntimeError("ImageBuilder.serve is not set (see aicoe_spawner.builder)")
+        import asyncio
+
+        asyncio.run(self.serve(self))
