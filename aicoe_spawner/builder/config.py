@@ -3,111 +3,45 @@
 Every setting is a trait of :class:`ImageBuilder` (``c.ImageBuilder.<name>`` in
 ``aicoe_image_builder_config.py``, ``--ImageBuilder.<name>=…`` on the command line). The
 environment variables JupyterHub and the Helm chart set (``AICOE_BUILDER_*``, the
-``JUPYTERHUB_*`` the builder reads) map onto the traits in :data:`ENV_VARS`, parsed and
+``JUPYTERHUB_*`` the builder reads) map onto the traits in ``config_env.ENV_VARS``, parsed and
 validated like any other value. Precedence: command line > config file > environment >
 default. docs/builder-config.md is generated from these traits (scripts/gen_config_docs.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from traitlets import (
-    Bool,
-    Dict,
-    Enum,
-    Float,
-    Integer,
-    List,
-    TraitError,
-    Unicode,
-    default,
-    validate,
-)
+from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets import Callable as CallableTrait
 from traitlets.config import Application, Config, catch_config_error
 
 from ..options import parse_memory
-from . import imports
 from .catalog_view import ImagePolicies
-from .requests import DEFAULT_BASE_IMAGE, BuildRequestError, validate_image
+from .config_env import ENV_VARS, EnvVar, env_vars_of, parse_env_value
+from .requests import BuildRequestError, validate_image
+from .settings import DEFAULT_PYTHON_BASE_IMAGES, Settings
 
-#: runtime.txt / .python-version versions offered by default (Jupyter Docker Stacks' tags)
-DEFAULT_PYTHON_BASE_IMAGES = (
-    ("3.11", "quay.io/jupyter/minimal-notebook:python-3.11"),
-    ("3.12", "quay.io/jupyter/minimal-notebook:python-3.12"),
-    ("3.13", "quay.io/jupyter/minimal-notebook:python-3.13"),
-)
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "DEFAULT_PYTHON_BASE_IMAGES",
+    "ENV_VARS",
+    "EnvVar",
+    "ImageBuilder",
+    "Seconds",
+    "Settings",
+    "env_vars_of",
+]
 
 DEFAULT_CONFIG_FILE = "aicoe_image_builder_config.py"
 
-
-@dataclass
-class Settings:
-    """The values the rest of the builder receives (``build_service``, ``make_importer``);
-    made by :meth:`ImageBuilder.settings`. Its defaults are the traits' defaults."""
-
-    namespace: str = "default"
-    registry: str = "image-registry.local:5000"
-    allowed_hosts: tuple[str, ...] = ("github.com", "gitlab.com")
-    private_hosts: tuple[str, ...] = ()
-    allow_http: bool = False
-    tls_verify: bool = True
-    push_secret: str | None = None
-    builder_image: str = "quay.io/buildah/stable:v1.37"
-    backend: str = "kubernetes"
-    max_per_user: int = 2
-    max_total: int = 10
-    timeout: int = 3600
-    webhook_secret: str = ""
-    kubeconfig: str | None = None
-    interval: float = 1.0
-    branch_ttl: int = 0
-    job_retention: int = 600
-    cleanup_interval: float = 60.0
-    build_namespace: str | None = None
-    build_storage: str = "20Gi"
-    record_retention: int = 7 * 24 * 3600
-    cookie_secret: str = ""
-    max_streams: int = 200
-    max_streams_per_user: int = 10
-    max_image_streams_per_user: int = 20
-    base_image: str = DEFAULT_BASE_IMAGE
-    python_base_images: tuple[tuple[str, str], ...] = DEFAULT_PYTHON_BASE_IMAGES
-    package_index_url: str = ""
-    package_index_trusted_host: str = ""
-    apt_sources: tuple[str, ...] = ()
-    notebook_user: str = "1000:100"
-    notebook_home: str = "/home/jovyan"
-    layer_cache: bool = False
-    hub_version: str = ""  # "" = ask the hub's API at start
-    check_image: bool = True
-    import_enabled: bool = True
-    import_namespaces: tuple[str, ...] = ()  # empty: (namespace,)
-    import_interval: float = imports.DEFAULT_INTERVAL
-    import_retry: float = imports.DEFAULT_RETRY
-    import_poll: float = 30.0
-    image_policy: str = ""  # JSON, see ImageBuilder.image_policy
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        """The settings of ``env`` alone (no config file, no command line)."""
-        app = ImageBuilder()
-        app.update_config(app.env_config(env))
-        return app.settings()
-
-    def image_policies(self) -> ImagePolicies:
-        """The policies of ``image_policy``; SystemExit naming the variable if invalid."""
-        try:
-            return ImagePolicies.from_json(self.image_policy)
-        except ValueError as e:
-            raise SystemExit(f"AICOE_BUILDER_IMAGE_POLICY: {e}") from None
+_S = Settings  # the defaults
 
 
 class Seconds(Float):
@@ -120,107 +54,6 @@ class Seconds(Float):
         if not (math.isfinite(value) and value > 0):
             self.error(obj, value)
         return value
-
-
-# -- parsing environment values ----------------------------------------------------------
-
-
-def comma_list(text: str) -> list[str]:
-    """``a, b,,c`` -> ``["a", "b", "c"]``."""
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def lines(text: str) -> list[str]:
-    """Lines separated by newlines or ``;``, stripped, empty ones dropped."""
-    return [line.strip() for line in re.split(r"[;\n]", text) if line.strip()]
-
-
-def version_images(text: str) -> dict[str, str]:
-    """``3.12=<image>,3.11=<image>`` -> ``{"3.12": "<image>", …}``."""
-    out = {}
-    for item in comma_list(text):
-        version, sep, image = item.partition("=")
-        if not sep:
-            raise ValueError(f"{item!r} is not <major.minor>=<image>")
-        out[version.strip()] = image.strip()
-    return out
-
-
-def json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"not JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError("must be a JSON object")
-    return value
-
-
-@dataclass(frozen=True)
-class EnvVar:
-    """An environment variable and the trait it sets. ``parse`` turns its text into the
-    trait's value (default: the trait's own ``from_string``, lists comma-separated)."""
-
-    name: str
-    trait: str
-    parse: Callable[[str], Any] | None = None
-
-
-#: Every environment variable the builder reads, and its trait. When several set one trait,
-#: the first that is set (and not empty) wins.
-ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("AICOE_BUILDER_NAMESPACE", "namespace"),
-    EnvVar("AICOE_BUILDER_REGISTRY", "registry"),
-    EnvVar("AICOE_BUILDER_ALLOWED_HOSTS", "allowed_hosts"),
-    EnvVar("AICOE_BUILDER_PRIVATE_HOSTS", "private_hosts"),
-    EnvVar("AICOE_BUILDER_ALLOW_HTTP", "allow_http"),
-    EnvVar("AICOE_BUILDER_TLS_VERIFY", "tls_verify"),
-    EnvVar("AICOE_BUILDER_PUSH_SECRET", "push_secret"),
-    EnvVar("AICOE_BUILDER_IMAGE", "build_image"),
-    EnvVar("AICOE_BUILDER_BACKEND", "backend"),
-    EnvVar("AICOE_BUILDER_MAX_PER_USER", "max_per_user"),
-    EnvVar("AICOE_BUILDER_MAX_TOTAL", "max_total"),
-    EnvVar("AICOE_BUILDER_TIMEOUT", "build_timeout"),
-    EnvVar("AICOE_BUILDER_WEBHOOK_SECRET", "webhook_secret"),
-    EnvVar("AICOE_BUILDER_KUBECONFIG", "kubeconfig"),
-    EnvVar("KUBECONFIG", "kubeconfig"),
-    EnvVar("AICOE_BUILDER_INTERVAL", "reconcile_interval"),
-    EnvVar("AICOE_BUILDER_BRANCH_TTL", "branch_ttl"),
-    EnvVar("AICOE_BUILDER_JOB_RETENTION", "job_retention"),
-    EnvVar("AICOE_BUILDER_CLEANUP_INTERVAL", "cleanup_interval"),
-    EnvVar("AICOE_BUILDER_BUILD_NAMESPACE", "build_namespace"),
-    EnvVar("AICOE_BUILDER_BUILD_STORAGE", "build_storage"),
-    EnvVar("AICOE_BUILDER_RECORD_RETENTION", "record_retention"),
-    EnvVar("AICOE_BUILDER_COOKIE_SECRET", "cookie_secret"),
-    EnvVar("AICOE_BUILDER_MAX_STREAMS", "max_streams"),
-    EnvVar("AICOE_BUILDER_MAX_STREAMS_PER_USER", "max_streams_per_user"),
-    EnvVar("AICOE_BUILDER_MAX_IMAGE_STREAMS_PER_USER", "max_image_streams_per_user"),
-    EnvVar("AICOE_BUILDER_BASE_IMAGE", "base_image"),
-    EnvVar("AICOE_BUILDER_PYTHON_BASE_IMAGES", "python_base_images", version_images),
-    EnvVar("AICOE_BUILDER_PACKAGE_INDEX_URL", "package_index_url"),
-    EnvVar("AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST", "package_index_trusted_host"),
-    EnvVar("AICOE_BUILDER_APT_SOURCES", "apt_sources", lines),
-    EnvVar("AICOE_BUILDER_NOTEBOOK_USER", "notebook_user"),
-    EnvVar("AICOE_BUILDER_NOTEBOOK_HOME", "notebook_home"),
-    EnvVar("AICOE_BUILDER_LAYER_CACHE", "layer_cache"),
-    EnvVar("AICOE_BUILDER_HUB_VERSION", "hub_version"),
-    EnvVar("AICOE_BUILDER_CHECK_IMAGE", "check_image"),
-    EnvVar("AICOE_BUILDER_IMPORT", "import_enabled"),
-    EnvVar("AICOE_BUILDER_IMPORT_NAMESPACES", "import_namespaces"),
-    EnvVar("AICOE_BUILDER_IMPORT_INTERVAL", "import_interval"),
-    EnvVar("AICOE_BUILDER_IMPORT_RETRY", "import_retry"),
-    EnvVar("AICOE_BUILDER_IMPORT_POLL", "import_poll"),
-    EnvVar("AICOE_BUILDER_IMAGE_POLICY", "image_policy", json_object),
-    EnvVar("AICOE_BUILDER_BIND_IP", "bind_ip"),
-    EnvVar("JUPYTERHUB_SERVICE_URL", "service_url"),
-    EnvVar("JUPYTERHUB_SERVICE_PREFIX", "service_prefix"),
-    EnvVar("JUPYTERHUB_API_URL", "hub_api_url"),
-)
-
-
-def env_vars_of(trait: str) -> list[str]:
-    """The variables that set ``trait``, in the order they are looked at."""
-    return [v.name for v in ENV_VARS if v.trait == trait]
 
 
 _S = Settings  # the defaults
@@ -613,25 +446,12 @@ class ImageBuilder(Application):
             if raw == "" and not isinstance(trait, List):
                 continue  # empty: the default (an empty list is a value: no hosts)
             try:
-                value = self._parse(var, trait, raw)
+                value = parse_env_value(var, trait, raw)
                 section[var.trait] = trait._validate(self, value)
             except (TraitError, ValueError) as e:
                 shown = raw if len(raw) <= 80 else raw[:77] + "..."
                 raise SystemExit(f"{var.name}={shown!r} (ImageBuilder.{var.trait}): {e}") from None
         return config
-
-    @staticmethod
-    def _parse(var: EnvVar, trait: Any, raw: str) -> Any:
-        if var.parse is not None:
-            return var.parse(raw)
-        if isinstance(trait, List):
-            return comma_list(raw)
-        if isinstance(trait, Unicode | Enum):
-            return raw
-        try:
-            return trait.from_string(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected {trait.info()}") from None
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -646,49 +466,7 @@ class ImageBuilder(Application):
 
     def settings(self) -> Settings:
         """What the rest of the builder receives."""
-        return Settings(
-            namespace=self.namespace,
-            registry=self.registry,
-            allowed_hosts=tuple(self.allowed_hosts),
-            private_hosts=tuple(self.private_hosts),
-            allow_http=self.allow_http,
-            tls_verify=self.tls_verify,
-            push_secret=self.push_secret or None,
-            builder_image=self.build_image,
-            backend=self.backend,
-            max_per_user=self.max_per_user,
-            max_total=self.max_total,
-            timeout=self.build_timeout,
-            webhook_secret=self.webhook_secret,
-            kubeconfig=self.kubeconfig or None,
-            interval=self.reconcile_interval,
-            branch_ttl=self.branch_ttl,
-            job_retention=self.job_retention,
-            cleanup_interval=self.cleanup_interval,
-            build_namespace=self.build_namespace or None,
-            build_storage=self.build_storage,
-            record_retention=self.record_retention,
-            cookie_secret=self.cookie_secret,
-            max_streams=self.max_streams,
-            max_streams_per_user=self.max_streams_per_user,
-            max_image_streams_per_user=self.max_image_streams_per_user,
-            base_image=self.base_image,
-            python_base_images=tuple(self.python_base_images.items()),
-            package_index_url=self.package_index_url,
-            package_index_trusted_host=self.package_index_trusted_host,
-            apt_sources=tuple(self.apt_sources),
-            notebook_user=self.notebook_user,
-            notebook_home=self.notebook_home,
-            layer_cache=self.layer_cache,
-            hub_version=self.hub_version,
-            check_image=self.check_image,
-            import_enabled=self.import_enabled,
-            import_namespaces=tuple(self.import_namespaces),
-            import_interval=self.import_interval,
-            import_retry=self.import_retry,
-            import_poll=self.import_poll,
-            image_policy=json.dumps(self.image_policy) if self.image_policy else "",
-        )
+        return Settings.of(self)
 
     def start(self) -> None:
         if self.generate_config:
@@ -699,6 +477,4 @@ class ImageBuilder(Application):
             return
         if self.serve is None:
             raise RuntimeError("ImageBuilder.serve is not set (see aicoe_spawner.builder)")
-        import asyncio
-
         asyncio.run(self.serve(self))
