@@ -317,8 +317,12 @@ class ImageBuilder(Application):
 
     layer_cache = Bool(
         _S.layer_cache,
-        help="""True: environment builds keep their layers in the registry
-        (`<registry>/<org>/<stream>-cache`, buildah --cache-from/--cache-to).""",
+        help="""Environment builds keep an environment image (the base image with apt.txt and
+        the Python packages installed) in <registry>/<org>/<stream>-cache, named by a hash of
+        the environment files, their installs and the base image's manifest; a commit whose
+        environment files are unchanged reuses it and installs nothing again. The build pods
+        must be able to pull from that repository without credentials (the push step pushes
+        it). False: no environment image.""",
     ).tag(config=True)
 
     # -- the image check ------------------------------------------------------------------

@@ -62,7 +62,7 @@ class Settings:
     apt_sources: tuple[str, ...] = ()
     notebook_user: str = "1000:100"
     notebook_home: str = "/home/jovyan"
-    layer_cache: bool = False
+    layer_cache: bool = True
     hub_version: str = ""  # "" = ask the hub's API at start
     check_image: bool = True
     import_enabled: bool = True
