@@ -318,7 +318,7 @@ class ImageBuilder(Application):
     layer_cache = Bool(
         _S.layer_cache,
         help="""Environment builds keep an environment image (the base image with apt.txt and
-        the Python packages installed) in <registry>/<org>/<stream>-cache, named by a hash of
+        the Python packages installed) in `<registry>/<org>/<stream>-cache`, named by a hash of
         the environment files, their installs and the base image's manifest; a commit whose
         environment files are unchanged reuses it and installs nothing again. The build pods
         must be able to pull from that repository without credentials (the push step pushes
