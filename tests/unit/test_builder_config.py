@@ -11,6 +11,7 @@ import sys
 import pytest
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
+from aicoe_devcluster.controlplane import REPO_ROOT, this_checkout_env
 from aicoe_spawner.builder.config import (
     DEFAULT_CONFIG_FILE,
     ENV_VARS,
@@ -18,7 +19,6 @@ from aicoe_spawner.builder.config import (
     Settings,
     env_vars_of,
 )
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT, this_checkout_env
 
 TRAITS = ImageBuilder.class_own_traits(config=True)
 NOT_FROM_ENV = {"config_file", "generate_config"}  # command line / config file only

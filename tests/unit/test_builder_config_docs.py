@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib.util
 import re
 
+from aicoe_devcluster.controlplane import REPO_ROOT
 from aicoe_spawner.builder.config import ENV_VARS, ImageBuilder
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location(
     "gen_config_docs", REPO_ROOT / "scripts" / "gen_config_docs.py"

@@ -10,8 +10,8 @@ The hub image is the project's own ``Dockerfile`` (its ``BASE_IMAGE`` build argu
 the local ``hub-base`` image, the project's Python dependencies from host-downloaded wheels);
 the proxy image holds the host's Node.js and configurable-http-proxy from npm.
 
-    python -m aicoe_spawner.devcluster.images notebook builder      # build into the cache
-    python -m aicoe_spawner.devcluster.images builder --push REGISTRY/REPO   # for admins
+    python -m aicoe_devcluster.images notebook builder      # build into the cache
+    python -m aicoe_devcluster.images builder --push REGISTRY/REPO   # for admins
 """
 
 from __future__ import annotations
@@ -111,10 +111,16 @@ def _hub_versions() -> tuple[str, ...]:
     return tuple(pins)
 
 
+HUB_REQUIREMENTS = "images/hub/requirements.txt"
+
+
 def _project_dependencies() -> tuple[str, ...]:
-    """The hub image's Python packages: the project's dependencies and its build backend."""
+    """The hub image's Python packages: the project's dependencies, its build backend and the
+    pins of ``images/hub/requirements.txt`` (authenticators, idle culler, database drivers)."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return (*project["build-system"]["requires"], *project["project"]["dependencies"])
+    lines = (REPO_ROOT / HUB_REQUIREMENTS).read_text().splitlines()
+    extra = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return (*project["build-system"]["requires"], *project["project"]["dependencies"], *extra)
 
 
 def _configurable_http_proxy() -> Path:
@@ -147,7 +153,7 @@ def image_specs() -> dict[str, ImageSpec]:
             "hub",
             python=_project_dependencies(),
             dockerfile="Dockerfile",
-            context=("pyproject.toml", "README.md", "aicoe_spawner"),
+            context=("pyproject.toml", "README.md", "LICENSE", "aicoe_spawner", HUB_REQUIREMENTS),
             base="hub-base",
         ),
         "proxy": ImageSpec(
