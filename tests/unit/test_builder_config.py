@@ -58,7 +58,7 @@ def test_every_variable_the_project_sets_is_in_the_table():
     places = [
         *(REPO_ROOT / "helm" / "aicoe-spawner" / "templates").glob("*.yaml"),
         REPO_ROOT / "jupyterhub_config.py",
-        REPO_ROOT / "aicoe_spawner" / "demo.py",
+        REPO_ROOT / "aicoe_devcluster" / "demo.py",
         REPO_ROOT / "docs" / "builder.md",
     ]
     named = set()
