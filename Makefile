@@ -22,4 +22,4 @@ screenshots: setup
 		tests/integration/test_form_browser.py tests/integration/test_builder_page.py
 
 demo: setup
-	.venv/bin/python -m aicoe_spawner.demo
+	.venv/bin/python -m aicoe_devcluster.demo

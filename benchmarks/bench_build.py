@@ -5,7 +5,7 @@ the same generated Dockerfile on the host.
 
 Everything runs as ``make demo`` does: a control plane with a real node (containerd,
 kubelet), the local registry, the test cluster's package index and Debian repository on the
-node IP (``aicoe_spawner.devcluster.packages``), and JupyterHub from the example config with
+node IP (``aicoe_devcluster.packages``), and JupyterHub from the example config with
 the builder as a hub-managed service. The repository is one of the real public repositories
 in tests/data/repos (default ``requirements-only``) plus a small notebook; each change is a
 new commit published on the local git server, built through the builder's HTTP API (``POST
@@ -55,9 +55,9 @@ from node_harness import (
     stop_node_cluster,
 )
 
-from aicoe_spawner.demo import NAMESPACE, Demo
-from aicoe_spawner.devcluster import api_client
-from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_devcluster import api_client
+from aicoe_devcluster.controlplane import free_port
+from aicoe_devcluster.demo import NAMESPACE, Demo
 
 ADMIN_TOKEN = secrets.token_hex(16)
 TESTER = f"""

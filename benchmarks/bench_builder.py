@@ -50,7 +50,7 @@ from common import (
     say,
 )
 
-from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_devcluster.controlplane import free_port
 
 sys.path.insert(0, str(REPO / "tests"))
 from builder_harness import GitServer, builder_service_config

@@ -42,7 +42,7 @@ from common import (
 )
 from hub_harness import FakeSingleUser, Hub
 
-from aicoe_spawner.devcluster import BackgroundLoop, FakeKubelet
+from aicoe_devcluster import BackgroundLoop, FakeKubelet
 
 NAME = "hub memory"
 

@@ -45,7 +45,7 @@ from common import (
 from hub_harness import FakeSingleUser, Hub
 from kubernetes_asyncio import client, watch
 
-from aicoe_spawner.devcluster import BackgroundLoop, FakeKubelet
+from aicoe_devcluster import BackgroundLoop, FakeKubelet
 
 NAME = "REST spawn"
 

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
-from aicoe_spawner.devcluster import ControlPlane, install_crds  # noqa: E402
+from aicoe_devcluster import ControlPlane, install_crds  # noqa: E402
 
 A = "opendatahub.io/"
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"

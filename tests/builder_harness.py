@@ -26,9 +26,9 @@ from threading import Thread
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from aicoe_devcluster import gitserver
+from aicoe_devcluster.controlplane import free_port, this_checkout_env
 from aicoe_spawner.builder.__main__ import Settings
-from aicoe_spawner.devcluster import gitserver
-from aicoe_spawner.devcluster.controlplane import free_port, this_checkout_env
 
 MERGE = "application/merge-patch+json"
 

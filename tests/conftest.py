@@ -24,7 +24,7 @@ import pytest_asyncio
 from _pytest.mark.expression import Expression
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import (
+from aicoe_devcluster import (
     BackgroundLoop,
     ControlPlane,
     FakeKubelet,

@@ -12,8 +12,8 @@ import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from aicoe_spawner.devcluster.cluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT, find_binary
+from aicoe_devcluster.cluster import delete_namespace
+from aicoe_devcluster.controlplane import REPO_ROOT, find_binary
 
 CHART = REPO_ROOT / "helm" / "aicoe-spawner"
 VALUES = {

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
+from aicoe_devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
 
 CHP = REPO_ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from aicoe_spawner.devcluster import ControlPlane
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT
-from aicoe_spawner.devcluster.node import RealNode
-from aicoe_spawner.devcluster.packages import PackageSources
+from aicoe_devcluster import ControlPlane
+from aicoe_devcluster.controlplane import REPO_ROOT
+from aicoe_devcluster.node import RealNode
+from aicoe_devcluster.packages import PackageSources
 
 # Clusters started and not yet stopped (their logs are attached to failing tests).
 RUNNING: list[NodeCluster] = []

@@ -15,8 +15,8 @@ import pytest_asyncio
 from builder_harness import BuilderStack, GitServer, api_call, start_builder_hub, user_tokens
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_devcluster import delete_namespace
+from aicoe_devcluster.controlplane import free_port
 
 PREFIX = "/services/image-builder/"
 

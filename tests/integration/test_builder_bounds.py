@@ -26,8 +26,8 @@ from builder_harness import (
 )
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_devcluster import delete_namespace
+from aicoe_devcluster.controlplane import free_port
 
 pytestmark = pytest.mark.integration
 USERS = ("alice", "bob", "carol", "root")

@@ -29,9 +29,9 @@ from hub_harness import Hub
 from kube_helpers import create_imagestream
 from kubernetes_asyncio import client
 
+from aicoe_devcluster import delete_namespace
+from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.catalog_view import ImagePolicies
-from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import free_port
 
 A = "opendatahub.io/"
 # The spawner's policies, given to the hub and (as the chart does) to the builder.

@@ -20,13 +20,13 @@ from helm_chart import remove_cluster_objects, render
 from kube_helpers import wait_for
 from kubernetes_asyncio import client
 
+from aicoe_devcluster import api_client, delete_namespace
+from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.__main__ import Settings, make_importer
 from aicoe_spawner.builder.importer import Importer
 from aicoe_spawner.builder.imports import PULL_SECRETS_ANNOTATION
 from aicoe_spawner.builder.registry import SkopeoResolver
 from aicoe_spawner.catalog import ImageTag, TagPhase, parse_imagestream
-from aicoe_spawner.devcluster import api_client, delete_namespace
-from aicoe_spawner.devcluster.controlplane import free_port
 from aicoe_spawner.watch import ImageStreamWatch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imagestreams"

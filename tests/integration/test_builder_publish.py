@@ -26,10 +26,10 @@ from kube_helpers import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from aicoe_devcluster import delete_namespace
+from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.__main__ import Settings, build_service
 from aicoe_spawner.builder.requests import BuildRequestError, hashed_stream_name, stream_name_for
-from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import free_port
 
 pytestmark = pytest.mark.integration
 IMAGE_API = ("image.openshift.io", "v1", "imagestreams")

@@ -20,8 +20,8 @@ import pytest_asyncio
 from builder_harness import BuilderProcess, GitServer, start_builder_hub, user_tokens
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import free_port
+from aicoe_devcluster import delete_namespace
+from aicoe_devcluster.controlplane import free_port
 
 pytestmark = pytest.mark.integration
 PREFIX = "/services/image-builder/"

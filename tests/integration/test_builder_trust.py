@@ -28,10 +28,10 @@ from kube_helpers import create_imagestream, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from aicoe_devcluster import delete_namespace
+from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.__main__ import build_service
 from aicoe_spawner.builder.requests import hashed_stream_name
-from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import free_port
 
 pytestmark = pytest.mark.integration
 PREFIX = "/services/image-builder/"

@@ -15,7 +15,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 
-from aicoe_spawner.devcluster import ControlPlane, ControlPlaneError, api_client
+from aicoe_devcluster import ControlPlane, ControlPlaneError, api_client
 
 IMAGE_API = ("image.openshift.io", "v1")
 
@@ -143,7 +143,7 @@ async def test_read_only_service_account_cannot_create_pods(
 
 
 async def test_namespace_deletion_completes(kube):
-    from aicoe_spawner.devcluster import delete_namespace
+    from aicoe_devcluster import delete_namespace
 
     core = client.CoreV1Api(kube)
     await core.create_namespace({"metadata": {"name": "t-deleteme"}})

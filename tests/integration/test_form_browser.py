@@ -28,7 +28,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from playwright.async_api import expect
 
-from aicoe_spawner.devcluster import delete_namespace
+from aicoe_devcluster import delete_namespace
 
 A = "opendatahub.io/"
 DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}

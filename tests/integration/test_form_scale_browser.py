@@ -20,7 +20,7 @@ from kube_helpers import IMAGE_API, MERGE, create_imagestream, reference, user_p
 from kubernetes_asyncio import client
 from playwright.async_api import expect
 
-from aicoe_spawner.devcluster import delete_namespace
+from aicoe_devcluster import delete_namespace
 
 A = "opendatahub.io/"
 STREAMS = 1000

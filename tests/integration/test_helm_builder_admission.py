@@ -21,11 +21,11 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from test_helm_build_pods import a_build_spec
 
+from aicoe_devcluster import api_client
+from aicoe_devcluster.cluster import delete_namespace
+from aicoe_devcluster.controlplane import write_kubeconfig
 from aicoe_spawner.builder.backends.kubernetes import MANAGED_BY, JobConfig, job_manifest
 from aicoe_spawner.builder.quota import NAME as QUOTA_LEDGER
-from aicoe_spawner.devcluster import api_client
-from aicoe_spawner.devcluster.cluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import write_kubeconfig
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from kube_helpers import wait_for
 from kubernetes_asyncio import client
 from test_helm_builder_admission import policies_enforced
 
+from aicoe_devcluster import api_client
 from aicoe_spawner.builder.__main__ import build_service
 from aicoe_spawner.catalog import TagPhase, parse_imagestream
-from aicoe_spawner.devcluster import api_client
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from helm_chart import (
 from kubernetes_asyncio import client
 from traitlets.config import Config, PyFileConfigLoader
 
-from aicoe_spawner.devcluster.cluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import CRD_DIR
+from aicoe_devcluster.cluster import delete_namespace
+from aicoe_devcluster.controlplane import CRD_DIR
 
 VARIANTS = list(VALUES)
 CRD_FILE = "imagestreams.image.openshift.io.yaml"
@@ -156,7 +156,7 @@ def helm_env(control_plane) -> dict[str, str]:
 def run_helm(control_plane, *args: str) -> str:
     import subprocess
 
-    from aicoe_spawner.devcluster.controlplane import find_binary
+    from aicoe_devcluster.controlplane import find_binary
 
     result = subprocess.run(
         [str(find_binary("helm")), *args],

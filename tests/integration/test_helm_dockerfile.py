@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT
+from aicoe_devcluster.controlplane import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 KNOWN = {

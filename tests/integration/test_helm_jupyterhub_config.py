@@ -9,7 +9,7 @@ from jupyterhub.scopes import _custom_scope_pattern
 from traitlets import HasTraits
 from traitlets.config import PyFileConfigLoader
 
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT
+from aicoe_devcluster.controlplane import REPO_ROOT
 from aicoe_spawner.options import Size
 from aicoe_spawner.spawner import AICoESpawner
 

@@ -17,7 +17,7 @@ from kube_helpers import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from aicoe_spawner.devcluster import api_client
+from aicoe_devcluster import api_client
 
 RELEASE = "r"
 HUB_SA = f"{RELEASE}-aicoe-spawner-hub"

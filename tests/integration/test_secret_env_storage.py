@@ -21,7 +21,7 @@ from hub_harness import Hub, files_containing, running_hub
 from kube_helpers import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import delete_namespace
+from aicoe_devcluster import delete_namespace
 
 A = "opendatahub.io/"
 DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}

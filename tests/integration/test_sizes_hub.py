@@ -16,8 +16,8 @@ from hub_harness import Hub, running_hub
 from kube_helpers import container, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import delete_namespace
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT
+from aicoe_devcluster import delete_namespace
+from aicoe_devcluster.controlplane import REPO_ROOT
 from aicoe_spawner.options import parse_memory
 
 A = "opendatahub.io/"

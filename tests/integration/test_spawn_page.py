@@ -20,7 +20,7 @@ from kube_helpers import container, create_imagestream, reference, user_pods, wa
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from aicoe_spawner.devcluster import delete_namespace
+from aicoe_devcluster import delete_namespace
 
 A = "opendatahub.io/"
 DEFAULT = {f"{A}default-image": "true", f"{A}workbench-image-recommended": "true"}

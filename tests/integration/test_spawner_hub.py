@@ -22,7 +22,7 @@ from kube_helpers import (
 )
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import delete_namespace
+from aicoe_devcluster import delete_namespace
 from aicoe_spawner.home_seed import SEED_CONTAINER, SEED_MOUNT, marker_name
 
 A = "opendatahub.io/"

@@ -92,7 +92,7 @@ async def test_label_selector_and_namespaces_are_respected(kube, namespace, watc
 
         await wait_for(unlisted, timeout=15)
     finally:
-        from aicoe_spawner.devcluster import delete_namespace
+        from aicoe_devcluster import delete_namespace
 
         await delete_namespace(kube, other)
 

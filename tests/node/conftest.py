@@ -1,5 +1,5 @@
 """The real-node tier: a control plane of its own with kubelet, containerd, scheduler and
-controller-manager (``aicoe_spawner.devcluster.node``), so pods run in real containers.
+controller-manager (``aicoe_devcluster.node``), so pods run in real containers.
 
 Like the control plane, the node is never optional: if it cannot start, these tests error.
 """
@@ -19,8 +19,8 @@ from node_harness import (
     stop_node_cluster,
 )
 
-from aicoe_spawner.devcluster import api_client, install_crds
-from aicoe_spawner.devcluster.packages import PackageSources
+from aicoe_devcluster import api_client, install_crds
+from aicoe_devcluster.packages import PackageSources
 
 
 @pytest.fixture(scope="session")

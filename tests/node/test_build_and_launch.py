@@ -32,9 +32,9 @@ from kube_helpers import user_pods
 from kubernetes_asyncio import client
 from node_harness import data_repo
 
-from aicoe_spawner.demo import EXAMPLE_REPOS, NAMESPACE, Demo
-from aicoe_spawner.devcluster.controlplane import free_port
-from aicoe_spawner.devcluster.images import MANIFEST_TYPES, registry_digest
+from aicoe_devcluster.controlplane import free_port
+from aicoe_devcluster.demo import EXAMPLE_REPOS, NAMESPACE, Demo
+from aicoe_devcluster.images import MANIFEST_TYPES, registry_digest
 from aicoe_spawner.home_seed import SEED_CONTAINER, marker_name
 
 pytestmark = pytest.mark.node

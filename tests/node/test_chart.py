@@ -30,11 +30,11 @@ from kubernetes_asyncio import client
 from node_harness import NodeCluster, start_node_cluster, stop_node_cluster
 from playwright.async_api import async_playwright, expect
 
-from aicoe_spawner.demo import EXAMPLE_REPOS, create_notebook_stream
-from aicoe_spawner.devcluster import api_client
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT
-from aicoe_spawner.devcluster.gitserver import GitServer
-from aicoe_spawner.devcluster.images import image_specs
+from aicoe_devcluster import api_client
+from aicoe_devcluster.controlplane import REPO_ROOT
+from aicoe_devcluster.demo import EXAMPLE_REPOS, create_notebook_stream
+from aicoe_devcluster.gitserver import GitServer
+from aicoe_devcluster.images import image_specs
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(2400)]
 

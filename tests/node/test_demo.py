@@ -17,8 +17,8 @@ import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import expect, sync_playwright
 
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT, free_port
-from aicoe_spawner.devcluster.node import processes_mentioning
+from aicoe_devcluster.controlplane import REPO_ROOT, free_port
+from aicoe_devcluster.node import processes_mentioning
 
 pytestmark = pytest.mark.node
 
@@ -33,7 +33,7 @@ def demo(tmp_path: Path):
     log_path = tmp_path / "demo.log"
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aicoe_spawner.demo", "--port", str(port), "--workdir", workdir],
+        [sys.executable, "-m", "aicoe_devcluster.demo", "--port", str(port), "--workdir", workdir],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

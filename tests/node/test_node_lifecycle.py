@@ -11,8 +11,8 @@ import pytest
 from kubernetes_asyncio import client
 from node_harness import start_node_cluster, stop_node_cluster
 
-from aicoe_spawner.devcluster import api_client
-from aicoe_spawner.devcluster.node import mountpoints
+from aicoe_devcluster import api_client
+from aicoe_devcluster.node import mountpoints
 
 pytestmark = pytest.mark.node
 

@@ -18,7 +18,7 @@ from kube_helpers import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from aicoe_spawner.devcluster import delete_namespace
+from aicoe_devcluster import delete_namespace
 
 pytestmark = pytest.mark.node
 

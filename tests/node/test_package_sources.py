@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client
 
+from aicoe_devcluster.gitserver import GitServer, git
+from aicoe_devcluster.packages import missing_locked_files
 from aicoe_spawner.builder.backends.kubernetes import JobConfig, KubernetesBackend
 from aicoe_spawner.builder.requests import BuildSpec
-from aicoe_spawner.devcluster.gitserver import GitServer, git
-from aicoe_spawner.devcluster.packages import missing_locked_files
 
 pytestmark = pytest.mark.node
 

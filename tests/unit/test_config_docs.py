@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
-from aicoe_spawner.devcluster.controlplane import REPO_ROOT
+from aicoe_devcluster.controlplane import REPO_ROOT
 from aicoe_spawner.spawner import AICoESpawner
 
 spec = importlib.util.spec_from_file_location(

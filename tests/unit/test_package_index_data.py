@@ -1,6 +1,6 @@
 """What the test cluster's package index must serve for the real repositories in
 tests/data/repos (their lock pins and requirement lines), and the check that every locked
-package has a file with a locked hash (pure functions of aicoe_spawner.devcluster.packages)."""
+package has a file with a locked hash (pure functions of aicoe_devcluster.packages)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from aicoe_spawner.devcluster.packages import (
+from aicoe_devcluster.packages import (
     distribution_name,
     locked_hashes,
     locked_pins,

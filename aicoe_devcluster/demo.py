@@ -23,10 +23,10 @@ from pathlib import Path
 
 from kubernetes_asyncio import client
 
-from .devcluster import ControlPlane, api_client, install_crds
-from .devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
-from .devcluster.gitserver import GitServer
-from .devcluster.node import RealNode, processes_mentioning
+from . import ControlPlane, api_client, install_crds
+from .controlplane import REPO_ROOT, free_port, this_checkout_env
+from .gitserver import GitServer
+from .node import RealNode, processes_mentioning
 
 NAMESPACE = "aicoe-demo"
 EXAMPLE_REPOS = REPO_ROOT / "examples" / "repos"

@@ -10,8 +10,8 @@ The hub image is the project's own ``Dockerfile`` (its ``BASE_IMAGE`` build argu
 the local ``hub-base`` image, the project's Python dependencies from host-downloaded wheels);
 the proxy image holds the host's Node.js and configurable-http-proxy from npm.
 
-    python -m aicoe_spawner.devcluster.images notebook builder      # build into the cache
-    python -m aicoe_spawner.devcluster.images builder --push REGISTRY/REPO   # for admins
+    python -m aicoe_devcluster.images notebook builder      # build into the cache
+    python -m aicoe_devcluster.images builder --push REGISTRY/REPO   # for admins
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .pki import Pki, create_pki
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 
 
