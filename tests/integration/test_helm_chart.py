@@ -464,8 +464,8 @@ def test_chart_config_loads_with_defaults(tmp_path, monkeypatch):
     assert c.AICoESpawner.image_namespaces == ["aicoe"]
     assert c.KubeSpawner.storage_pvc_ensure is True
     assert c.JupyterHub.db_url == "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
-    (service,) = c.JupyterHub.services
-    assert service["name"] == "image-builder"
+    service, culler = c.JupyterHub.services  # the culler: test_helm_culler.py
+    assert (service["name"], culler["name"]) == ("image-builder", "jupyterhub-idle-culler")
     assert service["url"] == "http://aicoe-aicoe-spawner-builder:8080"
     assert service["api_token"] == "builder-token"
     assert set(c.JupyterHub.custom_scopes) == {
@@ -522,7 +522,7 @@ def test_chart_config_passthrough_and_extra_config_win(tmp_path, monkeypatch):
 
 def test_chart_config_without_builder(tmp_path, monkeypatch):
     c = load_chart_config(tmp_path, monkeypatch, sets=["builder.enabled=false"])
-    assert "services" not in c.JupyterHub
+    assert [s["name"] for s in c.JupyterHub.services] == ["jupyterhub-idle-culler"]
     assert "custom_scopes" not in c.JupyterHub
 
 

@@ -7,6 +7,7 @@
 # root instead.
 import json
 import os
+import sys
 from pathlib import Path
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
@@ -67,23 +68,23 @@ if storage["type"] == "dynamic":
 else:
     c.KubeSpawner.storage_pvc_ensure = False
 
-# -- the image builder service --------------------------------------------------------------
+# -- hub services and roles, by name (hub.services / hub.loadRoles merge into these) ---------
+services = {}
+roles = {}
+
 builder = values["builder"]
 if builder["enabled"]:
     name = builder["name"]
-    c.JupyterHub.services = [
-        {
-            "name": name,
-            "url": builder["url"],
-            "api_token": os.environ.get("IMAGE_BUILDER_API_TOKEN"),
-            "display": True,
-            # The page signs users in with the hub's OAuth: its tokens may carry the builder's
-            # two scopes (without this every user gets 403 on the page), and users are not
-            # asked to confirm access to a service of their own hub.
-            "oauth_client_allowed_scopes": [f"custom:{name}:build", f"custom:{name}:admin"],
-            "oauth_no_confirm": True,
-        }
-    ]
+    services[name] = {
+        "url": builder["url"],
+        "api_token": os.environ.get("IMAGE_BUILDER_API_TOKEN"),
+        "display": True,
+        # The page signs users in with the hub's OAuth: its tokens may carry the builder's
+        # two scopes (without this every user gets 403 on the page), and users are not
+        # asked to confirm access to a service of their own hub.
+        "oauth_client_allowed_scopes": [f"custom:{name}:build", f"custom:{name}:admin"],
+        "oauth_no_confirm": True,
+    }
     # The options form links to the builder's page ("Build an image from a repository").
     c.AICoESpawner.builder_url = f"/services/{name}/"
     # Custom scopes of the builder: submit builds / see and cancel everyone's builds.
@@ -95,7 +96,6 @@ if builder["enabled"]:
         },
     }
     builders = {
-        "name": "image-builder-users",
         "description": "May build notebook images with the image builder",
         "scopes": [f"access:services!service={name}", f"custom:{name}:build"],
     }
@@ -105,23 +105,74 @@ if builder["enabled"]:
     else:
         # No groups configured: every user may build.
         user_scopes = ["self", f"access:services!service={name}", f"custom:{name}:build"]
-    c.JupyterHub.load_roles = [
-        {"name": "user", "scopes": user_scopes},
-        builders,
-        {
-            "name": "image-builder-admins",
-            "description": "Administer all image builds",
-            "scopes": [f"access:services!service={name}", f"custom:{name}:admin"],
-            "groups": builder["adminGroups"],
-        },
-        {
-            # What the builder service itself may do with the hub's API: identify users
-            # (OAuth, tokens) and read their groups to check the custom scopes.
-            "name": "image-builder-service",
-            "scopes": ["read:users:name", "read:users:groups", "read:groups"],
-            "services": [name],
-        },
-    ]
+    roles["user"] = {"scopes": user_scopes}
+    roles["image-builder-users"] = builders
+    roles["image-builder-admins"] = {
+        "description": "Administer all image builds",
+        "scopes": [f"access:services!service={name}", f"custom:{name}:admin"],
+        "groups": builder["adminGroups"],
+    }
+    # What the builder service itself may do with the hub's API: identify users (OAuth,
+    # tokens) and read their groups to check the custom scopes.
+    roles["image-builder-service"] = {
+        "scopes": ["read:users:name", "read:users:groups", "read:groups"],
+        "services": [name],
+    }
+
+cull = values["cull"]
+if cull["enabled"]:
+    # jupyterhub-idle-culler, started by the hub with its own token (JUPYTERHUB_API_TOKEN),
+    # talking to the hub's API on this pod.
+    base_url = (hub.get("config") or {}).get("JupyterHub", {}).get("base_url") or ""
+    prefix = "".join(f"/{part}" for part in base_url.split("/") if part)
+    api_url = f"http://localhost:{hub['port']}{prefix}/hub/api"
+
+    def flag(value):
+        return "true" if value else "false"
+
+    services["jupyterhub-idle-culler"] = {
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--url={api_url}",
+            f"--timeout={cull['timeout']}",
+            f"--cull-every={cull['every']}",
+            f"--concurrency={cull['concurrency']}",
+            f"--max-age={cull['maxAge']}",
+            f"--cull-users={flag(cull['users'])}",
+            f"--cull-admin-users={flag(cull['adminUsers'])}",
+            f"--remove-named-servers={flag(cull['removeNamedServers'])}",
+        ],
+    }
+    # Least privilege: find idle servers and stop them; delete users only with cull.users.
+    roles["jupyterhub-idle-culler"] = {
+        "description": "Stop idle servers (jupyterhub-idle-culler)",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+        + (["admin:users"] if cull["users"] else []),
+        "services": ["jupyterhub-idle-culler"],
+    }
+
+
+def merge(chart, extra, renames):
+    """The chart's specs by name, updated by the admin's (an entry's fields win; null removes
+    the entry); as JupyterHub's list of specs, each with its name."""
+    merged = {key: dict(spec) for key, spec in chart.items()}
+    for key, spec in (extra or {}).items():
+        if spec is None:
+            merged.pop(key, None)
+            continue
+        spec = {renames.get(k, k): v for k, v in spec.items()}
+        merged[key] = {**merged.get(key, {}), **spec}
+    return [{**spec, "name": key} for key, spec in merged.items()]
+
+
+service_list = merge(services, hub.get("services"), {"apiToken": "api_token"})
+if service_list:
+    c.JupyterHub.services = service_list
+role_list = merge(roles, hub.get("loadRoles"), {})
+if role_list:
+    c.JupyterHub.load_roles = role_list
 
 # -- hub.config passthrough and hub.extraConfig (as in zero-to-jupyterhub) -------------------
 for section, traits in (hub.get("config") or {}).items():

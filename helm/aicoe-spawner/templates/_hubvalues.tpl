@@ -9,7 +9,10 @@
     "port" .Values.hub.service.port
     "config" .Values.hub.config
     "extraConfig" .Values.hub.extraConfig
+    "services" .Values.hub.services
+    "loadRoles" .Values.hub.loadRoles
     "db" .Values.hub.db)
+  "cull" .Values.cull
   "proxy" (dict "apiService" (include "aicoe-spawner.proxyApi" .) "apiPort" 8001)
   "singleuser" .Values.singleuser
   "builder" (dict
