@@ -13,10 +13,12 @@ ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY aicoe_spawner ./aicoe_spawner
+# oauthenticator, ldapauthenticator, jupyterhub-idle-culler, psycopg2-binary, pymysql (z2jh's set)
+COPY images/hub/requirements.txt ./hub-requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-compile . \
+    && /opt/venv/bin/pip install --no-compile . -r hub-requirements.txt \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${BASE_IMAGE}

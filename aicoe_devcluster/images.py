@@ -111,10 +111,16 @@ def _hub_versions() -> tuple[str, ...]:
     return tuple(pins)
 
 
+HUB_REQUIREMENTS = "images/hub/requirements.txt"
+
+
 def _project_dependencies() -> tuple[str, ...]:
-    """The hub image's Python packages: the project's dependencies and its build backend."""
+    """The hub image's Python packages: the project's dependencies, its build backend and the
+    pins of ``images/hub/requirements.txt`` (authenticators, idle culler, database drivers)."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return (*project["build-system"]["requires"], *project["project"]["dependencies"])
+    lines = (REPO_ROOT / HUB_REQUIREMENTS).read_text().splitlines()
+    extra = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return (*project["build-system"]["requires"], *project["project"]["dependencies"], *extra)
 
 
 def _configurable_http_proxy() -> Path:
@@ -147,7 +153,7 @@ def image_specs() -> dict[str, ImageSpec]:
             "hub",
             python=_project_dependencies(),
             dockerfile="Dockerfile",
-            context=("pyproject.toml", "README.md", "aicoe_spawner"),
+            context=("pyproject.toml", "README.md", "LICENSE", "aicoe_spawner", HUB_REQUIREMENTS),
             base="hub-base",
         ),
         "proxy": ImageSpec(
