@@ -72,7 +72,7 @@ def test_culler_is_a_hub_service_by_default_with_least_privilege(tmp_path, monke
     found = services(c)
     assert set(found) == {"image-builder", CULLER}
     culler = culler_settings(found[CULLER])
-    assert culler.url == "http://localhost:8081/hub/api"  # the hub's API on its own pod
+    assert culler.url == "http://127.0.0.1:8081/hub/api"  # the hub's API on its own pod
     assert (culler.timeout, culler.cull_every, culler.concurrency, culler.max_age) == (
         3600,
         600,
@@ -110,7 +110,7 @@ def test_culler_deletes_users_only_when_cull_users(tmp_path, monkeypatch):
         },
     )
     culler = culler_settings(services(c)[CULLER])
-    assert culler.url == "http://localhost:8081/jupyter/hub/api"
+    assert culler.url == "http://127.0.0.1:8081/jupyter/hub/api"
     assert (culler.timeout, culler.cull_every, culler.concurrency, culler.max_age) == (
         120,
         30,

@@ -125,7 +125,7 @@ if cull["enabled"]:
     # talking to the hub's API on this pod.
     base_url = (hub.get("config") or {}).get("JupyterHub", {}).get("base_url") or ""
     prefix = "".join(f"/{part}" for part in base_url.split("/") if part)
-    api_url = f"http://localhost:{hub['port']}{prefix}/hub/api"
+    api_url = f"http://127.0.0.1:{hub['port']}{prefix}/hub/api"
 
     def flag(value):
         return "true" if value else "false"
