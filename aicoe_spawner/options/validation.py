@@ -236,6 +236,8 @@ def _validate_size_options(options: dict, size: Size) -> dict[str, Choice]:
         typed = given.get(typed_key)
         value = given.get(option.name)
         if option.unlisted is not None and (typed or value == UNLISTED_MARKER):
+            if typed is None:
+                typed = ""
             if not isinstance(typed, str):
                 raise OptionsError(
                     f"size_options.{typed_key}",
