@@ -12,7 +12,7 @@ from itertools import count
 
 import pytest
 import pytest_asyncio
-from hub_harness import Hub, running_hub
+from hub_harness import Hub, in_process_spawner, running_hub
 from kube_helpers import container, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 
@@ -139,6 +139,11 @@ async def test_the_form_shows_profiles_that_bring_their_image_and_starts_an_unli
         assert "Own image" in page and html.escape(OWN_IMAGE) in page
         assert 'name="profile-option-free--image--unlisted-choice"' in page
         assert 'value="unlisted-choice"' in page and "An image from quay.io/allowed" in page
+        # A link to a size with its own image shows what starts and starts nothing.
+        status, linked = await web.get(f"/hub/spawn/{user}?size=own", allow_redirects=False)
+        assert status == 200, linked[:2000]
+        assert "own image, size own" in linked
+        assert await user_pods(kube, env.namespace, user) == []
         status, _ = await web.post_form(
             user,
             [
@@ -181,3 +186,63 @@ async def test_an_unlisted_choice_the_regex_refuses_is_400_and_no_pod(env, kube,
     assert status == 400
     assert html.escape(f"{field}: ") in page
     assert await user_pods(kube, env.namespace, user) == []
+
+
+# -- load_user_options() called directly, as KubeSpawner's own tests call it ------------------
+
+KS_PROFILES = [
+    {
+        "display_name": "Training Env - R",
+        "slug": "training-r",
+        "kubespawner_override": {
+            "image": "training/r:label",
+            "cpu_limit": 1,
+            "mem_limit": 512 * 1024 * 1024,
+            "environment": {"override": "override-value", "to-remove": None},
+        },
+    },
+    PROFILE_LIST[2],
+]
+
+
+async def test_load_user_options_called_directly_applies_the_profile(
+    control_plane, kube, namespace, monkeypatch
+):
+    from kubernetes_asyncio.config import kube_config
+
+    from aicoe_spawner.spawner import AICoESpawner, OptionsRejected
+    from aicoe_spawner.watch import ImageStreamWatch
+
+    # KubeSpawner loads the default kubeconfig when a spawner is constructed.
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(control_plane.kubeconfig))
+    selector = "opendatahub.io/notebook-image=true"
+    watch = ImageStreamWatch.shared((namespace,), selector, lambda: client.CustomObjectsApi(kube))
+    try:
+        assert await watch.wait_synced(30)
+        spawner = in_process_spawner(AICoESpawner, "direct", namespace, profile_list=KS_PROFILES)
+        spawner.environment = {"existing": "existing-value", "to-remove": "x"}
+        spawner.user_options = {"profile": "training-r"}
+        assert spawner.cpu_limit is None  # nothing is loaded yet
+        await spawner.load_user_options()
+        assert (spawner.image, spawner.cpu_limit, spawner.mem_limit) == (
+            "training/r:label",
+            1,
+            512 * 1024 * 1024,
+        )
+        assert spawner.environment == {"existing": "existing-value", "override": "override-value"}
+
+        spawner.user_options = spawner.options_from_form(
+            {"profile": ["free"], "profile-option-free--image--unlisted-choice": [ALLOWED]}
+        )
+        assert spawner.user_options == {"profile": "free", "image--unlisted-choice": ALLOWED}
+        await spawner.load_user_options()
+        assert spawner.image == ALLOWED
+
+        spawner.user_options = {"profile": "free", "image--unlisted-choice": "invalid/foo:1"}
+        with pytest.raises(ValueError) as e:  # KubeSpawner raises ValueError here too
+            await spawner.load_user_options()
+        assert isinstance(e.value, OptionsRejected)
+        assert str(e.value.error).startswith("size_options.image--unlisted-choice: ")
+    finally:
+        await ImageStreamWatch.stop_all()
