@@ -246,3 +246,39 @@ async def test_load_user_options_called_directly_applies_the_profile(
         assert str(e.value.error).startswith("size_options.image--unlisted-choice: ")
     finally:
         await ImageStreamWatch.stop_all()
+
+
+# -- the form in a real browser --------------------------------------------------------------
+
+
+async def test_the_form_in_a_browser_types_an_unlisted_choice_and_marks_own_images(env, kube):
+    from browser import chromium, login
+    from playwright.async_api import expect
+
+    user = new_user()
+    await env.ensure_user(user)
+    async with chromium() as browser:
+        up = await login(browser, env.url, user)
+        page = up.page
+        try:
+            await page.goto(f"/hub/spawn/{user}")
+            note = page.locator("#aicoe-own-image-note")
+            await expect(page.get_by_label("Own image", exact=True)).to_be_checked()  # default
+            await expect(note).to_be_visible()
+            await page.get_by_label("From the catalog", exact=True).check()
+            await expect(note).to_be_hidden()
+            typed = page.get_by_label("Image reference")
+            await expect(typed).to_be_disabled()  # only with "Other..." chosen
+            await page.get_by_label("Image", exact=True).select_option("unlisted-choice")
+            await expect(page.get_by_label("Bring your image", exact=True)).to_be_checked()
+            await expect(typed).to_be_enabled()
+            await expect(note).to_be_visible()
+            await typed.fill(ALLOWED)
+            await page.get_by_role("button", name="Start").click()
+            await env.wait_ready(user)
+            pod = (await user_pods(kube, env.namespace, user))[0]
+            assert container(pod)["image"] == ALLOWED
+            assert up.errors == []
+        finally:
+            await up.close()
+    await env.stop_server(user)
