@@ -193,14 +193,24 @@ def _own_image(where: str, overrides: dict[str, Any]) -> str | None:
     return image.strip()
 
 
+class _KeepOthers(dict):
+    """``str.format_map`` mapping that leaves every placeholder but ``{value}`` as written."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
 def _format_template(value: Any, text: str) -> Any:
-    """KubeSpawner's ``{value}`` substitution, in every string of a nested dict/list."""
+    """KubeSpawner's ``{value}`` substitution, in every string (keys too) of nested dicts,
+    lists and sets; other ``{…}`` placeholders stay as written, ``{{``/``}}`` become braces."""
     if isinstance(value, str):
-        return value.format(value=text)
+        return value.format_map(_KeepOthers(value=text))
     if isinstance(value, dict):
-        return {k: _format_template(v, text) for k, v in value.items()}
+        return {_format_template(k, text): _format_template(v, text) for k, v in value.items()}
     if isinstance(value, list):
         return [_format_template(v, text) for v in value]
+    if isinstance(value, set):
+        return {_format_template(v, text) for v in value}
     return value
 
 
@@ -280,7 +290,8 @@ def _unlisted(where: str, config: Any) -> UnlistedChoice | None:
         _format_template(overrides, "x")
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(
-            f"{here}: kubespawner_override strings may use only '{{value}}' ({e!r})"
+            f"{here}: kubespawner_override strings must be templates like 'x:{{value}}' "
+            f"(write {{{{ and }}}} for literal braces): {e}"
         ) from None
     image = overrides.get(IMAGE_KEY)
     if image is not None and (not isinstance(image, str) or not image.strip()):

@@ -416,3 +416,41 @@ def test_an_option_without_listed_choices_needs_a_typed_value():
     assert e.value.field == "size_options.tag--unlisted-choice"
     chosen = validate({"profile": "any", "tag--unlisted-choice": "v2"}, CATALOG, p, NS)
     assert chosen.image_ref == "quay.io/org/nb:v2"
+
+
+def test_unlisted_value_fills_every_string_and_leaves_other_placeholders_as_kubespawner():
+    override = {
+        "image": "{value}",
+        "environment": {"CUSTOM_IMAGE": "{value}", "USER": "${JUPYTER_USER}", "T": "${{X}}"},
+        "init_containers": [{"name": "seed", "image": "{value}", "securityContext": {"a": 1}}],
+        "extra_labels": {"img-{value}": "yes"},
+    }
+    profiles = [
+        {
+            "display_name": "CPU",
+            "slug": "cpu",
+            "profile_options": {
+                "image": {
+                    "unlisted_choice": {
+                        "enabled": True,
+                        "validation_regex": "^pangeo/.*$",
+                        "kubespawner_override": override,
+                    }
+                }
+            },
+        }
+    ]
+    p = make_policy(sizes=sizes_from_profile_list(profiles), default_policy={})
+    image = "pangeo/pangeo-notebook:latest"
+    chosen = validate({"profile": "cpu", "image--unlisted-choice": image}, CATALOG, p, NS)
+    assert chosen.image_ref == image
+    overrides = chosen.choices["image"].overrides
+    assert overrides["environment"] == {
+        "CUSTOM_IMAGE": image,
+        "USER": "${JUPYTER_USER}",
+        "T": "${X}",
+    }
+    assert overrides["init_containers"] == [
+        {"name": "seed", "image": image, "securityContext": {"a": 1}}
+    ]
+    assert overrides["extra_labels"] == {f"img-{image}": "yes"}

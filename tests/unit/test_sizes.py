@@ -154,13 +154,13 @@ def test_profile_dict_is_sorted_by_key_like_kubespawner():
                         "image": {
                             "unlisted_choice": {
                                 "enabled": True,
-                                "kubespawner_override": {"image": "{username}/{value}"},
+                                "kubespawner_override": {"image": "x:{value"},
                             }
                         }
                     },
                 }
             ],
-            ["profile 'Free'", "unlisted_choice", "'{value}'"],
+            ["profile 'Free'", "unlisted_choice", "templates like 'x:{value}'"],
         ),
         (
             [{"display_name": "Ns", "kubespawner_override": {"namespace": "other"}}],
