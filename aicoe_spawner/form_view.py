@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from jinja2.utils import htmlsafe_json_dumps
@@ -251,7 +252,9 @@ class FormView:
     def _form_config(self, policy: opts.Policy) -> dict[str, Any]:
         """Settings the form's script needs."""
         base_url = self.hub.base_url if self.hub is not None else "/hub/"
-        user_path = self.user.escaped_name if self.user is not None else ""
+        user_path = ""
+        if self.user is not None:  # a stand-in user (KubeSpawner's mock) may lack escaped_name
+            user_path = getattr(self.user, "escaped_name", None) or quote(self.user.name, safe="@~")
         # The full layout re-reads its own spawn page; the lean one asks the form-state
         # endpoint what changed (see spawn_page.FormState).
         where = "spawn" if self.form_layout == "full" else STATE_PATH
