@@ -33,7 +33,7 @@ from .quantities import (
     parse_cpu,
     parse_memory,
 )
-from .sizes import UNLISTED_MARKER, UNLISTED_SUFFIX, Choice, Size
+from .sizes import UNLISTED_MARKER, UNLISTED_SUFFIX, Choice, Size, SizeOption
 
 KNOWN_KEYS = frozenset(
     {"image", "size", "size_options", "cpu", "memory", "gpus", "env", "secret_env"}
@@ -231,40 +231,44 @@ def _validate_size_options(options: dict, size: Size) -> dict[str, Choice]:
             )
     chosen = {}
     for option in size.options:
-        field = f"size_options.{option.name}"
         typed_key = f"{option.name}{UNLISTED_SUFFIX}"
-        typed = given.get(typed_key)
-        value = given.get(option.name)
+        typed, value = given.get(typed_key), given.get(option.name)
         if option.unlisted is not None and (typed or value == UNLISTED_MARKER):
-            if typed is None:
-                typed = ""
-            if not isinstance(typed, str):
-                raise OptionsError(
-                    f"size_options.{typed_key}",
-                    f"must be text ({option.unlisted.display_name}), got {_type_name(typed)}",
-                )
-            problem = option.unlisted.check(typed)
-            if problem is not None:
-                raise OptionsError(f"size_options.{typed_key}", problem)
-            chosen[option.name] = option.unlisted.choice(typed)
-            continue
-        if value is None or (value == "" and typed is not None):
+            chosen[option.name] = _typed_choice(option, typed, f"size_options.{typed_key}")
+        elif value is None or value == "":
             default = option.default_choice()
-            if default is None:
+            if default is None:  # only an unlisted choice: KubeSpawner has no default either
                 raise OptionsError(
                     f"size_options.{typed_key}",
                     f"type a value ({option.unlisted.display_name}); the option has no choices",
                 )
             chosen[option.name] = default
-            continue
-        choice = option.choice(value) if isinstance(value, str) else None
-        if choice is None:
-            names = ", ".join(c.name for c in option.choices)
-            if option.unlisted is not None:
-                names += f", or a typed value as {typed_key}"
-            raise OptionsError(field, f"must be one of {names}, got {_show(value)}")
-        chosen[option.name] = choice
+        else:
+            choice = option.choice(value) if isinstance(value, str) else None
+            if choice is None:
+                names = ", ".join(c.name for c in option.choices)
+                if option.unlisted is not None:
+                    names += f", or a typed value as {typed_key}"
+                raise OptionsError(
+                    f"size_options.{option.name}", f"must be one of {names}, got {_show(value)}"
+                )
+            chosen[option.name] = choice
     return chosen
+
+
+def _typed_choice(option: SizeOption, typed: Any, field: str) -> Choice:
+    """The choice a value typed into an option's unlisted_choice makes, if its checks pass."""
+    assert option.unlisted is not None
+    if typed is None:
+        typed = ""
+    if not isinstance(typed, str):
+        raise OptionsError(
+            field, f"must be text ({option.unlisted.display_name}), got {_type_name(typed)}"
+        )
+    problem = option.unlisted.check(typed)
+    if problem is not None:
+        raise OptionsError(field, problem)
+    return option.unlisted.choice(typed)
 
 
 def _usable(image: NotebookImage, tag: ImageTag, policy: Policy) -> bool:
