@@ -54,6 +54,8 @@ class ImageTag:
     software: tuple[Package, ...]
     python_dependencies: tuple[Package, ...]
     build_commit: str | None
+    #: The registry reference the tag imports (``spec.tags[].from`` of kind DockerImage).
+    source: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -265,7 +267,13 @@ def _tag(spec: dict, status: dict) -> ImageTag:
         software=_packages(ann.get(f"{_A}notebook-software")),
         python_dependencies=_packages(ann.get(f"{_A}notebook-python-dependencies")),
         build_commit=_str(ann.get(f"{_A}notebook-build-commit")) or None,
+        source=_docker_source(spec),
     )
+
+
+def _docker_source(spec: dict) -> str | None:
+    source = _dict(spec.get("from"))
+    return (_str(source.get("name")) or None) if source.get("kind") == "DockerImage" else None
 
 
 def _named(entries: Any, key: str) -> dict[str, dict]:

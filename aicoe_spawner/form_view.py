@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from jinja2.utils import htmlsafe_json_dumps
@@ -251,7 +252,9 @@ class FormView:
     def _form_config(self, policy: opts.Policy) -> dict[str, Any]:
         """Settings the form's script needs."""
         base_url = self.hub.base_url if self.hub is not None else "/hub/"
-        user_path = self.user.escaped_name if self.user is not None else ""
+        user_path = ""
+        if self.user is not None:  # a stand-in user (KubeSpawner's mock) may lack escaped_name
+            user_path = getattr(self.user, "escaped_name", None) or quote(self.user.name, safe="@~")
         # The full layout re-reads its own spawn page; the lean one asks the form-state
         # endpoint what changed (see spawn_page.FormState).
         where = "spawn" if self.form_layout == "full" else STATE_PATH
@@ -342,7 +345,7 @@ class FormView:
             groups=groups,
             image_list=_lean_image_list(groups, cards) if self.form_layout == "lean" else None,
             policy=policy,
-            sizes=[_size_view(s, selected) for s in policy.sizes],
+            sizes=[_size_view(s, selected, self._configured_resources()) for s in policy.sizes],
             selected=selected,
             stale=watch.stale,
             state=state,
@@ -356,6 +359,12 @@ class FormView:
             error_source=error_source,
             notice=notice,
         )
+
+    def _configured_resources(self) -> dict[str, Any]:
+        """The configured CPU and memory, which a size that leaves one out keeps."""
+        names = ("cpu_guarantee", "cpu_limit", "mem_guarantee", "mem_limit")
+        configured = getattr(self, "_configured", {})
+        return {n: configured.get(n, getattr(self, n, None)) for n in names}
 
     def _preselection(self, catalog, policy) -> dict[str, Any]:
         """The saved choices while still valid, else the defaults."""
@@ -382,15 +391,18 @@ class FormView:
                         e,
                     )
                 continue
+            catalog_choice = chosen.image is not None and chosen.tag is not None
             return {
-                "image": format_image_ref(chosen.image, chosen.tag, self.namespace),
+                "image": format_image_ref(chosen.image, chosen.tag, self.namespace)
+                if catalog_choice
+                else None,
                 "size": chosen.size.name,
                 "cpu": chosen.cpu,
                 "memory": candidate.get("memory") if chosen.memory is not None else None,
                 "gpus": chosen.gpus,
                 "env": chosen.env,
                 "secret_env_names": [n for n in secret_names if n not in chosen.env],
-                "size_options": {name: c.name for name, c in chosen.choices.items()},
+                "size_options": chosen.size_choices(),
             }
         size = policy.default_size()
         return {
@@ -591,41 +603,57 @@ def _image_view(image, default_namespace: str, selected_ref: str | None) -> dict
     }
 
 
-def _size_view(size: opts.Size, selected: dict[str, Any]) -> dict[str, Any]:
-    """A size with its resources in words, and its options with the chosen choice."""
+def _size_view(
+    size: opts.Size, selected: dict[str, Any], inherited: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A size with its resources in words (a resource it leaves out: the ``inherited``
+    configured value), and its options with the chosen choice."""
+    inherited = inherited or {}
+    cpu_guarantee, cpu_limit, mem_guarantee, mem_limit = (
+        getattr(size, n) if getattr(size, n) is not None else inherited.get(n)
+        for n in ("cpu_guarantee", "cpu_limit", "mem_guarantee", "mem_limit")
+    )
     parts = []
-    if size.cpu_guarantee is not None or size.mem_guarantee is not None:
+    if cpu_guarantee is not None or mem_guarantee is not None:
         got = [
-            opts.format_cpu(size.cpu_guarantee) if size.cpu_guarantee is not None else None,
-            f"{opts.format_memory(size.mem_guarantee)} memory"
-            if size.mem_guarantee is not None
-            else None,
+            opts.format_cpu(cpu_guarantee) if cpu_guarantee is not None else None,
+            f"{opts.format_memory(mem_guarantee)} memory" if mem_guarantee is not None else None,
         ]
         parts.append("Guaranteed " + " and ".join(p for p in got if p))
-    if size.cpu_limit is not None or size.mem_limit is not None:
+    if cpu_limit is not None or mem_limit is not None:
         up = [
-            opts.format_cpu(size.cpu_limit) if size.cpu_limit is not None else None,
-            f"{opts.format_memory(size.mem_limit)} memory" if size.mem_limit is not None else None,
+            opts.format_cpu(cpu_limit) if cpu_limit is not None else None,
+            f"{opts.format_memory(mem_limit)} memory" if mem_limit is not None else None,
         ]
         parts.append("can use up to " + " and ".join(p for p in up if p))
     words = ", ".join(parts)
     chosen = selected.get("size_options") or {} if selected.get("size") == size.name else {}
-    return {
-        "name": size.name,
-        "display_name": size.display_name,
-        "description": size.description,
-        "words": (words[:1].upper() + words[1:]) if words else "No fixed resources",
-        "options": [
+    options = []
+    for option in size.options:
+        typed = chosen.get(f"{option.name}{opts.UNLISTED_SUFFIX}") if option.unlisted else None
+        default = option.default_choice()
+        options.append(
             {
                 "name": option.name,
                 "display_name": option.display_name,
                 "choices": [
                     {"name": c.name, "display_name": c.display_name} for c in option.choices
                 ],
-                "chosen": chosen.get(option.name) or option.default_choice().name,
+                "chosen": chosen.get(option.name) or (default.name if default else ""),
+                "unlisted": option.unlisted,
+                "typed": typed if isinstance(typed, str) else "",
             }
-            for option in size.options
-        ],
+        )
+    return {
+        "name": size.name,
+        # KubeSpawner's field for profile_list sizes: the form then posts its flat shape.
+        "field": "profile" if size.profile else "size",
+        "display_name": size.display_name,
+        "description": size.description,
+        "words": (words[:1].upper() + words[1:]) if words else "No fixed resources",
+        "own_image": size.brings_image,
+        "image": size.image,
+        "options": options,
     }
 
 

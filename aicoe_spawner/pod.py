@@ -41,6 +41,23 @@ def _copy(value: Any) -> Any:
         return value
 
 
+def image_annotations(chosen: opts.SpawnOptions) -> dict[str, str]:
+    """What the pod records of its image: the catalog stream, tag and digest, and for a size's
+    own image also where it came from, what was asked for and how it was pinned (or why not)."""
+    own = chosen.own_image
+    image, tag = (own.image, own.tag) if own is not None else (chosen.image, chosen.tag)
+    digest = own.digest if own is not None else (tag.digest if tag is not None else None)
+    out = {f"{ANNOTATION_PREFIX}image-digest": literal(digest or "")}
+    if image is not None and tag is not None:
+        out[f"{ANNOTATION_PREFIX}image-stream"] = literal(image.key)
+        out[f"{ANNOTATION_PREFIX}image-tag"] = literal(tag.name)
+    if own is not None:
+        out[f"{ANNOTATION_PREFIX}image-source"] = own.source
+        out[f"{ANNOTATION_PREFIX}image-requested"] = literal(own.requested)
+        out[f"{ANNOTATION_PREFIX}image-resolution"] = literal(f"{own.resolution}: {own.reason}")
+    return out
+
+
 class PodShaping:
     """Mixin for AICoESpawner: configured values kept, restored and shaped per spawn."""
 
@@ -68,17 +85,15 @@ class PodShaping:
         self._restore_configured()
         await super().apply_group_overrides()
 
-    async def load_user_options(self) -> None:
-        """KubeSpawner would apply its ``profile_list`` here, after our options: the options
-        (profile_list read as sizes included) were applied by ``apply_user_options``."""
-
     def shape_pod(self, chosen: opts.SpawnOptions) -> None:
         """Set this spawn's traits from ``chosen``, on top of the configured values and the
         group overrides of this spawn."""
         size = chosen.size
         self.image = chosen.image_ref
-        self.cpu_guarantee, self.cpu_limit = size.cpu_guarantee, size.cpu_limit
-        self.mem_guarantee, self.mem_limit = size.mem_guarantee, size.mem_limit
+        # As under KubeSpawner, a resource the size does not set keeps its configured value.
+        for name in ("cpu_guarantee", "cpu_limit", "mem_guarantee", "mem_limit"):
+            if getattr(size, name) is not None:
+                setattr(self, name, getattr(size, name))
         if size.overrides:
             self._apply_overrides(size.overrides)
         for choice in chosen.choices.values():
@@ -97,15 +112,13 @@ class PodShaping:
             self.node_selector = {**self.node_selector, **self.gpu_node_selector}
         self._user_env = dict(chosen.env)
         annotations = {
-            f"{ANNOTATION_PREFIX}image-stream": literal(chosen.image.key),
-            f"{ANNOTATION_PREFIX}image-tag": literal(chosen.tag.name),
-            f"{ANNOTATION_PREFIX}image-digest": literal(chosen.tag.digest or ""),
             f"{ANNOTATION_PREFIX}size": literal(size.name),
             f"{ANNOTATION_PREFIX}gpus": str(chosen.gpus),
+            **image_annotations(chosen),
         }
         if chosen.choices:
             annotations[f"{ANNOTATION_PREFIX}size-options"] = literal(
-                ",".join(f"{name}={c.name}" for name, c in chosen.choices.items())
+                ",".join(f"{name}={value}" for name, value in chosen.size_choices().items())
             )
         self.extra_annotations = {**self.extra_annotations, **annotations}
 

@@ -44,7 +44,12 @@ _RESERVED_QUERY = ("next", "display_name")
 
 def describe(options: dict[str, Any]) -> str:
     """A choice in words: ``"minimal:2025.2, size medium, 1 GPU"``."""
-    parts = [str(options.get("image", "the default image"))]
+    if options.get("image"):
+        parts = [str(options["image"])]
+    elif options.get("size"):
+        parts = ["the size's own image"]  # saved options name the image whenever one is chosen
+    else:
+        parts = ["the default image"]
     parts.append(f"size {options['size']}" if options.get("size") else "the default size")
     for key in ("cpu", "memory"):
         if options.get(key):
@@ -226,12 +231,9 @@ class SpawnPage(SpawnHandler):
         else:
             notice = {"kind": "link", "starts": describe(wanted)}
         # The form shows exactly what would start: the link's choice with defaults filled in.
-        shown = {
-            **query,
-            "image": [wanted["image"]],
-            "size": [wanted["size"]],
-            "gpus": [str(wanted["gpus"])],
-        }
+        shown = {**query, "size": [wanted["size"]], "gpus": [str(wanted["gpus"])]}
+        if "image" in wanted:  # a size with its own image has no catalog choice
+            shown["image"] = [wanted["image"]]
         await self._page(user, spawner, FormContext(entries=shown, notice=notice))
 
     # -- POST: the form ---------------------------------------------------------------------

@@ -69,8 +69,9 @@ DEFAULT_SIZES = [
 ]
 
 
-class OptionsRejected(web.HTTPError):
-    """HTTP 400 for user_options that failed validation; ``error`` names the field."""
+class OptionsRejected(web.HTTPError, ValueError):
+    """HTTP 400 for user_options that failed validation; ``error`` names the field. Also a
+    ValueError, as KubeSpawner's ``load_user_options`` raises for a refused choice."""
 
     def __init__(self, error: opts.OptionsError) -> None:
         super().__init__(400, str(error))
@@ -116,11 +117,15 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, HomeSeed, KubeSpawner):
         profile, kubespawner_override (pod settings for this size only, e.g.
         {"node_selector": {"pool": "highmem"}, "tolerations": [...],
         "extra_resource_limits": {...}, "volumes": [...], "volume_mounts": [...],
-        "extra_labels": {...}}) and profile_options (selects whose choices override more).
-        The image cannot be overridden: it is the user's choice from the catalog. Checked when
-        the hub starts; a mistake stops the hub with a message. If KubeSpawner's profile_list
-        is set (e.g. z2jh singleuser.profileList), its profiles are the sizes and this
-        setting must stay unset.""",
+        "extra_labels": {...}, "image": "quay.io/org/image:tag"}) and profile_options (selects
+        whose choices override more, and unlisted_choice: a value the user types, checked by
+        its validation_regex). Memory as in KubeSpawner: "2G" is 2 GiB, a number is bytes
+        ("512Mi" is accepted too). A resource a size leaves out keeps c.KubeSpawner's value.
+        A size with its own image starts it instead of the user's catalog choice, pinned to a
+        digest where the catalog knows it. Checked when the hub starts; a mistake stops the
+        hub with a message. If KubeSpawner's profile_list is set (e.g. z2jh
+        singleuser.profileList), its profiles are the sizes and this setting must stay
+        unset.""",
     )
     allow_custom_resources = Bool(
         False,
@@ -269,6 +274,7 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, HomeSeed, KubeSpawner):
         self._user_env = {}
         self._secret_env = {}
         self._secret_env_names = []
+        self._options_applied = False
         super().__init__(*args, **kwargs)
         # Before any spawn changes them: the settings a spawn may set.
         self._remember_configured((*APPLIED_TRAITS, *sorted(opts.OVERRIDE_KEYS)))
@@ -323,11 +329,19 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, HomeSeed, KubeSpawner):
             raise ValueError(f"sizes: names must be unique, got {names}")
         traits = self.traits()
         for size in sizes:
-            layers = [(f"size {size.name!r}", size.overrides)] + [
-                (f"size {size.name!r}: option {o.name!r}: choice {c.name!r}", c.overrides)
-                for o in size.options
-                for c in o.choices
-            ]
+            layers = (
+                [(f"size {size.name!r}", size.overrides)]
+                + [
+                    (f"size {size.name!r}: option {o.name!r}: choice {c.name!r}", c.overrides)
+                    for o in size.options
+                    for c in o.choices
+                ]
+                + [
+                    (f"size {size.name!r}: option {o.name!r}: unlisted", o.unlisted.overrides)
+                    for o in size.options
+                    if o.unlisted is not None
+                ]
+            )
             for where, overrides in layers:
                 for key, value in overrides.items():
                     if callable(value):
@@ -422,6 +436,17 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, HomeSeed, KubeSpawner):
         self._check_rest_body()
         chosen = await self.check_user_options(user_options)
         self.shape_pod(chosen)
+        self._options_applied = True
+        if chosen.own_image is not None:
+            own = chosen.own_image
+            self.log.info(
+                "%s starts the image of size %r: %s (%s: %s)",
+                self._log_name,
+                chosen.size.name,
+                own.ref,
+                own.resolution,
+                own.reason,
+            )
         self._secret_env = dict(chosen.secret_env)
         self._secret_env_names = sorted(chosen.secret_env)
         canonical = chosen.to_user_options(self.namespace)
@@ -429,6 +454,17 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, HomeSeed, KubeSpawner):
         if self.orm_spawner is not None:
             # JupyterHub commits right after start() begins; no extra commit needed here.
             self.orm_spawner.user_options = canonical
+
+    async def load_user_options(self) -> None:
+        """KubeSpawner's hook, run at the start of ``start()``. In a hub spawn the options
+        were applied by ``apply_user_options`` already; called directly (as KubeSpawner
+        allows, e.g. ``spawner.user_options = {"profile": "gpu"}`` then this), it validates and
+        applies ``user_options`` now. A refused choice raises OptionsRejected (a ValueError)."""
+        if self._options_applied:
+            self._options_applied = False
+            return
+        await self.apply_aicoe_options(self.user_options or {})
+        self._options_applied = False
 
     def _check_rest_body(self) -> None:
         """JupyterHub starts with saved options when a REST body is falsy (``[]``, ``0``,

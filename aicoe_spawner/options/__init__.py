@@ -7,12 +7,14 @@ shape first. Every problem with user input is an :class:`OptionsError` whose mes
 the offending field, so the spawner can turn it into an HTTP 400 as is.
 
 By concern: ``errors`` (the error type), ``quantities`` (CPU and memory), ``sizes`` (sizes,
-their overrides, profile_list), ``policy`` (what a user may choose), ``form`` (form and query
+their overrides, profile_list), ``own_image`` (a size's own image pinned through the catalog),
+``policy`` (what a user may choose), ``form`` (form and query
 reshaping) and ``validation`` (checking against catalog and policy).
 """
 
 from .errors import OptionsError
 from .form import LINK_FIELDS, options_from_form
+from .own_image import OwnImage, normalize_reference, resolve_own_image
 from .policy import (
     DEFAULT_MIN_CPU,
     DEFAULT_MIN_MEMORY,
@@ -29,10 +31,21 @@ from .quantities import (
     format_cpu,
     format_memory,
     memory_quantity,
+    parse_byte_specification,
     parse_cpu,
     parse_memory,
 )
-from .sizes import OVERRIDE_KEYS, Choice, Size, SizeOption, check_overrides, sizes_from_profile_list
+from .sizes import (
+    OVERRIDE_KEYS,
+    UNLISTED_MARKER,
+    UNLISTED_SUFFIX,
+    Choice,
+    Size,
+    SizeOption,
+    UnlistedChoice,
+    check_overrides,
+    sizes_from_profile_list,
+)
 from .validation import ALIAS_KEYS, KNOWN_KEYS, STORED_ONLY_KEYS, SpawnOptions, validate
 
 __all__ = [
@@ -47,12 +60,16 @@ __all__ = [
     "MAX_ENV_NAME_LENGTH",
     "OVERRIDE_KEYS",
     "STORED_ONLY_KEYS",
+    "UNLISTED_MARKER",
+    "UNLISTED_SUFFIX",
     "Choice",
     "OptionsError",
+    "OwnImage",
     "Policy",
     "Size",
     "SizeOption",
     "SpawnOptions",
+    "UnlistedChoice",
     "check_overrides",
     "cpu_quantity",
     "effective_policy",
@@ -60,9 +77,12 @@ __all__ = [
     "format_memory",
     "image_policy",
     "memory_quantity",
+    "normalize_reference",
     "options_from_form",
+    "parse_byte_specification",
     "parse_cpu",
     "parse_memory",
+    "resolve_own_image",
     "sizes_from_profile_list",
     "validate",
 ]

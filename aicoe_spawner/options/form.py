@@ -13,6 +13,7 @@ from typing import Any
 from .errors import OptionsError
 from .errors import show as _show
 from .errors import type_name as _type_name
+from .sizes import UNLISTED_SUFFIX
 
 #: The fields a ``/hub/spawn?…`` link may carry: a link shares a choice, never env vars.
 LINK_FIELDS = ("image", "size", "cpu", "memory", "gpus")
@@ -24,7 +25,7 @@ _FORM_PAIRS = (
     ("secret_env", "secret_env_name", "secret_env_value"),
 )
 _FORM_DROPPED = frozenset({"_xsrf", "_replace_running"})
-_PROFILE_OPTION_RE = re.compile(r"profile-option-(?P<size>.+?)--(?P<option>.+)")
+_PROFILE_OPTION = "profile-option-"
 
 
 def _form_values(key: str, raw: Any) -> list[str]:
@@ -50,9 +51,12 @@ def options_from_form(form_data: dict[str, list[str]]) -> dict:
     stripped; an empty ``cpu``/``memory``/``gpus`` means "not given"; a digit-only ``gpus``
     becomes an int; a field given twice stays a list, which :func:`validate` rejects).
     Repeated ``env_name``/``env_value`` and ``secret_env_name``/``secret_env_value`` pairs
-    become dicts; rows whose name and value are both empty are ignored. KubeSpawner's
-    ``profile`` names the size and its ``profile-option-<size>--<option>`` selects become
-    ``size_options`` (those of the chosen size only: the form posts every size's selects).
+    become dicts; rows whose name and value are both empty are ignored. The chosen size's
+    ``profile-option-<size>--<option>`` selects (and ``…--<option>--unlisted-choice`` boxes)
+    count, the other sizes' are dropped: with KubeSpawner's ``profile`` the result has
+    KubeSpawner's flat shape ``{"profile": slug, "<option>": choice}`` (an option named like
+    one of our fields, e.g. ``image``, takes its place); with ``size`` they become
+    ``size_options``.
     ``_xsrf`` is dropped and any other key is passed through for :func:`validate` to reject.
     Raises only OptionsError.
     """
@@ -91,20 +95,25 @@ def options_from_form(form_data: dict[str, list[str]]) -> dict:
             pairs[name] = value
         if pairs:
             options[field] = pairs
-    by_size: dict[str, dict[str, str]] = {}
-    for key in [k for k in data if _PROFILE_OPTION_RE.fullmatch(k)]:
-        match = _PROFILE_OPTION_RE.fullmatch(key)
-        values = data.pop(key)
-        if len(values) != 1:
-            raise OptionsError(match["option"], "was given more than once")
-        by_size.setdefault(match["size"], {})[match["option"]] = values[0].strip()
     size = options.get("size", options.get("profile"))
-    if isinstance(size, str) and by_size.get(size):
-        options["size_options"] = by_size[size]
+    chosen: dict[str, str] = {}
+    for key in [k for k in data if k.startswith(_PROFILE_OPTION)]:
+        values = data.pop(key)
+        prefix = f"{_PROFILE_OPTION}{size}--"
+        if not isinstance(size, str) or not key.startswith(prefix) or key == prefix:
+            continue  # the form posts every size's selects: only the chosen size's count
+        option = key[len(prefix) :]
+        if len(values) != 1:
+            raise OptionsError(option, "was given more than once")
+        value = values[0].strip()
+        if value or not option.endswith(UNLISTED_SUFFIX):  # an empty "Other" box is not a value
+            chosen[option] = value
+    if chosen and "size" in options:
+        options["size_options"] = chosen
+    elif chosen:
+        # KubeSpawner's flat shape: {"profile": slug, "<option>": choice}.
+        options.update(chosen)
     for key, values in data.items():
         if key not in _FORM_DROPPED:
             options[key] = values[0] if len(values) == 1 else values
     return options
-
-
-# -- validation -------------------------------------------------------------------------------

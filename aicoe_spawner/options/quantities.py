@@ -129,3 +129,47 @@ def memory_quantity(n: int) -> str:
         if n and n % unit == 0:
             return f"{n // unit}{suffix}"
     return str(n)
+
+
+#: JupyterHub's ``ByteSpecification`` units (``jupyterhub.traitlets``): powers of 1024.
+_BYTE_SPEC_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_byte_specification(value: str | int | float) -> int:
+    """Bytes as KubeSpawner's ``mem_limit``/``mem_guarantee`` read them (JupyterHub's
+    ``ByteSpecification``): a number is bytes (``int(value)``), a string ends in ``K``, ``M``,
+    ``G`` or ``T`` (powers of 1024: ``"2G"`` is 2 GiB). Strings ByteSpecification refuses but
+    Kubernetes reads unambiguously (``"512Mi"``, ``"1.5Gi"``, ``"1000"``) are read as
+    Kubernetes does. Negative, non-finite and other values raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(
+            f"memory must be a string like '2G' or '512Mi' or a number of bytes, "
+            f"got {_type_name(value)}"
+        )
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"memory {_show(value)} is out of range")
+        n = int(value)
+    elif value[-1:] in _BYTE_SPEC_UNITS:
+        try:
+            number = float(value[:-1])
+        except ValueError:
+            raise ValueError(
+                f"{_show(value)} is not a memory size like '2G', '512M' or '512Mi'"
+            ) from None
+        if not math.isfinite(number):
+            raise ValueError(f"memory {_show(value)} is out of range")
+        n = int(number * _BYTE_SPEC_UNITS[value[-1]])
+    else:
+        match = _QUANTITY_RE.fullmatch(value)
+        if match is None or match["suffix"] not in (None, "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"):
+            raise ValueError(
+                f"{_show(value)} is not a memory size like '2G', '512M' or '512Mi' "
+                "(K, M, G, T are powers of 1024, as in KubeSpawner)"
+            )
+        return parse_memory(value)
+    if n < 0:
+        raise ValueError(f"memory must not be negative, got {_show(value)}")
+    if n > _MAX_MEMORY:
+        raise ValueError(f"memory {_show(value)} is out of range")
+    return n

@@ -23,6 +23,7 @@ from aicoe_spawner.catalog import (
 from .errors import OptionsError
 from .errors import show as _show
 from .errors import type_name as _type_name
+from .own_image import OwnImage, resolve_own_image
 from .policy import ENV_NAME_RE, MAX_ENV_NAME_LENGTH, Policy
 from .quantities import (
     cpu_quantity,
@@ -32,7 +33,7 @@ from .quantities import (
     parse_cpu,
     parse_memory,
 )
-from .sizes import Choice, Size
+from .sizes import UNLISTED_MARKER, UNLISTED_SUFFIX, Choice, Size, SizeOption
 
 KNOWN_KEYS = frozenset(
     {"image", "size", "size_options", "cpu", "memory", "gpus", "env", "secret_env"}
@@ -48,10 +49,13 @@ STORED_ONLY_KEYS = frozenset({"secret_env_names"})
 
 @dataclass(frozen=True, slots=True)
 class SpawnOptions:
-    """The validated choice of one spawn. ``secret_env`` values must never be logged or saved."""
+    """The validated choice of one spawn. ``secret_env`` values must never be logged or saved.
 
-    image: NotebookImage
-    tag: ImageTag
+    ``image``/``tag`` are the catalog choice; a size (or choice) that brings its own image
+    has ``own_image`` instead and no catalog choice."""
+
+    image: NotebookImage | None
+    tag: ImageTag | None
     size: Size
     cpu: float | None
     memory: int | None
@@ -60,40 +64,59 @@ class SpawnOptions:
     secret_env: dict[str, str]
     #: The chosen choice of each of the size's options, in the size's order.
     choices: dict[str, Choice] = dataclasses.field(default_factory=dict)
+    own_image: OwnImage | None = None
 
     @property
     def image_ref(self) -> str:
-        """The digest-pinned image reference to run."""
-        assert self.tag.image_ref is not None  # validate() only accepts ready tags
+        """The image reference to run: the catalog's digest, or the size's own image."""
+        if self.own_image is not None:
+            return self.own_image.ref
+        assert self.tag is not None and self.tag.image_ref is not None  # only ready tags
         return self.tag.image_ref
+
+    def size_choices(self) -> dict[str, str]:
+        """``{option: choice}``, and ``{option--unlisted-choice: text}`` for typed values."""
+        return {
+            f"{name}{UNLISTED_SUFFIX}" if c.unlisted else name: c.name
+            for name, c in self.choices.items()
+        }
 
     def to_user_options(self, default_namespace: str) -> dict:
         """The canonical JSON-safe options to save: secret values are left out, only names kept.
 
         :func:`validate` accepts the result again (it ignores ``secret_env_names``).
         """
-        options: dict[str, Any] = {
-            "image": format_image_ref(self.image, self.tag, default_namespace),
-            "size": self.size.name,
-            "gpus": self.gpus,
-            "env": dict(self.env),
-            "secret_env_names": sorted(self.secret_env),
-        }
+        options: dict[str, Any] = {}
+        if self.image is not None and self.tag is not None:
+            options["image"] = format_image_ref(self.image, self.tag, default_namespace)
+        if self.size.profile:
+            options["profile"] = self.size.name  # as KubeSpawner's hooks read it
+        options.update(
+            {
+                "size": self.size.name,
+                "gpus": self.gpus,
+                "env": dict(self.env),
+                "secret_env_names": sorted(self.secret_env),
+            }
+        )
         if self.cpu is not None:
             options["cpu"] = cpu_quantity(self.cpu)
         if self.memory is not None:
             options["memory"] = memory_quantity(self.memory)
         if self.choices:
-            options["size_options"] = {name: c.name for name, c in self.choices.items()}
+            options["size_options"] = self.size_choices()
         return options
 
     def __repr__(self) -> str:
         # Never show secret values, even in a traceback or a debug log.
+        image = self.image.key if self.image is not None else None
+        tag = self.tag.name if self.tag is not None else None
+        own = self.own_image.requested if self.own_image is not None else None
         return (
-            f"SpawnOptions(image={self.image.key!r}, tag={self.tag.name!r}, "
+            f"SpawnOptions(image={image!r}, tag={tag!r}, own_image={own!r}, "
             f"size={self.size.name!r}, cpu={self.cpu!r}, memory={self.memory!r}, "
             f"gpus={self.gpus!r}, env={self.env!r}, secret_env_names={sorted(self.secret_env)!r}, "
-            f"size_options={ {n: c.name for n, c in self.choices.items()}!r})"
+            f"size_options={self.size_choices()!r})"
         )
 
 
@@ -121,9 +144,13 @@ def validate(
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise OptionsError("secret_env_names", "must be a list of names")
 
-    image, tag = _validate_image(user_options, catalog, policy, default_namespace)
     size = _validate_size(user_options, policy)
     choices = _validate_size_options(user_options, size)
+    own_image = _own_image(size, choices, catalog, default_namespace)
+    image = tag = None
+    if own_image is None:
+        # A size with its own image does not use the catalog choice (a form posts it anyway).
+        image, tag = _validate_image(user_options, catalog, policy, default_namespace)
     cpu = memory = None
     if "cpu" in user_options or "memory" in user_options:
         cpu, memory = _validate_custom(user_options, policy)
@@ -139,7 +166,25 @@ def validate(
         env=env,
         secret_env=secret_env,
         choices=choices,
+        own_image=own_image,
     )
+
+
+def _own_image(
+    size: Size, choices: dict[str, Choice], catalog: Catalog, default_namespace: str
+) -> OwnImage | None:
+    """The size's own image: the last of the size's and its chosen choices' images, in
+    KubeSpawner's order (profile, then each option's choice)."""
+    found = None
+    if size.image is not None:
+        found = (size.image, "profile", "size")
+    for name, choice in choices.items():
+        if choice.image is not None:
+            field = f"size_options.{name}{UNLISTED_SUFFIX if choice.unlisted else ''}"
+            found = (choice.image, "unlisted" if choice.unlisted else "profile", field)
+    if found is None:
+        return None
+    return resolve_own_image(found[0], found[1], catalog, default_namespace, found[2])
 
 
 def _size_alias(options: dict, policy: Policy) -> dict:
@@ -156,11 +201,12 @@ def _size_alias(options: dict, policy: Policy) -> dict:
         raise OptionsError("profile", e.reason) from None
     options["size"] = profile
     if "size_options" not in options:
-        flat = {
-            o.name: options.pop(o.name)
-            for o in size.options
-            if o.name in options and o.name not in KNOWN_KEYS
-        }
+        # KubeSpawner's flat shape: the profile's option names win over ours ("image").
+        flat = {}
+        for option in size.options:
+            for key in (option.name, f"{option.name}{UNLISTED_SUFFIX}"):
+                if key in options:
+                    flat[key] = options.pop(key)
         if flat:
             options["size_options"] = flat
     return options
@@ -173,26 +219,56 @@ def _validate_size_options(options: dict, size: Size) -> dict[str, Choice]:
             "size_options", f"must be an object mapping options to choices, got {_type_name(given)}"
         )
     for name in given:
-        if not isinstance(name, str) or size.option(name) is None:
+        base = name.removesuffix(UNLISTED_SUFFIX) if isinstance(name, str) else name
+        option = size.option(base) if isinstance(base, str) else None
+        if option is None or (name != base and option.unlisted is None):
             offered = ", ".join(o.name for o in size.options) or "none"
+            reason = f"size {size.name!r} has no option {_show(name)} (options: {offered})"
+            if option is not None:
+                reason = f"option {base!r} of size {size.name!r} takes no typed value"
             raise OptionsError(
-                f"size_options.{name}" if isinstance(name, str) else "size_options",
-                f"size {size.name!r} has no option {_show(name)} (options: {offered})",
+                f"size_options.{name}" if isinstance(name, str) else "size_options", reason
             )
     chosen = {}
     for option in size.options:
-        if option.name not in given:
-            chosen[option.name] = option.default_choice()
-            continue
-        value = given[option.name]
-        choice = option.choice(value) if isinstance(value, str) else None
-        if choice is None:
-            names = ", ".join(c.name for c in option.choices)
-            raise OptionsError(
-                f"size_options.{option.name}", f"must be one of {names}, got {_show(value)}"
-            )
-        chosen[option.name] = choice
+        typed_key = f"{option.name}{UNLISTED_SUFFIX}"
+        typed, value = given.get(typed_key), given.get(option.name)
+        if option.unlisted is not None and (typed or value == UNLISTED_MARKER):
+            chosen[option.name] = _typed_choice(option, typed, f"size_options.{typed_key}")
+        elif value is None or value == "":
+            default = option.default_choice()
+            if default is None:  # only an unlisted choice: KubeSpawner has no default either
+                raise OptionsError(
+                    f"size_options.{typed_key}",
+                    f"type a value ({option.unlisted.display_name}); the option has no choices",
+                )
+            chosen[option.name] = default
+        else:
+            choice = option.choice(value) if isinstance(value, str) else None
+            if choice is None:
+                names = ", ".join(c.name for c in option.choices)
+                if option.unlisted is not None:
+                    names += f", or a typed value as {typed_key}"
+                raise OptionsError(
+                    f"size_options.{option.name}", f"must be one of {names}, got {_show(value)}"
+                )
+            chosen[option.name] = choice
     return chosen
+
+
+def _typed_choice(option: SizeOption, typed: Any, field: str) -> Choice:
+    """The choice a value typed into an option's unlisted_choice makes, if its checks pass."""
+    assert option.unlisted is not None
+    if typed is None:
+        typed = ""
+    if not isinstance(typed, str):
+        raise OptionsError(
+            field, f"must be text ({option.unlisted.display_name}), got {_type_name(typed)}"
+        )
+    problem = option.unlisted.check(typed)
+    if problem is not None:
+        raise OptionsError(field, problem)
+    return option.unlisted.choice(typed)
 
 
 def _usable(image: NotebookImage, tag: ImageTag, policy: Policy) -> bool:

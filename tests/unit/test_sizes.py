@@ -80,7 +80,8 @@ def test_size_overrides_are_kept_and_resources_become_the_size_fields():
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ({"image": "x:1"}, ["'image'", "ImageStream", "size 'big'"]),
+        ({"image_spec": "x:1"}, ["'image_spec'", "write 'image'", "size 'big'"]),
+        ({"image": ""}, ["'image'", "non-empty string", "size 'big'"]),
         ({"namespace": "other"}, ["'namespace'", "c.KubeSpawner.namespace"]),
         ({"pre_spawn_hook": None}, ["'pre_spawn_hook'", "hub-wide"]),
         ({"no_such_setting": 1}, ["'no_such_setting'", "allowed:", "node_selector"]),
@@ -106,7 +107,8 @@ def test_profile_list_becomes_sizes():
         "For exploring",
         True,
     )
-    assert (small.cpu_limit, small.mem_limit) == (1.0, 2 * 10**9)
+    assert (small.cpu_limit, small.mem_limit) == (1.0, 2 * GI)  # ByteSpecification: 2 GiB
+    assert small.mem_guarantee is None and small.profile
     assert gpu.name == "gpu" and not gpu.default
     assert gpu.overrides["node_selector"] == {"pool": "gpu"}
     option = gpu.option("gpu_type")
@@ -123,22 +125,26 @@ def test_profile_dict_is_sorted_by_key_like_kubespawner():
     ("profiles", "words"),
     [
         (
-            [{"display_name": "Datascience", "kubespawner_override": {"image": "jupyter/ds"}}],
-            ["profile 'Datascience'", "'image'", "ImageStream"],
+            [
+                {
+                    "display_name": "Free",
+                    "profile_options": {
+                        "image": {"unlisted_choice": {"enabled": True, "validation_regex": "("}}
+                    },
+                }
+            ],
+            ["profile 'Free'", "unlisted_choice", "'validation_regex'"],
         ),
         (
             [
                 {
-                    "display_name": "Pick",
+                    "display_name": "Free",
                     "profile_options": {
-                        "image": {
-                            "display_name": "Image",
-                            "choices": {"a": {"kubespawner_override": {"image": "a"}}},
-                        }
+                        "image": {"unlisted_choice": {"enabled": True, "colour": "red"}}
                     },
                 }
             ],
-            ["profile 'Pick'", "profile_options 'image'", "choice 'a'", "'image'"],
+            ["profile 'Free'", "unlisted_choice", "'colour'"],
         ),
         (
             [
@@ -148,13 +154,28 @@ def test_profile_dict_is_sorted_by_key_like_kubespawner():
                         "image": {
                             "unlisted_choice": {
                                 "enabled": True,
-                                "kubespawner_override": {"image": "{value}"},
+                                "kubespawner_override": {"image": "x:{value"},
                             }
                         }
                     },
                 }
             ],
-            ["profile 'Free'", "unlisted_choice", "choices"],
+            ["profile 'Free'", "unlisted_choice", "templates like 'x:{value}'"],
+        ),
+        (
+            [{"display_name": "Ns", "kubespawner_override": {"namespace": "other"}}],
+            ["profile 'Ns'", "'namespace'", "c.KubeSpawner.namespace"],
+        ),
+        (
+            [
+                {
+                    "display_name": "Pick",
+                    "profile_options": {
+                        "image": {"choices": {"a": {"kubespawner_override": {"image": 3}}}}
+                    },
+                }
+            ],
+            ["profile 'Pick'", "profile_options 'image'", "choice 'a'", "'image'"],
         ),
         ([{"display_name": "X", "colour": "red"}], ["profile 'X'", "'colour'"]),
         ([{"slug": "x"}], ["display_name"]),
@@ -187,7 +208,7 @@ def test_rest_profile_means_that_size_with_default_choices():
     assert chosen.choices["gpu_type"].name == "a100"
     saved = chosen.to_user_options(NS)
     assert saved["size"] == "gpu" and saved["size_options"] == {"gpu_type": "a100"}
-    assert "profile" not in saved
+    assert saved["profile"] == "gpu"  # as KubeSpawner's hooks read it
     again = validate(saved, CATALOG, policy_with_profiles(), NS)
     assert again.choices["gpu_type"].name == "a100"
 
@@ -224,7 +245,7 @@ def test_kubespawner_form_field_names():
         "profile-option-other--gpu_type": ["a100"],
         "_xsrf": ["x"],
     }
-    assert options_from_form(form) == {"profile": "gpu", "size_options": {"gpu_type": "t4"}}
+    assert options_from_form(form) == {"profile": "gpu", "gpu_type": "t4"}  # KubeSpawner's
     ours = options_from_form({"size": ["gpu"], "profile-option-gpu--gpu_type": ["t4"]})
     assert ours == {"size": "gpu", "size_options": {"gpu_type": "t4"}}
     chosen = validate(options_from_form(form), CATALOG, policy_with_profiles(), NS)
