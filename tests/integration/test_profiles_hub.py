@@ -16,7 +16,7 @@ from hub_harness import Hub, in_process_spawner, running_hub
 from kube_helpers import container, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 
-from aicoe_spawner.devcluster import delete_namespace
+from aicoe_devcluster import delete_namespace
 from aicoe_spawner.options import parse_memory
 
 A = "opendatahub.io/"
