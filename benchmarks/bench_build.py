@@ -388,6 +388,10 @@ async def main(args) -> list[Row]:
         rows.insert(
             0, Row("build", f"cold build ({args.repo})", f"{cold:.1f} s", "-", "-", "-", "info")
         )
+    except BaseException:
+        if demo is not None and demo.hub_log.exists():
+            say(f"the hub's log (with the builder's):\n{demo.hub_log.read_text()[-6000:]}")
+        raise
     finally:
         if demo is not None:
             await asyncio.to_thread(demo.stop)
