@@ -271,8 +271,7 @@ for extra in $EXTRA_IMAGES; do
 done
 # a new environment image, to the builder's cache repository only (the name is checked: the
 # build step ran user content)
-env_image=$(head -c 200 "$WORKSPACE/env-image" 2>/dev/null || true)
-env_image=${env_image%%"$(printf '\n')"*}
+env_image=$(head -n 1 "$WORKSPACE/env-image" 2>/dev/null | head -c 200 || true)
 if [ -n "$env_image" ] && [ -n "${CACHE_REPO:-}" ]; then
   case "${env_image#"$CACHE_REPO:env-"}" in
     "$env_image"|*[!0-9a-f]*|"") echo "==> ignoring an environment image name: $env_image" ;;
