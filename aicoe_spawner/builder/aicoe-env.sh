@@ -30,6 +30,28 @@ pip_install() {  # $1: the file the packages come from; the rest: pip install ar
   [ -z "$bad" ] || fail "$what: the downloaded $bad does not match the hash in the lock (tampered, or published again): lock it again"
   missing=$(grep -o 'No matching distribution found for [^ ]*' /tmp/aicoe-pip.log | head -n 1 || true)
   [ -z "$missing" ] || fail "$what: $missing on the package index ${PIP_INDEX_URL:-(pip's default)}"
+  pyv=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  said=$(awk '/lines of output\]/ {f=1; next} /\[end of output\]/ {f=0} f && NF {l=$0} END {print l}' \
+    /tmp/aicoe-pip.log | sed 's/^ *//' | cut -c 1-200)
+  conflict=$(grep -o 'Cannot install .* because these package versions have conflicting dependencies' \
+    /tmp/aicoe-pip.log | head -n 1 || true)
+  if [ -n "$conflict" ]; then
+    causes=$(grep -A 6 'The conflict is caused by:' /tmp/aicoe-pip.log | tail -n +2 |
+      grep ' depends on \| requested ' | sed 's/^ *//' | head -n 4 | paste -s -d ';' - | sed 's/;/; /g')
+    fail "$what: the pinned versions cannot be installed together (${causes:-see above}): change the pins so that they agree"
+  fi
+  unbuilt=$(grep -o 'Failed building wheel for [^ ]*' /tmp/aicoe-pip.log | head -n 1 | awk '{print $NF}')
+  if [ -n "$unbuilt" ]; then
+    hint="pin a version of $unbuilt that has a wheel for Python $pyv"
+    case "$said" in *gcc*|*" cc"*|*compiler*|*"Python.h"*|*"g++"*)
+      hint="$hint, or add a compiler and the headers it needs to apt.txt (e.g. build-essential)" ;; esac
+    fail "$what: $unbuilt has no wheel for Python $pyv and building it from its source failed (${said:-see above}): $hint"
+  fi
+  if grep -q 'Encountered error while generating package metadata' /tmp/aicoe-pip.log; then
+    pkg=$(grep -A 1 'Encountered error while generating package metadata' /tmp/aicoe-pip.log |
+      tail -n 1 | awk '{print $NF}')
+    fail "$what: ${pkg:-a package} could not be prepared from its source (${said:-see above}); it may not support Python $pyv: pin a version that does"
+  fi
   fail "$what: pip could not install it: $(grep -E '^(ERROR|error):' /tmp/aicoe-pip.log | tail -n 1)"
 }
 step=$1; f=$2; shift 2

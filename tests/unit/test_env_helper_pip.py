@@ -1,0 +1,146 @@
+"""The environment build's helper (aicoe-env.sh) when pip fails, run with this machine's sh
+and the real pip: the build's message names the package and the cause, and says what to do.
+The packages are real source distributions made here (an in-tree PEP 517 backend: no network)
+and pip installs into a throwaway --target."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from aicoe_spawner.builder import environment as env
+
+BACKEND = """
+import os, sys
+META = {meta!r}
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def prepare_metadata_for_build_wheel(d, config_settings=None):
+    if {meta_error!r}:
+        print({meta_error!r}, file=sys.stderr)
+        sys.exit(1)
+    info = os.path.join(d, "{base}.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write(META)
+    return "{base}.dist-info"
+def build_wheel(d, config_settings=None, metadata_directory=None):
+    print({build_error!r}, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def sdist(
+    links: Path, name: str, version: str, requires=(), meta_error="", build_error="failed"
+) -> None:
+    """A source distribution whose metadata (or build) fails as a real one would."""
+    base = f"{name.replace('-', '_')}-{version}"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires
+    )
+    files = {
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+        'backend-path = ["."]\n',
+        "backend.py": textwrap.dedent(
+            BACKEND.format(meta=meta, base=base, meta_error=meta_error, build_error=build_error)
+        ),
+        "PKG-INFO": meta,
+    }
+    with tarfile.open(links / f"{base}.tar.gz", "w:gz") as tar:
+        for fname, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{base}/{fname}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def links(tmp_path: Path) -> Path:
+    links = tmp_path / "links"
+    links.mkdir()
+    sdist(links, "needs-gcc", "1.0", build_error="error: command 'gcc' failed: No such file")
+    sdist(links, "odd-build", "1.0", build_error="ValueError: the data file is missing")
+    sdist(links, "old-meta", "1.0", meta_error="RuntimeError: Python 3.10+ is not supported")
+    sdist(links, "pin-a", "1.0", requires=["pin-c==1.0"])
+    sdist(links, "pin-b", "1.0", requires=["pin-c==2.0"])
+    sdist(links, "pin-c", "1.0")
+    sdist(links, "pin-c", "2.0")
+    return links
+
+
+def install(tmp_path: Path, links: Path, requirements: str) -> subprocess.CompletedProcess:
+    (tmp_path / "requirements.txt").write_text(requirements)
+    script = tmp_path / "aicoe-env"
+    script.write_text(env.HELPER_SCRIPT)
+    pip_env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "AICOE_HOME": str(tmp_path),
+        "AICOE_BASE_IMAGE": "b:1",
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(links),
+        "PIP_TARGET": str(tmp_path / "target"),  # never this machine's environment
+    }
+    return subprocess.run(
+        ["sh", str(script), "requirements", str(tmp_path / "requirements.txt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **pip_env},
+        timeout=120,
+    )
+
+
+def reason(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("aicoe-build-error: ")]
+    return line.removeprefix("aicoe-build-error: ")
+
+
+PYV = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def test_a_package_that_needs_a_compiler_says_so_and_what_to_do(tmp_path, links):
+    why = reason(install(tmp_path, links, "needs-gcc==1.0\n"))
+    assert why == (
+        f"requirements.txt: needs-gcc has no wheel for Python {PYV} and building it from its "
+        "source failed (error: command 'gcc' failed: No such file): pin a version of needs-gcc "
+        f"that has a wheel for Python {PYV}, or add a compiler and the headers it needs to "
+        "apt.txt (e.g. build-essential)"
+    )
+
+
+def test_a_package_whose_build_fails_otherwise_names_its_error(tmp_path, links):
+    why = reason(install(tmp_path, links, "odd-build==1.0\n"))
+    assert why.startswith("requirements.txt: odd-build has no wheel for Python")
+    assert "(ValueError: the data file is missing)" in why
+    assert "build-essential" not in why
+
+
+def test_a_package_that_cannot_be_prepared_names_it_and_the_python(tmp_path, links):
+    why = reason(install(tmp_path, links, "old-meta==1.0\n"))
+    assert why == (
+        "requirements.txt: old-meta could not be prepared from its source (RuntimeError: "
+        f"Python 3.10+ is not supported); it may not support Python {PYV}: pin a version that "
+        "does"
+    )
+
+
+def test_pins_that_conflict_name_both_sides(tmp_path, links):
+    why = reason(install(tmp_path, links, "pin-a==1.0\npin-b==1.0\n"))
+    assert why == (
+        "requirements.txt: the pinned versions cannot be installed together (pin-a 1.0 "
+        "depends on pin-c==1.0; pin-b 1.0 depends on pin-c==2.0): change the pins so that "
+        "they agree"
+    )
+
+
+def test_a_package_the_index_does_not_have_is_named(tmp_path, links):
+    why = reason(install(tmp_path, links, "no-such-thing==9.9\n"))
+    assert why.startswith("requirements.txt: No matching distribution found for no-such-thing")
