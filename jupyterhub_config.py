@@ -128,7 +128,8 @@ c.JupyterHub.services = [
     {
         "name": "image-builder",
         "command": [sys.executable, "-m", "aicoe_spawner.builder"],
-        "url": "http://127.0.0.1:8890",
+        # (IMAGE_BUILDER_PORT: the demo and the tests give each hub a free port)
+        "url": f"http://127.0.0.1:{os.environ.get('IMAGE_BUILDER_PORT', '8890')}",
         "api_token": builder_token,
         "display": True,
         # The page signs users in with the hub's OAuth: the tokens it gets may carry the

@@ -204,6 +204,8 @@ class Demo:
             # (quay.io) is not reachable from this machine's node
             AICOE_BUILDER_BASE_IMAGE=node.images["notebook"],
             AICOE_BUILDER_PYTHON_BASE_IMAGES=f"3.11={node.images['notebook']}",
+            # a port of its own: a builder left over from another run never answers for it
+            IMAGE_BUILDER_PORT=str(free_port()),
             **self.extra_env,
         )
         env.pop("KUBERNETES_SERVICE_HOST", None)

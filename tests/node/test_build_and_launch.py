@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+import yaml
 from hub_harness import run_in_kernel
 from kube_helpers import user_pods
 from kubernetes_asyncio import client
@@ -34,7 +35,7 @@ from node_harness import data_repo
 
 from aicoe_devcluster.controlplane import free_port
 from aicoe_devcluster.demo import EXAMPLE_REPOS, NAMESPACE, Demo
-from aicoe_devcluster.images import MANIFEST_TYPES, registry_digest
+from aicoe_devcluster.images import MANIFEST_TYPES, image_specs, registry_digest
 from aicoe_spawner.home_seed import SEED_CONTAINER, marker_name
 
 pytestmark = pytest.mark.node
@@ -501,3 +502,50 @@ async def test_a_notebook_change_reuses_the_environment_image(demo, node_kube, t
     env_digest = registry_digest(registry, repository, tag)
     assert env_digest is not None
     assert registry_layers(f"{registry}/{repository}@{env_digest}") == now[:-1]
+
+
+ODH_STREAM = (
+    Path(__file__).parents[1]
+    / "data"
+    / "imagestreams"
+    / ("odh-notebooks-jupyter-minimal-2025.yaml")
+)
+
+
+@pytest.mark.timeout(600)
+async def test_an_imagestream_an_admin_points_at_a_registry_becomes_startable(demo, node_kube):
+    """Open Data Hub's own ImageStream manifest, its tags pointed at an image in a registry by
+    tag (as an admin points one at quay.io): the builder imports it (status.tags at the
+    digest, as OpenShift writes them), the card is ready, and a user starts a server on it
+    at that digest."""
+    registry = demo.node.registry
+    notebook = demo.node.images["notebook"]  # registry/aicoe/notebook@sha256:…
+    repository = notebook.split("/", 1)[1].split("@")[0]
+    tag = image_specs()["notebook"].key()  # the tag ImageBuilder.ensure pushed it with
+    stream = yaml.safe_load(ODH_STREAM.read_text())
+    stream["metadata"]["name"] = "imported-minimal"
+    for spec in stream["spec"]["tags"]:
+        spec["from"]["name"] = f"{registry}/{repository}:{tag}"  # a tag, not a digest
+        spec["importPolicy"] = {"insecure": True}  # the test registry is plain HTTP
+    api = client.CustomObjectsApi(node_kube)
+    await api.create_namespaced_custom_object(
+        "image.openshift.io", "v1", NAMESPACE, "imagestreams", stream
+    )
+    digest = notebook.split("@")[1]
+    image = f"{NAMESPACE}/imported-minimal:2025.2"
+    deadline = time.monotonic() + 120
+    while True:
+        _, status = await stream_tag_or_none(node_kube, image)
+        if status and status.get("items"):
+            break
+        assert time.monotonic() < deadline, f"not imported: {status}"
+        await asyncio.sleep(1)
+    assert status["items"][0]["dockerImageReference"] == f"{registry}/{repository}@{digest}"
+    assert status["items"][0]["image"] == digest
+    user, token = await new_user_token(demo)
+    pod = await start_server(demo, node_kube, user, image)
+    try:
+        assert pod["spec"]["containers"][0]["image"] == f"{registry}/{repository}@{digest}"
+        assert (await contents(demo, user, token, ""))["type"] == "directory"
+    finally:
+        await stop_server(demo, node_kube, user)
