@@ -566,6 +566,25 @@ class PageHandler(AuthHandler):
         self.finish(self.settings["templates"].get_template("builder.html").render(context))
 
 
+class LaunchHandler(PageHandler):
+    """``launch?repo=…&ref=…`` (the link behind a README's badge): the builder page with the
+    form filled in for that repository; the page builds only when the user presses Build and
+    launch, and goes to the hub's spawn page when the image is ready. A repository or ref the
+    builder refuses is a refusal page that says why."""
+
+    @web.authenticated
+    def get(self) -> None:
+        self.require(BUILD_SCOPE)
+        try:
+            validate_repo_url(
+                self.get_argument("repo", ""), self.service.policy, self.service.resolver
+            )
+            validate_ref(self.get_argument("ref", ""))
+        except BuildRequestError as e:
+            raise JSONError(e.status, f"This link cannot be built: {e}", e.field) from None
+        super().get()
+
+
 def make_app(
     service: BuildService,
     hub_auth: HubOAuth,
@@ -585,6 +604,7 @@ def make_app(
     build_id = r"([^/]+)"
     routes = [
         (prefix, PageHandler),
+        (prefix + "launch", LaunchHandler),
         (prefix + "oauth_callback", CallbackHandler),
         (prefix + "api/builds", BuildsHandler),
         (prefix + f"api/builds/{build_id}", BuildHandler),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 import pytest_asyncio
@@ -183,6 +184,65 @@ async def test_page_renders_hostile_text_as_text(env):
             == 0
         )
         assert await page.evaluate("typeof window.__xss") == "undefined"
+        assert up.errors == [] and up.dialogs == []
+    finally:
+        await up.close()
+
+
+async def test_a_launch_link_fills_the_form_then_opens_the_spawn_page_when_ready(env):
+    """The README badge's link (``?repo=…&ref=…``): opening it builds nothing; the form is
+    filled in, Build and launch builds, and when the image is ready the browser goes to the
+    hub's spawn page on it. The ready build's details give the link and the badge."""
+    e = env
+    e.git.create_repo(
+        "launch-nb", {"Dockerfile": f"FROM {e.base}\nRUN echo launch-line-one\n"}, tag="v1"
+    )
+    repo = e.git.url("launch-nb")
+    up = await login(e.browser, e.hub.url, "alice")
+    page = up.page
+    try:
+        await page.wait_for_load_state("load")
+        link = f"{e.page_url}launch?{urlencode({'repo': repo, 'ref': 'v1'})}"
+        await page.goto(link)
+        await expect(page.locator("#repo")).to_have_value(repo)
+        await expect(page.locator("#ref")).to_have_value("v1")
+        await expect(page.locator("#build-button")).to_have_text("Build and launch")
+        await expect(page.locator("#form-message")).to_contain_text(f"build {repo} at v1")
+        assert not await page.locator("#builds tr", has_text="launch-nb").count()
+        async with page.expect_request(
+            lambda r: "/hub/spawn?image=" in r.url and r.is_navigation_request(),
+            timeout=TIMEOUT,
+        ) as spawn:
+            await page.click("#build-button")
+        image = parse_qs(urlparse((await spawn.value).url).query)["image"][0]
+        assert image.split("/", 1)[1].startswith("launch-nb")
+        # the ready build gives its launch link and badge
+        await page.goto(e.page_url)
+        row = page.locator("#builds tr", has_text="launch-nb")
+        await row.get_by_role("button", name=re.compile("^Details")).click()
+        facts = page.locator("#detail-facts")
+        await expect(facts).to_contain_text(link)
+        await expect(facts).to_contain_text(f"static/launch-badge.svg)]({link})")
+        badge = await page.request.get(f"{e.page_url}static/launch-badge.svg")
+        assert badge.status == 200 and "launch: JupyterHub" in await badge.text()
+        # the same link again: straight to the spawn page (where the user presses Start)
+        async with page.expect_request(
+            lambda r: "/hub/spawn?image=" in r.url and r.is_navigation_request(),
+            timeout=TIMEOUT,
+        ) as again:
+            await page.goto(link)
+        assert parse_qs(urlparse((await again.value).url).query)["image"][0] == image
+        # a repository the builder does not build from: a refusal page that says why
+        refused = await page.goto(
+            f"{e.page_url}launch?{urlencode({'repo': 'https://evil.example/x', 'ref': 'v1'})}"
+        )
+        assert refused.status in (400, 403), refused.status
+        assert "This link cannot be built: repo:" in await page.text_content("body")
+        # hostile parameters are values and text, never markup
+        await page.goto(f"{e.page_url}?{urlencode({'repo': XSS, 'ref': XSS2})}")
+        await expect(page.locator("#repo")).to_have_value(XSS)
+        await expect(page.locator("#form-message")).to_contain_text(XSS2)
+        assert await page.evaluate("window.__xss") is None
         assert up.errors == [] and up.dialogs == []
     finally:
         await up.close()

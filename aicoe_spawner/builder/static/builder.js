@@ -57,6 +57,26 @@
     return `${data.hub_prefix}spawn?image=${encodeURIComponent(build.image)}`;
   }
 
+  // A launch link (?repo=…&ref=…, e.g. behind the badge in a README): the form is filled in;
+  // pressing Build builds (or finds) the image and, once it is ready, opens the hub's spawn
+  // page on it. Opening the link alone never starts a build.
+  const wanted = new URLSearchParams(window.location.search);
+  let launching = null; // the id of the build to launch when it is ready
+
+  function shareLink(build) {
+    const link = new URL(`${base}launch`, window.location.href);
+    link.search = new URLSearchParams({ repo: build.repo, ref: build.ref }).toString();
+    return link.toString();
+  }
+
+  function launchIfReady() {
+    const build = launching && builds.get(launching);
+    if (build && build.phase === "ready") {
+      launching = null;
+      window.location.assign(launchUrl(build));
+    }
+  }
+
   function actionCell(build) {
     const cell = el("td", { class: "text-end text-nowrap" });
     const label = `${build.image} (${build.ref})`;
@@ -139,6 +159,7 @@
     $("builds-empty").hidden = rows.length > 0;
     if (selected && builds.has(selected)) renderDetail(builds.get(selected));
     if (announced.length) announce(announced.map((id) => builds.get(id)).filter(Boolean));
+    launchIfReady();
   }
 
   function renderDetail(build) {
@@ -153,6 +174,13 @@
       ["Decided by", (build.decided_by || []).join(", ")],
       ["Image", build.image],
       ["Digest", build.digest],
+      ["Launch link", build.phase === "ready" ? shareLink(build) : ""],
+      [
+        "Badge (Markdown)",
+        build.phase === "ready"
+          ? `[![Launch on JupyterHub](${new URL(`${base}static/launch-badge.svg`, window.location.href)})](${shareLink(build)})`
+          : "",
+      ],
       ...(build.notes || []).map((note) => ["Note", note]),
     ].filter(([, value]) => value);
     $("detail-facts").replaceChildren(
@@ -182,10 +210,17 @@
     return { ok: response.ok, status: response.status, json };
   }
 
-  async function load() {
+  async function load(first = false) {
     const { ok, json } = await api("GET", "api/builds");
     if (!ok || !json) return;
     json.builds.forEach(upsert);
+    if (first && wanted.get("repo")) {
+      // the link again: an image already built from it goes straight to the spawn page
+      const done = json.builds.find(
+        (b) => b.repo === wanted.get("repo") && b.ref === wanted.get("ref") && b.phase === "ready",
+      );
+      if (done) launching = done.id;
+    }
     render();
   }
 
@@ -235,6 +270,7 @@
     const all = json.builds || [json];
     announced = all.map((b) => b.id);
     all.forEach(upsert);
+    if (wanted.get("repo") && body.repo === wanted.get("repo")) launching = json.id;
     render();
     watch(json.id);
   }
@@ -265,7 +301,17 @@
     if (target.dataset.action === "retry") await submit({ repo: build.repo, ref: build.ref });
   });
 
-  load();
+  if (wanted.get("repo")) {
+    $("repo").value = wanted.get("repo");
+    $("ref").value = wanted.get("ref") || "";
+    $("build-button").textContent = "Build and launch";
+    say(
+      `Press Build and launch to build ${wanted.get("repo")} at ${wanted.get("ref") || "(a ref)"}: ` +
+        "your server starts on the image as soon as it is ready.",
+      "info",
+    );
+  }
+  load(true);
   setInterval(() => {
     load();
   }, 5000);
