@@ -70,6 +70,33 @@ class GitHubConfig:
         return bool(self.token or (self.app_id and self.private_key))
 
 
+def github_config(s: Any, prefix: str) -> GitHubConfig | None:
+    """The GitHub configuration of the builder's settings (key and token files read now),
+    None when neither an App nor a token is configured; SystemExit naming what is wrong."""
+    token, key = s.github_token, ""
+    try:
+        if s.github_token_file:
+            with open(s.github_token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        if s.github_app_private_key_file:
+            with open(s.github_app_private_key_file, encoding="utf-8") as f:
+                key = f.read()
+    except OSError as e:
+        raise SystemExit(f"GitHub credentials: {e.filename}: {e.strerror}") from None
+    if bool(s.github_app_id) != bool(key):
+        raise SystemExit("github_app_id and github_app_private_key_file go together")
+    config = GitHubConfig(
+        api_url=s.github_api_url,
+        app_id=s.github_app_id,
+        private_key=key,
+        token="" if key else token,
+        issue_builds=s.github_issue_builds,
+        public_url=s.public_url,
+        prefix=prefix,
+    )
+    return config if config.configured else None
+
+
 class RetryingGitHubAPI(gidgethub.tornado.GitHubAPI):
     """gidgethub's tornado client retrying 5xx, 429 and rate-limit answers a bounded number
     of times (``Retry-After`` or the reset time, capped). A comment's POST is never retried
