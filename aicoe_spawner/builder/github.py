@@ -31,6 +31,7 @@ import gidgethub.apps
 import gidgethub.tornado
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
+from tornado import httpclient
 
 from . import github_report as report
 from .backends.kubernetes import MANAGED_BY
@@ -42,6 +43,7 @@ L = "aicoe-spawner.io/"
 REPORT_LABEL = f"{L}github-build"  # one per build id the report covers: <id>=true
 REPORT_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{L}record=github-report"
 REQUESTER = "aicoe-image-builder"  # gidgethub's User-Agent
+REQUEST_TIMEOUT = 20.0  # seconds per request to GitHub
 MAX_COMMENTS_READ = 300  # an issue's comments looked through for ours (it comments early)
 
 
@@ -109,8 +111,25 @@ class RetryingGitHubAPI(gidgethub.tornado.GitHubAPI):
         self.calls: list[tuple[str, str]] = []  # (method, url): what was sent, for tests
 
     async def _request(self, method, url, headers, body=b""):
+        """As gidgethub's tornado client, but a POST may have an empty body (the token
+        exchange), every request has a timeout, and GitHub not answering is a 503 (retried
+        as one)."""
         self.calls.append((method, url))
-        return await super()._request(method, url, headers, body)
+        request = httpclient.HTTPRequest(
+            url,
+            method=method,
+            headers=dict(headers),
+            body=None if method in ("GET", "DELETE") else body,
+            request_timeout=REQUEST_TIMEOUT,
+        )
+        try:
+            response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+        except (OSError, httpclient.HTTPClientError) as e:
+            log.warning("GitHub: %s %s: %s", method, url.split("?")[0], type(e).__name__)
+            return 503, {}, b""
+        if response.code == 599:  # tornado's "no answer" (timeout, connection refused)
+            return 503, {}, b""
+        return response.code, response.headers, response.body
 
     async def handle_rate_limit_error(self, *, method, url, exception, attempt) -> bool:
         status = int(getattr(exception, "status_code", 0) or 0)
