@@ -24,6 +24,8 @@ DESCRIPTION_LIMIT = 140  # GitHub truncates a commit status description beyond t
 STATUS_CONTEXT = "aicoe-image-builder"
 MARKER = "<!-- aicoe-image-builder:{key} -->"  # marks our comments: one per key, ever
 
+_OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}")  # a user's or organization's login
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _TAG_LINE = re.compile(r"^[ \t>*_-]*tag[ \t*_]*:[ \t*_`]*([^\s`*]+)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -76,8 +78,7 @@ def owner_and_name(full_name: object) -> tuple[str, str] | None:
     if not isinstance(full_name, str):
         return None
     owner, sep, name = full_name.partition("/")
-    ok = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-    if not sep or not ok.fullmatch(owner) or not ok.fullmatch(name) or name in (".", ".."):
+    if not (sep and _OWNER.fullmatch(owner) and _NAME.fullmatch(name)) or name in (".", ".."):
         return None
     return owner, name
 
