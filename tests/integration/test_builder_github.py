@@ -15,7 +15,14 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from builder_harness import BuilderStack, GitServer, api_call, complete_job, github_signature
+from builder_harness import (
+    BuilderProcess,
+    BuilderStack,
+    GitServer,
+    api_call,
+    complete_job,
+    github_signature,
+)
 from github_fake import FakeGitHub, Fault, webhook_example
 from kubernetes_asyncio import client
 
@@ -327,3 +334,56 @@ async def test_a_release_reports_commit_statuses_with_a_token(kube, tmp_path):
         assert gh.comments == {} and gh.violations == []
     finally:
         await close_env(e)
+
+
+async def test_the_builder_process_acts_as_the_github_app_it_is_configured_as(
+    kube, control_plane, tmp_path
+):
+    """``python -m aicoe_spawner.builder`` with the App's ID, its key in a file and the API
+    URL from environment variables (as the chart sets them): the issue is built, reported,
+    answered and closed; neither the key nor a token reaches the builder's log."""
+    namespace = f"t-bghp-{uuid.uuid4().hex[:6]}"
+    await client.CoreV1Api(kube).create_namespace({"metadata": {"name": namespace}})
+    git = GitServer(tmp_path / "git")
+    gh = FakeGitHub(prefix="/api/v3")
+    await gh.start()
+    key = tmp_path / "app-key.pem"
+    key.write_text(gh.private_key_pem)
+    builder = BuilderProcess(
+        tmp_path,
+        control_plane.kubeconfig,
+        namespace,
+        token="unused-token",
+        hub_url="http://127.0.0.1:9",
+        port=free_port(),
+        AICOE_BUILDER_WEBHOOK_SECRET=SECRET.decode(),
+        AICOE_BUILDER_CHECK_IMAGE="false",
+        AICOE_BUILDER_GITHUB_API_URL=gh.url,
+        AICOE_BUILDER_GITHUB_APP_ID=gh.app_id,
+        AICOE_BUILDER_GITHUB_APP_PRIVATE_KEY_FILE=str(key),
+        AICOE_BUILDER_PUBLIC_URL=PUBLIC,
+    )
+    try:
+        await builder.start()
+        e = Env()
+        e.git, e.github, e.url = git, gh, builder.url
+        sha = git.create_repo("Proc", {"Dockerfile": "FROM busybox\n"}, tag="v5")
+        gh.permissions["Codertocat"] = "maintain"
+        status, build = await deliver(e, "issues", issue_payload(e, "Proc", "v5", number=11), "p-1")
+        assert status == 202, build
+        await gh.wait_for(lambda: len(gh.statuses) == 1)
+        assert gh.statuses[0]["sha"] == sha and gh.statuses[0]["state"] == "pending"
+        assert gh.statuses[0]["target_url"].startswith(f"{PUBLIC}/services/image-builder/launch?")
+        await complete_job(kube, namespace, build["id"], "sha256:" + "12" * 32)
+        await gh.wait_for(lambda: 11 in gh.closed)
+        assert gh.statuses[-1]["state"] == "success" and len(gh.comments[11]) == 1
+        assert gh.violations == []
+        log = builder.log_path.read_text(errors="replace")
+        assert "GitHub at " in log
+        secrets_seen = [gh.private_key_pem.splitlines()[1], *gh.issued]
+        assert not [s for s in secrets_seen if s in log]
+    finally:
+        await builder.stop()
+        await gh.stop()
+        git.stop()
+        await delete_namespace(kube, namespace)
