@@ -161,7 +161,7 @@ def failed_comment(login: str, tag: str, images: list[Built]) -> str:
         if b.message:
             lines.append("")
             lines.append(code_block(b.message))
-    lines += ["", "The builder's page shows the log. This issue stays open."]
+    lines += ["", "This issue stays open: fix the cause, then open a new one."]
     return "\n".join(lines)
 
 
