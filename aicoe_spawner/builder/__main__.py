@@ -231,6 +231,8 @@ async def serve(app: ImageBuilder) -> None:
     # c.HubOAuth.* of the config file apply; the hub's URL is ours when it is set
     hub_auth = HubOAuth(parent=app, **({"api_url": app.hub_api_url} if app.hub_api_url else {}))
     github, reporter = make_github(api, s, service, app.service_prefix)
+    if reporter is not None:
+        reporter.start()
     web_app = make_app(
         service,
         hub_auth,

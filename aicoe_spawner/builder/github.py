@@ -18,6 +18,7 @@ anything else is logged and dropped. Tokens and the App key never reach a log or
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -42,6 +43,8 @@ log = logging.getLogger("aicoe_spawner.builder.github")
 L = "aicoe-spawner.io/"
 REPORT_LABEL = f"{L}github-build"  # one per build id the report covers: <id>=true
 REPORT_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{L}record=github-report"
+ANSWER_LABEL = f"{L}github-answer"  # an issue's report: waiting (to be answered) | done
+SWEEP_INTERVAL = 300.0  # seconds between looks for issues left unanswered (GitHub was down)
 REQUESTER = "aicoe-image-builder"  # gidgethub's User-Agent
 REQUEST_TIMEOUT = 20.0  # seconds per request to GitHub
 MAX_COMMENTS_READ = 300  # an issue's comments looked through for ours (it comments early)
@@ -337,6 +340,8 @@ class ReportStore:
             f"{L}record": "github-report",
             **{f"{REPORT_LABEL}-{b}": "true" for b in r.builds},
         }
+        if r.issue:
+            labels[ANSWER_LABEL] = "done" if r.commented else "waiting"
         meta: dict[str, Any] = {"name": name, "labels": labels}
         if owner is not None and owner.uid:
             meta["ownerReferences"] = [
@@ -368,7 +373,7 @@ class ReportStore:
         if r.commented:
             return False
         body = {
-            "metadata": {"resourceVersion": r.resource_version},
+            "metadata": {"resourceVersion": r.resource_version, "labels": {ANSWER_LABEL: "done"}},
             "data": {"commented": "true"},
         }
         try:
@@ -380,9 +385,16 @@ class ReportStore:
         return True
 
     async def release_comment(self, r: Report) -> None:
-        await self.core.patch_namespaced_config_map(
-            r.name, self.namespace, {"data": {"commented": "false"}}
+        """The comment was not posted: the report waits for the next try."""
+        body = {"metadata": {"labels": {ANSWER_LABEL: "waiting"}}, "data": {"commented": "false"}}
+        await self.core.patch_namespaced_config_map(r.name, self.namespace, body)
+
+    async def waiting(self) -> list[Report]:
+        """The issues' reports not answered yet."""
+        answer = await self.core.list_namespaced_config_map(
+            self.namespace, label_selector=f"{REPORT_SELECTOR},{ANSWER_LABEL}=waiting"
         )
+        return [r for r in (Report.of(cm) for cm in answer.items) if r is not None]
 
 
 class GitHubReporter:
@@ -399,6 +411,7 @@ class GitHubReporter:
         self.reports = reports
         self.records = records
         self.config = github.config
+        self._task: asyncio.Task | None = None
 
     def launch(self, r: Report) -> str:
         return report.launch_link(self.config.public_url, self.config.prefix, r.clone_url, r.ref)
@@ -428,15 +441,41 @@ class GitHubReporter:
         if r.issue and (build is None or build.phase in TERMINAL):
             await self._answer_issue(gh, r)
 
+    async def sweep(self) -> int:
+        """Answer the issues whose builds all ended but whose answer could not be posted
+        (GitHub was down then); the number answered now."""
+        answered = 0
+        for r in await self.reports.waiting():
+            try:
+                gh = await self.github.for_repo(r.owner, r.repo, r.installation)
+                answered += bool(await self._answer_issue(gh, r))
+            except Exception as e:
+                log.warning("answering %s/%s#%d: %s", r.owner, r.repo, r.issue, _safe_error(e))
+        return answered
+
+    def start(self, interval: float = SWEEP_INTERVAL) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(interval), name="github-sweep")
+
+    async def run(self, interval: float = SWEEP_INTERVAL) -> None:
+        """:meth:`sweep` every ``interval`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception as e:  # the API server, say: the next sweep tries again
+                log.warning("GitHub sweep: %s", _safe_error(e))
+
     async def _builds(self, r: Report) -> list[Build | None]:
         return [await self.records(b) for b in r.builds]
 
-    async def _answer_issue(self, gh: RetryingGitHubAPI, r: Report) -> None:
+    async def _answer_issue(self, gh: RetryingGitHubAPI, r: Report) -> bool:
+        """Comment (and close) once every build of the issue ended; True if this did."""
         builds = await self._builds(r)
         if any(b is None or b.phase not in TERMINAL for b in builds):
-            return  # another image is still building: its end answers
+            return False  # another image is still building: its end answers
         if not await self.reports.claim_comment(r):
-            return
+            return False
         shown = [
             report.Built(
                 image=b.spec.image,
@@ -458,8 +497,9 @@ class GitHubReporter:
             if delivered:
                 await self.github.close_issue(gh, r.owner, r.repo, r.issue)
         except BaseException:
-            await self.reports.release_comment(r)  # the next phase change (or none) retries
+            await self.reports.release_comment(r)  # the sweep tries again
             raise
+        return True
 
 
 def _safe_error(e: BaseException) -> str:

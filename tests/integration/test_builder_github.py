@@ -293,6 +293,27 @@ async def test_github_faults_are_retried_within_bounds_and_never_comment_twice(e
     gh.faults.clear()
 
 
+async def test_an_answer_github_refused_is_posted_by_the_next_sweep_once(env):
+    e = env
+    gh = e.github
+    e.git.create_repo("Later", {"Dockerfile": "FROM busybox\n"}, tag="v6")
+    gh.permissions["Codertocat"] = "write"
+    comments = "/repos/Codertocat/Later/issues/12/comments"
+    status, build = await deliver(e, "issues", issue_payload(e, "Later", "v6", number=12), "l-12")
+    assert status == 202, build
+    attempts = e.reporter.config.attempts
+    gh.faults += [Fault("GET", comments, 503) for _ in range(attempts)]
+    await complete_job(e.kube, e.namespace, build["id"], "sha256:" + "77" * 32)
+    await gh.wait_for(lambda: not gh.faults)
+    await e.service.observed()
+    assert 12 not in gh.comments and 12 not in gh.closed
+    assert gh.routes().count(("GET", comments)) == attempts  # bounded, then given up
+    assert await e.reporter.sweep() == 1  # GitHub is back
+    assert len(gh.comments[12]) == 1 and gh.closed[12] == "completed"
+    assert await e.reporter.sweep() == 0
+    assert len(gh.comments[12]) == 1 and gh.violations == []
+
+
 async def test_unsigned_unknown_and_disallowed_deliveries_do_nothing(env):
     e = env
     gh = e.github
