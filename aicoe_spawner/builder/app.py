@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from gidgethub import GitHubException
 from jupyterhub.services.auth import (
     HubOAuth,
     HubOAuthCallbackHandler,
@@ -577,6 +578,12 @@ class WebhookHandler(BaseHandler):
                 await service.store.release_delivery(k)
             if isinstance(e, BuildRequestError):
                 raise JSONError(e.status, str(e), e.field) from None
+            if isinstance(e, GitHubException):  # GitHub did not answer the questions
+                status_code = getattr(e, "status_code", None)
+                shown = f" ({int(status_code)})" if status_code else ""
+                raise JSONError(
+                    502, f"GitHub{shown}: {type(e).__name__}; redeliver later"
+                ) from None
             raise
         for k in claimed:
             await service.store.bind_delivery(k, builds[0].id)

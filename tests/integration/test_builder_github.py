@@ -293,6 +293,25 @@ async def test_github_faults_are_retried_within_bounds_and_never_comment_twice(e
     gh.faults.clear()
 
 
+async def test_github_down_during_an_issue_is_a_502_and_a_redelivery_builds(env):
+    e = env
+    gh = e.github
+    e.git.create_repo("Down", {"Dockerfile": "FROM busybox\n"}, tag="v7")
+    gh.permissions["Codertocat"] = "write"
+    permission = "/repos/Codertocat/Down/collaborators/Codertocat/permission"
+    attempts = e.reporter.config.attempts
+    gh.faults += [Fault("GET", permission, 502) for _ in range(attempts)]
+    payload = issue_payload(e, "Down", "v7", number=13)
+    before = await records(e)
+    status, body = await deliver(e, "issues", payload, "down-13")
+    assert status == 502 and "GitHub (502)" in body["message"], body
+    assert gh.routes().count(("GET", permission)) == attempts and not gh.faults
+    assert await records(e) == before and 13 not in gh.comments
+    status, build = await deliver(e, "issues", payload, "down-13")  # GitHub's redelivery
+    assert status == 202 and build["ref"] == "v7", build
+    assert gh.violations == []
+
+
 async def test_an_answer_github_refused_is_posted_by_the_next_sweep_once(env):
     e = env
     gh = e.github
