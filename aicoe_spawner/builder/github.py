@@ -111,13 +111,11 @@ class RetryingGitHubAPI(gidgethub.tornado.GitHubAPI):
         super().__init__(*args, **kwargs)
         self.attempts = attempts
         self.max_wait = max_wait
-        self.calls: list[tuple[str, str]] = []  # (method, url): what was sent, for tests
 
     async def _request(self, method, url, headers, body=b""):
         """As gidgethub's tornado client, but a POST may have an empty body (the token
         exchange), every request has a timeout, and GitHub not answering is a 503 (retried
         as one)."""
-        self.calls.append((method, url))
         request = httpclient.HTTPRequest(
             url,
             method=method,
@@ -166,19 +164,15 @@ class GitHub:
     def __init__(self, config: GitHubConfig) -> None:
         self.config = config
         self._tokens: dict[int, tuple[str, float]] = {}  # installation -> (token, expiry)
-        self.clients: list[RetryingGitHubAPI] = []  # made so far (tests read their calls)
 
     def _client(self, token: str | None = None) -> RetryingGitHubAPI:
-        gh = RetryingGitHubAPI(
+        return RetryingGitHubAPI(
             REQUESTER,
             oauth_token=token,
             base_url=self.config.api_url.rstrip("/"),
             attempts=self.config.attempts,
             max_wait=self.config.max_wait,
         )
-        self.clients.append(gh)
-        del self.clients[:-20]
-        return gh
 
     async def installation_of(self, owner: str, repo: str) -> int:
         """The App's installation on ``owner/repo`` (``GET /repos/{owner}/{repo}/installation``)."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import gidgethub
 import pytest
 from github_fake import check_request, webhook_example
 
+from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder import github_report as r
 from aicoe_spawner.builder.app import issue_event
 from aicoe_spawner.builder.github import GitHubConfig, RetryingGitHubAPI, github_config
@@ -164,6 +166,27 @@ def test_retries_wait_a_bounded_time():
     assert gh._wait({"retry-after": "2"}, 1) == 2.0
     assert gh._wait({}, 1) == 1.0 and gh._wait({}, 2) == 2.0
     assert gh._wait({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"}, 1) == 0.0
+
+
+async def test_github_not_answering_is_a_bounded_number_of_503s():
+    gh = RetryingGitHubAPI(
+        "t", oauth_token="x", base_url=f"http://127.0.0.1:{free_port()}", attempts=3, max_wait=0
+    )
+    sent = []
+    request = gh._request
+
+    async def counted(*args):
+        sent.append(args[0])
+        return await request(*args)
+
+    gh._request = counted
+    with pytest.raises(gidgethub.GitHubBroken):
+        await gh.getitem("/repos/o/r/installation")
+    assert sent == ["GET"] * 3
+    sent.clear()
+    with pytest.raises(gidgethub.GitHubBroken):  # a comment's POST: GitHub may have made it
+        await gh.post("/repos/o/r/issues/1/comments", data={"body": "x"})
+    assert sent == ["POST"]
 
 
 def test_the_stand_in_refuses_what_github_documents_not():
