@@ -25,6 +25,7 @@ from .app import SERVER_OPTIONS, make_app
 from .backends.kubernetes import JobConfig, KubernetesBackend
 from .backends.openshift import OpenShiftBackend, choose_backend
 from .config import DEFAULT_PYTHON_BASE_IMAGES, ImageBuilder, Settings
+from .github import GitHub, GitHubReporter, ReportStore, github_config
 from .importer import Importer
 from .quota import QuotaLedger
 from .registration import Registrar
@@ -41,6 +42,7 @@ __all__ = [
     "cookie_secret",
     "hub_version_of",
     "main",
+    "make_github",
     "make_importer",
     "make_service",
     "make_service_and_importer",
@@ -185,6 +187,26 @@ async def make_service_and_importer(
     return build_service(api, s, log_reader, backend=name), make_importer(api, s, name)
 
 
+def make_github(
+    api: client.ApiClient, s: Settings, service: BuildService, prefix: str
+) -> tuple[GitHub | None, GitHubReporter | None]:
+    """GitHub (App or token) and the reporter it observes the builds with; (None, None)
+    when no GitHub credentials are configured."""
+    config = github_config(s, prefix)
+    if config is None:
+        return None, None
+    github = GitHub(config)
+    reporter = GitHubReporter(github, ReportStore(api, s.namespace), service.record)
+    service.observers.append(reporter)
+    logging.getLogger("aicoe_spawner.builder").info(
+        "GitHub at %s as %s; issue builds %s",
+        config.api_url,
+        f"App {config.app_id}" if config.app_id else "a token",
+        "on" if config.issue_builds else "off",
+    )
+    return github, reporter
+
+
 async def serve(app: ImageBuilder) -> None:
     """Run the builder configured by ``app`` until the process ends."""
     logging.basicConfig(level=app.log_level, format="%(asctime)s %(name)s %(message)s")
@@ -208,6 +230,9 @@ async def serve(app: ImageBuilder) -> None:
     watch.start()
     # c.HubOAuth.* of the config file apply; the hub's URL is ours when it is set
     hub_auth = HubOAuth(parent=app, **({"api_url": app.hub_api_url} if app.hub_api_url else {}))
+    github, reporter = make_github(api, s, service, app.service_prefix)
+    if reporter is not None:
+        reporter.start()
     web_app = make_app(
         service,
         hub_auth,
@@ -218,6 +243,8 @@ async def serve(app: ImageBuilder) -> None:
         max_streams=s.max_streams,
         max_streams_per_user=s.max_streams_per_user,
         image_policies=image_policies,
+        github=github,
+        github_reporter=reporter,
     )
     url = urlsplit(app.service_url)
     server = HTTPServer(web_app, **SERVER_OPTIONS)  # bodies: see app.CappedBody

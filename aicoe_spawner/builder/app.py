@@ -10,8 +10,10 @@ import hmac
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
+from gidgethub import GitHubException
 from jupyterhub.services.auth import (
     HubOAuth,
     HubOAuthCallbackHandler,
@@ -23,6 +25,15 @@ from tornado import web
 
 from ..watch import ImageStreamWatch
 from .catalog_view import ImagePolicies, render_images, shown_images, viewer_policy
+from .github import GitHub, GitHubReporter, Report
+from .github_report import (
+    IssueRequest,
+    can_push,
+    issue_request,
+    not_allowed_comment,
+    owner_and_name,
+    refused_comment,
+)
 from .identity import github_identity, hub_identity
 from .page import STATIC, page_context
 from .page import environment as page_environment
@@ -435,11 +446,74 @@ def webhook_request(event: str, payload: Any) -> tuple[str, str, Any] | None:
     return repo, ref, sender.get("login")
 
 
+@dataclass(frozen=True)
+class IssueEvent:
+    """An ``issues`` ``opened`` event of a "Deliver Container Image" issue."""
+
+    owner: str
+    repo: str
+    clone_url: str
+    number: int
+    login: str
+    installation: int
+    request: IssueRequest
+
+
+def installation_id(payload: dict) -> int:
+    """The GitHub App installation that sent the event (0: none)."""
+    value = _object(payload, "installation").get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def issue_event(event: str, payload: Any) -> IssueEvent | None:
+    """The "Deliver Container Image" issue an ``issues`` ``opened`` event opened, None for
+    every other event and issue; BuildRequestError (400) naming the field if malformed."""
+    if event != "issues" or not isinstance(payload, dict) or payload.get("action") != "opened":
+        return None
+    issue, repository = _object(payload, "issue"), _object(payload, "repository")
+    request = issue_request(issue.get("title"), issue.get("body"))
+    if request is None:
+        return None
+    number = issue.get("number")
+    if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+        raise BuildRequestError("issue.number", "must be the issue's number")
+    user = issue.get("user")
+    login = github_identity(user.get("login") if isinstance(user, dict) else None)
+    names = owner_and_name(repository.get("full_name"))
+    if names is None:
+        raise BuildRequestError("repository.full_name", "must be <owner>/<name>")
+    clone_url = repository.get("clone_url")
+    if not isinstance(clone_url, str):
+        raise BuildRequestError("repository.clone_url", "must be the repository's clone URL")
+    return IssueEvent(
+        owner=names[0],
+        repo=names[1],
+        clone_url=clone_url,
+        number=number,
+        login=login.removeprefix("github:"),
+        installation=installation_id(payload),
+        request=request,
+    )
+
+
 class WebhookHandler(BaseHandler):
+    """GitHub's ``release`` (published) and ``create`` (tag) events build the tag; an
+    ``issues`` ``opened`` event of AICoE-CI's "Deliver Container Image" template builds the
+    issue's ``Tag:`` when its opener can push to the repository (asked of GitHub). Builds the
+    webhook started are reported back (:mod:`.github`) when a GitHub client is configured."""
+
     max_body = MAX_BODY
 
     def check_xsrf_cookie(self) -> None:  # authenticated by HMAC instead
         pass
+
+    @property
+    def github(self) -> GitHub | None:
+        return self.settings.get("github")
+
+    @property
+    def reporter(self) -> GitHubReporter | None:
+        return self.settings.get("github_reporter")
 
     async def post(self) -> None:
         body = self.body()  # 413 before the signature is checked
@@ -454,11 +528,16 @@ class WebhookHandler(BaseHandler):
         payload = self.json_body()
         try:
             found = webhook_request(event, payload)
+            issue = issue_event(event, payload) if found is None else None
         except BuildRequestError as e:
             raise JSONError(e.status, str(e), e.field) from None
-        if found is None:
+        if issue is not None and (self.github is None or not self.github.config.issue_builds):
+            return self.write_json(
+                {"message": "issue builds are off (no GitHub client, or github_issue_builds)"},
+                202,
+            )
+        if found is None and issue is None:
             return self.write_json({"message": f"event {event[:40]!r} ignored"}, 202)
-        repo, ref, sender = found
         delivery = self.request.headers.get("X-GitHub-Delivery", "")
         if not delivery or len(delivery) > 100 or not delivery.isprintable():
             raise JSONError(
@@ -484,18 +563,105 @@ class WebhookHandler(BaseHandler):
                 )
             claimed.append(key)
         try:
-            repo = validate_repo_url(repo, service.policy, service.resolver)
-            request = BuildRequest(repo=repo, ref=validate_ref(ref))
-            status, builds = await service.submit_all(request, github_identity(sender))
+            if issue is not None:
+                answer = await self._issue(issue)
+                if isinstance(answer, str):  # handled without a build (claims kept)
+                    return self.write_json({"message": answer}, 200)
+                status, builds = answer
+            else:
+                repo, ref, sender = found
+                repo = validate_repo_url(repo, service.policy, service.resolver)
+                request = BuildRequest(repo=repo, ref=validate_ref(ref))
+                status, builds = await service.submit_all(request, github_identity(sender))
         except BaseException as e:
             for k in claimed:  # not handled: GitHub's redelivery may try again
                 await service.store.release_delivery(k)
             if isinstance(e, BuildRequestError):
                 raise JSONError(e.status, str(e), e.field) from None
+            if isinstance(e, GitHubException):  # GitHub did not answer the issue's questions
+                status_code = getattr(e, "status_code", None)
+                shown = f" ({int(status_code)})" if status_code else ""
+                raise JSONError(
+                    502, f"GitHub{shown}: {type(e).__name__}; redeliver later"
+                ) from None
             raise
         for k in claimed:
             await service.store.bind_delivery(k, builds[0].id)
+        if found is not None and status == 202:
+            names = owner_and_name(_object(payload, "repository").get("full_name"))
+            if names is not None:
+                await self._report(
+                    Report(
+                        owner=names[0],
+                        repo=names[1],
+                        sha=builds[0].spec.commit,
+                        builds=tuple(b.id for b in builds),
+                        clone_url=builds[0].spec.repo,
+                        ref=builds[0].spec.ref,
+                        installation=installation_id(payload),
+                    ),
+                    builds[0],
+                )
         self.write_json(builds_view(builds), status)
+
+    async def _issue(self, issue: IssueEvent) -> str | tuple[int, list[Build]]:
+        """Build what the issue asks for (the status and builds), or comment why not and
+        answer that. Nothing is asked of GitHub for a repository the builder may not
+        build; BuildRequestError after the reason was commented."""
+        service, github = self.service, self.github
+        assert github is not None
+        repo = validate_repo_url(issue.clone_url, service.policy, service.resolver)
+        gh = await github.for_repo(issue.owner, issue.repo, issue.installation)
+        key = f"issue-{issue.number}"
+        where = (gh, issue.owner, issue.repo, issue.number)
+        if issue.request.problem:
+            reason = f"{issue.request.problem}: write the git tag to build as `Tag: 1.2.3`"
+            await github.comment_once(*where, key, refused_comment(issue.login, reason))
+            return f"issue #{issue.number}: {reason}"
+        answer = await github.permission(gh, issue.owner, issue.repo, issue.login)
+        if not can_push(answer):
+            await github.comment_once(*where, key, not_allowed_comment(issue.login))
+            return f"issue #{issue.number}: {issue.login} cannot push to the repository: no build"
+        try:
+            request = BuildRequest(repo=repo, ref=validate_ref(issue.request.tag))
+            status, builds = await service.submit_all(request, github_identity(issue.login))
+        except BuildRequestError as e:
+            await github.comment_once(*where, key, refused_comment(issue.login, str(e)))
+            raise
+        await self._report(
+            Report(
+                owner=issue.owner,
+                repo=issue.repo,
+                sha=builds[0].spec.commit,
+                builds=tuple(b.id for b in builds),
+                clone_url=repo,
+                ref=issue.request.tag,
+                installation=issue.installation,
+                issue=issue.number,
+                login=issue.login,
+            ),
+            builds[0],
+        )
+        return status, builds
+
+    async def _report(self, r: Report, owner: Build) -> None:
+        """Keep where the builds are reported and report where they are now; GitHub's
+        failure here does not fail the webhook (the build runs)."""
+        reporter = self.reporter
+        if reporter is None:
+            return
+        try:
+            r = await reporter.reports.create(r, owner)
+            await reporter.report(r)
+        except Exception as e:
+            log.warning(
+                "reporting builds %s to %s/%s: %s %s",
+                ",".join(r.builds),
+                r.owner,
+                r.repo,
+                type(e).__name__,
+                str(e)[:300],
+            )
 
 
 class HealthHandler(BaseHandler):
@@ -596,10 +762,14 @@ def make_app(
     max_streams: int = 200,
     max_streams_per_user: int = 10,
     image_policies: ImagePolicies | None = None,
+    github: GitHub | None = None,
+    github_reporter: GitHubReporter | None = None,
 ) -> web.Application:
     """The service's tornado app. ``cookie_secret`` signs the OAuth and XSRF cookies: give
     every replica the same one (a random one is only for a single throwaway process).
-    ``image_policies``: the spawner's policies, for what ``GET api/images`` shows a user."""
+    ``image_policies``: the spawner's policies, for what ``GET api/images`` shows a user.
+    ``github``/``github_reporter``: GitHub, for issue builds and reporting back
+    (:mod:`.github`); None: neither."""
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     build_id = r"([^/]+)"
     routes = [
@@ -631,4 +801,6 @@ def make_app(
         max_streams_per_user=max_streams_per_user,
         images_cache={},
         image_policies=image_policies or ImagePolicies(),
+        github=github,
+        github_reporter=github_reporter,
     )

@@ -273,6 +273,54 @@ class ImageBuilder(Application):
         JupyterHub API token, which every replica shares too.""",
     ).tag(config=True)
 
+    # -- GitHub: issue builds and reporting back -------------------------------------------
+
+    github_api_url = Unicode(
+        _S.github_api_url,
+        help="""GitHub's REST API. GitHub Enterprise Server: `https://<host>/api/v3`.""",
+    ).tag(config=True)
+
+    github_app_id = Unicode(
+        "",
+        help="""The GitHub App's ID (its settings page, "App ID"). With
+        github_app_private_key_file, the builder acts as the App: a JWT signed with the key
+        is exchanged for each installation's token. Empty: github_token is used, if set.""",
+    ).tag(config=True)
+
+    github_app_private_key_file = Unicode(
+        "",
+        help="""File holding the GitHub App's private key (PEM, as GitHub downloads it;
+        mounted from a Secret). Read once at start; never logged.""",
+    ).tag(config=True)
+
+    github_token_file = Unicode(
+        "",
+        help="""File holding a GitHub token (a bot account's, or a fine-grained token with
+        Commit statuses, Issues: read and write, and Metadata: read), used when no App is
+        configured. Read once at start; never logged.""",
+    ).tag(config=True)
+
+    github_token = Unicode(
+        "",
+        help="""A GitHub token, as github_token_file (which wins when both are set). Prefer
+        the file, or the environment variable from a Secret, to a config file.""",
+    ).tag(config=True)
+
+    github_issue_builds = Bool(
+        _S.github_issue_builds,
+        help="""Build on an issue opened from AICoE-CI's "Deliver Container Image" template
+        (the webhook's Issues event; `Tag: x.y.z` in its body) when the person who opened it
+        can push to the repository (asked of GitHub); anyone else gets a comment and no
+        build. False: such issues are ignored. Needs a GitHub App or token.""",
+    ).tag(config=True)
+
+    public_url = Unicode(
+        "",
+        help="""The hub's public address as GitHub's users reach it, e.g.
+        `https://jupyter.example.com`: the commit statuses and issue comments link to the
+        build's launch link there. Empty: they carry no link.""",
+    ).tag(config=True)
+
     # -- environment builds ---------------------------------------------------------------
 
     base_image = Unicode(
@@ -426,6 +474,13 @@ class ImageBuilder(Application):
             except BuildRequestError as e:
                 raise TraitError(str(e)) from None
         return proposal.value
+
+    @validate("github_api_url", "public_url")
+    def _valid_url(self, proposal) -> str:
+        value = proposal.value.strip()
+        if value and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+            raise TraitError(f"{proposal.trait.name}: {value[:80]!r} is not an http(s) URL")
+        return value.rstrip("/")
 
     @validate("image_policy")
     def _valid_policy(self, proposal) -> dict:

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -45,7 +46,15 @@ from .store import TAIL_LIMIT, Build, BuildStore, Conflict, now, tail
 
 log = logging.getLogger("aicoe_spawner.builder")
 
-__all__ = ["BuildService", "LimitError", "Limits", "Metrics"]
+__all__ = ["BuildObserver", "BuildService", "LimitError", "Limits", "Metrics"]
+
+
+class BuildObserver(Protocol):
+    """Told of every phase a build enters (``previous`` "" for a new build), once: by the
+    replica whose status write made the change. Runs in the background; its errors are
+    logged (e.g. :class:`~aicoe_spawner.builder.github.GitHubReporter`)."""
+
+    async def build_changed(self, build: Build, previous: str) -> None: ...
 
 
 @dataclass
@@ -141,6 +150,37 @@ class BuildService:
         self.changed = asyncio.Condition()
         self._task: asyncio.Task | None = None
         self.synced = asyncio.Event()
+        self.observers: list[BuildObserver] = []
+        self._observing: set[asyncio.Task] = set()
+
+    # -- observers ---------------------------------------------------------------------------
+
+    def _notify(self, build: Build, previous: str) -> None:
+        """Tell the observers, in the background: the reconcile loop never waits for them."""
+        for observer in self.observers:
+            task = asyncio.get_running_loop().create_task(self._observe(observer, build, previous))
+            self._observing.add(task)
+            task.add_done_callback(self._observing.discard)
+
+    @staticmethod
+    async def _observe(observer: BuildObserver, build: Build, previous: str) -> None:
+        try:
+            await observer.build_changed(build, previous)
+        except Exception as e:  # an observer's own failure (its message, never a traceback)
+            log.warning(
+                "build %s: %s could not be told %s -> %s: %s %s",
+                build.id,
+                type(observer).__name__,
+                previous or "new",
+                build.phase,
+                type(e).__name__,
+                str(e)[:300],
+            )
+
+    async def observed(self) -> None:
+        """Wait until the observers have been told everything so far."""
+        while self._observing:
+            await asyncio.gather(*list(self._observing), return_exceptions=True)
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -364,6 +404,7 @@ class BuildService:
                     self.metrics.requests.labels("dedup").inc()
                     return 200, build
                 await self._cache(build)
+                self._notify(build, "")
                 return 200, build
             build, created = await self.store.create(Build(spec=spec, created=now()))
             if not created:  # a parallel request created it (and holds the admission)
@@ -378,6 +419,7 @@ class BuildService:
             raise
         self.metrics.requests.labels("created").inc()
         self.metrics.builds.labels("pending").inc()
+        self._notify(build, "")
         try:
             build = await self._reconcile(build)  # creates the Job
         except Exception:
@@ -498,7 +540,10 @@ class BuildService:
             if not changes or (not build.active and "phase" in changes):
                 return build
             try:
-                return await self.store.write_status(build, **changes)
+                written = await self.store.write_status(build, **changes)
+                if written.phase != build.phase:
+                    self._notify(written, build.phase)
+                return written
             except Conflict:
                 fresh = await self.store.get(build.id)
                 if fresh is None:

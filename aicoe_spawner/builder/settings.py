@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import imports
@@ -71,6 +71,13 @@ class Settings:
     import_retry: float = imports.DEFAULT_RETRY
     import_poll: float = 30.0
     image_policy: str = ""  # JSON, see ImageBuilder.image_policy
+    github_api_url: str = "https://api.github.com"
+    github_app_id: str = ""
+    github_app_private_key_file: str = ""
+    github_token_file: str = ""
+    github_token: str = field(default="", repr=False)
+    github_issue_builds: bool = True
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -127,6 +134,13 @@ class Settings:
             import_retry=app.import_retry,
             import_poll=app.import_poll,
             image_policy=json.dumps(app.image_policy) if app.image_policy else "",
+            github_api_url=app.github_api_url,
+            github_app_id=app.github_app_id,
+            github_app_private_key_file=app.github_app_private_key_file,
+            github_token_file=app.github_token_file,
+            github_token=app.github_token,
+            github_issue_builds=app.github_issue_builds,
+            public_url=app.public_url,
         )
 
     def image_policies(self) -> ImagePolicies:

@@ -83,6 +83,8 @@ def sample(name: str, trait) -> tuple[str, object]:
             '{"default_policy": {"images": ["a"]}}',
             {"default_policy": {"images": ["a"]}},
         ),
+        "github_api_url": ("https://ghe.example.com/api/v3/", "https://ghe.example.com/api/v3"),
+        "public_url": ("https://jupyter.example.com", "https://jupyter.example.com"),
         "apt_sources": (
             "deb http://a x main;deb http://b y main",
             ["deb http://a x main", "deb http://b y main"],
