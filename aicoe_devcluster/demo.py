@@ -26,7 +26,7 @@ from kubernetes_asyncio import client
 from . import ControlPlane, api_client, install_crds
 from .controlplane import REPO_ROOT, free_port, this_checkout_env
 from .gitserver import GitServer
-from .node import RealNode, processes_mentioning
+from .node import RealNode, processes_in, processes_mentioning
 
 NAMESPACE = "aicoe-demo"
 EXAMPLE_REPOS = REPO_ROOT / "examples" / "repos"
@@ -225,7 +225,8 @@ class Demo:
 
     def stop(self) -> None:
         stop_process_group(self.hub)
-        for pid in processes_mentioning(str(self.workdir)):  # the builder, if still there
+        # the builder and the proxy, if still there (they run in sessions of their own)
+        for pid in {*processes_mentioning(str(self.workdir)), *processes_in(self.workdir)}:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:

@@ -77,6 +77,23 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def processes_in(folder: Path) -> list[int]:
+    """PIDs whose working directory is ``folder`` or below it (what a hub started there left:
+    its proxy and managed services run in their own sessions)."""
+    pids = []
+    folder = folder.resolve()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = (entry / "cwd").resolve(strict=True)
+        except OSError:
+            continue
+        if cwd == folder or folder in cwd.parents:
+            pids.append(int(entry.name))
+    return pids
+
+
 def iptables_rules() -> str:
     """All IPv4 iptables rules (without counters and comments)."""
     proc = subprocess.run(["iptables-save"], capture_output=True, text=True)
