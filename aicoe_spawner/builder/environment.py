@@ -277,6 +277,9 @@ def decide(
         if version:
             notes.append(f"{path} ignored: runtime.txt names the Python version")
             continue
+        if not _lines(files[path] or ""):  # e.g. "# python-3.11": repo2docker's default too
+            notes.append(f"{path} names no version (only comments): the base image's Python")
+            continue
         version = _python_version(path, files[path] or "", settings)
         if base_image:
             notes.append(f"{path} asks for Python {version}; the base image {base_image} is used")

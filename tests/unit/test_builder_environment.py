@@ -182,7 +182,6 @@ def test_python_version_maps_to_the_admins_base_image(name, text, version):
         ("runtime.txt", "r-4.1-2020-07-24\n", "'r-4.1-2020-07-24' asks for an R environment"),
         ("runtime.txt", "julia-1.9\n", "'julia-1.9' is not a Python runtime"),
         (".python-version", "pypy3.10\n", "'pypy3.10' is not a Python version"),
-        ("runtime.txt", "\n", "'' is not a Python runtime"),
     ],
 )
 def test_unknown_python_versions_are_refused_naming_the_file_and_the_offer(name, text, shown):
@@ -226,6 +225,15 @@ def test_poetry_lock_is_said_to_be_unread():
     )
     assert d.decided_by == ("pyproject.toml",)
     assert any(n.startswith("poetry.lock is not read") for n in d.notes)
+
+
+@pytest.mark.parametrize("text", ["# python-3.11\n", "\n", ""])
+def test_a_runtime_txt_that_names_nothing_is_noted_not_refused(text):
+    """As a real repository has it (UG4/py-course-modsim's binder/runtime.txt is
+    "# python-3.11"): repo2docker uses its default Python, and so do we."""
+    d = decide(["runtime.txt", "requirements.txt"], runtime_txt=text)
+    assert (d.kind, d.python_version, d.base_image) == ("environment", "", "")
+    assert d.notes == ("runtime.txt names no version (only comments): the base image's Python",)
 
 
 def test_no_versions_offered_says_none():
