@@ -44,9 +44,22 @@ fail() {  # the build's reason, for the record's message (termination message)
   printf '%s\n' "$*" > "${BUILD_TERMINATION_LOG:-/dev/termination-log}" 2>/dev/null || true
   echo "error: $*" >&2; exit 2
 }
-B="--storage-driver vfs --root $BUILD_STORAGE/root --runroot $BUILD_STORAGE/run"
+# buildah's storage: the kernel's overlay where this container may mount it (a layer is then
+# unpacked once and a container costs nothing), else vfs (every layer and container a full
+# copy of the file system)
+driver=vfs
+probe="$BUILD_STORAGE/overlay-probe"
+if mkdir -p "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged" &&
+    mount -t overlay overlay \
+      -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" "$probe/merged" \
+      2>/dev/null; then
+  umount "$probe/merged" && driver=overlay
+fi
+rm -rf "$probe"
+B="--storage-driver $driver --root $BUILD_STORAGE/root --runroot $BUILD_STORAGE/run"
 TLS="--tls-verify=${TLS_VERIFY:-true}"
 work=$(mktemp -d)
+echo "==> buildah storage: $driver"
 echo "==> fetching $REPO at $COMMIT"
 git init -q "$work/src"
 cd "$work/src"
