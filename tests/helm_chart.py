@@ -16,6 +16,8 @@ from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.controlplane import REPO_ROOT, find_binary
 
 CHART = REPO_ROOT / "helm" / "aicoe-spawner"
+#: The builder-only chart (the all-in-one chart's dependency, charts/aicoe-image-builder).
+BUILDER_CHART = REPO_ROOT / "helm" / "aicoe-image-builder"
 VALUES = {
     "default": [],
     "openshift": [REPO_ROOT / "helm" / "values-openshift.yaml"],
@@ -24,7 +26,16 @@ VALUES = {
 FIELD_MANAGER = "aicoe-spawner-tests"
 
 
+#: The Kubernetes version ``helm template`` and ``helm lint`` render for (helm's own default,
+#: 1.20, is below the charts' kubeVersion): the test suite's and the node's API server.
+KUBE_VERSION = "1.36.0"
+
+
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the tools/ helm; ``template`` and ``lint`` render for :data:`KUBE_VERSION` unless
+    the arguments name a version."""
+    if args and args[0] in ("template", "lint") and "--kube-version" not in args:
+        args = (*args, "--kube-version", KUBE_VERSION)
     return subprocess.run(
         [str(find_binary("helm")), *args],
         capture_output=True,
