@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -52,9 +53,11 @@ def render(
     release: str = "aicoe",
     values: dict[str, Any] | None = None,
     sets: list[str] = (),
+    chart: Path = CHART,
 ) -> list[dict[str, Any]]:
-    """``helm template`` the chart: the manifests as dicts (hooks included, NOTES excluded)."""
-    args = ["template", release, str(CHART), "--namespace", namespace]
+    """``helm template`` the chart (or ``chart``, e.g. :data:`BUILDER_CHART`): the manifests as
+    dicts (hooks included, NOTES excluded)."""
+    args = ["template", release, str(chart), "--namespace", namespace]
     for path in VALUES[variant]:
         args += ["-f", str(path)]
     if values:
