@@ -239,3 +239,11 @@ def test_the_hub_registers_the_external_builder(tmp_path, monkeypatch):
     crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
     assert crds == {"imagestreams.image.openshift.io"}
     assert [d for d in by_kind(docs, "Deployment") if "builder" in d["metadata"]["name"]] == []
+
+
+def test_builder_chart_lints():
+    result = helm("lint", "--strict", str(BUILDER_CHART), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with_external = ["--set-json", f"hub.apiTokenSecret={json.dumps(TOKEN_SECRET)}"]
+    result = helm("lint", "--strict", str(BUILDER_CHART), *with_external, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
