@@ -247,3 +247,27 @@ def test_builder_chart_lints():
     with_external = ["--set-json", f"hub.apiTokenSecret={json.dumps(TOKEN_SECRET)}"]
     result = helm("lint", "--strict", str(BUILDER_CHART), *with_external, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_notes_tell_how_to_register_the_service(control_plane, namespace):
+    """``helm install --dry-run=server`` against the test API server (the session has the
+    CRDs already): NOTES name the hub.services entry."""
+    import os
+    import subprocess
+
+    from aicoe_devcluster.controlplane import find_binary
+
+    args = ["install", RELEASE, str(BUILDER_CHART), "--dry-run=server", "-n", namespace]
+    args += ["--set", "crd.install=false", "--set", "imageStreams.crd.install=false"]
+    args += ["--set", "fullnameOverride=aicoe", "--set", "hub.url=http://hub:8081"]
+    result = subprocess.run(
+        [str(find_binary("helm")), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hub.services.image-builder.url: http://aicoe-builder:8080" in result.stdout
+    assert "get secret aicoe-builder" in result.stdout
+    assert "talks to the hub at http://hub:8081" in result.stdout
