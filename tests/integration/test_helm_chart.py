@@ -236,6 +236,8 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     names = sorted(s["metadata"]["name"] for s in streams["items"])
     assert names == ["jupyter-datascience-notebook", "jupyter-minimal-notebook"]
     secret = await core.read_namespaced_secret("r-aicoe-spawner-hub", namespace)
+    builder_secret = await core.read_namespaced_secret("r-aicoe-spawner-builder", namespace)
+    assert set(builder_secret.data) == BUILDER_TOKENS
     deployments = await apps.list_namespaced_deployment(namespace)
     assert len(deployments.items) == 3
     rolls = {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items}
@@ -245,6 +247,9 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     run_helm(control_plane, *upgrade)
     again = await core.read_namespaced_secret("r-aicoe-spawner-hub", namespace)
     assert again.data == secret.data  # tokens survive upgrades
+    # ... the builder's too: its service token is the one the hub has, across upgrades
+    builder_again = await core.read_namespaced_secret("r-aicoe-spawner-builder", namespace)
+    assert builder_again.data == builder_secret.data
     deployments = await apps.list_namespaced_deployment(namespace)
     # ... and so no pod rolls for them (the generated tokens are read back, not made anew)
     assert {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items} == (

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 
 import pytest
+import yaml
 from helm_chart import (
     BUILDER_CHART,
     apply,
@@ -20,7 +23,10 @@ from helm_chart import (
     remove_cluster_objects,
     render,
 )
+from kubernetes_asyncio import client
 from traitlets.config import PyFileConfigLoader
+
+from aicoe_devcluster.controlplane import find_binary
 
 RELEASE = "image-builder"  # names: <fullname>-builder
 FULLNAME = "aicoe"
@@ -48,6 +54,19 @@ def external(namespace: str = "jupyterhub", **extra) -> list[dict]:
         release=RELEASE,
         values={**EXTERNAL, **extra},
     )
+
+
+def helm_on(control_plane, *args: str) -> str:
+    """helm against the test API server (lookup and --dry-run=server see it)."""
+    result = subprocess.run(
+        [str(find_binary("helm")), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def env_of(deployment: dict) -> dict[str, dict]:
@@ -252,22 +271,30 @@ def test_builder_chart_lints():
 def test_notes_tell_how_to_register_the_service(control_plane, namespace):
     """``helm install --dry-run=server`` against the test API server (the session has the
     CRDs already): NOTES name the hub.services entry."""
-    import os
-    import subprocess
-
-    from aicoe_devcluster.controlplane import find_binary
-
     args = ["install", RELEASE, str(BUILDER_CHART), "--dry-run=server", "-n", namespace]
     args += ["--set", "crd.install=false", "--set", "imageStreams.crd.install=false"]
     args += ["--set", "fullnameOverride=aicoe", "--set", "hub.url=http://hub:8081"]
-    result = subprocess.run(
-        [str(find_binary("helm")), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)},
-        timeout=120,
+    out = helm_on(control_plane, *args)
+    assert "hub.services.image-builder.url: http://aicoe-builder:8080" in out
+    assert "get secret aicoe-builder" in out
+    assert "talks to the hub at http://hub:8081" in out
+
+
+async def test_an_upgrade_keeps_the_builder_tokens_the_hub_secret_held(
+    kube, control_plane, namespace
+):
+    """Releases before the builder chart kept the builder's tokens in the hub's Secret: the
+    builder chart reads them from there (lookup) instead of making new ones, so the upgrade
+    logs nobody out and the hub keeps the token it has."""
+    old = {"builder.api-token": "old-api-token", "builder.cookie-secret": "old-cookie"}
+    await client.CoreV1Api(kube).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "r-aicoe-spawner-hub"}, "stringData": old},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "hub.services.image-builder.url: http://aicoe-builder:8080" in result.stdout
-    assert "get secret aicoe-builder" in result.stdout
-    assert "talks to the hub at http://hub:8081" in result.stdout
+    args = ["template", "r", str(BUILDER_CHART.parent / "aicoe-spawner"), "-n", namespace]
+    args += ["--dry-run=server", "--kube-version", "1.36.0"]
+    args += ["--show-only", "charts/builder/templates/secret.yaml"]
+    (secret,) = [d for d in yaml.safe_load_all(helm_on(control_plane, *args)) if d]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert {k: data[k] for k in old} == old
+    assert len(data["builder.webhook-secret"]) == 64  # not held before: made anew
