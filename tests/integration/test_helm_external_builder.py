@@ -298,3 +298,34 @@ async def test_an_upgrade_keeps_the_builder_tokens_the_hub_secret_held(
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert {k: data[k] for k in old} == old
     assert len(data["builder.webhook-secret"]) == 64  # not held before: made anew
+
+
+def test_the_all_in_one_chart_depends_on_this_builder_chart():
+    parent_dir = BUILDER_CHART.parent / "aicoe-spawner"
+    parent = yaml.safe_load((parent_dir / "Chart.yaml").read_text())
+    builder = yaml.safe_load((BUILDER_CHART / "Chart.yaml").read_text())
+    (dependency,) = parent["dependencies"]
+    assert dependency == {
+        "name": "aicoe-image-builder",
+        "version": builder["version"],
+        "repository": "file://../aicoe-image-builder",
+        "alias": "builder",
+    }
+    # the copy helm loads is this chart (helm/aicoe-image-builder links to it)
+    assert (parent_dir / "charts" / "aicoe-image-builder").resolve() == BUILDER_CHART.resolve()
+    # one image for hub and builder: the same default tag
+    assert builder["appVersion"] == parent["appVersion"]
+    assert builder["kubeVersion"] == parent["kubeVersion"]
+    # every builder object comes from the builder chart (none left in the parent's
+    # templates) but the parent's image-policy ConfigMap, which holds the hub's values
+    out = helm("template", "r", str(parent_dir)).stdout
+    sources = {}
+    for part in out.split("\n---\n"):
+        source = next(line for line in part.splitlines() if line.startswith("# Source: "))
+        doc = yaml.safe_load(part)
+        sources[(doc["kind"], doc["metadata"]["name"])] = source.removeprefix("# Source: ")
+    from_parent = {
+        k for k, src in sources.items() if "builder" in k[1] and "/charts/builder/" not in src
+    }
+    assert from_parent == {("ConfigMap", "r-aicoe-spawner-builder-image-policy")}
+    assert ("Deployment", "r-aicoe-spawner-builder") in sources
