@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -16,6 +17,8 @@ from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.controlplane import REPO_ROOT, find_binary
 
 CHART = REPO_ROOT / "helm" / "aicoe-spawner"
+#: The builder-only chart (the all-in-one chart's dependency, charts/aicoe-image-builder).
+BUILDER_CHART = REPO_ROOT / "helm" / "aicoe-image-builder"
 VALUES = {
     "default": [],
     "openshift": [REPO_ROOT / "helm" / "values-openshift.yaml"],
@@ -24,7 +27,16 @@ VALUES = {
 FIELD_MANAGER = "aicoe-spawner-tests"
 
 
+#: The Kubernetes version ``helm template`` and ``helm lint`` render for (helm's own default,
+#: 1.20, is below the charts' kubeVersion): the test suite's and the node's API server.
+KUBE_VERSION = "1.36.0"
+
+
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the tools/ helm; ``template`` and ``lint`` render for :data:`KUBE_VERSION` unless
+    the arguments name a version."""
+    if args and args[0] in ("template", "lint") and "--kube-version" not in args:
+        args = (*args, "--kube-version", KUBE_VERSION)
     return subprocess.run(
         [str(find_binary("helm")), *args],
         capture_output=True,
@@ -41,9 +53,11 @@ def render(
     release: str = "aicoe",
     values: dict[str, Any] | None = None,
     sets: list[str] = (),
+    chart: Path = CHART,
 ) -> list[dict[str, Any]]:
-    """``helm template`` the chart: the manifests as dicts (hooks included, NOTES excluded)."""
-    args = ["template", release, str(CHART), "--namespace", namespace]
+    """``helm template`` the chart (or ``chart``, e.g. :data:`BUILDER_CHART`): the manifests as
+    dicts (hooks included, NOTES excluded)."""
+    args = ["template", release, str(chart), "--namespace", namespace]
     for path in VALUES[variant]:
         args += ["-f", str(path)]
     if values:

@@ -66,6 +66,8 @@ def build_service(
                 timeout_seconds=s.timeout,
                 namespace=s.build_namespace,
                 storage_size=s.build_storage,
+                node_selector=dict(s.build_node_selector),
+                tolerations=list(s.build_tolerations),
                 check_image=s.check_image,
                 hub_version=s.hub_version,
             ),

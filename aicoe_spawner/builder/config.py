@@ -171,6 +171,20 @@ class ImageBuilder(Application):
         the pod's ephemeral-storage limit: a Kubernetes quantity such as `20Gi`.""",
     ).tag(config=True)
 
+    build_node_selector = Dict(
+        {},
+        help="""nodeSelector of build pods (label: value), e.g. `{"node-role/builds": "true"}`
+        to keep builds, which run repository content with buildah's capabilities, on nodes
+        of their own. Empty: any node.""",
+    ).tag(config=True)
+
+    build_tolerations = List(
+        [],
+        help="""Tolerations of build pods (Kubernetes toleration objects, camelCase keys), to
+        let them onto tainted build nodes, e.g. `[{"key": "builds", "operator": "Exists",
+        "effect": "NoSchedule"}]`.""",
+    ).tag(config=True)
+
     kubeconfig = Unicode(
         "",
         help="""kubeconfig file of the builder's credentials. Empty: in-cluster credentials

@@ -47,6 +47,16 @@ def json_object(text: str) -> dict:
     return value
 
 
+def json_array(text: str) -> list:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(value, list):
+        raise ValueError("must be a JSON array")
+    return value
+
+
 @dataclass(frozen=True)
 class EnvVar:
     """An environment variable and the trait it sets. ``parse`` turns its text into the
@@ -81,6 +91,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("AICOE_BUILDER_CLEANUP_INTERVAL", "cleanup_interval"),
     EnvVar("AICOE_BUILDER_BUILD_NAMESPACE", "build_namespace"),
     EnvVar("AICOE_BUILDER_BUILD_STORAGE", "build_storage"),
+    EnvVar("AICOE_BUILDER_BUILD_NODE_SELECTOR", "build_node_selector", json_object),
+    EnvVar("AICOE_BUILDER_BUILD_TOLERATIONS", "build_tolerations", json_array),
     EnvVar("AICOE_BUILDER_RECORD_RETENTION", "record_retention"),
     EnvVar("AICOE_BUILDER_COOKIE_SECRET", "cookie_secret"),
     EnvVar("AICOE_BUILDER_MAX_STREAMS", "max_streams"),

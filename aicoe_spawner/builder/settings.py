@@ -50,6 +50,8 @@ class Settings:
     cleanup_interval: float = 60.0
     build_namespace: str | None = None
     build_storage: str = "20Gi"
+    build_node_selector: tuple[tuple[str, str], ...] = ()
+    build_tolerations: tuple[dict, ...] = ()
     record_retention: int = 7 * 24 * 3600
     cookie_secret: str = ""
     max_streams: int = 200
@@ -113,6 +115,8 @@ class Settings:
             cleanup_interval=app.cleanup_interval,
             build_namespace=app.build_namespace or None,
             build_storage=app.build_storage,
+            build_node_selector=tuple(app.build_node_selector.items()),
+            build_tolerations=tuple(app.build_tolerations),
             record_retention=app.record_retention,
             cookie_secret=app.cookie_secret,
             max_streams=app.max_streams,

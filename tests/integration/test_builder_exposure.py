@@ -141,13 +141,20 @@ def test_the_chart_gives_the_builder_the_spawners_policies():
         ({"hub": {"config": {"AICoESpawner": spawner}}}, ImagePolicies(**spawner)),
         (None, ImagePolicies()),
     ):
+        docs = render(values=values)
         env = {
-            e["name"]: e.get("value")
-            for d in by_kind(render(values=values), "Deployment")
+            e["name"]: e
+            for d in by_kind(docs, "Deployment")
             for c in d["spec"]["template"]["spec"]["containers"]
             for e in c.get("env", [])
         }
-        assert ImagePolicies.from_json(env["AICOE_BUILDER_IMAGE_POLICY"]) == wanted
+        # from the ConfigMap the chart makes of hub.config.AICoESpawner (the builder chart
+        # cannot read the hub's values)
+        ref = env["AICOE_BUILDER_IMAGE_POLICY"]["valueFrom"]["configMapKeyRef"]
+        (config_map,) = [
+            d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == ref["name"]
+        ]
+        assert ImagePolicies.from_json(config_map["data"][ref["key"]]) == wanted
 
 
 SECURITY = {

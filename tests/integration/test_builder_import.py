@@ -341,7 +341,10 @@ async def test_import_with_the_charts_builder_service_account(
             "default",
             namespace=namespace,
             release="r",
-            values={"imageStreams.namespaces": [namespace, other]},
+            values={
+                "imageStreams.namespaces": [namespace, other],
+                "builder.imageImport.namespaces": [namespace, other],  # the builder chart's copy
+            },
         )
         kinds = ("Namespace", "ServiceAccount", "Role", "RoleBinding")
         rbac = [d for d in docs if d["kind"] in kinds]

@@ -98,6 +98,7 @@ def test_build_pods_are_confined_by_a_network_policy():
             "builder.networkPolicy.registryCIDRs": ["10.9.0.0/16"],
             "builder.networkPolicy.gitCIDRs": ["140.82.112.0/20"],
             "networkPolicy.dnsCIDRs": ["169.254.20.10/32"],
+            "builder.networkPolicy.dnsCIDRs": ["169.254.20.10/32"],  # the builder chart's copy
         },
     )
     egress = one(registry, "NetworkPolicy", "r-aicoe-spawner-builder-builds")["spec"]["egress"]

@@ -26,6 +26,7 @@ from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.controlplane import write_kubeconfig
 from aicoe_spawner.builder.backends.kubernetes import MANAGED_BY, JobConfig, job_manifest
 from aicoe_spawner.builder.quota import NAME as QUOTA_LEDGER
+from aicoe_spawner.builder.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -364,3 +365,38 @@ async def test_the_builder_keeps_its_own_config_maps(chart):
     ledger["data"]["active.json"] = '{"b": ["alice", 1]}'
     replace = core.replace_namespaced_config_map(QUOTA_LEDGER, ns, ledger)
     assert await as_builder(replace) == 200
+
+
+async def test_build_pods_go_where_the_chart_says_and_are_admitted(chart):
+    """builder.buildPods (nodeSelector, tolerations) -> the builder's environment -> its
+    settings -> the build Job's pod spec, which the admission policy admits."""
+    where = {
+        "builder.buildPods.nodeSelector": {"node-role/builds": "true"},
+        "builder.buildPods.tolerations": [
+            {"key": "builds", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+    }
+    docs = render(namespace=chart.namespace, release=RELEASE, values=where)
+    deployment = one(docs, "Deployment", f"{RELEASE}-aicoe-spawner-builder")
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    s = Settings.from_env(env)
+    assert dict(s.build_node_selector) == {"node-role/builds": "true"}
+    config = JobConfig(
+        builder_image=s.builder_image,
+        namespace=s.build_namespace,
+        node_selector=dict(s.build_node_selector),
+        tolerations=list(s.build_tolerations),
+    )
+    job = job_manifest(a_build_spec(), config)
+    spec = job["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"node-role/builds": "true"}
+    assert spec["tolerations"] == where["builder.buildPods.tolerations"]
+    assert await create_job(chart.builder, chart.build_namespace, job) == ""
+    # without values: no nodeSelector, no tolerations (any node)
+    plain = job_manifest(a_build_spec(), JobConfig(builder_image=s.builder_image))
+    assert "nodeSelector" not in plain["spec"]["template"]["spec"]
+    assert "tolerations" not in plain["spec"]["template"]["spec"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helm_chart import (
+    BUILDER_CHART,
     CHART,
     VALUES,
     apply,
@@ -57,13 +58,13 @@ ROUTE_CRD = {
 
 def test_chart_ships_the_devcluster_imagebuild_crd():
     """One ImageBuild CRD: the chart's copy is byte for byte the one the tests install."""
-    shipped = CHART / "files" / "crds" / BUILD_CRD_FILE
+    shipped = BUILDER_CHART / "files" / "crds" / BUILD_CRD_FILE
     assert shipped.read_bytes() == (CRD_DIR / BUILD_CRD_FILE).read_bytes()
 
 
 def test_chart_ships_the_devcluster_imagestream_crd():
     """One ImageStream CRD: the chart's copy is byte for byte the one the tests install."""
-    shipped = CHART / "files" / "crds" / CRD_FILE
+    shipped = BUILDER_CHART / "files" / "crds" / CRD_FILE
     assert shipped.read_bytes() == (CRD_DIR / CRD_FILE).read_bytes()
 
 
@@ -127,13 +128,19 @@ def test_helm_template(variant):
     env = {e["name"]: e.get("value") for e in builder["containers"][0]["env"]}
     assert env["AICOE_BUILDER_BACKEND"] == ("auto" if openshift else "kubernetes")
     assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/services/image-builder/"
-    # every builder replica signs cookies with the one secret in the chart's Secret
+    # every builder replica signs cookies with the one secret in the builder's Secret
     (cookie,) = [
         e for e in builder["containers"][0]["env"] if e["name"] == "AICOE_BUILDER_COOKIE_SECRET"
     ]
     assert cookie["valueFrom"]["secretKeyRef"] == {
-        "name": "r-aicoe-spawner-hub",
+        "name": "r-aicoe-spawner-builder",
         "key": "builder.cookie-secret",
+    }
+    # the hub reads the builder's API token from there too
+    hub_env = {e["name"]: e for e in hub["containers"][0]["env"]}
+    assert hub_env["IMAGE_BUILDER_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "r-aicoe-spawner-builder",
+        "key": "builder.api-token",
     }
 
     if not openshift:
@@ -181,7 +188,7 @@ async def test_notes_render(control_plane, kube, namespace):
         "-n",
         namespace,
         "--set",
-        "imageStreams.crd.install=false",
+        "builder.imageStreams.crd.install=false",
         "--set",
         "builder.crd.install=false",
     )
@@ -214,7 +221,7 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     custom = client.CustomObjectsApi(kube)
     core = client.CoreV1Api(kube)
     apps = client.AppsV1Api(kube)
-    args = ["-n", namespace, "--set", "imageStreams.crd.install=false"]
+    args = ["-n", namespace, "--set", "builder.imageStreams.crd.install=false"]
     args += ["--set", "builder.crd.install=false"]
     secrets = [f"--set-json={k}={json.dumps(v)}" for k, v in SECRET_VALUES.items()]
     run_helm(control_plane, "install", "r", str(CHART), *args, *secrets)
@@ -229,6 +236,8 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     names = sorted(s["metadata"]["name"] for s in streams["items"])
     assert names == ["jupyter-datascience-notebook", "jupyter-minimal-notebook"]
     secret = await core.read_namespaced_secret("r-aicoe-spawner-hub", namespace)
+    builder_secret = await core.read_namespaced_secret("r-aicoe-spawner-builder", namespace)
+    assert set(builder_secret.data) == BUILDER_TOKENS
     deployments = await apps.list_namespaced_deployment(namespace)
     assert len(deployments.items) == 3
     rolls = {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items}
@@ -238,6 +247,9 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     run_helm(control_plane, *upgrade)
     again = await core.read_namespaced_secret("r-aicoe-spawner-hub", namespace)
     assert again.data == secret.data  # tokens survive upgrades
+    # ... the builder's too: its service token is the one the hub has, across upgrades
+    builder_again = await core.read_namespaced_secret("r-aicoe-spawner-builder", namespace)
+    assert builder_again.data == builder_secret.data
     deployments = await apps.list_namespaced_deployment(namespace)
     # ... and so no pod rolls for them (the generated tokens are read back, not made anew)
     assert {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items} == (
@@ -264,7 +276,14 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
         (["--set", "hub.db.type=postgres"], "value must be one of"),
         (["--set", "builder.backend=docker"], "value must be one of"),
         (["--set", "route.enabled=true"], "route.enabled needs openshift.enabled"),
-        (["--set", "openshift.enabled=true"], "imageStreams.crd.install must be false"),
+        (["--set", "openshift.enabled=true"], "builder.openshift.enabled must agree"),
+        (
+            ["--set", "openshift.enabled=true", "--set", "builder.openshift.enabled=true"],
+            "imageStreams.crd.install must be false",
+        ),
+        (["--set", "fullnameOverride=jh"], "set builder.fullnameOverride to the same prefix"),
+        (["--set", "networkPolicy.dnsPorts={5353}"], "builder.networkPolicy.dnsPorts must be"),
+        (["--set", "imageStreams.namespaces={nb}"], "builder.imageImport.namespaces must be"),
     ],
 )
 def test_bad_values_are_refused(args, message):
@@ -273,13 +292,9 @@ def test_bad_values_are_refused(args, message):
     assert message in result.stderr
 
 
-TOKENS = {
-    "proxy.token",
-    "hub.cookie-secret",
-    "builder.api-token",
-    "builder.cookie-secret",
-    "builder.webhook-secret",
-}
+HUB_TOKENS = {"proxy.token", "hub.cookie-secret"}
+BUILDER_TOKENS = {"builder.api-token", "builder.cookie-secret", "builder.webhook-secret"}
+TOKENS = HUB_TOKENS | BUILDER_TOKENS
 
 
 def secret_data(docs: list[dict], name: str) -> dict[str, str]:
@@ -289,9 +304,12 @@ def secret_data(docs: list[dict], name: str) -> dict[str, str]:
 def test_generated_secrets_are_set_and_explicit_ones_kept():
     docs = render(sets=["proxy.secretToken=abc"])
     secret = secret_data(docs, "aicoe-aicoe-spawner-hub")
-    assert set(secret) == {*TOKENS, "values.json"}
+    assert set(secret) == {*HUB_TOKENS, "values.json"}
     assert secret["proxy.token"] == "abc"
-    assert len(secret["builder.api-token"]) == 64
+    # the builder's tokens are in the builder chart's own Secret
+    builder = secret_data(docs, "aicoe-aicoe-spawner-builder")
+    assert set(builder) == BUILDER_TOKENS
+    assert len(builder["builder.api-token"]) == 64
 
 
 # What an admin puts in values that must not be readable with `view` on the namespace or by
@@ -320,13 +338,16 @@ def test_secret_values_are_in_no_config_map():
     for deployment in by_kind(docs, "Deployment"):  # nor in a pod spec (env, args)
         text = json.dumps(deployment)
         assert not [n for n in NEEDLES if n in text], deployment["metadata"]["name"]
-    secret = json.dumps(secret_data(docs, "aicoe-aicoe-spawner-hub"))
+    secret = json.dumps(
+        [secret_data(docs, f"aicoe-aicoe-spawner-{name}") for name in ("hub", "builder")]
+    )
     assert all(n in secret for n in NEEDLES)
 
 
 def test_an_existing_secret_holds_the_tokens():
-    docs = render(values={"hub.existingSecret": "my-tokens"})
+    docs = render(values={"hub.existingSecret": "my-tokens", "builder.existingSecret": "my-tokens"})
     assert set(secret_data(docs, "aicoe-aicoe-spawner-hub")) == {"values.json"}
+    assert [s for s in by_kind(docs, "Secret") if "builder" in s["metadata"]["name"]] == []
     refs = [
         e["valueFrom"]["secretKeyRef"]
         for d in by_kind(docs, "Deployment")
@@ -577,12 +598,12 @@ def test_every_pod_gets_its_pull_secrets(tmp_path, monkeypatch):
             "imagePullSecrets"
         ]
         for d in by_kind(docs, "Deployment")
+        if "imagePullSecrets" in d["spec"]["template"]["spec"]
     }
     assert pulls == {
         "hub": [{"name": "hub-pull"}],
-        "builder": [{"name": "hub-pull"}],  # the same image by default
         "proxy": [{"name": "proxy-pull"}],
-    }
+    }  # the builder chart cannot read hub.image: its own builder.image.pullSecrets
     own = render(values={**values, "builder.image.pullSecrets": ["builder-pull"]})
     builder = one(own, "Deployment", "aicoe-aicoe-spawner-builder")["spec"]["template"]["spec"]
     assert builder["imagePullSecrets"] == [{"name": "builder-pull"}]

@@ -151,8 +151,10 @@ def test_helm_package_holds_the_chart(tmp_path):
         "templates/NOTES.txt",
         "templates/hub-deployment.yaml",
         "files/jupyterhub_config.py",
-        "files/crds/imagebuilds.aicoe-spawner.io.yaml",
-        "files/crds/imagestreams.image.openshift.io.yaml",
+        # the CRDs are the builder chart's (a dependency, packaged under charts/)
+        "charts/aicoe-image-builder/files/crds/imagebuilds.aicoe-spawner.io.yaml",
+        "charts/aicoe-image-builder/files/crds/imagestreams.image.openshift.io.yaml",
+        "charts/aicoe-image-builder/templates/builder-deployment.yaml",
     } <= packaged
     # the chart's default image is the one holding this package's version
     assert packaged_chart["appVersion"] == VERSION

@@ -123,6 +123,8 @@ def node_values(cluster: NodeCluster, git: GitServer) -> dict:
         "imageStreams": {"examples": {"enabled": False}},
         "singleuser": {"storage": {"type": "none"}},
         "builder": {
+            # the builder chart's own copies of hub.image and networkPolicy.dnsCIDRs
+            "image": local_image(node, "hub"),
             "registry": node.registry,
             "buildImage": node.images["builder"],
             "allowedHosts": [node.node_ip],
@@ -133,6 +135,7 @@ def node_values(cluster: NodeCluster, git: GitServer) -> dict:
                 "AICOE_BUILDER_TLS_VERIFY": "false",
             },
             "networkPolicy": {
+                "dnsCIDRs": here,
                 "gitCIDRs": here,
                 "gitExcept": [],
                 "gitPorts": [git.port],

@@ -56,7 +56,7 @@ def test_every_variable_the_project_sets_is_in_the_table():
     """What the chart, the example config, the demo and the docs name is read, not ignored."""
     known = {v.name for v in ENV_VARS}
     places = [
-        *(REPO_ROOT / "helm" / "aicoe-spawner" / "templates").glob("*.yaml"),
+        *(REPO_ROOT / "helm" / "aicoe-spawner").rglob("templates/*.yaml"),  # + the builder chart
         REPO_ROOT / "jupyterhub_config.py",
         REPO_ROOT / "aicoe_devcluster" / "demo.py",
         REPO_ROOT / "docs" / "builder.md",
@@ -85,6 +85,11 @@ def sample(name: str, trait) -> tuple[str, object]:
         ),
         "github_api_url": ("https://ghe.example.com/api/v3/", "https://ghe.example.com/api/v3"),
         "public_url": ("https://jupyter.example.com", "https://jupyter.example.com"),
+        "build_node_selector": ('{"node-role/builds": "true"}', {"node-role/builds": "true"}),
+        "build_tolerations": (
+            '[{"key": "builds", "operator": "Exists"}]',
+            [{"key": "builds", "operator": "Exists"}],
+        ),
         "apt_sources": (
             "deb http://a x main;deb http://b y main",
             ["deb http://a x main", "deb http://b y main"],

@@ -56,7 +56,12 @@ def test_every_configured_trait_exists(doc, name):
 
 @cache
 def chart_values() -> dict:
-    return yaml.safe_load((CHART / "values.yaml").read_text())
+    """The chart's values as helm coalesces them: values.yaml, with the builder chart's (its
+    dependency, alias ``builder``) below what values.yaml sets under ``builder``."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    builder = yaml.safe_load((CHART / "charts" / "aicoe-image-builder" / "values.yaml").read_text())
+    values["builder"] = {**builder, **values["builder"]}
+    return values
 
 
 #: Values whose content is free-form (passed on as they are): any path below them is theirs.

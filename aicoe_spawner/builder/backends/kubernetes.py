@@ -334,6 +334,8 @@ class JobConfig:
     service_account: str | None = None
     namespace: str | None = None  # where build Jobs run (default: the builder's namespace)
     storage_size: str = "20Gi"  # sizeLimit of each emptyDir and the ephemeral-storage limit
+    node_selector: dict[str, str] = field(default_factory=dict)  # of build pods
+    tolerations: list[dict[str, Any]] = field(default_factory=list)  # of build pods
     resources: dict[str, Any] = field(
         default_factory=lambda: {
             "requests": {"cpu": "500m", "memory": "1Gi"},
@@ -487,6 +489,10 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
+    if config.node_selector:
+        pod_spec["nodeSelector"] = dict(config.node_selector)
+    if config.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in config.tolerations]
     labels = build_labels(spec)
     return {
         "apiVersion": "batch/v1",

@@ -32,14 +32,6 @@
 {{- end -}}
 {{- end -}}
 
-{{- define "aicoe-spawner.builderServiceAccount" -}}
-{{- if .Values.builder.serviceAccount.create -}}
-{{- default (include "aicoe-spawner.builder" .) .Values.builder.serviceAccount.name -}}
-{{- else -}}
-{{- default "default" .Values.builder.serviceAccount.name -}}
-{{- end -}}
-{{- end -}}
-
 {{/* Namespaces whose ImageStreams are the catalog (default: the release namespace). */}}
 {{- define "aicoe-spawner.imageNamespaces" -}}
 {{- if .Values.imageStreams.namespaces -}}
@@ -62,13 +54,6 @@ kubernetes
 {{/* Images. */}}
 {{- define "aicoe-spawner.hubImage" -}}
 {{- printf "%s:%s" .Values.hub.image.name (default .Chart.AppVersion .Values.hub.image.tag) -}}
-{{- end -}}
-{{- define "aicoe-spawner.builderImage" -}}
-{{- if .Values.builder.image.name -}}
-{{- printf "%s:%s" .Values.builder.image.name (default .Chart.AppVersion .Values.builder.image.tag) -}}
-{{- else -}}
-{{- include "aicoe-spawner.hubImage" . -}}
-{{- end -}}
 {{- end -}}
 
 {{/* Labels: app.kubernetes.io/* plus zero-to-jupyterhub's app/component/release. */}}
@@ -117,15 +102,25 @@ checksum annotations of the pods see the same value). Call with
 {{- end -}}
 {{- end -}}
 
-{{/* The tokens of the release (key: explicit value), in the chart's Secret unless
-hub.existingSecret names one that holds them. */}}
+{{/* The tokens of the hub and the proxy (key: explicit value), in the chart's Secret unless
+hub.existingSecret names one that holds them. The builder's are in its own Secret
+(builder.existingSecret; helm/aicoe-image-builder). */}}
 {{- define "aicoe-spawner.tokens" -}}
 {{- toJson (dict
   "proxy.token" .Values.proxy.secretToken
-  "hub.cookie-secret" .Values.hub.cookieSecret
-  "builder.api-token" .Values.builder.apiToken
-  "builder.cookie-secret" .Values.builder.cookieSecret
-  "builder.webhook-secret" .Values.builder.webhookSecret) -}}
+  "hub.cookie-secret" .Values.hub.cookieSecret) -}}
+{{- end -}}
+
+{{/* The builder's Secret, where the hub reads the builder's API token. */}}
+{{- define "aicoe-spawner.builderTokenSecret" -}}
+{{- default (include "aicoe-spawner.builder" .) .Values.builder.existingSecret -}}
+{{- end -}}
+
+{{/* What the hub's copy of the builder's API token depends on, for the hub's checksum
+annotation: the explicit builder.apiToken and the Secrets named (a generated token is kept, so
+it changes nothing). */}}
+{{- define "aicoe-spawner.builderTokenChecksum" -}}
+{{- list .Values.builder.apiToken .Values.builder.existingSecret | toJson | sha256sum -}}
 {{- end -}}
 
 {{/* Name of the Secret with the tokens: hub.existingSecret, else the chart's. */}}
@@ -152,37 +147,13 @@ pods yourself after changing its content).
 {{- end -}}
 {{- end -}}
 
-{{/* The builder's rules for its build Jobs (in the release namespace or builder.buildNamespace). */}}
-{{- define "aicoe-spawner.builderJobRules" -}}
-# Build Jobs: run, follow, cancel (delete) them.
-- apiGroups: [batch]
-  resources: [jobs]
-  verbs: [get, list, watch, create, delete]
-# Find the pod of a build Job, follow its state, and delete a finished build's pods (by the
-# job-name label) together with the Job.
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch, deletecollection]
-# Stream the build log.
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
-{{- end -}}
 
 {{/* Namespace of build Jobs: builder.buildNamespace, default "<release namespace>-builds". */}}
 {{- define "aicoe-spawner.buildNamespace" -}}
 {{- default (printf "%s-builds" .Release.Namespace | trunc 63 | trimSuffix "-") .Values.builder.buildNamespace -}}
 {{- end -}}
 
-{{/* Whether build Jobs run beside the hub (builder.buildNamespace = the release namespace). */}}
-{{- define "aicoe-spawner.buildsBesideHub" -}}
-{{- if eq (include "aicoe-spawner.buildNamespace" .) .Release.Namespace -}}true{{- end -}}
-{{- end -}}
 
-{{/* The builder's ServiceAccount as the API server names the requests it makes. */}}
-{{- define "aicoe-spawner.builderUser" -}}
-{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "aicoe-spawner.builderServiceAccount" .) -}}
-{{- end -}}
 
 {{/* Name of a cluster-scoped object of this release: "<namespace>.<fullname>-<suffix>". */}}
 {{- define "aicoe-spawner.clusterName" -}}
@@ -207,30 +178,7 @@ pods yourself after changing its content).
     {{- end }}
 {{- end -}}
 
-{{/* NetworkPolicy egress rule to the Git hosts (builder.networkPolicy.git*), or nothing. */}}
-{{- define "aicoe-spawner.gitEgress" -}}
-{{- $np := .Values.builder.networkPolicy -}}
-{{- if $np.gitCIDRs -}}
-- to:
-    {{- range $np.gitCIDRs }}
-    - ipBlock:
-        cidr: {{ . | quote }}
-        {{- if $np.gitExcept }}
-        except: {{ toJson $np.gitExcept }}
-        {{- end }}
-    {{- end }}
-  ports:
-    {{- range $np.gitPorts }}
-    - {protocol: TCP, port: {{ . }}}
-    {{- end }}
-{{- end }}
-{{- end -}}
 
-{{/* Capabilities of build containers (STEP_CAPABILITIES + MKNOD + SYS_ADMIN of
-aicoe_spawner/builder/backends/kubernetes.py), as a CEL list. */}}
-{{- define "aicoe-spawner.buildCapabilities" -}}
-["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETFCAP", "SETGID", "SETUID", "SYS_CHROOT", "MKNOD", "SYS_ADMIN"]
-{{- end -}}
 
 {{/* A NetworkPolicy peer: the pods of this release's component (list $ "hub"). */}}
 {{- define "aicoe-spawner.componentPeer" -}}
