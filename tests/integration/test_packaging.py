@@ -1,8 +1,9 @@
 """The release artifacts: `python -m build` (an sdist, and the wheel built from it) and
 `helm package`, built into a temporary directory and their file lists checked. The wheel holds
 the runtime package with its templates, static files and aicoe-env.sh, the LICENSE, and
-nothing of the dev cluster, the demo or the tests; cryptography (the dev cluster's certificates) is no direct runtime dependency: the
-GitHub App's JWT needs it through pyjwt[crypto]."""
+nothing of the dev cluster, the demo or the tests; cryptography (the dev cluster's
+certificates) is no direct runtime dependency (the GitHub App's JWT needs it through
+pyjwt[crypto])."""
 
 from __future__ import annotations
 
