@@ -21,6 +21,7 @@ from ..catalog import BUILD_MESSAGE_ANNOTATION, BUILD_PHASE_ANNOTATION, NOTEBOOK
 from .image_check import Packages, packages_annotation
 from .publish import OPTIONS_ANNOTATION, PUBLISHER_ANNOTATION, options_text, publisher_of, refusal
 from .requests import BuildRequestError, BuildSpec, user_label
+from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
@@ -29,15 +30,10 @@ SOFTWARE_ANNOTATION = f"{A}notebook-software"
 DEPENDENCIES_ANNOTATION = f"{A}notebook-python-dependencies"
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-SOURCE_REPO_ANNOTATION = "aicoe-spawner.io/source-repo"
-LAST_BUILD_ANNOTATION = "aicoe-spawner.io/last-build"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGER = "aicoe-image-builder"
-PUBLISHER_LABEL = "aicoe-spawner.io/publisher-hash"  # user_label(publisher), to count them
+SOURCE_REPO_ANNOTATION = f"{L}source-repo"
+LAST_BUILD_ANNOTATION = f"{L}last-build"
+MANAGER = MANAGED_BY
+PUBLISHER_LABEL = f"{L}publisher-hash"  # user_label(publisher), to count them
 
 
 ANOTHER_REPO = "belongs to another repository"
@@ -112,19 +108,6 @@ def new_stream(spec: BuildSpec) -> dict[str, Any]:
 
 
 EXPIRES_ANNOTATION = "aicoe-spawner.io/expires-at"
-
-
-def _stamp(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_stamp(value: Any) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.UTC
-        )
-    except ValueError:
-        return None
 
 
 def serves_image(stream: dict, tag: str) -> bool:
@@ -202,7 +185,7 @@ def with_tag(
                 if items is not None:
                     ann[key] = packages_annotation(items)
         if expires_at is not None:
-            ann[EXPIRES_ANNOTATION] = _stamp(expires_at)
+            ann[EXPIRES_ANNOTATION] = stamp(expires_at)
         else:
             ann.pop(EXPIRES_ANNOTATION, None)
         tag["annotations"] = ann
@@ -219,7 +202,7 @@ def expired(stream: dict, now: datetime.datetime) -> list[tuple[str, str]]:
     out = []
     for tag in ((stream or {}).get("spec") or {}).get("tags") or []:
         ann = (tag or {}).get("annotations") or {}
-        when = _parse_stamp(ann.get(EXPIRES_ANNOTATION)) if EXPIRES_ANNOTATION in ann else None
+        when = parse_stamp(ann.get(EXPIRES_ANNOTATION)) if EXPIRES_ANNOTATION in ann else None
         if when is not None and when <= now and tag.get("name"):
             out.append((tag["name"], ann.get("aicoe-spawner.io/build-id", "")))
     return out
@@ -262,7 +245,7 @@ def abandoned(
     tags = [t.get("name") for t in (stream.get("spec") or {}).get("tags") or [] if t]
     if any(serves_image(stream, t) for t in tags) or any((name, t) in active for t in tags):
         return False
-    created = _parse_stamp(meta.get("creationTimestamp"))
+    created = parse_stamp(meta.get("creationTimestamp"))
     return created is not None and (now - created).total_seconds() > grace_seconds
 
 
@@ -281,7 +264,7 @@ def with_status_tag(stream: dict, spec: BuildSpec, digest: str) -> dict:
             entry = {"tag": name, "items": []}
             tags.append(entry)
         item = {
-            "created": _now(),
+            "created": stamp(),
             "dockerImageReference": f"{repo}@{digest}",
             "image": digest,
             "generation": (out.get("metadata") or {}).get("generation", 1),
