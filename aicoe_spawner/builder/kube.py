@@ -77,16 +77,24 @@ async def retry_on_conflict(
     attempts: int = 20,
     backoff: float = 0.0,
     cap: float = 0.05,
+    jitter: bool = True,
     what: str = "object",
 ) -> T:
     """Optimistic concurrency: call ``attempt()`` (read, decide, conditional write) until it
-    reports done: ``(True, result)``; ``(False, _)`` means the write lost (409), so read and
-    decide again, after a random pause of up to ``backoff * attempt number`` seconds (at most
-    ``cap``; ``backoff`` 0: at once). :class:`TooManyConflicts` after ``attempts``."""
+    reports done, ``(True, result)``. A lost write, ``(False, _)`` or a 409 raised by
+    ``attempt()``, means read and decide again, after a pause of ``backoff * attempt number``
+    seconds (at most ``cap``; ``jitter``: a random part of it; ``backoff`` 0: at once).
+    After ``attempts``: the last 409 is raised, or :class:`TooManyConflicts`."""
     for n in range(attempts):
-        done, result = await attempt()
+        try:
+            done, result = await attempt()
+        except ApiException as e:
+            if not is_conflict(e) or n == attempts - 1:
+                raise
+            done = False
         if done:
             return result
-        if backoff:
-            await asyncio.sleep(random.uniform(0, min(cap, backoff * (n + 1))))
+        if backoff and n < attempts - 1:
+            pause = min(cap, backoff * (n + 1))
+            await asyncio.sleep(random.uniform(0, pause) if jitter else pause)
     raise TooManyConflicts(f"{what}: too many conflicting writes")

@@ -9,7 +9,6 @@ takes a tag that already serves an image out of service."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime
 from typing import Any
@@ -19,6 +18,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from ..catalog import BUILD_MESSAGE_ANNOTATION, BUILD_PHASE_ANNOTATION, NOTEBOOK_IMAGE_LABEL
 from .image_check import Packages, packages_annotation
+from .kube import ignore_not_found, is_conflict, is_not_found, or_none, retry_on_conflict
 from .publish import OPTIONS_ANNOTATION, PUBLISHER_ANNOTATION, options_text, publisher_of, refusal
 from .requests import BuildRequestError, BuildSpec, user_label
 from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp
@@ -26,6 +26,8 @@ from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
 MESSAGE_LIMIT = 2000
+# ImageStream writes after a conflict: read again and decide again, up to 20 times
+_RETRY = {"attempts": 20, "backoff": 0.02, "cap": 1.0, "jitter": False}
 SOFTWARE_ANNOTATION = f"{A}notebook-software"
 DEPENDENCIES_ANNOTATION = f"{A}notebook-python-dependencies"
 
@@ -340,14 +342,7 @@ class Registrar:
         return sum(1 for s in streams.get("items") or [] if publisher_of(s) == requester)
 
     async def _read(self, spec: BuildSpec) -> dict | None:
-        try:
-            return await self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, spec.namespace, PLURAL, spec.stream
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return await or_none(self._get(spec.namespace, spec.stream))
 
     async def mark(
         self,
@@ -362,7 +357,8 @@ class Registrar:
         :class:`PublishError` for content its requester may not publish there (both checked
         on the version replaced, so a concurrent writer cannot slip in). A failed or
         cancelled first build leaves nothing (:func:`after_end`)."""
-        for attempt in range(20):
+
+        async def attempt() -> tuple[bool, dict]:
             current = await self._read(spec)
             why = ownership(current, spec.repo)
             if why is not None:
@@ -370,25 +366,21 @@ class Registrar:
             refused = refusal(current, spec)
             if refused is not None:
                 raise PublishError(refused)
-            try:
-                if phase in ("failed", "cancelled"):
-                    return await self._end(current, spec, phase, message)
-                if current is None:
-                    body = self._with_tag(new_stream(spec), spec, phase, message, digest, report)
-                    return await self.custom.create_namespaced_custom_object(
-                        GROUP, VERSION, spec.namespace, PLURAL, body
-                    )
-                body = self._with_tag(current, spec, phase, message, digest, report)
-                if body == current:
-                    return current
-                return await self.custom.replace_namespaced_custom_object(
-                    GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
+            if phase in ("failed", "cancelled"):
+                return True, await self._end(current, spec, phase, message)
+            if current is None:
+                body = self._with_tag(new_stream(spec), spec, phase, message, digest, report)
+                return True, await self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, spec.namespace, PLURAL, body
                 )
-            except ApiException as e:
-                if e.status != 409 or attempt == 19:
-                    raise
-                await asyncio.sleep(0.02 * (attempt + 1))
-        raise RuntimeError("unreachable")
+            body = self._with_tag(current, spec, phase, message, digest, report)
+            if body == current:
+                return True, current
+            return True, await self.custom.replace_namespaced_custom_object(
+                GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
+            )
+
+        return await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {spec.stream}")
 
     async def _end(
         self, current: dict | None, spec: BuildSpec, phase: str, message: str
@@ -398,8 +390,8 @@ class Registrar:
         body = after_end(current, spec, phase, message)
         if body is None:
             rv = current["metadata"]["resourceVersion"]
-            try:
-                await self.custom.delete_namespaced_custom_object(
+            await ignore_not_found(
+                self.custom.delete_namespaced_custom_object(
                     GROUP,
                     VERSION,
                     spec.namespace,
@@ -407,9 +399,7 @@ class Registrar:
                     spec.stream,
                     body={"preconditions": {"resourceVersion": rv}},
                 )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            )
             return None
         if body == current:
             return current
@@ -428,7 +418,8 @@ class Registrar:
         stream = await self.mark(spec, "ready", digest=digest, report=(software, dependencies))
         if not self.write_status:
             return stream
-        for attempt in range(20):
+
+        async def attempt() -> tuple[bool, dict]:
             current = await self._read(spec)
             why = ownership(current, spec.repo) if current is not None else "was deleted"
             if why is not None:
@@ -436,16 +427,12 @@ class Registrar:
             assert current is not None
             body = with_status_tag(current, spec, digest)
             if body.get("status") == current.get("status"):
-                return current
-            try:
-                return await self.custom.replace_namespaced_custom_object_status(
-                    GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
-                )
-            except ApiException as e:
-                if e.status != 409 or attempt == 19:
-                    raise
-                await asyncio.sleep(0.02 * (attempt + 1))
-        raise RuntimeError("unreachable")
+                return True, current
+            return True, await self.custom.replace_namespaced_custom_object_status(
+                GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
+            )
+
+        return await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {spec.stream}")
 
     async def sweep(
         self, namespace: str, active: set[tuple[str, str]], grace_seconds: float
@@ -488,30 +475,35 @@ class Registrar:
             label_selector=f"{MANAGED_BY_LABEL}={MANAGER}",
         )
         removed: list[dict] = []
-        for stream in streams.get("items") or []:
-            name = stream["metadata"]["name"]
-            for attempt in range(20):
-                gone = expired(stream, now)
-                if not gone:
-                    break
-                try:
-                    removed.extend(await self._remove(namespace, stream, gone))
-                    break
-                except ApiException as e:
-                    if e.status == 404:
-                        break
-                    if e.status != 409 or attempt == 19:
-                        raise
-                    await asyncio.sleep(0.02 * (attempt + 1))
-                    try:
-                        stream = await self.custom.get_namespaced_custom_object(
-                            GROUP, VERSION, namespace, PLURAL, name
-                        )
-                    except ApiException as e2:
-                        if e2.status == 404:
-                            break
-                        raise
+        for listed in streams.get("items") or []:
+            removed.extend(await self._expire_one(namespace, listed, now))
         return removed
+
+    async def _expire_one(self, namespace: str, listed: dict, now: datetime.datetime) -> list:
+        """:meth:`expire` of one stream (as listed; read again after a conflict)."""
+        name = listed["metadata"]["name"]
+        seen: list[dict | None] = [listed]
+
+        async def attempt() -> tuple[bool, list]:
+            stream = seen[-1]
+            if stream is None:  # deleted meanwhile
+                return True, []
+            gone = expired(stream, now)
+            if not gone:
+                return True, []
+            try:
+                return True, await self._remove(namespace, stream, gone)
+            except ApiException as e:
+                if is_not_found(e):
+                    return True, []
+                if is_conflict(e):
+                    seen.append(await or_none(self._get(namespace, name)))
+                raise
+
+        return await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {name}")
+
+    def _get(self, namespace: str, name: str):
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
     async def _remove(self, namespace: str, stream: dict, gone: list[tuple[str, str]]) -> list:
         name = stream["metadata"]["name"]
@@ -535,19 +527,20 @@ class Registrar:
         if any((t or {}).get("tag") in names for t in status_tags):
             # the status subresource (plain Kubernetes; OpenShift's image controller prunes
             # status tags of removed spec tags itself)
-            for attempt in range(20):
+            seen = [updated]
+
+            async def attempt() -> tuple[bool, None]:
                 try:
                     await self.custom.replace_namespaced_custom_object_status(
-                        GROUP, VERSION, namespace, PLURAL, name, without_tags(updated, names)
+                        GROUP, VERSION, namespace, PLURAL, name, without_tags(seen[-1], names)
                     )
-                    break
                 except ApiException as e:
                     if e.status in (404, 405):
-                        break
-                    if e.status != 409 or attempt == 19:
-                        raise
-                    await asyncio.sleep(0.02 * (attempt + 1))
-                    updated = await self.custom.get_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, name
-                    )
+                        return True, None
+                    if is_conflict(e):
+                        seen.append(await self._get(namespace, name))
+                    raise
+                return True, None
+
+            await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {name} status")
         return removed

@@ -26,6 +26,7 @@ from . import transitions as rules
 from .backends.base import Backend
 from .ci_config import parse_ci_configs
 from .environment import build_view, wanted_files
+from .kube import retry_on_conflict
 from .publish import content_options, is_webhook, publisher_of, refusal
 from .quota import LimitError, QuotaLedger
 from .registration import ANOTHER_REPO, OwnershipError, PublishError, ownership, tag_names
@@ -555,21 +556,26 @@ class BuildService:
     async def _write(self, build: Build, decide: Callable[[Build], dict | None]) -> Build:
         """Apply ``decide(record)`` (changes, or None) with optimistic concurrency: on a
         conflict, read the record again and decide again. A terminal phase never changes."""
-        for _ in range(50):
-            changes = decide(build)
-            if not rules.admissible(build, changes):
-                return build
+        seen = [build]
+
+        async def attempt() -> tuple[bool, Build]:
+            current = seen[-1]
+            changes = decide(current)
+            if not rules.admissible(current, changes):
+                return True, current
             try:
-                written = await self.store.write_status(build, **changes)
-                if written.phase != build.phase:
-                    self._notify(written, build.phase)
-                return written
+                written = await self.store.write_status(current, **changes)
+                if written.phase != current.phase:
+                    self._notify(written, current.phase)
+                return True, written
             except Conflict:
-                fresh = await self.store.get(build.id)
+                fresh = await self.store.get(current.id)
                 if fresh is None:
                     raise
-                build = fresh
-        raise RuntimeError(f"build {build.id}: too many conflicting writes")
+                seen.append(fresh)
+                return False, current
+
+        return await retry_on_conflict(attempt, attempts=50, what=f"build {build.id}")
 
     async def _finish(self, build: Build) -> Build:
         """The steps after a terminal phase, each idempotent (a replica that stops half-way
