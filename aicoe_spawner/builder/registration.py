@@ -21,7 +21,7 @@ from .image_check import Packages, packages_annotation
 from .kube import ignore_not_found, is_conflict, is_not_found, or_none, retry_on_conflict
 from .publish import OPTIONS_ANNOTATION, PUBLISHER_ANNOTATION, options_text, publisher_of, refusal
 from .requests import BuildRequestError, BuildSpec, user_label
-from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp
+from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp, utcnow
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
@@ -297,7 +297,7 @@ class Registrar:
         (a rebuild of the branch renews them); tags and commits never do."""
         if self.branch_ttl_seconds <= 0 or spec.ref_kind != "branch":
             return None
-        now = datetime.datetime.now(datetime.UTC)
+        now = utcnow()
         return now + datetime.timedelta(seconds=self.branch_ttl_seconds)
 
     def _with_tag(
@@ -438,7 +438,7 @@ class Registrar:
         self, namespace: str, active: set[tuple[str, str]], grace_seconds: float
     ) -> list[str]:
         """Delete this builder's :func:`abandoned` streams in ``namespace``; their names."""
-        now = datetime.datetime.now(datetime.UTC)
+        now = utcnow()
         streams = await self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, label_selector=f"{MANAGED_BY_LABEL}={MANAGER}"
         )
@@ -466,7 +466,7 @@ class Registrar:
         """Remove the expired spec and status tags of this builder's ImageStreams in
         ``namespace`` (and a stream left without tags). Returns what was removed:
         ``{"stream", "tag", "build_id"}`` per tag (``tag`` None: the stream was deleted)."""
-        now = now or datetime.datetime.now(datetime.UTC)
+        now = now or utcnow()
         streams = await self.custom.list_namespaced_custom_object(
             GROUP,
             VERSION,

@@ -7,7 +7,10 @@ Status writes carry the resourceVersion they were decided on; on a conflict the 
 read again and the decision made again, so a cancel is never undone and a terminal phase
 never changes. Logs of running builds stay in memory (read from the pod); the record keeps a
 tail, written on phase changes and at most every ``log_tail_interval_seconds``, and the full
-log is kept once at the end."""
+log is kept once at the end. The phase rules are the pure functions of :mod:`.transitions`
+(this class reads, applies them and writes); the backend is any :class:`.backends.Backend`;
+HTTP handlers use the reads below (``record``, ``get``, ``list_builds``, ``latest``,
+``lines_of``, ``wait_changed``, ``submit_once``), not its fields."""
 
 from __future__ import annotations
 
