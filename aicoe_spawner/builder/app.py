@@ -359,7 +359,7 @@ class EventsHandler(AuthHandler):
                 return
             if self._counted is None:
                 return  # the connection closed
-            changed = await service.wait_changed(service.version, self.keepalive)
+            changed = await service.wait_changed(self.keepalive)
             if not changed:
                 self.write(": keepalive\n\n")
 

@@ -463,8 +463,10 @@ class BuildService:
             return self.log_lines.get(build.id) or []
         return (await self.full_log(build)).splitlines()
 
-    async def wait_changed(self, since: int, timeout: float) -> bool:
-        """Wait until a build changed after :attr:`version` was ``since``; False on timeout."""
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait until a build this replica follows changes (phase, message, record version or
+        log); False after ``timeout`` seconds without one."""
+        since = self.version
         return await self.wait_for(lambda: self.version != since, timeout)
 
     async def submit_once(self, keys: list[str], submit: Callable[[], Awaitable[T]]) -> T:
