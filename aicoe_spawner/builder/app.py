@@ -46,7 +46,7 @@ from .requests import (
 )
 from .service import BuildService, Redelivery
 from .store import Build
-from .vocabulary import TERMINAL
+from .vocabulary import PHASES, TERMINAL
 
 log = logging.getLogger("aicoe_spawner.builder.app")
 
@@ -81,7 +81,7 @@ def parse_last_event_id(header: str) -> tuple[int, str]:
     if not header:
         return 0, ""
     if not (sep and lines.isascii() and lines.isdigit() and len(lines) <= 9) or (
-        phase and phase not in ("pending", "building", "ready", "failed", "cancelled")
+        phase and phase not in PHASES
     ):
         raise BuildRequestError(
             "Last-Event-ID", "must be an id this stream sent (<lines>:<phase>), e.g. 12:building"

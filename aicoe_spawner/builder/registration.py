@@ -22,6 +22,7 @@ from .kube import ignore_not_found, is_conflict, is_not_found, or_none, retry_on
 from .publish import OPTIONS_ANNOTATION, PUBLISHER_ANNOTATION, options_text, publisher_of, refusal
 from .requests import BuildRequestError, BuildSpec, user_label
 from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp, utcnow
+from .vocabulary import BuildPhase as P
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
@@ -152,7 +153,7 @@ def with_tag(
     ``dependencies`` (the image check's report, phase ready) become the tag's
     ``notebook-software`` / ``notebook-python-dependencies`` annotations; None keeps them."""
     out = copy.deepcopy(stream)
-    if phase == "ready":  # the stream enters the catalog with its first ready tag
+    if phase == P.READY:  # the stream enters the catalog with its first ready tag
         labels = out.setdefault("metadata", {}).setdefault("labels", {}) or {}
         out["metadata"]["labels"] = {**labels, NOTEBOOK_IMAGE_LABEL: "true"}
     tags = out.setdefault("spec", {}).setdefault("tags", []) or []
@@ -163,7 +164,7 @@ def with_tag(
             tag = {"name": name}
             tags.append(tag)
         ann = dict(tag.get("annotations") or {})
-        if phase in ("pending", "building", "failed", "cancelled") and serves_image(out, name):
+        if phase in (P.PENDING, P.BUILDING, P.FAILED, P.CANCELLED) and serves_image(out, name):
             ann[LAST_BUILD_ANNOTATION] = f"{phase} {spec.id}"
             tag["annotations"] = ann
             continue
@@ -171,15 +172,15 @@ def with_tag(
         ann[f"{A}notebook-build-commit"] = spec.commit
         ann["aicoe-spawner.io/build-id"] = spec.id
         ann[OPTIONS_ANNOTATION] = options_text(spec)
-        if phase in ("pending", "building", "failed"):
+        if phase in (P.PENDING, P.BUILDING, P.FAILED):
             ann[BUILD_PHASE_ANNOTATION] = phase
         else:
             ann.pop(BUILD_PHASE_ANNOTATION, None)
-        if phase == "failed":
+        if phase == P.FAILED:
             ann[BUILD_MESSAGE_ANNOTATION] = public_reason(message)
         else:
             ann.pop(BUILD_MESSAGE_ANNOTATION, None)
-        if phase == "ready":
+        if phase == P.READY:
             for key, items in (
                 (SOFTWARE_ANNOTATION, software),
                 (DEPENDENCIES_ANNOTATION, dependencies),
@@ -366,7 +367,7 @@ class Registrar:
             refused = refusal(current, spec)
             if refused is not None:
                 raise PublishError(refused)
-            if phase in ("failed", "cancelled"):
+            if phase in (P.FAILED, P.CANCELLED):
                 return True, await self._end(current, spec, phase, message)
             if current is None:
                 body = self._with_tag(new_stream(spec), spec, phase, message, digest, report)
@@ -415,7 +416,9 @@ class Registrar:
         dependencies: Packages | None = None,
     ) -> dict:
         """The tags serve ``digest``; the image check's report (None: none) is annotated."""
-        stream = await self.mark(spec, "ready", digest=digest, report=(software, dependencies))
+        stream = await self.mark(
+            spec, P.READY.value, digest=digest, report=(software, dependencies)
+        )
         if not self.write_status:
             return stream
 
