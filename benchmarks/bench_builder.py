@@ -491,7 +491,7 @@ async def bench_store(api, args, work: Path) -> list[Row]:
 
     logs: dict[str, str] = {}
 
-    async def read_log(ns: str, pod: str) -> str | None:
+    async def read_log(ns: str, pod: str, container: str | None = None) -> str | None:
         return logs.get(pod)
 
     service = build_service(api, local_settings(namespace, "registry.local:5000"), read_log)

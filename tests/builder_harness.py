@@ -686,11 +686,11 @@ class JobRunner:
         return "".join(texts) if texts else None
 
     @staticmethod
-    async def read_any(namespace: str, pod: str) -> str | None:
+    async def read_any(namespace: str, pod: str, container: str | None = None) -> str | None:
         """What a replica without the runner reads: the log file the runner wrote on this
         machine (where a real kubelet would serve it to every replica)."""
         for runner in JobRunner.instances:
-            text = await runner.read_log(namespace, pod)
+            text = await runner.read_log(namespace, pod, container)
             if text is not None:
                 return text
         return None

@@ -22,8 +22,7 @@ from tornado.httpserver import HTTPServer
 
 from ..watch import ImageStreamWatch
 from .app import SERVER_OPTIONS, make_app
-from .backends.kubernetes import JobConfig, KubernetesBackend
-from .backends.openshift import OpenShiftBackend, choose_backend
+from .backends import backend_type, choose_backend
 from .config import DEFAULT_PYTHON_BASE_IMAGES, ImageBuilder, Settings
 from .github import GitHub, GitHubReporter, ReportStore, github_config
 from .importer import Importer
@@ -55,41 +54,12 @@ def build_service(
 ) -> BuildService:
     """The service for ``backend`` (default ``s.backend``; ``auto`` must be resolved first
     with :func:`make_service` / ``choose_backend``)."""
-    name = backend or s.backend
-    if name == "kubernetes":
-        impl = KubernetesBackend(
-            api,
-            JobConfig(
-                builder_image=s.builder_image,
-                push_secret=s.push_secret,
-                tls_verify=s.tls_verify,
-                timeout_seconds=s.timeout,
-                namespace=s.build_namespace,
-                storage_size=s.build_storage,
-                node_selector=dict(s.build_node_selector),
-                tolerations=list(s.build_tolerations),
-                check_image=s.check_image,
-                hub_version=s.hub_version,
-            ),
-            log_reader=log_reader,
-        )
-    elif name == "openshift":
-        impl = OpenShiftBackend(
-            api,
-            timeout_seconds=s.timeout,
-            log_reader=log_reader,
-            check_image=s.check_image,
-            hub_version=s.hub_version,
-        )
-    elif name == "auto":
-        raise ValueError("backend 'auto' is resolved by make_service (API discovery)")
-    else:
-        raise SystemExit(f"unknown backend {name!r} (kubernetes | openshift | auto)")
+    impl = backend_type(backend or s.backend).from_settings(api, s, log_reader)
     return BuildService(
         BuildStore(api, s.namespace),
         impl,
-        # On OpenShift the build's output and the image controller write the ImageStream tag
-        Registrar(api, write_status=name == "kubernetes", branch_ttl_seconds=s.branch_ttl),
+        # where the cluster's image controller writes the ImageStream tag, the builder does not
+        Registrar(api, write_status=impl.writes_stream_status, branch_ttl_seconds=s.branch_ttl),
         policy=RepoPolicy(s.allowed_hosts, s.private_hosts, s.allow_http),
         defaults=BuildDefaults(
             namespace=s.namespace,
@@ -168,7 +138,7 @@ async def make_service(api: client.ApiClient, s: Settings, log_reader=None) -> B
 def make_importer(api: client.ApiClient, s: Settings, backend: str) -> Importer | None:
     """The image import loop for plain Kubernetes (``backend`` kubernetes); None on OpenShift,
     whose image import controller imports, or when disabled."""
-    if backend != "kubernetes" or not s.import_enabled:
+    if backend_type(backend).imports_images or not s.import_enabled:
         return None
     return Importer(
         api,

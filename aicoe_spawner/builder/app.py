@@ -44,8 +44,9 @@ from .requests import (
     validate_ref,
     validate_repo_url,
 )
-from .service import BuildService
+from .service import BuildService, Redelivery
 from .store import Build
+from .vocabulary import PHASES, TERMINAL
 
 log = logging.getLogger("aicoe_spawner.builder.app")
 
@@ -57,7 +58,6 @@ MAX_DRAIN = 16 << 20
 SERVER_OPTIONS = {"max_body_size": MAX_DRAIN, "max_buffer_size": 1 << 20}
 BUILD_SCOPE = "custom:image-builder:build"
 ADMIN_SCOPE = "custom:image-builder:admin"
-TERMINAL = ("ready", "failed", "cancelled")
 
 
 class JSONError(web.HTTPError):
@@ -81,7 +81,7 @@ def parse_last_event_id(header: str) -> tuple[int, str]:
     if not header:
         return 0, ""
     if not (sep and lines.isascii() and lines.isdigit() and len(lines) <= 9) or (
-        phase and phase not in ("pending", "building", "ready", "failed", "cancelled")
+        phase and phase not in PHASES
     ):
         raise BuildRequestError(
             "Last-Event-ID", "must be an id this stream sent (<lines>:<phase>), e.g. 12:building"
@@ -243,9 +243,7 @@ class BuildsHandler(AuthHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        builds = await self.service.store.list(
-            requester=None if self.is_admin() else self.user_name()
-        )
+        builds = await self.service.list_builds(None if self.is_admin() else self.user_name())
         self.write_json({"builds": [b.view() for b in builds]})
 
     @body_checked
@@ -343,15 +341,8 @@ class EventsHandler(AuthHandler):
         self.set_header("X-Accel-Buffering", "no")
         service = self.service
         while True:
-            current = service.builds.get(build.id)
-            if current is not None and int(current.resource_version or 0) >= int(
-                build.resource_version or 0
-            ):
-                build = current
-            if build.active:
-                lines = service.log_lines.get(build.id) or []
-            else:
-                lines = (await service.full_log(build)).splitlines()
+            build = service.latest(build)
+            lines = await service.lines_of(build)
             for i in range(sent, len(lines)):
                 self._send("log", {"line": lines[i]}, f"{i + 1}:{phase_sent}")
             sent = max(sent, len(lines))
@@ -368,8 +359,7 @@ class EventsHandler(AuthHandler):
                 return
             if self._counted is None:
                 return  # the connection closed
-            version = service.version
-            changed = await service.wait_for(lambda v=version: service.version != v, self.keepalive)
+            changed = await service.wait_changed(self.keepalive)
             if not changed:
                 self.write(": keepalive\n\n")
 
@@ -547,46 +537,36 @@ class WebhookHandler(BaseHandler):
         # A delivery, and a signed body, start at most one build, across replicas and
         # restarts: GitHub's redeliveries repeat the id, a replay repeats the (signed) body.
         keys = [f"delivery:{delivery}", "body:" + hashlib.sha256(body).hexdigest()]
-        claimed = []
-        for key in keys:
-            first, seen_build = await service.store.claim_delivery(key)
-            if not first:
-                for k in claimed:
-                    await service.store.release_delivery(k)
-                previous = await service.record(seen_build) if seen_build else None
-                return self.write_json(
-                    {
-                        "message": f"delivery {delivery[:40]!r} was received before: no new build",
-                        "build": previous.view() if previous else None,
-                    },
-                    200,
-                )
-            claimed.append(key)
-        try:
+
+        async def submit() -> str | tuple[int, list[Build]]:
             if issue is not None:
-                answer = await self._issue(issue)
-                if isinstance(answer, str):  # handled without a build (claims kept)
-                    return self.write_json({"message": answer}, 200)
-                status, builds = answer
-            else:
-                repo, ref, sender = found
-                repo = validate_repo_url(repo, service.policy, service.resolver)
-                request = BuildRequest(repo=repo, ref=validate_ref(ref))
-                status, builds = await service.submit_all(request, github_identity(sender))
-        except BaseException as e:
-            for k in claimed:  # not handled: GitHub's redelivery may try again
-                await service.store.release_delivery(k)
-            if isinstance(e, BuildRequestError):
-                raise JSONError(e.status, str(e), e.field) from None
-            if isinstance(e, GitHubException):  # GitHub did not answer the issue's questions
-                status_code = getattr(e, "status_code", None)
-                shown = f" ({int(status_code)})" if status_code else ""
-                raise JSONError(
-                    502, f"GitHub{shown}: {type(e).__name__}; redeliver later"
-                ) from None
-            raise
-        for k in claimed:
-            await service.store.bind_delivery(k, builds[0].id)
+                return await self._issue(issue)  # a str: handled without a build
+            repo, ref, sender = found
+            request = BuildRequest(
+                repo=validate_repo_url(repo, service.policy, service.resolver),
+                ref=validate_ref(ref),
+            )
+            return await service.submit_all(request, github_identity(sender))
+
+        try:  # not handled (an error): the claims go, GitHub's redelivery may try again
+            answer = await service.submit_once(keys, submit)
+        except Redelivery as e:
+            return self.write_json(
+                {
+                    "message": f"delivery {delivery[:40]!r} was received before: no new build",
+                    "build": e.build.view() if e.build else None,
+                },
+                200,
+            )
+        except BuildRequestError as e:
+            raise JSONError(e.status, str(e), e.field) from None
+        except GitHubException as e:  # GitHub did not answer the issue's questions
+            status_code = getattr(e, "status_code", None)
+            shown = f" ({int(status_code)})" if status_code else ""
+            raise JSONError(502, f"GitHub{shown}: {type(e).__name__}; redeliver later") from None
+        if isinstance(answer, str):  # handled without a build (the claims are kept)
+            return self.write_json({"message": answer}, 200)
+        status, builds = answer
         if found is not None and status == 202:
             names = owner_and_name(_object(payload, "repository").get("full_name"))
             if names is not None:

@@ -35,12 +35,11 @@ from kubernetes_asyncio.client.rest import ApiException
 from tornado import httpclient
 
 from . import github_report as report
-from .backends.kubernetes import MANAGED_BY
 from .store import TERMINAL, Build
+from .vocabulary import MANAGED_BY, L
 
 log = logging.getLogger("aicoe_spawner.builder.github")
 
-L = "aicoe-spawner.io/"
 REPORT_LABEL = f"{L}github-build"  # one per build id the report covers: <id>=true
 REPORT_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{L}record=github-report"
 ANSWER_LABEL = f"{L}github-answer"  # an issue's report: waiting (to be answered) | done

@@ -18,10 +18,8 @@ left goes when the request ends."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
 import time
 import uuid
 from contextvars import ContextVar, Token
@@ -31,8 +29,9 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from .backends.kubernetes import MANAGED_BY
+from .kube import TooManyConflicts, is_conflict, or_none, retry_on_conflict
 from .requests import BuildRequestError
+from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL
 
 log = logging.getLogger("aicoe_spawner.builder.quota")
 
@@ -85,12 +84,9 @@ class QuotaLedger:
         self.in_progress: dict[str, int] = {}  # requests of each requester in progress here
 
     async def _read(self) -> tuple[dict[str, list], str | None]:
-        try:
-            cm = await self.core.read_namespaced_config_map(NAME, self.namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return {}, None
-            raise
+        cm = await or_none(self.core.read_namespaced_config_map(NAME, self.namespace))
+        if cm is None:
+            return {}, None
         try:
             entries = json.loads((cm.data or {}).get(KEY) or "{}")
         except ValueError:
@@ -102,7 +98,7 @@ class QuotaLedger:
         body = {
             "metadata": {
                 "name": NAME,
-                "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY},
                 **({"resourceVersion": version} if version else {}),
             },
             "data": {KEY: json.dumps(entries, sort_keys=True)},
@@ -113,7 +109,7 @@ class QuotaLedger:
             else:
                 await self.core.replace_namespaced_config_map(NAME, self.namespace, body)
         except ApiException as e:
-            if e.status == 409:
+            if is_conflict(e):
                 return False
             raise
         return True
@@ -121,13 +117,16 @@ class QuotaLedger:
     async def _change(self, decide) -> Any:
         """Read, ``decide(entries)`` -> (new entries or None for no write, result), write with
         the precondition; on a conflict read again and decide again."""
-        for attempt in range(ATTEMPTS):
+
+        async def attempt() -> tuple[bool, Any]:
             entries, version = await self._read()
             new, result = decide(dict(entries))
-            if new is None or await self._write(new, version):
-                return result
-            await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
-        raise RuntimeError("the build quota ledger is too contended; retry")
+            return new is None or await self._write(new, version), result
+
+        try:
+            return await retry_on_conflict(attempt, attempts=ATTEMPTS, backoff=0.002, cap=0.05)
+        except TooManyConflicts:
+            raise RuntimeError("the build quota ledger is too contended; retry") from None
 
     async def hold(self, user: str, per_user: int, total: int) -> Slot:
         """A place for a request of ``user`` while its git work and admission run (until

@@ -9,7 +9,6 @@ takes a tag that already serves an image out of service."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime
 from typing import Any
@@ -19,25 +18,25 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from ..catalog import BUILD_MESSAGE_ANNOTATION, BUILD_PHASE_ANNOTATION, NOTEBOOK_IMAGE_LABEL
 from .image_check import Packages, packages_annotation
+from .kube import ignore_not_found, is_conflict, is_not_found, or_none, retry_on_conflict
 from .publish import OPTIONS_ANNOTATION, PUBLISHER_ANNOTATION, options_text, publisher_of, refusal
 from .requests import BuildRequestError, BuildSpec, user_label
+from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp, utcnow
+from .vocabulary import BuildPhase as P
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 A = "opendatahub.io/"
 MESSAGE_LIMIT = 2000
+# ImageStream writes after a conflict: read again and decide again, up to 20 times
+_RETRY = {"attempts": 20, "backoff": 0.02, "cap": 1.0, "jitter": False}
 SOFTWARE_ANNOTATION = f"{A}notebook-software"
 DEPENDENCIES_ANNOTATION = f"{A}notebook-python-dependencies"
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-SOURCE_REPO_ANNOTATION = "aicoe-spawner.io/source-repo"
-LAST_BUILD_ANNOTATION = "aicoe-spawner.io/last-build"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGER = "aicoe-image-builder"
-PUBLISHER_LABEL = "aicoe-spawner.io/publisher-hash"  # user_label(publisher), to count them
+SOURCE_REPO_ANNOTATION = f"{L}source-repo"
+LAST_BUILD_ANNOTATION = f"{L}last-build"
+MANAGER = MANAGED_BY
+PUBLISHER_LABEL = f"{L}publisher-hash"  # user_label(publisher), to count them
 
 
 ANOTHER_REPO = "belongs to another repository"
@@ -114,19 +113,6 @@ def new_stream(spec: BuildSpec) -> dict[str, Any]:
 EXPIRES_ANNOTATION = "aicoe-spawner.io/expires-at"
 
 
-def _stamp(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_stamp(value: Any) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.UTC
-        )
-    except ValueError:
-        return None
-
-
 def serves_image(stream: dict, tag: str) -> bool:
     """True when status tag ``tag`` of ``stream`` has a digest-pinned image."""
     for entry in ((stream or {}).get("status") or {}).get("tags") or []:
@@ -167,7 +153,7 @@ def with_tag(
     ``dependencies`` (the image check's report, phase ready) become the tag's
     ``notebook-software`` / ``notebook-python-dependencies`` annotations; None keeps them."""
     out = copy.deepcopy(stream)
-    if phase == "ready":  # the stream enters the catalog with its first ready tag
+    if phase == P.READY:  # the stream enters the catalog with its first ready tag
         labels = out.setdefault("metadata", {}).setdefault("labels", {}) or {}
         out["metadata"]["labels"] = {**labels, NOTEBOOK_IMAGE_LABEL: "true"}
     tags = out.setdefault("spec", {}).setdefault("tags", []) or []
@@ -178,7 +164,7 @@ def with_tag(
             tag = {"name": name}
             tags.append(tag)
         ann = dict(tag.get("annotations") or {})
-        if phase in ("pending", "building", "failed", "cancelled") and serves_image(out, name):
+        if phase in (P.PENDING, P.BUILDING, P.FAILED, P.CANCELLED) and serves_image(out, name):
             ann[LAST_BUILD_ANNOTATION] = f"{phase} {spec.id}"
             tag["annotations"] = ann
             continue
@@ -186,15 +172,15 @@ def with_tag(
         ann[f"{A}notebook-build-commit"] = spec.commit
         ann["aicoe-spawner.io/build-id"] = spec.id
         ann[OPTIONS_ANNOTATION] = options_text(spec)
-        if phase in ("pending", "building", "failed"):
+        if phase in (P.PENDING, P.BUILDING, P.FAILED):
             ann[BUILD_PHASE_ANNOTATION] = phase
         else:
             ann.pop(BUILD_PHASE_ANNOTATION, None)
-        if phase == "failed":
+        if phase == P.FAILED:
             ann[BUILD_MESSAGE_ANNOTATION] = public_reason(message)
         else:
             ann.pop(BUILD_MESSAGE_ANNOTATION, None)
-        if phase == "ready":
+        if phase == P.READY:
             for key, items in (
                 (SOFTWARE_ANNOTATION, software),
                 (DEPENDENCIES_ANNOTATION, dependencies),
@@ -202,7 +188,7 @@ def with_tag(
                 if items is not None:
                     ann[key] = packages_annotation(items)
         if expires_at is not None:
-            ann[EXPIRES_ANNOTATION] = _stamp(expires_at)
+            ann[EXPIRES_ANNOTATION] = stamp(expires_at)
         else:
             ann.pop(EXPIRES_ANNOTATION, None)
         tag["annotations"] = ann
@@ -219,7 +205,7 @@ def expired(stream: dict, now: datetime.datetime) -> list[tuple[str, str]]:
     out = []
     for tag in ((stream or {}).get("spec") or {}).get("tags") or []:
         ann = (tag or {}).get("annotations") or {}
-        when = _parse_stamp(ann.get(EXPIRES_ANNOTATION)) if EXPIRES_ANNOTATION in ann else None
+        when = parse_stamp(ann.get(EXPIRES_ANNOTATION)) if EXPIRES_ANNOTATION in ann else None
         if when is not None and when <= now and tag.get("name"):
             out.append((tag["name"], ann.get("aicoe-spawner.io/build-id", "")))
     return out
@@ -262,7 +248,7 @@ def abandoned(
     tags = [t.get("name") for t in (stream.get("spec") or {}).get("tags") or [] if t]
     if any(serves_image(stream, t) for t in tags) or any((name, t) in active for t in tags):
         return False
-    created = _parse_stamp(meta.get("creationTimestamp"))
+    created = parse_stamp(meta.get("creationTimestamp"))
     return created is not None and (now - created).total_seconds() > grace_seconds
 
 
@@ -281,7 +267,7 @@ def with_status_tag(stream: dict, spec: BuildSpec, digest: str) -> dict:
             entry = {"tag": name, "items": []}
             tags.append(entry)
         item = {
-            "created": _now(),
+            "created": stamp(),
             "dockerImageReference": f"{repo}@{digest}",
             "image": digest,
             "generation": (out.get("metadata") or {}).get("generation", 1),
@@ -312,7 +298,7 @@ class Registrar:
         (a rebuild of the branch renews them); tags and commits never do."""
         if self.branch_ttl_seconds <= 0 or spec.ref_kind != "branch":
             return None
-        now = datetime.datetime.now(datetime.UTC)
+        now = utcnow()
         return now + datetime.timedelta(seconds=self.branch_ttl_seconds)
 
     def _with_tag(
@@ -357,14 +343,7 @@ class Registrar:
         return sum(1 for s in streams.get("items") or [] if publisher_of(s) == requester)
 
     async def _read(self, spec: BuildSpec) -> dict | None:
-        try:
-            return await self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, spec.namespace, PLURAL, spec.stream
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return await or_none(self._get(spec.namespace, spec.stream))
 
     async def mark(
         self,
@@ -379,7 +358,8 @@ class Registrar:
         :class:`PublishError` for content its requester may not publish there (both checked
         on the version replaced, so a concurrent writer cannot slip in). A failed or
         cancelled first build leaves nothing (:func:`after_end`)."""
-        for attempt in range(20):
+
+        async def attempt() -> tuple[bool, dict]:
             current = await self._read(spec)
             why = ownership(current, spec.repo)
             if why is not None:
@@ -387,25 +367,21 @@ class Registrar:
             refused = refusal(current, spec)
             if refused is not None:
                 raise PublishError(refused)
-            try:
-                if phase in ("failed", "cancelled"):
-                    return await self._end(current, spec, phase, message)
-                if current is None:
-                    body = self._with_tag(new_stream(spec), spec, phase, message, digest, report)
-                    return await self.custom.create_namespaced_custom_object(
-                        GROUP, VERSION, spec.namespace, PLURAL, body
-                    )
-                body = self._with_tag(current, spec, phase, message, digest, report)
-                if body == current:
-                    return current
-                return await self.custom.replace_namespaced_custom_object(
-                    GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
+            if phase in (P.FAILED, P.CANCELLED):
+                return True, await self._end(current, spec, phase, message)
+            if current is None:
+                body = self._with_tag(new_stream(spec), spec, phase, message, digest, report)
+                return True, await self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, spec.namespace, PLURAL, body
                 )
-            except ApiException as e:
-                if e.status != 409 or attempt == 19:
-                    raise
-                await asyncio.sleep(0.02 * (attempt + 1))
-        raise RuntimeError("unreachable")
+            body = self._with_tag(current, spec, phase, message, digest, report)
+            if body == current:
+                return True, current
+            return True, await self.custom.replace_namespaced_custom_object(
+                GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
+            )
+
+        return await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {spec.stream}")
 
     async def _end(
         self, current: dict | None, spec: BuildSpec, phase: str, message: str
@@ -415,8 +391,8 @@ class Registrar:
         body = after_end(current, spec, phase, message)
         if body is None:
             rv = current["metadata"]["resourceVersion"]
-            try:
-                await self.custom.delete_namespaced_custom_object(
+            await ignore_not_found(
+                self.custom.delete_namespaced_custom_object(
                     GROUP,
                     VERSION,
                     spec.namespace,
@@ -424,9 +400,7 @@ class Registrar:
                     spec.stream,
                     body={"preconditions": {"resourceVersion": rv}},
                 )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            )
             return None
         if body == current:
             return current
@@ -442,10 +416,13 @@ class Registrar:
         dependencies: Packages | None = None,
     ) -> dict:
         """The tags serve ``digest``; the image check's report (None: none) is annotated."""
-        stream = await self.mark(spec, "ready", digest=digest, report=(software, dependencies))
+        stream = await self.mark(
+            spec, P.READY.value, digest=digest, report=(software, dependencies)
+        )
         if not self.write_status:
             return stream
-        for attempt in range(20):
+
+        async def attempt() -> tuple[bool, dict]:
             current = await self._read(spec)
             why = ownership(current, spec.repo) if current is not None else "was deleted"
             if why is not None:
@@ -453,22 +430,18 @@ class Registrar:
             assert current is not None
             body = with_status_tag(current, spec, digest)
             if body.get("status") == current.get("status"):
-                return current
-            try:
-                return await self.custom.replace_namespaced_custom_object_status(
-                    GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
-                )
-            except ApiException as e:
-                if e.status != 409 or attempt == 19:
-                    raise
-                await asyncio.sleep(0.02 * (attempt + 1))
-        raise RuntimeError("unreachable")
+                return True, current
+            return True, await self.custom.replace_namespaced_custom_object_status(
+                GROUP, VERSION, spec.namespace, PLURAL, spec.stream, body
+            )
+
+        return await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {spec.stream}")
 
     async def sweep(
         self, namespace: str, active: set[tuple[str, str]], grace_seconds: float
     ) -> list[str]:
         """Delete this builder's :func:`abandoned` streams in ``namespace``; their names."""
-        now = datetime.datetime.now(datetime.UTC)
+        now = utcnow()
         streams = await self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, label_selector=f"{MANAGED_BY_LABEL}={MANAGER}"
         )
@@ -496,7 +469,7 @@ class Registrar:
         """Remove the expired spec and status tags of this builder's ImageStreams in
         ``namespace`` (and a stream left without tags). Returns what was removed:
         ``{"stream", "tag", "build_id"}`` per tag (``tag`` None: the stream was deleted)."""
-        now = now or datetime.datetime.now(datetime.UTC)
+        now = now or utcnow()
         streams = await self.custom.list_namespaced_custom_object(
             GROUP,
             VERSION,
@@ -505,30 +478,35 @@ class Registrar:
             label_selector=f"{MANAGED_BY_LABEL}={MANAGER}",
         )
         removed: list[dict] = []
-        for stream in streams.get("items") or []:
-            name = stream["metadata"]["name"]
-            for attempt in range(20):
-                gone = expired(stream, now)
-                if not gone:
-                    break
-                try:
-                    removed.extend(await self._remove(namespace, stream, gone))
-                    break
-                except ApiException as e:
-                    if e.status == 404:
-                        break
-                    if e.status != 409 or attempt == 19:
-                        raise
-                    await asyncio.sleep(0.02 * (attempt + 1))
-                    try:
-                        stream = await self.custom.get_namespaced_custom_object(
-                            GROUP, VERSION, namespace, PLURAL, name
-                        )
-                    except ApiException as e2:
-                        if e2.status == 404:
-                            break
-                        raise
+        for listed in streams.get("items") or []:
+            removed.extend(await self._expire_one(namespace, listed, now))
         return removed
+
+    async def _expire_one(self, namespace: str, listed: dict, now: datetime.datetime) -> list:
+        """:meth:`expire` of one stream (as listed; read again after a conflict)."""
+        name = listed["metadata"]["name"]
+        seen: list[dict | None] = [listed]
+
+        async def attempt() -> tuple[bool, list]:
+            stream = seen[-1]
+            if stream is None:  # deleted meanwhile
+                return True, []
+            gone = expired(stream, now)
+            if not gone:
+                return True, []
+            try:
+                return True, await self._remove(namespace, stream, gone)
+            except ApiException as e:
+                if is_not_found(e):
+                    return True, []
+                if is_conflict(e):
+                    seen.append(await or_none(self._get(namespace, name)))
+                raise
+
+        return await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {name}")
+
+    def _get(self, namespace: str, name: str):
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
     async def _remove(self, namespace: str, stream: dict, gone: list[tuple[str, str]]) -> list:
         name = stream["metadata"]["name"]
@@ -552,19 +530,20 @@ class Registrar:
         if any((t or {}).get("tag") in names for t in status_tags):
             # the status subresource (plain Kubernetes; OpenShift's image controller prunes
             # status tags of removed spec tags itself)
-            for attempt in range(20):
+            seen = [updated]
+
+            async def attempt() -> tuple[bool, None]:
                 try:
                     await self.custom.replace_namespaced_custom_object_status(
-                        GROUP, VERSION, namespace, PLURAL, name, without_tags(updated, names)
+                        GROUP, VERSION, namespace, PLURAL, name, without_tags(seen[-1], names)
                     )
-                    break
                 except ApiException as e:
                     if e.status in (404, 405):
-                        break
-                    if e.status != 409 or attempt == 19:
-                        raise
-                    await asyncio.sleep(0.02 * (attempt + 1))
-                    updated = await self.custom.get_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, name
-                    )
+                        return True, None
+                    if is_conflict(e):
+                        seen.append(await self._get(namespace, name))
+                    raise
+                return True, None
+
+            await retry_on_conflict(attempt, **_RETRY, what=f"ImageStream {name} status")
         return removed

@@ -7,25 +7,29 @@ Status writes carry the resourceVersion they were decided on; on a conflict the 
 read again and the decision made again, so a cancel is never undone and a terminal phase
 never changes. Logs of running builds stay in memory (read from the pod); the record keeps a
 tail, written on phase changes and at most every ``log_tail_interval_seconds``, and the full
-log is kept once at the end."""
+log is kept once at the end. The phase rules are the pure functions of :mod:`.transitions`
+(this class reads, applies them and writes); the backend is any :class:`.backends.Backend`;
+HTTP handlers use the reads below (``record``, ``get``, ``list_builds``, ``latest``,
+``lines_of``, ``wait_changed``, ``submit_once``), not its fields."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import git, repo_files
-from .backends import BackendState
+from . import transitions as rules
+from .backends.base import Backend
 from .ci_config import parse_ci_configs
 from .environment import build_view, wanted_files
+from .kube import retry_on_conflict
 from .publish import content_options, is_webhook, publisher_of, refusal
 from .quota import LimitError, QuotaLedger
 from .registration import ANOTHER_REPO, OwnershipError, PublishError, ownership, tag_names
@@ -42,11 +46,14 @@ from .requests import (
     resolve_spec,
     system_resolver,
 )
-from .store import TAIL_LIMIT, Build, BuildStore, Conflict, now, tail
+from .store import Build, BuildStore, Conflict
+from .transitions import Clock
+from .vocabulary import BuildPhase, job_id_of, now, seconds_since
 
 log = logging.getLogger("aicoe_spawner.builder")
+T = TypeVar("T")
 
-__all__ = ["BuildObserver", "BuildService", "LimitError", "Limits", "Metrics"]
+__all__ = ["BuildObserver", "BuildService", "LimitError", "Limits", "Metrics", "Redelivery"]
 
 
 class BuildObserver(Protocol):
@@ -55,6 +62,15 @@ class BuildObserver(Protocol):
     logged (e.g. :class:`~aicoe_spawner.builder.github.GitHubReporter`)."""
 
     async def build_changed(self, build: Build, previous: str) -> None: ...
+
+
+class Redelivery(Exception):
+    """:meth:`BuildService.submit_once`: the delivery was handled before (``build``: the
+    build it started, None when it started none or that one is gone)."""
+
+    def __init__(self, build: Build | None) -> None:
+        super().__init__("delivered before")
+        self.build = build
 
 
 @dataclass
@@ -97,30 +113,11 @@ class Metrics:
         )
 
 
-def _seconds_since(stamp: str) -> float:
-    try:
-        t = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
-    except ValueError:
-        return 0.0
-    return (datetime.datetime.now(datetime.UTC) - t).total_seconds()
-
-
-def _seconds_since_any(stamp: str) -> float:
-    """Seconds since an API server timestamp (``...Z`` with or without fractions)."""
-    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
-        try:
-            t = datetime.datetime.strptime(stamp, fmt).replace(tzinfo=datetime.UTC)
-        except ValueError:
-            continue
-        return (datetime.datetime.now(datetime.UTC) - t).total_seconds()
-    return 0.0
-
-
 class BuildService:
     def __init__(
         self,
         store: BuildStore,
-        backend,
+        backend: Backend,
         registrar,
         *,
         policy: RepoPolicy,
@@ -281,9 +278,7 @@ class BuildService:
             if created and not admin:
                 new_streams += 1
                 await self._check_stream_limit(user, new_streams)
-            validate = getattr(self.backend, "validate", None)
-            if validate is not None:
-                validate(spec)  # BuildRequestError (400) for what this backend cannot build
+            self.backend.validate(spec)  # BuildRequestError (400): this backend cannot build it
             specs.append(spec)
         if len({(s.stream, t) for s in specs for t in (s.tag, *s.extra_tags)}) < sum(
             1 + len(s.extra_tags) for s in specs
@@ -366,7 +361,7 @@ class BuildService:
         (409) request."""
         limits = self.limits
         existing = await self.store.get(spec.id)
-        if existing is not None and existing.phase not in ("failed", "cancelled"):
+        if rules.reusable(existing):
             self.metrics.requests.labels("dedup").inc()
             return 200, existing
         if existing is not None:  # the same requester retries their failed/cancelled build
@@ -379,13 +374,11 @@ class BuildService:
             (
                 b
                 for b in await self.store.of_image(spec.stream, spec.tag)
-                if b.spec.content_id == spec.content_id
-                and b.id != spec.id
-                and b.phase not in ("failed", "cancelled")
+                if b.spec.content_id == spec.content_id and b.id != spec.id and rules.reusable(b)
             ),
             None,
         )
-        if shared is not None and shared.phase == "ready":
+        if shared is not None and shared.phase == BuildPhase.READY:
             return 200, await self._follow_ready(replace(spec, job_id=shared.spec.job_id), shared)
         try:
             await self.ledger.admit(
@@ -437,23 +430,8 @@ class BuildService:
             return build
         try:
             kept = await self.store.save_log(build, await self.full_log(shared))
-            build = await self._write(
-                build,
-                lambda b: (
-                    {
-                        "phase": "ready",
-                        "message": shared.message,
-                        "started": shared.started,
-                        "finished": shared.finished or now(),
-                        "digest": shared.digest,
-                        "submitted": True,
-                        "log_tail": shared.log_tail,
-                        "log_config_map": kept,
-                    }
-                    if b.active
-                    else None
-                ),
-            )
+            clock = Clock.now(time.monotonic())
+            build = await self._write(build, lambda b: rules.follow_ready(b, shared, kept, clock))
             await self.registrar.ready(spec, build.digest)
         except BaseException:
             await self.store.delete(build.id)
@@ -462,7 +440,60 @@ class BuildService:
         await self._cache(build)
         return build
 
-    # -- reads ----------------------------------------------------------------------------
+    # -- reads (what the HTTP handlers use) ------------------------------------------------
+
+    async def list_builds(self, requester: str | None = None) -> list[Build]:
+        """Every record (``requester``'s only, when given), newest first, without logs."""
+        return await self.store.list(requester=requester)
+
+    def latest(self, build: Build) -> Build:
+        """The newest version of ``build`` this replica knows (its reconcile's, when that is
+        not older than ``build``)."""
+        current = self.builds.get(build.id)
+        if current is not None and int(current.resource_version or 0) >= int(
+            build.resource_version or 0
+        ):
+            return current
+        return build
+
+    async def lines_of(self, build: Build) -> list[str]:
+        """The log of ``build`` by lines: a running build's as read so far (memory; none
+        before this replica read it), a finished build's kept log."""
+        if build.active:
+            return self.log_lines.get(build.id) or []
+        return (await self.full_log(build)).splitlines()
+
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait until a build this replica follows changes (phase, message, record version or
+        log); False after ``timeout`` seconds without one."""
+        since = self.version
+        return await self.wait_for(lambda: self.version != since, timeout)
+
+    async def submit_once(self, keys: list[str], submit: Callable[[], Awaitable[T]]) -> T:
+        """Run ``submit()`` unless one of ``keys`` (a delivery id, a body's hash) was seen
+        before, across replicas and restarts: then :class:`Redelivery`. A ``submit()`` that
+        fails leaves the keys unclaimed (a redelivery may try again); its answer
+        ``(status, builds)`` binds them to the first build, any other answer (handled
+        without a build) keeps them unbound."""
+        claimed: list[str] = []
+        for key in keys:
+            first, seen_build = await self.store.claim_delivery(key)
+            if not first:
+                for k in claimed:
+                    await self.store.release_delivery(k)
+                raise Redelivery(await self.record(seen_build) if seen_build else None)
+            claimed.append(key)
+        try:
+            answer = await submit()
+        except BaseException:
+            for k in claimed:
+                await self.store.release_delivery(k)
+            raise
+        if isinstance(answer, tuple):
+            _, builds = answer
+            for k in claimed:
+                await self.store.bind_delivery(k, builds[0].id)
+        return answer
 
     async def record(self, build_id: str) -> Build | None:
         """The record, without its log."""
@@ -500,22 +531,17 @@ class BuildService:
         it."""
         if not build.active:
             return build
-
-        def decide(b: Build, message: str = "cancelled") -> dict | None:
-            if not b.active:
-                return None
-            return {"phase": "cancelled", "message": message, "finished": now()}
-
+        clock = Clock.now(time.monotonic())
         # the status first: a reconcile that finds the Job gone meanwhile can no longer
         # decide "failed" on a record that is not cancelled
-        new = await self._write(build, decide)
-        if new.phase == "cancelled":
+        new = await self._write(build, lambda b: rules.cancel(b, clock))
+        if new.phase == BuildPhase.CANCELLED:
             followers = await self._followers(new.spec.job_id, but=new.id)
             if followers and await self._publishes(new.spec):
                 why = f"cancelled by {new.spec.requester}, who publishes {new.spec.image}"
                 for other in followers:
-                    ended = await self._write(other, lambda b: decide(b, why))
-                    if ended.phase == "cancelled":
+                    ended = await self._write(other, lambda b: rules.cancel(b, clock, why))
+                    if ended.phase == BuildPhase.CANCELLED:
                         self.metrics.builds.labels("cancelled").inc()
                         await self._cache(await self._finish(ended))
                 followers = await self._followers(new.spec.job_id, but=new.id)
@@ -535,21 +561,26 @@ class BuildService:
     async def _write(self, build: Build, decide: Callable[[Build], dict | None]) -> Build:
         """Apply ``decide(record)`` (changes, or None) with optimistic concurrency: on a
         conflict, read the record again and decide again. A terminal phase never changes."""
-        for _ in range(50):
-            changes = decide(build)
-            if not changes or (not build.active and "phase" in changes):
-                return build
+        seen = [build]
+
+        async def attempt() -> tuple[bool, Build]:
+            current = seen[-1]
+            changes = decide(current)
+            if not rules.admissible(current, changes):
+                return True, current
             try:
-                written = await self.store.write_status(build, **changes)
-                if written.phase != build.phase:
-                    self._notify(written, build.phase)
-                return written
+                written = await self.store.write_status(current, **changes)
+                if written.phase != current.phase:
+                    self._notify(written, current.phase)
+                return True, written
             except Conflict:
-                fresh = await self.store.get(build.id)
+                fresh = await self.store.get(current.id)
                 if fresh is None:
                     raise
-                build = fresh
-        raise RuntimeError(f"build {build.id}: too many conflicting writes")
+                seen.append(fresh)
+                return False, current
+
+        return await retry_on_conflict(attempt, attempts=50, what=f"build {build.id}")
 
     async def _finish(self, build: Build) -> Build:
         """The steps after a terminal phase, each idempotent (a replica that stops half-way
@@ -568,7 +599,7 @@ class BuildService:
 
     def _final_log(self, build: Build) -> str:
         text = self._log_text.get(build.id) or build.log_tail
-        if build.phase == "failed" and not text:
+        if build.phase == BuildPhase.FAILED and not text:
             text = build.message
         return text
 
@@ -622,7 +653,7 @@ class BuildService:
             else:
                 await self._cache(fresh)
         for done in [i for i, b in self.builds.items() if i not in seen and not b.active]:
-            if _seconds_since(self.builds[done].finished) > 300:
+            if rules.forget_cached(self.builds[done]):
                 self.builds.pop(done, None)
                 self._forget(done)
         counts = {"pending": 0, "building": 0}
@@ -642,26 +673,17 @@ class BuildService:
             if not await self.backend.exists(spec):
                 await self.backend.submit(spec)
         except ApiException as e:
-            if not 400 <= (e.status or 0) < 500 or e.status in (408, 409, 429):
+            if not rules.is_refusal(e.status):
                 raise  # unavailable, not refused: try again later
             attempts = build.submit_attempts + 1
             reason = f"{e.status} {str(e.reason or '')[:300]}"
             log.warning("build %s: the API server refused its Job (%s)", build.id, reason)
-
-            def refused(b: Build) -> dict | None:
-                if not b.active or b.submitted:
-                    return None
-                if attempts < self.limits.submit_attempts:
-                    return {"submit_attempts": attempts}
-                return {
-                    "phase": "failed",
-                    "message": f"the API server refused the build job {attempts} times: {reason}",
-                    "finished": now(),
-                    "submit_attempts": attempts,
-                }
-
-            new = await self._write(build, refused)
-            if new.phase == "failed" and build.active:
+            clock = Clock.now(time.monotonic())
+            limit = self.limits.submit_attempts
+            new = await self._write(
+                build, lambda b: rules.refused(b, attempts, limit, reason, clock)
+            )
+            if new.phase == BuildPhase.FAILED and build.active:
                 try:
                     await self.registrar.mark(spec, "failed", "the build could not be started")
                 except OwnershipError as e:
@@ -669,10 +691,8 @@ class BuildService:
                 self.metrics.builds.labels("failed").inc()
                 new = await self._finish(new)
             return new
-        new = await self._write(
-            build, lambda b: {"submitted": True} if b.active and not b.submitted else None
-        )
-        if new.phase == "cancelled" and not await self._followers(spec.job_id, but=new.id):
+        new = await self._write(build, rules.submitted)
+        if new.phase == BuildPhase.CANCELLED and not await self._followers(spec.job_id, but=new.id):
             await self.backend.cleanup(spec)  # cancelled while the Job was made: take it back
         return new
 
@@ -687,72 +707,56 @@ class BuildService:
         state = await self.backend.state(spec)
         if state.log is not None:
             self._remember_log(build.id, state.log)
-        if state.phase == "pending" and not await self.backend.exists(spec):
-            state = BackendState(
-                "failed",
-                "the build job is gone before its result was read (deleted, or expired while "
-                "the builder was down); submit the build again",
-            )
+        if rules.must_exist(state):
+            state = rules.job_gone(state, await self.backend.exists(spec))
         try:
-            if state.phase == "building" and build.phase == "pending":
-                # the catalog says building once the build runs (pending until then)
-                await self.registrar.mark(spec, "building")
-            elif state.phase == "ready":
-                await self.registrar.ready(spec, state.digest, state.software, state.dependencies)
-            elif state.phase in ("failed", "cancelled"):
-                # (cancelled: on OpenShift, a Build cancelled outside the builder)
-                await self.registrar.mark(spec, state.phase, state.message)
+            await self._tell_catalog(build, state)
         except OwnershipError as e:
             # the stream was taken meanwhile: this build may not write it
             log.warning("build %s: %s", build.id, e)
-            running = state.phase in ("pending", "building")
-            if running and not await self._followers(spec.job_id, but=build.id):
+            if rules.is_running(state) and not await self._followers(spec.job_id, but=build.id):
                 await self.backend.cancel(spec)
-            state = BackendState("failed", str(e))
+            state = rules.lost_stream(str(e))
         text = self._log_text.get(build.id) or ""
-        terminal = state.phase in ("ready", "failed", "cancelled")
         kept = ""
-        if terminal:
-            final = text or (state.message if state.phase == "failed" else "")
-            kept = await self.store.save_log(build, final)
-        clock = time.monotonic()
-
-        def decide(b: Build) -> dict | None:
-            if not b.active:
-                return None
-            changes: dict = {}
-            if state.phase != b.phase:
-                changes["phase"] = state.phase
-                changes["message"] = state.message
-                if state.phase == "building" and not b.started:
-                    changes["started"] = now()
-                if terminal:
-                    changes["finished"] = now()
-                    changes["log_config_map"] = kept
-                    if not b.started:
-                        changes["started"] = changes["finished"]
-            if state.phase == "ready" and state.digest != b.digest:
-                changes["digest"] = state.digest
-            new_tail = tail(text, TAIL_LIMIT) if text else b.log_tail
-            if new_tail != b.log_tail and (
-                changes
-                or clock - self._tail_written.get(b.id, 0.0)
-                >= self.limits.log_tail_interval_seconds
-            ):
-                changes["log_tail"] = new_tail
-            return changes or None
-
-        new = await self._write(build, decide)
+        if rules.is_terminal(state):
+            kept = await self.store.save_log(build, rules.final_log(text, state))
+        clock = Clock.now(time.monotonic())
+        written = self._tail_written.get(build.id, 0.0)
+        interval = self.limits.log_tail_interval_seconds
+        new = await self._write(
+            build,
+            lambda b: rules.observe(
+                b,
+                state,
+                text=text,
+                kept=kept,
+                clock=clock,
+                tail_written=written,
+                tail_interval=interval,
+            ),
+        )
         if "log_tail" in _changed(build, new):
-            self._tail_written[build.id] = clock
+            self._tail_written[build.id] = clock.monotonic
         if new.phase != build.phase:
             self.metrics.builds.labels(new.phase).inc()
-            if new.phase in ("ready", "failed"):
-                self.metrics.duration.observe(max(0.0, _seconds_since(new.created)))
+            if new.phase in (BuildPhase.READY, BuildPhase.FAILED):
+                self.metrics.duration.observe(max(0.0, seconds_since(new.created)))
             log.info("build %s (%s): %s -> %s", new.id, spec.image, build.phase, new.phase)
         if not new.active:
             new = await self._finish(new)
         return new
+
+    async def _tell_catalog(self, build: Build, state) -> None:
+        """Apply :func:`.transitions.catalog_update` (OwnershipError when the stream is not
+        the build's to write)."""
+        update = rules.catalog_update(build, state)
+        if update is None:
+            return
+        if update.kind == "ready":
+            await self.registrar.ready(build.spec, state.digest, state.software, state.dependencies)
+        else:
+            await self.registrar.mark(build.spec, update.phase, update.message)
 
     # -- cleanup -------------------------------------------------------------------------
 
@@ -774,7 +778,7 @@ class BuildService:
                     if not build.active:
                         doomed[build.id] = build
         for build_id, finished in await self.store.finished_ids():  # metadata only
-            if finished and _seconds_since(finished) > retention:
+            if rules.record_expired(finished, retention):
                 doomed.setdefault(build_id, None)
         records = await self.store.list(active_only=True)
         active_jobs = {b.spec.job_id for b in records if b.active}
@@ -791,9 +795,9 @@ class BuildService:
         active = {b.id for b in records if b.active}
         deleted_objects = []
         for name, finished in await self.backend.finished_objects(namespace):
-            if name.removeprefix("imgbuild-") in active_jobs:
+            if job_id_of(name) in active_jobs:
                 continue  # reconcile has not read its result yet
-            if _seconds_since_any(finished) > self.limits.cleanup_after_seconds:
+            if rules.object_expired(finished, self.limits.cleanup_after_seconds):
                 await self.backend.delete_object(namespace, name)
                 deleted_objects.append(name)
         pruned = await self.ledger.prune(active, self.limits.quota_grace_seconds)

@@ -26,14 +26,26 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from .backends.kubernetes import MANAGED_BY, build_labels
+from .kube import create_once, ignore_not_found, is_conflict, or_none, raw_json
 from .requests import BuildSpec, user_label
+from .vocabulary import (
+    ACTIVE,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MANAGED_SELECTOR,
+    PHASES,
+    TERMINAL,
+    L,
+    build_labels,
+    log_name,
+    now,
+    object_name,
+    utcnow,
+)
 
-L = "aicoe-spawner.io/"
+__all__ = ["ACTIVE", "PHASES", "TERMINAL", "Build", "BuildStore", "Conflict", "now", "tail"]
+
 GROUP, VERSION, PLURAL, KIND = "aicoe-spawner.io", "v1", "imagebuilds", "ImageBuild"
-PHASES = ("pending", "building", "ready", "failed", "cancelled")
-ACTIVE = ("pending", "building")
-TERMINAL = ("ready", "failed", "cancelled")
 LOG_LIMIT = 512 * 1024  # the kept log of a finished build (its last bytes)
 TAIL_LIMIT = 4 * 1024  # status.logTail
 MESSAGE_LIMIT = 4000
@@ -42,7 +54,7 @@ JOB_LABEL = f"{L}job-id"  # the Job the build follows (its own, or another reque
 IMAGE_LABEL = f"{L}image-hash"  # the build's ImageStream tag, for finding its records
 FINISHED_ANNOTATION = f"{L}finished"  # on finished records, so retention reads metadata only
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
-SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+SELECTOR = MANAGED_SELECTOR
 DELIVERY_SELECTOR = f"{SELECTOR},{L}record=delivery"
 PAGE = 500
 
@@ -64,20 +76,12 @@ class Conflict(Exception):
     """The record changed since it was read (HTTP 409): re-read and decide again."""
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def record_name(build_id: str) -> str:
-    return f"imgbuild-{build_id}"
+    return object_name(build_id)
 
 
 def image_hash(stream: str, tag: str) -> str:
     return hashlib.sha256(f"{stream}:{tag}".encode()).hexdigest()[:16]
-
-
-def log_name(build_id: str) -> str:
-    return f"imgbuild-{build_id}-log"
 
 
 def tail(text: str, limit: int) -> str:
@@ -209,14 +213,13 @@ class BuildStore:
     async def create(self, build: Build) -> tuple[Build, bool]:
         """(build, created): the existing build instead when its record exists already."""
         self.api_calls += 1
-        try:
-            obj = await self.custom.create_namespaced_custom_object(
+        obj = await create_once(
+            self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, record_manifest(build)
             )
+        )
+        if obj is not None:
             return parse_record(obj) or build, True
-        except ApiException as e:
-            if e.status != 409:
-                raise
         existing = await self.get(build.id)
         if existing is None:  # deleted in between: try once more
             return await self.create(build)
@@ -224,15 +227,12 @@ class BuildStore:
 
     async def get(self, build_id: str) -> Build | None:
         self.api_calls += 1
-        try:
-            obj = await self.custom.get_namespaced_custom_object(
+        obj = await or_none(
+            self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, record_name(build_id)
             )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return parse_record(obj)
+        )
+        return None if obj is None else parse_record(obj)
 
     async def list(self, *, active_only: bool = False, requester: str | None = None) -> list[Build]:
         """Records, newest first: those labelled active (O(active builds)), a requester's, or
@@ -275,18 +275,16 @@ class BuildStore:
             if token:
                 query.append(("continue", token))
             self.api_calls += 1
-            response = await api.call_api(
-                f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}",
-                "GET",
-                query_params=query,
-                header_params={"Accept": METADATA_LIST},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
+            page = await raw_json(
+                api.call_api(
+                    f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}",
+                    "GET",
+                    query_params=query,
+                    header_params={"Accept": METADATA_LIST},
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                )
             )
-            if not 200 <= response.status <= 299:
-                text = await response.text()
-                raise ApiException(status=response.status, reason=text[:300])
-            page = await response.json()
             for item in page.get("items") or []:  # null when there are none
                 meta = item.get("metadata") or {}
                 build_id = (meta.get("labels") or {}).get(f"{L}build-id", "")
@@ -336,7 +334,7 @@ class BuildStore:
                 _content_type="application/merge-patch+json",
             )
         except ApiException as e:
-            if e.status == 409:
+            if is_conflict(e):
                 raise Conflict(build.id) from None
             raise
         return parse_record(obj) or new
@@ -349,8 +347,8 @@ class BuildStore:
             "labels": {ACTIVE_LABEL: "false"},
             "annotations": {FINISHED_ANNOTATION: build.finished or now()},
         }
-        try:
-            await self.custom.patch_namespaced_custom_object(
+        await ignore_not_found(
+            self.custom.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
                 self.namespace,
@@ -359,9 +357,7 @@ class BuildStore:
                 {"metadata": meta},
                 _content_type="application/merge-patch+json",
             )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        )
 
     async def delete(self, build_id: str) -> None:
         for name, call in (
@@ -369,11 +365,7 @@ class BuildStore:
             (log_name(build_id), self._delete_config_map),
         ):
             self.api_calls += 1
-            try:
-                await call(name)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            await ignore_not_found(call(name))
 
     async def _delete_record(self, name: str) -> None:
         await self.custom.delete_namespaced_custom_object(
@@ -393,7 +385,7 @@ class BuildStore:
             "metadata": {
                 "name": name,
                 "labels": {
-                    "app.kubernetes.io/managed-by": MANAGED_BY,
+                    MANAGED_BY_LABEL: MANAGED_BY,
                     f"{L}record": "log",
                     f"{L}build-id": build.id,
                 },
@@ -411,24 +403,17 @@ class BuildStore:
             "data": {"log": tail(text, LOG_LIMIT)},
         }
         self.api_calls += 1
-        try:
-            await self.core.create_namespaced_config_map(self.namespace, body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
+        await create_once(self.core.create_namespaced_config_map(self.namespace, body))
         return name
 
     async def read_log(self, build: Build) -> str | None:
         if not build.log_config_map:
             return None
         self.api_calls += 1
-        try:
-            cm = await self.core.read_namespaced_config_map(build.log_config_map, self.namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return (cm.data or {}).get("log", "")
+        cm = await or_none(
+            self.core.read_namespaced_config_map(build.log_config_map, self.namespace)
+        )
+        return None if cm is None else (cm.data or {}).get("log", "")
 
     # -- webhook deliveries ----------------------------------------------------------------
 
@@ -438,24 +423,17 @@ class BuildStore:
         body = {
             "metadata": {
                 "name": name,
-                "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, f"{L}record": "delivery"},
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY, f"{L}record": "delivery"},
                 "annotations": {f"{L}delivery": delivery[:200]},
             },
             "data": {"build": ""},
         }
         self.api_calls += 1
-        try:
-            await self.core.create_namespaced_config_map(self.namespace, body)
+        if await create_once(self.core.create_namespaced_config_map(self.namespace, body)):
             return True, ""
-        except ApiException as e:
-            if e.status != 409:
-                raise
-        try:
-            cm = await self.core.read_namespaced_config_map(name, self.namespace)
-        except ApiException as e:
-            if e.status == 404:  # released in between (the first attempt failed): retry
-                return await self.claim_delivery(delivery)
-            raise
+        cm = await or_none(self.core.read_namespaced_config_map(name, self.namespace))
+        if cm is None:  # released in between (the first attempt failed): retry
+            return await self.claim_delivery(delivery)
         return False, (cm.data or {}).get("build", "")
 
     async def bind_delivery(self, delivery: str, build_id: str) -> None:
@@ -467,20 +445,16 @@ class BuildStore:
     async def release_delivery(self, delivery: str) -> None:
         """Forget a delivery whose handling failed, so that GitHub's redelivery is handled."""
         self.api_calls += 1
-        try:
-            await self.core.delete_namespaced_config_map(delivery_name(delivery), self.namespace)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await ignore_not_found(
+            self.core.delete_namespaced_config_map(delivery_name(delivery), self.namespace)
+        )
 
     async def expire_deliveries(self, older_than_seconds: float) -> list[str]:
         self.api_calls += 1
         cms = await self.core.list_namespaced_config_map(
             self.namespace, label_selector=DELIVERY_SELECTOR
         )
-        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
-            seconds=older_than_seconds
-        )
+        cutoff = utcnow() - datetime.timedelta(seconds=older_than_seconds)
         gone = []
         for cm in cms.items:
             if cm.metadata.creation_timestamp and cm.metadata.creation_timestamp < cutoff:
@@ -490,8 +464,4 @@ class BuildStore:
 
     async def release_delivery_name(self, name: str) -> None:
         self.api_calls += 1
-        try:
-            await self.core.delete_namespaced_config_map(name, self.namespace)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await ignore_not_found(self.core.delete_namespaced_config_map(name, self.namespace))

@@ -1,12 +1,21 @@
-"""Pure parts of the OpenShift backend (manifests, phase mapping) and of the branch TTL."""
+"""Pure parts of the backends (manifests, phase mapping), the backend contract (backends/base.py)
+and who may import a backend; the branch TTL."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import datetime
+import inspect
+from pathlib import Path
 
 import pytest
 
+from aicoe_spawner.builder import backends
+from aicoe_spawner.builder.backends.base import Backend
+from aicoe_spawner.builder.backends.kubernetes import JobConfig, KubernetesBackend
 from aicoe_spawner.builder.backends.openshift import (
+    OpenShiftBackend,
     build_state,
     buildconfig_manifest,
     detect_backend,
@@ -20,6 +29,7 @@ from aicoe_spawner.builder.registration import (
     without_tags,
 )
 from aicoe_spawner.builder.requests import BuildRequestError, BuildSpec
+from aicoe_spawner.builder.settings import Settings
 
 D = "sha256:" + "a" * 64
 
@@ -113,3 +123,139 @@ def test_expiry_annotation_and_expired_tags():
     assert EXPIRES_ANNOTATION not in tag["annotations"]
     bad = {"spec": {"tags": [{"name": "x", "annotations": {EXPIRES_ANNOTATION: "soon"}}]}}
     assert expired(bad, now) == []
+
+
+# -- the backend contract (backends/base.py) ------------------------------------------------
+
+
+BUILDER = Path(backends.__file__).resolve().parents[1]
+
+
+def test_both_backends_implement_the_whole_contract():
+    assert backends.BACKENDS == {"kubernetes": KubernetesBackend, "openshift": OpenShiftBackend}
+    contract = set(Backend.__abstractmethods__)
+    assert contract == {
+        "from_settings",
+        "validate",
+        "submit",
+        "exists",
+        "state",
+        "cancel",
+        "cleanup",
+        "finished_objects",
+        "delete_object",
+    }
+    for impl in backends.BACKENDS.values():
+        assert issubclass(impl, Backend) and not inspect.isabstract(impl)
+        for name in contract - {"from_settings"}:
+            ours, theirs = getattr(Backend, name), getattr(impl, name)
+            assert list(inspect.signature(ours).parameters) == list(
+                inspect.signature(theirs).parameters
+            ), (impl.name, name)
+            assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs)
+
+
+def test_what_each_backend_declares():
+    assert (KubernetesBackend.writes_stream_status, KubernetesBackend.imports_images) == (
+        True,
+        False,
+    )
+    assert (OpenShiftBackend.writes_stream_status, OpenShiftBackend.imports_images) == (
+        False,
+        True,
+    )
+
+
+def test_backend_type_by_setting():
+    assert backends.backend_type("openshift") is OpenShiftBackend
+    with pytest.raises(ValueError, match="auto"):
+        backends.backend_type("auto")
+    with pytest.raises(SystemExit, match=r"kubernetes \| openshift \| auto"):
+        backends.backend_type("tekton")
+
+
+def test_from_settings():
+    s = Settings(namespace="ns", builder_image="b:1", timeout=99, build_namespace="builds")
+    k = backends.backend_type("kubernetes").from_settings(object(), s)
+    assert (k.config.builder_image, k.config.timeout_seconds, k.config.namespace) == (
+        "b:1",
+        99,
+        "builds",
+    )
+    o = backends.backend_type("openshift").from_settings(object(), s)
+    assert o.timeout_seconds == 99 and o.check_image == s.check_image
+
+
+def test_one_log_reader_signature_for_both_backends():
+    """Each backend calls the reader ``(namespace, pod[, container])``: one reader that takes
+    ``container=None`` serves both."""
+    calls = []
+
+    async def reader(namespace: str, pod: str, container: str | None = None) -> str | None:
+        calls.append((namespace, pod, container))
+        return f"{container or 'all'}\n"
+
+    class Batch:
+        async def read_namespaced_job(self, *a, **kw):
+            return None
+
+    k = KubernetesBackend(object(), JobConfig(), log_reader=reader)
+
+    async def job(_):
+        return {"status": {"active": 1}}
+
+    async def pods(_):
+        return [{"metadata": {"name": "imgbuild-b1-x"}, "status": {}}]
+
+    k._job, k._pods = job, pods
+    state = asyncio.run(k.state(spec()))
+    assert state.log == "build\npush\n"
+    o = OpenShiftBackend(object(), log_reader=reader)
+
+    async def get(plural, _):
+        return {"status": {"phase": "Running"}}
+
+    o._get = get
+    state = asyncio.run(o.state(spec()))
+    assert state.log == "all\n"
+    assert calls == [
+        ("ns", "imgbuild-b1-x", "build"),
+        ("ns", "imgbuild-b1-x", "push"),
+        ("ns", "imgbuild-b1-build", None),
+    ]
+
+
+def _imports(path: Path) -> set[str]:
+    """The builder modules ``path`` imports (resolved relative imports)."""
+    package = "aicoe_spawner." + ".".join(path.relative_to(BUILDER.parent).with_suffix("").parts)
+    package = package.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+                name = ".".join([*base, node.module] if node.module else base)
+            else:
+                name = node.module or ""
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_no_module_outside_backends_imports_a_backend():
+    """Only backends/ knows which backend runs: the rest imports the package or its base."""
+    private = {
+        "aicoe_spawner.builder.backends.kubernetes",
+        "aicoe_spawner.builder.backends.openshift",
+    }
+    offenders = {}
+    for path in sorted(BUILDER.rglob("*.py")):
+        if "backends" in path.relative_to(BUILDER).parts:
+            continue
+        found = {m for m in _imports(path) if any(m == p or m.startswith(p + ".") for p in private)}
+        if found:
+            offenders[str(path.relative_to(BUILDER))] = sorted(found)
+    assert offenders == {}

@@ -16,20 +16,25 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
 
 from ...options import parse_memory
 from ..environment import ENVIRONMENT_MARKER
 from ..image_check import CHECK_SCRIPT, PROBE, REPORT_PY, parse_termination
-from ..kube import raw_json
-from ..requests import BuildSpec, repo_hash, user_label
+from ..kube import create_once, ignore_not_found, or_none, raw_json
+from ..requests import BuildSpec
 from ..source import s2i_dockerfile
-from . import BackendState
+from ..vocabulary import (
+    MANAGED_BY,
+    MANAGED_SELECTOR,
+    BuildPhase,
+    build_annotations,
+    build_labels,
+    object_name,
+)
+from .base import Backend, BackendState, LogReader
 
 log = logging.getLogger("aicoe_spawner.builder.kubernetes")
 
-MANAGED_BY = "aicoe-image-builder"
-L = "aicoe-spawner.io/"
 WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI layout of the image
 BUILD_STORAGE = "/var/lib/aicoe-build-storage"  # buildah storage of the build step
 PUSH_STORAGE = "/var/lib/aicoe-push-storage"  # buildah storage of the push step
@@ -345,28 +350,7 @@ class JobConfig:
 
 
 def job_name(build_id: str) -> str:
-    return f"imgbuild-{build_id}"
-
-
-def build_labels(spec: BuildSpec) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"{L}build-id": spec.job_id,
-        f"{L}repo-hash": repo_hash(spec.repo),
-        f"{L}commit": spec.commit[:63],
-        f"{L}requester": user_label(spec.requester),
-    }
-
-
-def build_annotations(spec: BuildSpec) -> dict[str, str]:
-    return {
-        f"{L}repo": spec.repo,
-        f"{L}ref": spec.ref,
-        f"{L}commit": spec.commit,
-        f"{L}requester": spec.requester,
-        f"{L}image": spec.image,
-        f"{L}output-image": spec.output_image,
-    }
+    return object_name(build_id)
 
 
 def job_namespace(spec: BuildSpec, config: JobConfig) -> str:
@@ -526,7 +510,7 @@ def _terminated(pods: list[dict]) -> dict | None:
 def job_state(job: dict | None, pods: list[dict]) -> BackendState:
     """The build phase from a Job and its pods (pure)."""
     if job is None:
-        return BackendState("pending", "build job not created yet")
+        return BackendState(BuildPhase.PENDING, "build job not created yet")
     status = job.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     term = _terminated(pods)
@@ -536,34 +520,62 @@ def job_state(job: dict | None, pods: list[dict]) -> BackendState:
     ) > 0:
         digest, software, dependencies = parse_termination(message)
         if digest is None:
-            return BackendState("failed", "build succeeded but reported no image digest")
-        return BackendState("ready", "", digest, software=software, dependencies=dependencies)
+            return BackendState(BuildPhase.FAILED, "build succeeded but reported no image digest")
+        return BackendState(
+            BuildPhase.READY, "", digest, software=software, dependencies=dependencies
+        )
     failed = conditions.get("Failed")
     if (failed or {}).get("status") == "True" or (status.get("failed") or 0) > 0:
         reason = (failed or {}).get("reason") or ""
         if reason == "DeadlineExceeded":
-            return BackendState("failed", "build timed out\n" + message)
+            return BackendState(BuildPhase.FAILED, "build timed out\n" + message)
         exit_code = (term or {}).get("exitCode")
         head = f"build failed (exit code {exit_code})" if exit_code is not None else "build failed"
-        return BackendState("failed", f"{head}\n{message or (failed or {}).get('message', '')}")
+        return BackendState(
+            BuildPhase.FAILED, f"{head}\n{message or (failed or {}).get('message', '')}"
+        )
     if status.get("active") or status.get("startTime") or pods:
-        return BackendState("building")
-    return BackendState("pending", "waiting for the build pod")
+        return BackendState(BuildPhase.BUILDING)
+    return BackendState(BuildPhase.PENDING, "waiting for the build pod")
 
 
-class KubernetesBackend:
+class KubernetesBackend(Backend):
+    """A Job per build (:func:`job_manifest`); its state from the Job and its pod."""
+
     name = "kubernetes"
+    writes_stream_status = True  # no image controller writes the ImageStream status
+    imports_images = False  # the builder's import loop imports external images
 
-    def __init__(self, api: client.ApiClient, config: JobConfig, log_reader=None) -> None:
+    def __init__(
+        self, api: client.ApiClient, config: JobConfig, log_reader: LogReader | None = None
+    ) -> None:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.config = config
         # Asks the hub's version when the config has none (the image check compares majors);
         # learned once, at the first build that finds the hub answering.
         self.hub_version_lookup: Callable[[], Awaitable[str | None]] | None = None
-        # Reads a pod's log: the kubelet's log API by default; a test harness playing the
-        # kubelet passes its own.
         self.log_reader = log_reader or self._read_pod_log
+
+    @classmethod
+    def from_settings(cls, api, settings, log_reader=None) -> KubernetesBackend:
+        s = settings
+        return cls(
+            api,
+            JobConfig(
+                builder_image=s.builder_image,
+                push_secret=s.push_secret,
+                tls_verify=s.tls_verify,
+                timeout_seconds=s.timeout,
+                namespace=s.build_namespace,
+                storage_size=s.build_storage,
+                node_selector=dict(s.build_node_selector),
+                tolerations=list(s.build_tolerations),
+                check_image=s.check_image,
+                hub_version=s.hub_version,
+            ),
+            log_reader=log_reader,
+        )
 
     def _ns(self, spec: BuildSpec) -> str:
         return job_namespace(spec, self.config)
@@ -573,23 +585,18 @@ class KubernetesBackend:
             version = await self.hub_version_lookup()
             if version:
                 self.config = replace(self.config, hub_version=version)
-        try:
-            await self.batch.create_namespaced_job(self._ns(spec), job_manifest(spec, self.config))
-        except ApiException as e:
-            if e.status != 409:  # another replica (or an earlier attempt) created it
-                raise
+        await create_once(
+            self.batch.create_namespaced_job(self._ns(spec), job_manifest(spec, self.config))
+        )
 
     async def _job(self, spec: BuildSpec) -> dict | None:
-        try:
-            return await raw_json(
+        return await or_none(
+            raw_json(
                 self.batch.read_namespaced_job(
                     job_name(spec.job_id), self._ns(spec), _preload_content=False
                 )
             )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        )
 
     async def _pods(self, spec: BuildSpec) -> list[dict]:
         pods = await raw_json(
@@ -601,12 +608,14 @@ class KubernetesBackend:
         )
         return pods["items"]
 
-    async def _read_pod_log(self, namespace: str, pod: str, container: str) -> str | None:
+    async def _read_pod_log(
+        self, namespace: str, pod: str, container: str | None = None
+    ) -> str | None:
         try:
             return await self.core.read_namespaced_pod_log(
                 pod, namespace, container=container, limit_bytes=1 << 20
             )
-        except (ApiException, Exception):
+        except Exception:
             return None
 
     async def state(self, spec: BuildSpec) -> BackendState:
@@ -640,7 +649,7 @@ class KubernetesBackend:
         jobs = await raw_json(
             self.batch.list_namespaced_job(
                 self.config.namespace or namespace,
-                label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}",
+                label_selector=MANAGED_SELECTOR,
                 _preload_content=False,
             )
         )
@@ -658,15 +667,23 @@ class KubernetesBackend:
 
     async def delete_object(self, namespace: str, name: str) -> None:
         namespace = self.config.namespace or namespace
-        try:
-            await self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except ApiException as e:
-            if e.status != 404:
-                raise
-        try:
-            await self.core.delete_collection_namespaced_pod(
-                namespace, label_selector=f"job-name={name}"
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await ignore_not_found(
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        )
+        await ignore_not_found(
+            self.core.delete_collection_namespaced_pod(namespace, label_selector=f"job-name={name}")
+        )
+
+
+__all__ = [
+    "MANAGED_BY",
+    "BackendState",
+    "JobConfig",
+    "KubernetesBackend",
+    "build_annotations",
+    "build_labels",
+    "job_manifest",
+    "job_name",
+    "job_namespace",
+    "job_state",
+]

@@ -19,9 +19,11 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..image_check import OPENSHIFT_HOOK, PROBE, REPORT_PY
+from ..kube import create_once, ignore_not_found, or_none
 from ..requests import BuildRequestError, BuildSpec
-from . import BackendState
-from .kubernetes import MANAGED_BY, build_annotations, build_labels, job_name
+from ..vocabulary import MANAGED_SELECTOR, BuildPhase, build_annotations, build_labels
+from ..vocabulary import object_name as _object_name
+from .base import Backend, BackendState, LogReader
 
 log = logging.getLogger("aicoe_spawner.builder.openshift")
 
@@ -54,7 +56,7 @@ async def choose_backend(api: client.ApiClient, setting: str) -> str:
 
 def object_name(build_id: str) -> str:
     """BuildConfig and Build share the build's name (deterministic: replicas collide on 409)."""
-    return job_name(build_id)
+    return _object_name(build_id)
 
 
 def dockerfile_path(spec: BuildSpec) -> str:
@@ -231,15 +233,15 @@ def stream_digest(stream: dict | None, tag: str) -> tuple[str | None, str | None
 def build_state(build: dict | None, stream: dict | None, spec: BuildSpec) -> BackendState:
     """The build phase from an OpenShift Build and the target ImageStream (pure)."""
     if build is None:
-        return BackendState("pending", "build not created yet")
+        return BackendState(BuildPhase.PENDING, "build not created yet")
     status = build.get("status") or {}
     phase = status.get("phase") or "New"
     message = (status.get("message") or "").strip()
     reason = (status.get("reason") or "").strip()
     if status.get("cancelled") and phase not in TERMINAL_PHASES:
-        return BackendState("building", "cancelling")
+        return BackendState(BuildPhase.BUILDING, "cancelling")
     if phase in BUILDING_PHASES:
-        return BackendState("building", message or phase)
+        return BackendState(BuildPhase.BUILDING, message or phase)
     if phase == "Complete":
         digest, ref = stream_digest(stream, spec.tag)
         if digest is None:
@@ -249,19 +251,24 @@ def build_state(build: dict | None, stream: dict | None, spec: BuildSpec) -> Bac
                 pushed = status.get("outputDockerImageReference") or ""
                 ref = f"{pushed.rsplit(':', 1)[0]}@{digest}" if pushed else None
         if digest is None:
-            return BackendState("building", "build complete; waiting for the image digest")
-        return BackendState("ready", "", digest, ref)
+            return BackendState(BuildPhase.BUILDING, "build complete; waiting for the image digest")
+        return BackendState(BuildPhase.READY, "", digest, ref)
     if phase in FAILED_PHASES:
         head = message or reason or f"build {phase.lower()}"
         snippet = (status.get("logSnippet") or "").strip()
-        return BackendState("failed", f"{head}\n{snippet}" if snippet else head)
+        return BackendState(BuildPhase.FAILED, f"{head}\n{snippet}" if snippet else head)
     if phase == "Cancelled":
-        return BackendState("cancelled", message or "cancelled")
-    return BackendState("building", f"unknown build phase {phase!r}")
+        return BackendState(BuildPhase.CANCELLED, message or "cancelled")
+    return BackendState(BuildPhase.BUILDING, f"unknown build phase {phase!r}")
 
 
-class OpenShiftBackend:
+class OpenShiftBackend(Backend):
+    """A BuildConfig + Build per build; OpenShift's build and image controllers run it and
+    write the ImageStream."""
+
     name = "openshift"
+    writes_stream_status = False  # the build's output and the image controller write it
+    imports_images = True  # OpenShift's image import controller imports external images
 
     def __init__(
         self,
@@ -269,7 +276,7 @@ class OpenShiftBackend:
         *,
         timeout_seconds: int = 3600,
         service_account: str | None = None,
-        log_reader=None,
+        log_reader: LogReader | None = None,
         check_image: bool = True,
         hub_version: str = "",
     ) -> None:
@@ -282,28 +289,32 @@ class OpenShiftBackend:
         self.service_account = service_account
         self.log_reader = log_reader or self._read_pod_log
 
+    @classmethod
+    def from_settings(cls, api, settings, log_reader=None) -> OpenShiftBackend:
+        return cls(
+            api,
+            timeout_seconds=settings.timeout,
+            log_reader=log_reader,
+            check_image=settings.check_image,
+            hub_version=settings.hub_version,
+        )
+
     def validate(self, spec: BuildSpec) -> None:
         validate_spec(spec)
 
     async def _get(self, plural: str, spec: BuildSpec) -> dict | None:
-        try:
-            return await self.custom.get_namespaced_custom_object(
+        return await or_none(
+            self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, spec.namespace, plural, object_name(spec.job_id)
             )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        )
 
     async def _create(self, plural: str, spec: BuildSpec, body: dict) -> dict | None:
-        try:
-            return await self.custom.create_namespaced_custom_object(
+        return await create_once(
+            self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, spec.namespace, plural, body
             )
-        except ApiException as e:
-            if e.status != 409:  # another replica (or an earlier attempt) created it
-                raise
-            return None
+        )
 
     async def submit(self, spec: BuildSpec) -> None:
         if self.check_image and not self.hub_version and self.hub_version_lookup:
@@ -323,18 +334,19 @@ class OpenShiftBackend:
         )
 
     async def _stream(self, spec: BuildSpec) -> dict | None:
-        try:
-            return await self.custom.get_namespaced_custom_object(
+        return await or_none(
+            self.custom.get_namespaced_custom_object(
                 IMAGE_GROUP, "v1", spec.namespace, "imagestreams", spec.stream
             )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        )
 
-    async def _read_pod_log(self, namespace: str, pod: str) -> str | None:
+    async def _read_pod_log(
+        self, namespace: str, pod: str, container: str | None = None
+    ) -> str | None:
         try:
-            return await self.core.read_namespaced_pod_log(pod, namespace, limit_bytes=1 << 20)
+            return await self.core.read_namespaced_pod_log(
+                pod, namespace, container=container, limit_bytes=1 << 20
+            )
         except Exception:
             return None
 
@@ -344,7 +356,7 @@ class OpenShiftBackend:
         stream = await self._stream(spec) if phase == "Complete" else None
         state = build_state(build, stream, spec)
         if build is not None and phase not in (None, "New"):
-            # OpenShift runs the build in the pod <build>-build
+            # OpenShift runs the build in the pod <build>-build (its only container)
             text = await self.log_reader(spec.namespace, f"{object_name(spec.job_id)}-build")
             if text is not None:
                 state = BackendState(
@@ -371,37 +383,20 @@ class OpenShiftBackend:
             # role grants builds but not builds/status)
             if e.status not in (403, 404, 405):
                 raise
-        try:  # OpenShift's built-in API: status is part of the Build resource
-            await self.custom.patch_namespaced_custom_object(
+        # OpenShift's built-in API: status is part of the Build resource
+        await ignore_not_found(
+            self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, spec.namespace, "builds", name, body, _content_type=MERGE
             )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        )
 
     async def cleanup(self, spec: BuildSpec) -> None:
-        for plural in ("builds", "buildconfigs"):
-            try:
-                await self.custom.delete_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    spec.namespace,
-                    plural,
-                    object_name(spec.job_id),
-                    propagation_policy="Background",
-                )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+        await self.delete_object(spec.namespace, object_name(spec.job_id))
 
     async def finished_objects(self, namespace: str) -> list[tuple[str, str]]:
         """(name, finish time) of this builder's finished Builds in ``namespace``."""
         builds = await self.custom.list_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "builds",
-            label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}",
+            GROUP, VERSION, namespace, "builds", label_selector=MANAGED_SELECTOR
         )
         out = []
         for b in builds.get("items") or []:
@@ -415,10 +410,8 @@ class OpenShiftBackend:
 
     async def delete_object(self, namespace: str, name: str) -> None:
         for plural in ("builds", "buildconfigs"):
-            try:
-                await self.custom.delete_namespaced_custom_object(
+            await ignore_not_found(
+                self.custom.delete_namespaced_custom_object(
                     GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
                 )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            )
