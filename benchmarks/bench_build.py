@@ -198,14 +198,14 @@ def job_env(job: dict, name: str) -> str:
     return next((e["value"] for e in build["env"] if e["name"] == name), "")
 
 
-def host_bud(dockerfile: str, context: Path, registry: str, work: Path) -> float:
-    """``buildah bud`` of ``dockerfile`` on this machine (fresh storage, chroot isolation as
-    the pod), then the push to the local registry; seconds."""
+def host_bud(dockerfile: str, context: Path, registry: str, work: Path, driver: str) -> float:
+    """``buildah bud`` of ``dockerfile`` on this machine (fresh storage with the pod's storage
+    driver, chroot isolation as the pod), then the push to the local registry; seconds."""
     storage = work / "host-buildah"
     shutil.rmtree(storage, ignore_errors=True)
     base = [
         "buildah",
-        "--storage-driver=vfs",
+        f"--storage-driver={driver}",
         f"--root={storage / 'root'}",
         f"--runroot={storage / 'run'}",
     ]
@@ -367,7 +367,8 @@ async def main(args) -> list[Row]:
             )
             notebook["cells"][0]["source"][1] = "revision 1\n"
             (files / "analysis.ipynb").write_text(json.dumps(notebook, indent=1))
-            host = await asyncio.to_thread(host_bud, generated, files, node.registry, work)
+            driver = "overlay" if "==> buildah storage: overlay" in result["log"] else "vfs"
+            host = await asyncio.to_thread(host_bud, generated, files, node.registry, work, driver)
             say(
                 f"host buildah bud + push: {host:.1f} s; build pod {pod_seconds:.1f} s "
                 f"= {pod_seconds / host:.2f}x"
