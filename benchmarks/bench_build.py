@@ -295,7 +295,8 @@ async def main(args) -> list[Row]:
         pod_seconds = job_seconds(cold_job)
         generated = job_env(cold_job, "GENERATED_DOCKERFILE")
         say(f"cold build: {cold:.1f} s (pod {pod_seconds:.1f} s), {result['image']}")
-        for line in await phase_times(cluster.plane.kubeconfig, cold_job):
+        cold_lines = await phase_times(cluster.plane.kubeconfig, cold_job)
+        for line in cold_lines:
             say(f"  {line}")
 
         # 2. the same commit again
@@ -367,7 +368,7 @@ async def main(args) -> list[Row]:
             )
             notebook["cells"][0]["source"][1] = "revision 1\n"
             (files / "analysis.ipynb").write_text(json.dumps(notebook, indent=1))
-            driver = "overlay" if "==> buildah storage: overlay" in result["log"] else "vfs"
+            driver = "overlay" if any("storage: overlay" in x for x in cold_lines) else "vfs"
             host = await asyncio.to_thread(host_bud, generated, files, node.registry, work, driver)
             say(
                 f"host buildah bud + push: {host:.1f} s; build pod {pod_seconds:.1f} s "
