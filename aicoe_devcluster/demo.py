@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    # Ctrl-C stops everything, also when started from a shell that ignores SIGINT in
+    # background jobs (the ignored disposition is inherited)
+    signal.signal(signal.SIGINT, interrupt)
     workdir = args.workdir.resolve()
     plane = ControlPlane(workdir / "cluster", real_node=True)
     node: RealNode | None = None

@@ -226,6 +226,7 @@ def test_suite_fails_when_control_plane_cannot_start(tmp_path):
     conftest = Path(__file__).resolve().parents[1] / "conftest.py"
     (tmp_path / "conftest.py").write_text(conftest.read_text())
     env = dict(os.environ, AICOE_TOOLS_BIN=str(tmp_path / "no-binaries"))
+    env.pop("PYTEST_ADDOPTS", None)  # the outer run's options (e.g. -q) would change the output
     result = subprocess.run(
         [
             sys.executable,

@@ -32,7 +32,12 @@ def culler_config(tmp_path, monkeypatch, hub_port: int) -> str:
         tmp_path,
         monkeypatch,
         values={"cull": {"enabled": True, "timeout": TIMEOUT, "every": 1}},
-        sets=[f"hub.service.port={hub_port}"],
+        sets=[
+            f"hub.service.port={hub_port}",
+            # the builder chart cannot see the hub's port: it is told (the chart asks for it)
+            f"builder.hub.url=http://aicoe-aicoe-spawner-hub:{hub_port}",
+            f"builder.hub.port={hub_port}",
+        ],
     )
     (service,) = [s for s in c.JupyterHub.services if s["name"] == CULLER]
     (role,) = [r for r in c.JupyterHub.load_roles if r["name"] == CULLER]
