@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from kube_helpers import user_pods
 
 from aicoe_devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
 
@@ -387,3 +388,13 @@ async def run_in_kernel(hub, user: str, token: str, code: str) -> str:
         async with session.delete(f"{base}/kernels/{kernel['id']}") as r:
             assert r.status == 204
     return "".join(out)
+
+
+async def spawn_one_pod(hub: Hub, kube, user: str, options: dict) -> dict:
+    """Start ``user``'s server with ``options`` through the REST API; its one pod."""
+    status, body = await hub.api("POST", f"/users/{user}/server", json=options)
+    assert status in (201, 202), (status, body, hub.log_tail(30))
+    await hub.wait_ready(user)
+    pods = await user_pods(kube, hub.namespace, user)
+    assert len(pods) == 1
+    return pods[0]

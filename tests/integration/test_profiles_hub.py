@@ -12,7 +12,7 @@ from itertools import count
 
 import pytest
 import pytest_asyncio
-from hub_harness import Hub, in_process_spawner, running_hub
+from hub_harness import in_process_spawner, running_hub, spawn_one_pod
 from kube_helpers import container, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 
@@ -86,13 +86,7 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
     await delete_namespace(kube, ns)
 
 
-async def spawn(hub: Hub, kube, user: str, options: dict) -> dict:
-    status, body = await hub.api("POST", f"/users/{user}/server", json=options)
-    assert status in (201, 202), (status, body, hub.log_tail(30))
-    await hub.wait_ready(user)
-    pods = await user_pods(kube, hub.namespace, user)
-    assert len(pods) == 1
-    return pods[0]
+spawn = spawn_one_pod
 
 
 async def test_a_profile_image_starts_with_2G_as_2GiB_and_the_configured_guarantee(env, kube):
