@@ -179,7 +179,7 @@ _OTHER_BASE = {"R": "quay.io/jupyter/r-notebook", "Julia": "quay.io/jupyter/juli
 def _not_python(
     path: str, language: str, settings: EnvSettings, what: str = ""
 ) -> BuildRequestError:
-    offered = ", ".join(sorted(settings.python_base_images, key=_version_key)) or "none"
+    offered = _offered(settings)
     base = _OTHER_BASE.get(language)
     return _refuse(
         path,
@@ -190,22 +190,33 @@ def _not_python(
     )
 
 
-def _python_version(path: str, text: str, settings: EnvSettings) -> str:
-    """``python-3.11`` (runtime.txt) / ``3.11.4`` (.python-version) -> ``3.11``."""
+def _python_version(path: str, text: str, settings: EnvSettings) -> str | None:
+    """``python-3.11`` / ``3.11`` (runtime.txt), ``3.11.4`` / ``cpython-3.11`` (.python-version)
+    -> ``3.11``; None when the file names no Python version at all (runtime.txt: something that
+    is not a runtime, which repo2docker ignores too; .python-version: a pyenv environment name
+    or ``system``), so the base image's Python is used and a note says so."""
     lines = _lines(text)
     value = lines[0] if lines else ""
     raw = value
     if path.endswith("runtime.txt"):
         if _R_RUNTIME.fullmatch(value) and value != "r-":
             raise _not_python(path, "R", settings, repr(raw))
-        if not value.startswith("python-"):
-            raise _refuse(path, f"{raw!r} is not a Python runtime (write e.g. python-3.12)")
-        value = value[len("python-") :]
+        value = value.removeprefix("python-")
+    elif value.lower().startswith("pypy"):
+        raise _refuse(
+            path,
+            f"{raw!r} asks for PyPy, which this builder does not offer (versions offered: "
+            f"{_offered(settings)}); write a CPython version such as 3.11",
+        )
     value = value.removeprefix("cpython-").removeprefix("python")
     m = _VERSION.fullmatch(value.split("-", 1)[0]) if value else None
     if not m:
-        raise _refuse(path, f"{raw!r} is not a Python version (write e.g. 3.12)")
+        return None
     return f"{m.group(1)}.{m.group(2)}"
+
+
+def _offered(settings: EnvSettings) -> str:
+    return ", ".join(sorted(settings.python_base_images, key=_version_key)) or "none"
 
 
 def _apt_packages(path: str, text: str) -> tuple[str, ...]:
@@ -280,16 +291,21 @@ def decide(
         if not _lines(files[path] or ""):  # e.g. "# python-3.11": repo2docker's default too
             notes.append(f"{path} names no version (only comments): the base image's Python")
             continue
-        version = _python_version(path, files[path] or "", settings)
+        version = _python_version(path, files[path] or "", settings) or ""
+        if not version:
+            first = _lines(files[path] or "")[0]
+            what = "a Python runtime (python-X.Y)" if name == "runtime.txt" else "a Python version"
+            notes.append(f"{path}: {first!r} is not {what}, ignored: the base image's Python")
+            continue
         if base_image:
             notes.append(f"{path} asks for Python {version}; the base image {base_image} is used")
             continue
         offered = settings.python_base_images
         if version not in offered:
-            listed = ", ".join(sorted(offered, key=_version_key)) or "none"
             raise _refuse(
                 path,
-                f"Python {version} is not offered by this builder (versions offered: {listed}); "
+                f"Python {version} is not offered by this builder (versions offered: "
+                f"{_offered(settings)}); "
                 f"change {name} to one of them",
             )
         chosen = offered[version]

@@ -180,8 +180,10 @@ def test_python_version_maps_to_the_admins_base_image(name, text, version):
         (".python-version", "3.13.1\n", "Python 3.13 is not offered"),
         ("runtime.txt", "r-2023-01-01\n", "'r-2023-01-01' asks for an R environment"),
         ("runtime.txt", "r-4.1-2020-07-24\n", "'r-4.1-2020-07-24' asks for an R environment"),
-        ("runtime.txt", "julia-1.9\n", "'julia-1.9' is not a Python runtime"),
-        (".python-version", "pypy3.10\n", "'pypy3.10' is not a Python version"),
+        # 22hamed22/FTSE-100-UK-Stock-Market's runtime.txt is "3.10\nf\n": a bare version
+        ("runtime.txt", "3.10\nf\n", "Python 3.10 is not offered"),
+        ("runtime.txt", "python-3.6.4\naiohttp==1.0.5\n", "Python 3.6 is not offered"),
+        (".python-version", "pypy3.10\n", "'pypy3.10' asks for PyPy"),
     ],
 )
 def test_unknown_python_versions_are_refused_naming_the_file_and_the_offer(name, text, shown):
@@ -234,6 +236,27 @@ def test_a_runtime_txt_that_names_nothing_is_noted_not_refused(text):
     d = decide(["runtime.txt", "requirements.txt"], runtime_txt=text)
     assert (d.kind, d.python_version, d.base_image) == ("environment", "", "")
     assert d.notes == ("runtime.txt names no version (only comments): the base image's Python",)
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        # 2025ab05181/MLASSIGNMENT-2 keeps its requirements in runtime.txt
+        ("runtime.txt", "streamlit==1.41.1\npandas==2.2.3\n"),
+        ("runtime.txt", "julia-1.9\n"),
+        # 0Petya/rain-in-austrailia's .python-version names its pyenv virtualenv
+        (".python-version", "rain-in-australia\n"),
+        (".python-version", "system\n"),
+    ],
+)
+def test_a_version_file_that_names_no_python_version_is_noted_and_ignored(name, text):
+    """As repo2docker ignores a runtime.txt that is not ``python-…`` (and pyenv writes an
+    environment's name to .python-version): the base image's Python, and the record says so."""
+    d = decide([name, "requirements.txt"], **{name.replace(".", "_"): text})
+    assert (d.kind, d.python_version, d.base_image) == ("environment", "", "")
+    first = text.splitlines()[0]
+    assert len(d.notes) == 1 and d.notes[0].startswith(f"{name}: {first!r} is not a Python")
+    assert d.notes[0].endswith("ignored: the base image's Python")
 
 
 def test_no_versions_offered_says_none():
