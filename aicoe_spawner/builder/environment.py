@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .requests import BuildRequestError, RepoView
+from .requests import BuildRequestError, RepoView, validate_image
 
 __all__ = [
     "ENV_FILES",
@@ -67,6 +67,7 @@ HELPER = "/usr/local/bin/aicoe-env"
 ENVIRONMENT_MARKER = "# aicoe-spawner: the environment above, the repository below"
 _APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?")
 _VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
+_MAJOR_ONLY = re.compile(r"(python-?)?3")
 # requirements.txt lines that need the whole repository (local paths, other files)
 _LOCAL_REQ = re.compile(r"^\s*(-e|--editable|-r|--requirement|-c|--constraint|\.|/|file:)")
 #: Environment files of other languages (repo2docker's R, Julia and Nix buildpacks): this builder
@@ -202,7 +203,7 @@ def _python_version(path: str, text: str, settings: EnvSettings) -> str | None:
         if _R_RUNTIME.fullmatch(value) and value != "r-":
             raise _not_python(path, "R", settings, repr(raw))
         value = value.removeprefix("python-")
-    elif value.lower().startswith("pypy"):
+    if value.lower().startswith("pypy"):
         raise _refuse(
             path,
             f"{raw!r} asks for PyPy, which this builder does not offer (versions offered: "
@@ -285,15 +286,30 @@ def decide(
         if name not in present:
             continue
         path = _at(folder, name)
-        if version:
+        if version or chosen:
             notes.append(f"{path} ignored: runtime.txt names the Python version")
             continue
         if not _lines(files[path] or ""):  # e.g. "# python-3.11": repo2docker's default too
             notes.append(f"{path} names no version (only comments): the base image's Python")
             continue
+        first = _lines(files[path] or "")[0]
+        if name == "runtime.txt" and first.startswith("oci-image:"):
+            # repo2docker's "extend this base image" form
+            try:
+                named = validate_image(first[len("oci-image:") :].strip(), path)
+            except BuildRequestError as e:
+                raise _refuse(path, e.why) from None
+            if base_image:
+                notes.append(f"{path} names the base image {named}; {base_image} is used")
+            else:
+                chosen = named
+                notes.append(f"{path} names the base image {named}")
+            continue
+        if _MAJOR_ONLY.fullmatch(first):
+            notes.append(f"{path} asks for Python 3: the base image's Python 3")
+            continue
         version = _python_version(path, files[path] or "", settings) or ""
         if not version:
-            first = _lines(files[path] or "")[0]
             what = "a Python runtime (python-X.Y)" if name == "runtime.txt" else "a Python version"
             notes.append(f"{path}: {first!r} is not {what}, ignored: the base image's Python")
             continue

@@ -184,6 +184,9 @@ def test_python_version_maps_to_the_admins_base_image(name, text, version):
         ("runtime.txt", "3.10\nf\n", "Python 3.10 is not offered"),
         ("runtime.txt", "python-3.6.4\naiohttp==1.0.5\n", "Python 3.6 is not offered"),
         (".python-version", "pypy3.10\n", "'pypy3.10' asks for PyPy"),
+        # repo2docker's tests/venv/pypy/runtime.txt
+        ("runtime.txt", "python-pypy3.5-5.9.0\n", "'python-pypy3.5-5.9.0' asks for PyPy"),
+        ("runtime.txt", "oci-image:not an image\n", "is not a valid image reference"),
     ],
 )
 def test_unknown_python_versions_are_refused_naming_the_file_and_the_offer(name, text, shown):
@@ -257,6 +260,30 @@ def test_a_version_file_that_names_no_python_version_is_noted_and_ignored(name, 
     first = text.splitlines()[0]
     assert len(d.notes) == 1 and d.notes[0].startswith(f"{name}: {first!r} is not a Python")
     assert d.notes[0].endswith("ignored: the base image's Python")
+
+
+@pytest.mark.parametrize("text", ["python-3\n", "3\n"])
+def test_python_3_alone_is_the_base_images_python(text):
+    """repo2docker's tests/venv/py3/runtime.txt is ``python-3``: any Python 3."""
+    d = decide(["runtime.txt", "requirements.txt"], runtime_txt=text)
+    assert (d.kind, d.python_version, d.base_image) == ("environment", "", "")
+    assert d.notes == ("runtime.txt asks for Python 3: the base image's Python 3",)
+
+
+def test_runtime_txt_may_name_the_base_image_as_repo2docker_reads_it():
+    """repo2docker's tests/extended/extended_base_python_image/runtime.txt form."""
+    text = "oci-image:ucbdatahub/jupyterlab-extended-base-python-image:latest\n"
+    d = decide(["runtime.txt", "requirements.txt"], runtime_txt=text)
+    assert d.base_image == "ucbdatahub/jupyterlab-extended-base-python-image:latest"
+    assert d.notes == (
+        "runtime.txt names the base image ucbdatahub/jupyterlab-extended-base-python-image:latest",
+    )
+    d = decide(["runtime.txt"], runtime_txt=text, base_image="my/image:1")
+    assert d.base_image == ""  # the caller's own base image stays
+    assert "; my/image:1 is used" in d.notes[0]
+    # .python-version is then ignored, as after any runtime.txt that decides
+    d = decide(["runtime.txt", ".python-version"], runtime_txt=text, python_version="3.99")
+    assert d.notes[-1] == ".python-version ignored: runtime.txt names the Python version"
 
 
 def test_no_versions_offered_says_none():
