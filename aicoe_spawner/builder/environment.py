@@ -328,8 +328,11 @@ def decide(
     locks = [
         n for n in ("Pipfile.lock", "uv.lock", "pylock.toml", "requirements.txt") if n in present
     ]
+    if "environment.yml" in present:  # repo2docker: environment.yml takes precedence
+        locks = ["environment.yml", *locks]
     for extra in locks[1:]:
-        notes.append(f"{_at(folder, extra)} ignored: {_at(folder, locks[0])} pins the packages")
+        what = "names the environment" if locks[0] == "environment.yml" else "pins the packages"
+        notes.append(f"{_at(folder, extra)} ignored: {_at(folder, locks[0])} {what}")
     decided = [n for n in present if n not in locks[1:]]
     if "pyproject.toml" in present and "uv.lock" not in present:
         text = files.get(_at(folder, "pyproject.toml"))

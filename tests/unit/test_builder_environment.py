@@ -119,13 +119,17 @@ def test_every_file_kind_decides_in_step_order():
         "runtime.txt",
         ".python-version",
         "environment.yml",
-        "Pipfile.lock",
         "pyproject.toml",
         "setup.py",
         "postBuild",
         "start",
     )
-    # one file pins the packages; the others are named as ignored
+    # one file names the packages (environment.yml first, as repo2docker's conda buildpack
+    # comes before its Pipfile and requirements ones); the others are named as ignored
+    for lock in ("Pipfile.lock", "uv.lock", "requirements.txt"):
+        assert f"{lock} ignored: environment.yml names the environment" in d.notes
+    d = decide([p for p in paths if p != "environment.yml"])
+    assert "Pipfile.lock" in d.decided_by
     assert "uv.lock ignored: Pipfile.lock pins the packages" in d.notes
     assert "requirements.txt ignored: Pipfile.lock pins the packages" in d.notes
     assert ".python-version ignored: runtime.txt names the Python version" in d.notes
@@ -284,6 +288,16 @@ def test_runtime_txt_may_name_the_base_image_as_repo2docker_reads_it():
     # .python-version is then ignored, as after any runtime.txt that decides
     d = decide(["runtime.txt", ".python-version"], runtime_txt=text, python_version="3.99")
     assert d.notes[-1] == ".python-version ignored: runtime.txt names the Python version"
+
+
+def test_environment_yml_takes_precedence_over_requirements_txt():
+    """repo2docker's rule (its conda buildpack does not install requirements.txt); as
+    binder-examples/voila has both files."""
+    d = decide(["environment.yml", "requirements.txt", "index.ipynb"])
+    assert d.decided_by == ("environment.yml",)
+    assert d.notes == ("requirements.txt ignored: environment.yml names the environment",)
+    _, lines = dockerfile(["environment.yml", "requirements.txt"])
+    assert not any("aicoe-env requirements" in line for line in lines)
 
 
 def test_no_versions_offered_says_none():
