@@ -54,6 +54,29 @@ pip_install() {  # $1: the file the packages come from; the rest: pip install ar
   fi
   fail "$what: pip could not install it: $(grep -E '^(ERROR|error):' /tmp/aicoe-pip.log | tail -n 1)"
 }
+# what a lock names that pip cannot hash-check: VCS and URL entries (installed without a hash,
+# said in the log) and local paths (installed after the repository is copied: the deferred step)
+DEFER=${AICOE_DEFERRED:-/usr/local/share/aicoe-spawner/deferred-requirements.txt}
+locked_install() {  # $1: the lock (for messages), $2: the requirements exported from it
+  rm -f /tmp/aicoe-hashed.txt /tmp/aicoe-unhashed.txt "$DEFER"
+  mkdir -p "$(dirname "$DEFER")"
+  awk -v hashed=/tmp/aicoe-hashed.txt -v unhashed=/tmp/aicoe-unhashed.txt -v local="$DEFER" '
+    { line = line $0 }
+    /\\$/ { sub(/\\$/, "", line); next }
+    { l = line; line = ""; sub(/^[ \t]+/, "", l) }
+    l == "" || l ~ /^#/ { next }
+    l ~ /--hash=/ { print l > hashed; next }
+    l ~ /^(-e|--editable)[ =]/ || l ~ /^(\.|\/|file:)/ { print l > local; next }
+    { print l > unhashed }' "$2"
+  [ ! -s /tmp/aicoe-hashed.txt ] ||
+    pip_install "$1" --no-deps --require-hashes -r /tmp/aicoe-hashed.txt
+  if [ -s /tmp/aicoe-unhashed.txt ]; then
+    echo "$1: without a hash check (the lock has none for them): $(paste -s -d ' ' /tmp/aicoe-unhashed.txt)" >&2
+    pip_install "$1" --no-deps -r /tmp/aicoe-unhashed.txt
+  fi
+  [ ! -s "$DEFER" ] || echo "$1: after the repository is copied: $(paste -s -d ' ' "$DEFER")" >&2
+  rm -f /tmp/aicoe-hashed.txt /tmp/aicoe-unhashed.txt
+}
 step=$1; f=$2; shift 2
 d=$(dirname "$f")
 r=${f#"${AICOE_HOME:-/}/"}  # the path in the repository, for messages
@@ -87,14 +110,14 @@ pipenv)
   fi
   PYTHONPATH=$T "$PY" -m micropipenv requirements --method pipenv --no-indexes --no-dev > /tmp/aicoe-req.txt ||
     fail "$r cannot be read by micropipenv (see above)"
-  pip_install "$r" --no-deps --require-hashes -r /tmp/aicoe-req.txt
+  locked_install "$r" /tmp/aicoe-req.txt
   rm -rf "$T" /tmp/aicoe-req.txt ;;
 uv)
   tool uv
   cd "$d"
   "$T/bin/uv" export --frozen --no-dev --no-emit-project --format requirements-txt \
     -o /tmp/aicoe-req.txt >&2 || fail "$r cannot be exported by uv (see above)"
-  pip_install "$r" --no-deps --require-hashes -r /tmp/aicoe-req.txt
+  locked_install "$r" /tmp/aicoe-req.txt
   rm -rf "$T" /tmp/aicoe-req.txt "$UV_CACHE_DIR" ;;
 pylock)
   tool uv
@@ -103,6 +126,12 @@ pylock)
 requirements)
   cd "$d"
   pip_install "$r" -r "$f" ;;
+locked)  # the requirements $f exported from the lock $1 (what pipenv and uv do after exporting)
+  locked_install "$1" "$f" ;;
+deferred)  # the lock's local paths, now that the repository is there
+  cd "$d"
+  [ ! -s "$DEFER" ] || pip_install "$r" --no-deps -r "$DEFER"
+  rm -f "$DEFER" ;;
 project)
   cd "$d"
   pip_install "$r" "$@" . ;;

@@ -464,6 +464,9 @@ def environment_dockerfile(
     else:
         locked = False
     out += [ENVIRONMENT_MARKER, label, f"COPY {chown} . {home}/"]
+    lock = next((n for n in ("Pipfile.lock", "uv.lock") if has(n)), "")
+    if lock and not has("environment.yml"):  # the lock's local paths (-e ., ./libs/x)
+        out.append(step("deferred", q(path(lock))))
     if req_late:
         out.append(step("requirements", q(path("requirements.txt"))))
     if (

@@ -453,7 +453,14 @@ def test_each_python_file_kind_installs_with_its_tool(paths, install, project):
             f" {flags}" if flags else ""
         )
         assert lines.index(line) > rest  # a project needs its whole source
-    assert len(runs) == bool(install) + bool(project)
+    deferred = install.split()[0] in ("pipenv", "uv") if install else False
+    if deferred:  # the lock's local paths (-e ., ./libs/x) install once the source is there
+        lock = install.split()[1]
+        at = lines.index(f"RUN /usr/local/bin/aicoe-env deferred {lock}")
+        assert rest < at
+        if project:
+            assert at < lines.index(line)
+    assert len(runs) == bool(install) + bool(project) + deferred
 
 
 def test_requirements_naming_local_paths_install_after_the_copy():

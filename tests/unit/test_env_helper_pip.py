@@ -144,3 +144,136 @@ def test_pins_that_conflict_name_both_sides(tmp_path, links):
 def test_a_package_the_index_does_not_have_is_named(tmp_path, links):
     why = reason(install(tmp_path, links, "no-such-thing==9.9\n"))
     assert why.startswith("requirements.txt: No matching distribution found for no-such-thing")
+
+
+# -- what a lock names that pip cannot hash-check ------------------------------------------
+
+WORKING_BACKEND = """
+import base64, hashlib, os, zipfile
+NAME, VERSION = {name!r}, {version!r}
+def _files():
+    base = NAME.replace("-", "_")
+    info = f"{{base}}-{{VERSION}}.dist-info"
+    return base, info, {{
+        f"{{base}}.py": "WHO = 'local'\\n",
+        f"{{info}}/METADATA": f"Metadata-Version: 2.1\\nName: {{NAME}}\\nVersion: {{VERSION}}\\n",
+        f"{{info}}/WHEEL": "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+    }}
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def build_wheel(d, config_settings=None, metadata_directory=None):
+    base, info, files = _files()
+    name = f"{{base}}-{{VERSION}}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(d, name), "w") as z:
+        record = []
+        for path, text in files.items():
+            z.writestr(path, text)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+            record.append(f"{{path}},sha256={{digest.decode()}},{{len(text.encode())}}")
+        record.append(f"{{info}}/RECORD,,")
+        z.writestr(f"{{info}}/RECORD", "\\n".join(record) + "\\n")
+    return name
+build_editable = build_wheel  # PEP 660: here the same wheel
+get_requires_for_build_editable = get_requires_for_build_wheel
+"""
+
+
+def project(folder: Path, name: str, version: str = "1.0") -> Path:
+    """A source tree pip builds and installs (an in-tree backend, no network)."""
+    folder.mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    )
+    (folder / "backend.py").write_text(WORKING_BACKEND.format(name=name, version=version))
+    return folder
+
+
+def wheel_of(folder: Path, out: Path) -> Path:
+    sys.path.insert(0, str(folder))
+    try:
+        import backend  # noqa: PLC0415
+
+        name = backend.build_wheel(str(out))
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("backend", None)
+    return out / name
+
+
+def helper(tmp_path: Path, links: Path, *args: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "aicoe-env"
+    script.write_text(env.HELPER_SCRIPT)
+    run_env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "AICOE_HOME": str(tmp_path / "home"),
+        "AICOE_BASE_IMAGE": "b:1",
+        "AICOE_DEFERRED": str(tmp_path / "deferred.txt"),
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(links),
+        "PIP_TARGET": str(tmp_path / "target"),
+        "PIP_NO_BUILD_ISOLATION": "1",
+    }
+    return subprocess.run(
+        ["sh", str(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **run_env},
+        timeout=180,
+    )
+
+
+def test_a_locks_hashed_vcs_and_local_entries_each_install_their_way(tmp_path):
+    """As micropipenv exports a Pipfile.lock with an editable project (``--editable .``), a
+    local path and a git dependency: the hashed pins with --require-hashes, the git one
+    without a hash (said), the local ones after the repository is copied (the deferred step)."""
+    links = tmp_path / "links"
+    links.mkdir()
+    import hashlib  # noqa: PLC0415
+
+    pinned = wheel_of(project(tmp_path / "src-pinned", "pinned-pkg"), links)
+    digest = hashlib.sha256(pinned.read_bytes()).hexdigest()
+    vcs = project(tmp_path / "vcs", "vcs-pkg")
+    subprocess.run(["git", "init", "-q", str(vcs)], check=True)
+    subprocess.run(["git", "-C", str(vcs), "add", "."], check=True)
+    subprocess.run(
+        ["git", "-C", str(vcs), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+        check=True,
+    )
+    home = tmp_path / "home"
+    project(home, "the-project")
+    project(home / "libs" / "other", "other-local")
+    exported = tmp_path / "exported.txt"
+    exported.write_text(
+        "#\n# Default dependencies\n#\n"
+        f"pinned-pkg==1.0 \\\n    --hash=sha256:{digest}\n"
+        "--editable .\n./libs/other\n"
+        f"git+file://{vcs}#egg=vcs-pkg\n"
+    )
+    done = helper(tmp_path, links, "locked", str(exported), "Pipfile.lock")
+    assert done.returncode == 0, done.stdout + done.stderr
+    target = tmp_path / "target"
+    assert (target / "pinned_pkg.py").exists() and (target / "vcs_pkg.py").exists()
+    assert not (target / "the_project.py").exists()  # not before the repository is there
+    assert f"Pipfile.lock: without a hash check (the lock has none for them): git+file://{vcs}" in (
+        done.stderr
+    )
+    assert "Pipfile.lock: after the repository is copied: --editable . ./libs/other" in done.stderr
+    assert (tmp_path / "deferred.txt").read_text() == "--editable .\n./libs/other\n"
+
+    done = helper(tmp_path, links, "deferred", str(home / "Pipfile.lock"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (target / "other_local.py").exists()
+    assert any(p.name.startswith("the_project") for p in target.iterdir())
+    assert not (tmp_path / "deferred.txt").exists()
+
+
+def test_a_tampered_hash_still_fails_beside_unhashed_entries(tmp_path):
+    links = tmp_path / "links"
+    links.mkdir()
+    wheel_of(project(tmp_path / "src-pinned", "pinned-pkg"), links)
+    (tmp_path / "home").mkdir()
+    exported = tmp_path / "exported.txt"
+    exported.write_text(f"pinned-pkg==1.0 --hash=sha256:{'0' * 64}\n./libs/other\n")
+    why = reason(helper(tmp_path, links, "locked", str(exported), "uv.lock"))
+    assert why.startswith("uv.lock: the downloaded pinned-pkg==1.0 does not match the hash")
