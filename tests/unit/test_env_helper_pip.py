@@ -5,6 +5,7 @@ and pip installs into a throwaway --target."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -157,7 +158,8 @@ def _files():
     return base, info, {{
         f"{{base}}.py": "WHO = 'local'\\n",
         f"{{info}}/METADATA": f"Metadata-Version: 2.1\\nName: {{NAME}}\\nVersion: {{VERSION}}\\n",
-        f"{{info}}/WHEEL": "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+        f"{{info}}/WHEEL": "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\n"
+        "Tag: py3-none-any\\n",
     }}
 def get_requires_for_build_wheel(config_settings=None):
     return []
@@ -191,7 +193,7 @@ def project(folder: Path, name: str, version: str = "1.0") -> Path:
 def wheel_of(folder: Path, out: Path) -> Path:
     sys.path.insert(0, str(folder))
     try:
-        import backend  # noqa: PLC0415
+        import backend
 
         name = backend.build_wheel(str(out))
     finally:
@@ -229,8 +231,6 @@ def test_a_locks_hashed_vcs_and_local_entries_each_install_their_way(tmp_path):
     without a hash (said), the local ones after the repository is copied (the deferred step)."""
     links = tmp_path / "links"
     links.mkdir()
-    import hashlib  # noqa: PLC0415
-
     pinned = wheel_of(project(tmp_path / "src-pinned", "pinned-pkg"), links)
     digest = hashlib.sha256(pinned.read_bytes()).hexdigest()
     vcs = project(tmp_path / "vcs", "vcs-pkg")
