@@ -79,10 +79,55 @@ def locked_pins(repo: Path) -> dict[str, str]:
                     pins[normalize(name)] = version[2:]
     uv_lock = repo / "uv.lock"
     if uv_lock.is_file():
-        for package in tomllib.loads(uv_lock.read_text()).get("package", []):
+        for package in uv_installed(tomllib.loads(uv_lock.read_text())):
             if "registry" in (package.get("source") or {}):
                 pins[normalize(package["name"])] = package["version"]
     return pins
+
+
+#: The notebook image's platform, for the markers of a lock's dependencies.
+MARKER_ENVIRONMENT = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+
+
+def uv_installed(lock: dict) -> list[dict]:
+    """The packages of a ``uv.lock`` that ``uv export --no-dev`` gives on the notebook image's
+    platform: from the project (a ``virtual``/``editable`` source) along its dependencies and
+    the extras they name, whose markers hold for Linux and Python 3.11 (so a Windows-only
+    pin such as pywin32 is not fetched)."""
+    from packaging.markers import Marker
+
+    packages = {normalize(p["name"]): p for p in lock.get("package", [])}
+    todo = [
+        (name, ())
+        for name, p in packages.items()
+        if {"virtual", "editable"} & set(p.get("source") or {})
+    ]
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen or name not in packages:
+            continue
+        seen.add((name, extras))
+        package = packages[name]
+        deps = list(package.get("dependencies", []))
+        for extra in extras:
+            deps += package.get("optional-dependencies", {}).get(extra, [])
+        for dep in deps:
+            marker = dep.get("marker")
+            if marker and not Marker(marker).evaluate({**MARKER_ENVIRONMENT, "extra": ""}):
+                continue
+            todo.append((normalize(dep["name"]), tuple(sorted(dep.get("extra", [])))))
+    names = {name for name, _ in seen}
+    return [packages[n] for n in sorted(names)]
 
 
 def requirement_lines(repo: Path) -> list[str]:
@@ -107,7 +152,7 @@ def locked_hashes(repo: Path) -> dict[str, set[str]]:
                 hashes.setdefault(normalize(name), set()).update(found)
     uv_lock = repo / "uv.lock"
     if uv_lock.is_file():
-        for package in tomllib.loads(uv_lock.read_text()).get("package", []):
+        for package in uv_installed(tomllib.loads(uv_lock.read_text())):
             files = [package.get("sdist") or {}, *(package.get("wheels") or [])]
             found = {f["hash"].removeprefix("sha256:") for f in files if "hash" in f}
             if found:
@@ -148,12 +193,16 @@ def missing_locked_files(repo: Path, packages: Path) -> list[str]:
 def repo_packages(repos: Iterable[Path]) -> tuple[list[str], list[str], list[str]]:
     """(requirements, pins, Debian packages) that builds of ``repos`` install: the lines of
     their requirements.txt, the pins of their locks (``name==version``) and their apt.txt
-    lines. A repository with a ``runtime.txt`` (a refused Python version) adds nothing."""
+    lines. A repository whose ``runtime.txt`` asks for another Python than the notebook
+    image's 3.11 (refused by the builder) adds nothing."""
     requirements: set[str] = set()
     pins: set[str] = set()
     apt: set[str] = set()
     for repo in repos:
-        if (repo / "runtime.txt").exists():
+        runtime = repo / "runtime.txt"
+        if runtime.exists() and not re.fullmatch(
+            r"python-3\.11(\.\d+)?", runtime.read_text().strip()
+        ):
             continue
         requirements.update(requirement_lines(repo))
         pins.update(f"{name}=={version}" for name, version in locked_pins(repo).items())

@@ -282,12 +282,14 @@ def decide(
     if "apt.txt" in present:
         _apt_packages(_at(folder, "apt.txt"), files[_at(folder, "apt.txt")] or "")
     version = chosen = ""
+    ignored: set[str] = set()
     for name in ("runtime.txt", ".python-version"):
         if name not in present:
             continue
         path = _at(folder, name)
         if version or chosen:
             notes.append(f"{path} ignored: runtime.txt names the Python version")
+            ignored.add(name)
             continue
         if not _lines(files[path] or ""):  # e.g. "# python-3.11": repo2docker's default too
             notes.append(f"{path} names no version (only comments): the base image's Python")
@@ -333,7 +335,7 @@ def decide(
     for extra in locks[1:]:
         what = "names the environment" if locks[0] == "environment.yml" else "pins the packages"
         notes.append(f"{_at(folder, extra)} ignored: {_at(folder, locks[0])} {what}")
-    decided = [n for n in present if n not in locks[1:]]
+    decided = [n for n in present if n not in locks[1:] and n not in ignored]
     if "pyproject.toml" in present and "uv.lock" not in present:
         text = files.get(_at(folder, "pyproject.toml"))
         if not _has_build_system(text) and "setup.py" not in present:

@@ -323,6 +323,19 @@ ENVIRONMENT_CASES = {
         [],
     ),
     "apt-postbuild": (["apt.txt", "postBuild"], {}, ["/usr/games/cowsay", "/usr/games/lolcat"]),
+    # runtime.txt python-3.11 -> the admin's 3.11 base image; uv.lock wins over requirements.txt
+    "runtime-uv-lock": (
+        ["runtime.txt", "pyproject.toml", "uv.lock"],
+        {"numpy": "2.2.6", "matplotlib": "3.10.3", "ipython": "9.2.0", "pyyaml": "6.0.2"},
+        [],
+    ),
+}
+#: What the record says of the files that did not decide (the notes the page shows).
+ENVIRONMENT_NOTES = {
+    "runtime-uv-lock": [
+        ".python-version ignored: runtime.txt names the Python version",
+        "requirements.txt ignored: uv.lock pins the packages",
+    ],
 }
 
 
@@ -350,11 +363,17 @@ async def test_environment_builds_install_exactly_what_each_repository_pins(demo
         assert result["phase"] == "ready", (repo, result["message"], result["log"][-4000:])
         assert (result["strategy"], result["decided_by"]) == ("environment", decided_by), repo
         assert f"decided by: {' '.join(decided_by)}" in result["log"]
+        for note in ENVIRONMENT_NOTES.get(repo, []):
+            assert note in result["notes"], (repo, result["notes"])
+        if "runtime.txt" in decided_by:  # the build checked the base image's Python
+            assert "aicoe-env python runtime.txt 3.11" in result["log"], repo
         code = (
             "import importlib.metadata as m, json, os, shutil\n"
             f"names = {sorted(pins)!r}\n"
             f"programs = {programs!r}\n"
+            "import sys\n"
             "print(json.dumps({'versions': {n: m.version(n) for n in names},\n"
+            "  'python': '%d.%d' % sys.version_info[:2],\n"
             "  'programs': [p for p in programs if os.access(p, os.X_OK)],\n"
             f"  'file': os.path.exists(os.path.expanduser('~/{decided_by[-1]}'))}}))"
         )
@@ -364,7 +383,8 @@ async def test_environment_builds_install_exactly_what_each_repository_pins(demo
             got = json.loads(await run_in_kernel(demo, user, token, code))
         finally:
             await stop_server(demo, node_kube, user)
-        assert got == {"versions": pins, "programs": programs, "file": True}, repo
+        want = {"versions": pins, "programs": programs, "file": True, "python": "3.11"}
+        assert got == want, repo
 
 
 def _stale_pipfile(files: Path) -> None:

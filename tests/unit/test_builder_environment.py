@@ -117,7 +117,6 @@ def test_every_file_kind_decides_in_step_order():
     assert d.decided_by == (
         "apt.txt",
         "runtime.txt",
-        ".python-version",
         "environment.yml",
         "pyproject.toml",
         "setup.py",

@@ -36,8 +36,15 @@ def test_pins_and_requirements_of_the_real_repositories():
     requirements, pins, apt = repo_packages(sorted(REPOS.iterdir()))
     assert "requests==2.32.3" in requirements and "daiquiri==2.0.0" in pins
     assert apt == ["cowsay", "lolcat"]
-    # the refused runtime.txt repository adds nothing (its numpy/matplotlib are never served)
-    assert not any(r.startswith(("numpy", "matplotlib")) for r in requirements + pins)
+    # the refused runtime.txt repository (python-2.7) adds nothing: its pins are never served
+    python2 = requirement_lines(REPOS / "runtime-python2")
+    assert python2 and not set(python2) & set(requirements)
+    # runtime.txt python-3.11 (es-ude/Python-Tutorial): its uv.lock as uv export gives it on
+    # Linux and Python 3.11 (41 of the lock's 118 packages: no dev group, no Windows pins)
+    tutorial = locked_pins(REPOS / "runtime-uv-lock")
+    assert len(tutorial) == 41 and tutorial["numpy"] == "2.2.6"
+    assert not {"pywin32", "jupyter", "appnope", "colorama"} & set(tutorial)
+    assert "numpy==2.2.6" in pins
 
 
 def test_every_repository_file_is_byte_for_byte_with_a_provenance():
