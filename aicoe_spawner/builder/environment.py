@@ -66,7 +66,8 @@ HELPER = "/usr/local/bin/aicoe-env"
 #: whose environment files are the same) and the repository's content after it.
 ENVIRONMENT_MARKER = "# aicoe-spawner: the environment above, the repository below"
 _APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?")
-_VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
+# 3.12, 3.12.4, and pre-releases or builds as pyenv and uv write them (3.14rc3, 3.13t, 3.12.0+)
+_VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?((a|b|rc)\d+|\.dev\d+|t|\+)?")
 _MAJOR_ONLY = re.compile(r"(python-?)?3")
 # requirements.txt lines that need the whole repository (local paths, other files)
 _LOCAL_REQ = re.compile(r"^\s*(-e|--editable|-r|--requirement|-c|--constraint|\.|/|file:)")

@@ -166,6 +166,9 @@ def test_uv_lock_without_pyproject_is_refused():
         ("runtime.txt", "# pinned\npython-3.12.4\n", "3.12"),
         (".python-version", "3.12\n", "3.12"),
         (".python-version", "cpython-3.11.9\n", "3.11"),
+        # uv's interpreter key (as a real .python-version has it) and pyenv's several lines
+        (".python-version", "cpython-3.12rc3-macos-x86_64-none\n", "3.12"),
+        (".python-version", "3.11.11\n3.7.13\n", "3.11"),
     ],
 )
 def test_python_version_maps_to_the_admins_base_image(name, text, version):
