@@ -198,21 +198,24 @@ def _python_version(path: str, text: str, settings: EnvSettings) -> str | None:
     is not a runtime, which repo2docker ignores too; .python-version: a pyenv environment name
     or ``system``), so the base image's Python is used and a note says so."""
     lines = _lines(text)
-    value = lines[0] if lines else ""
-    raw = value
+    raw = lines[0] if lines else ""
+    # as people write it: 'Python-3.12', "python - 3.10", '3.14' in quotes, python-3-8
+    value = re.sub(r"\s*-\s*", "-", raw.strip("'\" ")).lower()
+    value = re.sub(r"^(python-)?3-(\d+)", r"\g<1>3.\2", value)
     if path.endswith("runtime.txt"):
-        if _R_RUNTIME.fullmatch(value) and value != "r-":
+        if _R_RUNTIME.fullmatch(raw) and raw != "r-":
             raise _not_python(path, "R", settings, repr(raw))
         value = value.removeprefix("python-")
-    if value.lower().startswith("pypy"):
+    if value.startswith("pypy"):
         raise _refuse(
             path,
             f"{raw!r} asks for PyPy, which this builder does not offer (versions offered: "
             f"{_offered(settings)}); write a CPython version such as 3.11",
         )
     value = value.removeprefix("cpython-").removeprefix("python")
-    m = _VERSION.fullmatch(value.split("-", 1)[0]) if value else None
-    if not m:
+    # the version at the start (a stray character pasted after it is left out)
+    m = _VERSION.match(value.split("-", 1)[0]) if value else None
+    if not m or m.group(1) not in ("2", "3"):  # e.g. a conda build string "1.0.9=py310…"
         return None
     return f"{m.group(1)}.{m.group(2)}"
 

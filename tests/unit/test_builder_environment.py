@@ -169,6 +169,14 @@ def test_uv_lock_without_pyproject_is_refused():
         # uv's interpreter key (as a real .python-version has it) and pyenv's several lines
         (".python-version", "cpython-3.12rc3-macos-x86_64-none\n", "3.12"),
         (".python-version", "3.11.11\n3.7.13\n", "3.11"),
+        # real runtime.txt files (the repositories in the comments): what they mean is clear
+        ("runtime.txt", "Python-3.12.10\n", "3.12"),  # 7Ayush-cyber/Plant_disease_prediction-
+        ("runtime.txt", "python - 3.11\n", "3.11"),  # bio-learn/biolearn (.binder, 3.10)
+        ("runtime.txt", "'3.12'\n", "3.12"),  # eso/astroquery_examples (.binder, '3.14')
+        ("runtime.txt", "python-3-11\n", "3.11"),  # codeur66/scikit-learn-mooc (python-3-8)
+        ("runtime.txt", " python-3.12\n", "3.12"),  # CryoInTheCloud/CryoCloudWebsite (3.9)
+        ("runtime.txt", "python-3.11\ufffcEnter\n", "3.11"),  # Solo120140/Tfmib-for-binder-
+        ("runtime.txt", "python-3.12.19gi`\n", "3.12"),  # 1day1commit/AI_Melody_Generator
     ],
 )
 def test_python_version_maps_to_the_admins_base_image(name, text, version):
@@ -256,6 +264,12 @@ def test_a_runtime_txt_that_names_nothing_is_noted_not_refused(text):
         # 0Petya/rain-in-austrailia's .python-version names its pyenv virtualenv
         (".python-version", "rain-in-australia\n"),
         (".python-version", "system\n"),
+        # 271828D/DE-project: conda build strings; aidanmbreer/python-training: python-11;
+        # 1010mark/WordDistanceGame: a Git LFS pointer; 0silverback0/marijuana-survey: ptyhon-
+        (".python-version", "1.0.9=py310h6a678d5_9\n3.10.18=h1a3bd86_0\n"),
+        ("runtime.txt", "python-11\n"),
+        ("runtime.txt", "version https://git-lfs.github.com/spec/v1\noid sha256:00\n"),
+        ("runtime.txt", "ptyhon-3.9.2\n"),
     ],
 )
 def test_a_version_file_that_names_no_python_version_is_noted_and_ignored(name, text):
