@@ -263,3 +263,14 @@ def test_an_unmapped_build_keeps_the_builders_registry_and_secret():
     s = resolve_spec(request, SHA, "tag", ci(), BuildDefaults(destinations=bare), "alice")
     pod = job_manifest(s, JobConfig(push_secret="builders-own"))["spec"]["template"]["spec"]
     assert not [v for v in pod["volumes"] if "secret" in v]
+
+
+def test_the_openshift_backend_refuses_a_mapped_repository():
+    """Its Builds push to the cluster's ImageStreams: a destination it cannot honour is a 400
+    before anything is created, never a push elsewhere."""
+    from aicoe_spawner.builder.backends.openshift import validate_spec
+
+    with pytest.raises(BuildRequestError) as info:
+        validate_spec(spec("https://github.com/team-a/nb"))
+    assert info.value.field == "repo" and "kubernetes backend" in info.value.why
+    validate_spec(spec("https://gitlab.com/x/y"))  # unmapped: as before
