@@ -229,4 +229,3 @@ def decide(url: str, ci: CIKeys, destinations: Iterable[Destination], default_pa
     return Target(
         path, name, push_secret=entry.push_secret, pull_secret=entry.pull_secret, mapped=True
     )
-
