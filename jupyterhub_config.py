@@ -124,6 +124,11 @@ c.AICoESpawner.group_policies = {
 builder_token = os.environ.get("IMAGE_BUILDER_API_TOKEN") or secrets.token_hex(32)
 # The spawn page links to the builder's page.
 c.AICoESpawner.builder_url = "/services/image-builder/"
+# Per-project destinations (docs/builder.md#per-project-destinations), one list for both: the
+# builder reads AICOE_BUILDER_DESTINATIONS (which repositories push where, with which
+# Secrets), and user pods of images under an entry's registry get its pullSecret.
+destinations = json.loads(os.environ.get("AICOE_BUILDER_DESTINATIONS") or "[]")
+c.AICoESpawner.registry_pull_secrets = [d for d in destinations if d.get("pullSecret")]
 c.JupyterHub.services = [
     {
         "name": "image-builder",

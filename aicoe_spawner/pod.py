@@ -26,7 +26,12 @@ APPLIED_TRAITS = (
     "tolerations",
     "node_selector",
     "extra_annotations",
+    "image_pull_secrets",
 )
+
+#: what an entry of ``registry_pull_secrets`` may hold: the builder's destination entries
+#: (``ImageBuilder.destinations``) fit as they are, their other keys unused here
+PULL_SECRET_KEYS = frozenset({"registry", "pullSecret", "repositories", "pushSecret", "allow"})
 
 
 def literal(value: str) -> str:
@@ -39,6 +44,42 @@ def _copy(value: Any) -> Any:
         return copy.deepcopy(value)
     except Exception:  # an object config cannot copy (a client, a lock): keep it as is
         return value
+
+
+def check_pull_secret_entries(entries: Any) -> None:
+    """ValueError naming the entry and the field of a bad ``registry_pull_secrets`` value."""
+    if not isinstance(entries, list):
+        raise ValueError("must be a list of {registry, pullSecret} entries")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"entry {i}: must be a mapping with registry and pullSecret")
+        unknown = sorted(set(entry) - PULL_SECRET_KEYS)
+        if unknown:
+            raise ValueError(f"entry {i}: unknown field {unknown[0]!r}")
+        registry = entry.get("registry")
+        if not isinstance(registry, str) or not registry.strip("/") or " " in registry:
+            raise ValueError(f"entry {i}.registry: must be a registry host[/path]")
+        secret = entry.get("pullSecret", "")
+        if not isinstance(secret, str):
+            raise ValueError(f"entry {i}.pullSecret: must be a Secret name")
+
+
+def registry_pull_secret(image: str, entries: list[dict]) -> str:
+    """The ``pullSecret`` of the first entry whose ``registry`` path holds ``image`` (a
+    reference ``host/path/name[:tag][@digest]``), else ""."""
+    image = image.lower()
+    for entry in entries:
+        prefix = entry["registry"].lower().rstrip("/") + "/"
+        if entry.get("pullSecret") and image.startswith(prefix):
+            return entry["pullSecret"]
+    return ""
+
+
+def _secret_names(secrets: Any) -> list[str]:
+    """KubeSpawner's image_pull_secrets (a list of names or {name} objects, or one name)."""
+    if isinstance(secrets, str):
+        return [secrets] if secrets else []
+    return [s if isinstance(s, str) else (s or {}).get("name", "") for s in secrets or []]
 
 
 def image_annotations(chosen: opts.SpawnOptions) -> dict[str, str]:
@@ -121,6 +162,14 @@ class PodShaping:
                 ",".join(f"{name}={value}" for name, value in chosen.size_choices().items())
             )
         self.extra_annotations = {**self.extra_annotations, **annotations}
+        # the admin's registry pull secret of the image this spawn starts (a size's own image
+        # included), beside KubeSpawner's image_pull_secrets
+        secret = registry_pull_secret(self.image, self.registry_pull_secrets)
+        if secret and secret not in _secret_names(self.image_pull_secrets):
+            configured = self.image_pull_secrets
+            if isinstance(configured, str):
+                configured = [configured] if configured else []
+            self.image_pull_secrets = [*configured, secret]
 
     def get_env(self) -> dict[str, Any]:
         """KubeSpawner's env plus the user's variables, set literally (never expanded), and

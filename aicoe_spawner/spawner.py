@@ -25,7 +25,7 @@ from . import options as opts
 from .catalog import NOTEBOOK_IMAGE_LABEL
 from .form_view import FormView
 from .home_seed import HomeSeed
-from .pod import ANNOTATION_PREFIX, APPLIED_TRAITS, PodShaping
+from .pod import ANNOTATION_PREFIX, APPLIED_TRAITS, PodShaping, check_pull_secret_entries
 from .secret_env import SECRET_ENV_COMPONENT, SecretEnv, without_secret_values
 from .watch import ImageStreamWatch
 
@@ -250,6 +250,26 @@ class AICoESpawner(FormView, PodShaping, SecretEnv, HomeSeed, KubeSpawner):
         the repository's files; /home/jovyan in Jupyter's images, /opt/app-root/src in Open
         Data Hub's). seed_home acts when a volume is mounted exactly here.""",
     )
+
+    registry_pull_secrets = List(
+        Dict(),
+        config=True,
+        help="""Pull Secrets for images under a registry path: a list of entries
+        {"registry": "quay.io/my-org", "pullSecret": "my-org-pull"}. A server whose image
+        lies under an entry's registry (the first that matches) gets its Secret as an
+        imagePullSecret, besides KubeSpawner's image_pull_secrets; the Secret must exist in
+        the users' namespace. The image builder's destinations (ImageBuilder.destinations)
+        have this shape and fit as they are (the Helm chart renders builder.destinations to
+        both). Only the admin's configuration decides it, never an image or a repository.""",
+    )
+
+    @validate("registry_pull_secrets")
+    def _validate_registry_pull_secrets(self, proposal):
+        try:
+            check_pull_secret_entries(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"registry_pull_secrets: {e}") from None
+        return proposal["value"]
 
     @validate("sizes")
     def _validate_sizes(self, proposal):

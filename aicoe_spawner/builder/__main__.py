@@ -72,6 +72,7 @@ def build_service(
             notebook_user=s.notebook_user,
             notebook_home=s.notebook_home,
             layer_cache=s.layer_cache,
+            destinations=s.destinations,
         ),
         limits=Limits(
             per_user=s.max_per_user,

@@ -3,10 +3,10 @@
 Recognised under ``build:`` (and under each ``overlays[].build``, one image per overlay, on top
 of the top-level ``build``): ``build-strategy`` (and the historical ``build-stratergy``):
 ``Source`` | ``Dockerfile`` | ``Containerfile``; ``base-image``; ``dockerfile-path``;
-``context-dir``; ``registry``; ``registry-org`` (both read only to say they are ignored);
-``registry-project``; ``custom-tag``. Unknown keys are ignored (the file also configures
-AICoE-CI checks); wrong types, YAML the parser cannot read and values it refuses (deep nesting,
-huge integers) raise :class:`BuildRequestError`.
+``context-dir``; ``registry``, ``registry-org`` and ``registry-project`` (whether they may
+steer the push is :mod:`.destinations`' decision); ``custom-tag``. Unknown keys are ignored
+(the file also configures AICoE-CI checks); wrong types, YAML the parser cannot read and
+values it refuses (deep nesting, huge integers) raise :class:`BuildRequestError`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class CIConfig:
     containerfile: bool = False  # strategy Containerfile: the default file is Containerfile
     overlay: str = ""  # overlay name ("" = the top-level build)
     project_field: str = f"{F} build.registry-project"  # where registry-project came from
+    registry_field: str = f"{F} build.registry"  # where registry came from
+    org_field: str = f"{F} build.registry-org"  # where registry-org came from
 
 
 def _str(build: dict, key: str, where: str) -> str | None:
@@ -86,6 +88,7 @@ def _options(build: dict, where: str, base: CIConfig, overlay: str) -> CIConfig:
     dockerfile = _str(build, "dockerfile-path", where)
     context = _str(build, "context-dir", where)
     project = _str(build, "registry-project", where)
+    org = _str(build, "registry-org", where)
     return CIConfig(
         build_strategy=validate_strategy(strategy, f"{where}.build-strategy")
         if strategy
@@ -100,7 +103,7 @@ def _options(build: dict, where: str, base: CIConfig, overlay: str) -> CIConfig:
         if context
         else base.context_dir,
         registry=registry or base.registry,
-        registry_org=_str(build, "registry-org", where) or base.registry_org,
+        registry_org=org or base.registry_org,
         registry_project=project or base.registry_project,
         custom_tag=custom_tag or base.custom_tag,
         notes=tuple(notes),
@@ -109,6 +112,8 @@ def _options(build: dict, where: str, base: CIConfig, overlay: str) -> CIConfig:
         else base.containerfile,
         overlay=overlay,
         project_field=f"{where}.registry-project" if project else base.project_field,
+        registry_field=f"{where}.registry" if registry else base.registry_field,
+        org_field=f"{where}.registry-org" if org else base.org_field,
     )
 
 

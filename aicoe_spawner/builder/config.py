@@ -25,6 +25,7 @@ from traitlets.config import Application, Config, catch_config_error
 from ..options import parse_memory
 from .catalog_view import ImagePolicies
 from .config_env import ENV_VARS, EnvVar, env_vars_of, parse_env_value
+from .destinations import parse_destinations
 from .requests import BuildRequestError, validate_image
 from .settings import DEFAULT_PYTHON_BASE_IMAGES, Settings
 
@@ -144,6 +145,22 @@ class ImageBuilder(Application):
         help="""Name of a `kubernetes.io/dockerconfigjson` Secret with push credentials,
         mounted only into the push step of build pods (never where the repository's build
         steps run). Empty: push without credentials.""",
+    ).tag(config=True)
+
+    destinations = List(
+        [],
+        help="""Per-project destinations: where the images of some repositories go and with
+        which credentials, first matching entry wins. Each entry: `repositories` (globs over
+        `host/org/name`, e.g. `github.com/my-org/*`), `registry` (host[/path] the images go
+        under, e.g. `quay.io/my-org`), `pushSecret` (a `kubernetes.io/dockerconfigjson`
+        Secret in the build namespace, mounted only into the push step; empty: no
+        credentials), `pullSecret` (optional: a Secret for pulling them, in the users' and
+        the build namespace; the hub's pods get it), `allow` (the `.aicoe-ci.yaml` keys the
+        repository may set, within `registry`: `registry`, `registry-org`,
+        `registry-project`). Example: `[{"repositories": ["github.com/my-org/*"],
+        "registry": "quay.io/my-org", "pushSecret": "my-org-robot", "allow":
+        ["registry-project"]}]`. Unmapped repositories push to `registry` with
+        `push_secret`, and a `registry`/`registry-org` key of theirs is refused (403).""",
     ).tag(config=True)
 
     tls_verify = Bool(
@@ -495,6 +512,14 @@ class ImageBuilder(Application):
         if value and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
             raise TraitError(f"{proposal.trait.name}: {value[:80]!r} is not an http(s) URL")
         return value.rstrip("/")
+
+    @validate("destinations")
+    def _valid_destinations(self, proposal) -> list:
+        try:
+            parse_destinations(proposal.value)
+        except ValueError as e:
+            raise TraitError(f"destinations: {e}") from None
+        return proposal.value
 
     @validate("image_policy")
     def _valid_policy(self, proposal) -> dict:

@@ -77,6 +77,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("AICOE_BUILDER_ALLOW_HTTP", "allow_http"),
     EnvVar("AICOE_BUILDER_TLS_VERIFY", "tls_verify"),
     EnvVar("AICOE_BUILDER_PUSH_SECRET", "push_secret"),
+    EnvVar("AICOE_BUILDER_DESTINATIONS", "destinations", json_array),
     EnvVar("AICOE_BUILDER_IMAGE", "build_image"),
     EnvVar("AICOE_BUILDER_BACKEND", "backend"),
     EnvVar("AICOE_BUILDER_MAX_PER_USER", "max_per_user"),

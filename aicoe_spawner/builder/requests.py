@@ -421,6 +421,8 @@ class BuildDefaults:
     notebook_user: str = "1000:100"
     notebook_home: str = "/home/jovyan"
     layer_cache: bool = False
+    # per-project destinations (:mod:`.destinations`), first match wins
+    destinations: tuple[Any, ...] = ()
 
     def env_settings(self, base_image: str):
         """The :class:`~.environment.EnvSettings` of a build on ``base_image``."""
@@ -485,6 +487,10 @@ class BuildSpec:
     # build-time variables of the source strategy (Thoth's s2i images)
     build_env: tuple[tuple[str, str], ...] = field(default=())
     layer_cache: str = ""  # the repository --cache-from/--cache-to use ("" = no layer cache)
+    # the destination's Secrets (:mod:`.destinations`): None = the builder's push Secret,
+    # "" = push without credentials
+    push_secret: str | None = None
+    pull_secret: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "content_id", self.content_id or self.id)
@@ -493,6 +499,11 @@ class BuildSpec:
     @property
     def image(self) -> str:
         return f"{self.namespace}/{self.stream}:{self.tag}"
+
+    @property
+    def mapped_destination(self) -> bool:
+        """Whether the repository has a destination of its own (:mod:`.destinations`)."""
+        return self.push_secret is not None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -548,11 +559,13 @@ def resolve_spec(
     """Request options, else the repo's .aicoe-ci.yaml (``ci``, a CIConfig or None), else
     detection from the repository's files (``view``, as the overlay's build sees them; see
     :mod:`.environment`), else the service defaults -> the :class:`BuildSpec`. Where the
-    image is pushed is the service's configuration alone. ``hashed_name``: the default stream
-    name is taken by another repo. BuildRequestError (422) for a file a build cannot honour.
-    A chosen name lives under a prefix (:func:`requester_stream_name`,
-    :func:`project_stream_name`)."""
+    image is pushed is the service's configuration alone (:mod:`.destinations`: a mapped
+    repository's keys choose within its entry; BuildRequestError 403 otherwise).
+    ``hashed_name``: the default stream name is taken by another repo. BuildRequestError
+    (422) for a file a build cannot honour. A chosen name lives under a prefix
+    (:func:`requester_stream_name`, :func:`project_stream_name`)."""
     from .ci_config import CIConfig
+    from .destinations import decide as decide_destination
     from .environment import decide, environment_dockerfile
 
     ci = ci or CIConfig()
@@ -608,11 +621,16 @@ def resolve_spec(
         stream = project_stream_name(request.repo, stream, hashed=hashed_name)
     tag = tag_for(request.ref, commit)
     extra_tags = (ci.custom_tag,) if ci.custom_tag and ci.custom_tag != tag else ()
-    for key, value in (("registry", ci.registry), ("registry-org", ci.registry_org)):
-        if value:
-            notes.append(f".aicoe-ci.yaml {key} {value!r} ignored: the builder chooses the push")
     org = defaults.registry_org or defaults.namespace
-    output_image = f"{defaults.registry}/{_dns_label(org)}/{stream}:{tag}"
+    target = decide_destination(
+        request.repo, ci, defaults.destinations, f"{defaults.registry}/{_dns_label(org)}"
+    )
+    if target.mapped:
+        notes.append(f"destination {target.path} (the builder's mapping for this repository)")
+    # a registry-project names the image in a mapped destination; a requester's name never
+    # does (their image must not take the project's repository and tag)
+    image_name = target.name if target.name and name_field != "name" else stream
+    output_image = f"{target.path}/{image_name}:{tag}"
     generated = ""
     if strategy == "environment":
         if decision is None:  # no view: the repository's content only
@@ -646,7 +664,7 @@ def resolve_spec(
         options["build_env"] = list(build_env)
     cache = ""
     if defaults.layer_cache and strategy == "environment":
-        cache = f"{defaults.registry}/{_dns_label(org)}/{stream[:57]}-cache"
+        cache = f"{target.path}/{image_name[:57]}-cache"
     # one record per requester: another user's request never returns (or replaces) it
     record_id = build_id(request.repo, commit, {**options, "requester": requester})
     return BuildSpec(
@@ -675,6 +693,8 @@ def resolve_spec(
         generated_dockerfile=generated,
         build_env=build_env,
         layer_cache=cache,
+        push_secret=target.push_secret,
+        pull_secret=target.pull_secret,
     )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import imports
 from .catalog_view import ImagePolicies
+from .destinations import Destination, parse_destinations
 from .requests import DEFAULT_BASE_IMAGE
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Settings:
     allow_http: bool = False
     tls_verify: bool = True
     push_secret: str | None = None
+    destinations: tuple[Destination, ...] = ()  # per-project destinations, first match wins
     builder_image: str = "quay.io/buildah/stable:v1.37"
     backend: str = "kubernetes"
     max_per_user: int = 2
@@ -102,6 +104,7 @@ class Settings:
             allow_http=app.allow_http,
             tls_verify=app.tls_verify,
             push_secret=app.push_secret or None,
+            destinations=parse_destinations(app.destinations),
             builder_image=app.build_image,
             backend=app.backend,
             max_per_user=app.max_per_user,

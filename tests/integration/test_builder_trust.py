@@ -31,12 +31,14 @@ from kubernetes_asyncio.client.rest import ApiException
 from aicoe_devcluster import delete_namespace
 from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.__main__ import build_service
+from aicoe_spawner.builder.destinations import parse_destinations
 from aicoe_spawner.builder.requests import hashed_stream_name
 
 pytestmark = pytest.mark.integration
 PREFIX = "/services/image-builder/"
 SECRET = b"trust-webhook-secret"
 PUSH_AUTH = "push-auth-marker-7f3a"
+ROBOT_PASSWORD = "team-a-robot-7c1e"  # the mapped destination's push credentials
 IMAGE_API = ("image.openshift.io", "v1")
 USERS = ("alice", "bob", "root", "github:octo")
 
@@ -61,6 +63,30 @@ async def env(kube, control_plane, tmp_path_factory):
             "stringData": {".dockerconfigjson": json.dumps(auth)},
         },
     )
+    # team-a's own registry (basic auth) and robot Secret: builder.destinations
+    team = Registry(tmp_path / "team-registry", users={"robot": ROBOT_PASSWORD})
+    robot = base64.b64encode(f"robot:{ROBOT_PASSWORD}".encode()).decode()
+    await core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "team-a-push"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {
+                ".dockerconfigjson": json.dumps({"auths": {team.host: {"auth": robot}}})
+            },
+        },
+    )
+    destinations = parse_destinations(
+        [
+            {
+                "repositories": [f"127.0.0.1:{git.port}/team-a/*"],
+                "registry": f"{team.host}/team-a",
+                "pushSecret": "team-a-push",
+                "pullSecret": "team-a-pull",
+                "allow": ["registry-project"],
+            }
+        ]
+    )
     token = secrets.token_hex(16)
     port = free_port()
     hub = builder_hub(
@@ -84,6 +110,7 @@ async def env(kube, control_plane, tmp_path_factory):
         max_per_user=10,
         max_total=40,
         push_secret="push-creds",
+        destinations=destinations,
     )
     await hub.start()  # the builder listens already: the hub need not wait for it
     tokens = await user_tokens(hub, USERS)
@@ -97,11 +124,13 @@ async def env(kube, control_plane, tmp_path_factory):
         namespace,
     )
     e.service, e.runner, e.registry, e.tmp = stack.service, stack.runner, registry, tmp_path
+    e.team = team
     git.create_repo("plain", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
     yield e
     await stack.stop()
     await hub.stop()
     registry.stop()
+    team.stop()
     git.stop()
     await delete_namespace(kube, namespace)
 
@@ -229,15 +258,12 @@ async def test_default_stream_names_never_collide(env):
 
 
 async def test_failed_rebuild_keeps_the_tag_and_publishes_no_log(env):
-    """Also: the repo's registry/registry-org never steer the push."""
     e = env
-    ci = "build:\n  registry: quay.io\n  registry-org: someone-else\n"
-    e.git.create_repo("flaky", {"Dockerfile": f"FROM {e.base}\n", ".aicoe-ci.yaml": ci})
+    e.git.create_repo("flaky", {"Dockerfile": f"FROM {e.base}\n"})
     body = {"repo": e.git.url("flaky"), "ref": "main"}
     status, good = await call(e, "POST", "api/builds", "alice", body)
     assert status == 202, good
     assert good["output_image"] == f"{e.registry.host}/{e.namespace}/flaky:main"
-    assert any("registry-org 'someone-else' ignored" in n for n in good["notes"])
     good = await finished(e, good["id"])
     assert good["phase"] == "ready"
     assert e.registry.manifest_digest(f"{e.namespace}/flaky", "main") == good["digest"]
@@ -373,6 +399,70 @@ async def test_build_pod_keeps_credentials_away_from_user_content(env):
     assert "no-creds-here" in log and PUSH_AUTH not in log
     ran = e.runner.environments[f"imgbuild-{b['id']}"]
     assert "REGISTRY_AUTH_FILE" not in ran["build"] and "REGISTRY_AUTH_FILE" in ran["push"]
+
+
+async def test_a_mapped_repository_pushes_to_its_own_path_with_its_own_secret(env):
+    """builder.destinations: team-a's repositories push to team-a's registry path (which asks
+    for the robot's password) with team-a's Secret, mounted in the push step only."""
+    e = env
+    e.git.create_repo(
+        "team-a/nb",
+        {
+            "Dockerfile": f"FROM {e.base}\n"
+            "RUN cat /var/run/secrets/push/.dockerconfigjson 2>&1 || echo no-robot-here\n",
+            ".aicoe-ci.yaml": "build:\n  registry-project: team-nb\n",
+        },
+        tag="v1",
+    )
+    status, b = await call(
+        e, "POST", "api/builds", "alice", {"repo": e.git.url("team-a/nb"), "ref": "v1"}
+    )
+    assert status == 202, b
+    assert b["output_image"] == f"{e.team.host}/team-a/team-nb:v1", b
+    job = await client.BatchV1Api(e.kube).read_namespaced_job(
+        f"imgbuild-{b['id']}", e.namespace, _preload_content=False
+    )
+    pod = (await job.json())["spec"]["template"]["spec"]
+    [build], [push] = pod["initContainers"], pod["containers"]
+    secrets_ = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert list(secrets_.values()) == ["team-a-push"]  # never the builder's push-creds
+    assert set(secrets_) <= {m["name"] for m in push["volumeMounts"]}
+    assert not set(secrets_) & {m["name"] for m in build["volumeMounts"]}
+    assert not [v for v in build["env"] if "AUTH" in v["name"] or "secrets" in v.get("value", "")]
+    assert pod["imagePullSecrets"] == [{"name": "team-a-pull"}]
+    done = await finished(e, b["id"])
+    assert done["phase"] == "ready", done["message"]
+    # it reached team-a's registry, which refuses anonymous pushes
+    assert e.team.manifest_digest("team-a/team-nb", "v1") == done["digest"]
+    status, log = await call(e, "GET", f"api/builds/{b['id']}/logs", "alice")
+    assert "no-robot-here" in log and ROBOT_PASSWORD not in log
+    ran = e.runner.environments[f"imgbuild-{b['id']}"]
+    assert "REGISTRY_AUTH_FILE" not in ran["build"] and "REGISTRY_AUTH_FILE" in ran["push"]
+    stream = await get_stream(e, done["image"].split("/")[1].split(":")[0])
+    [tag] = [t for t in stream["status"]["tags"] if t["tag"] == "v1"]
+    pushed = f"{e.team.host}/team-a/team-nb@{done['digest']}"
+    assert tag["items"][0]["dockerImageReference"] == pushed
+
+
+async def test_registry_keys_a_repository_may_not_use_are_refused_and_change_nothing(env):
+    e = env
+    cases = [
+        # unmapped: the builder's registry only
+        ("steer", "build:\n  registry-org: someone-else\n", ".aicoe-ci.yaml build.registry-org"),
+        ("steer-host", "build:\n  registry: quay.io\n", ".aicoe-ci.yaml build.registry"),
+        # mapped, with a key its entry does not allow
+        ("team-a/steer", "build:\n  registry-org: team-a\n", ".aicoe-ci.yaml build.registry-org"),
+    ]
+    for name, ci, _ in cases:
+        e.git.create_repo(name, {"Dockerfile": f"FROM {e.base}\n", ".aicoe-ci.yaml": ci}, tag="v1")
+    await settle(e)
+    before = await state(e)
+    for name, _, key in cases:
+        repo = e.git.url(name)
+        status, reply = await call(e, "POST", "api/builds", "alice", {"repo": repo, "ref": "v1"})
+        assert (status, reply["field"]) == (403, key), reply
+        assert repo in reply["message"], reply
+    assert await state(e) == before  # no ImageBuild, no Job, no stream
 
 
 async def test_symlinks_out_of_the_checkout_fail_the_build(env):

@@ -11,7 +11,7 @@ import copy
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import pytest_asyncio
@@ -36,6 +36,14 @@ BUILDER_SA = f"{RELEASE}-aicoe-spawner-builder"
 HUB_CONFIG = f"{RELEASE}-aicoe-spawner-hub"  # the ConfigMap with jupyterhub_config.py
 HUB_SECRET = f"{RELEASE}-aicoe-spawner-hub"  # the Secret with the hub's tokens and values
 PUSH_SECRET = "push-creds"
+DESTINATIONS = [
+    {
+        "repositories": ["github.com/team-a/*"],
+        "registry": "quay.io/team-a",
+        "pushSecret": "team-a-push",
+        "pullSecret": "team-a-pull",
+    }
+]
 KINDS = (
     "Namespace",
     "ServiceAccount",
@@ -105,7 +113,7 @@ async def chart(kube, control_plane, tmp_path_factory):
         kube,
         control_plane,
         tmp_path_factory.mktemp("admission"),
-        lambda ns: {"builder.pushSecret": PUSH_SECRET},
+        lambda ns: {"builder.pushSecret": PUSH_SECRET, "builder.destinations": DESTINATIONS},
     )
     yield made
     await uninstall(kube, made)
@@ -215,6 +223,10 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str]] = {
         ),
         "only emptyDirs",
     ),
+    "another-pull-secret": (
+        lambda j: pod(j).update(imagePullSecrets=[{"name": HUB_SECRET}]),
+        "pull Secrets team-a-pull only",
+    ),
     "host-network": (lambda j: pod(j).update(hostNetwork=True), "no host namespace"),
     "host-pid": (lambda j: pod(j).update(hostPID=True), "no host namespace"),
     "seccomp-unconfined": (
@@ -271,6 +283,20 @@ async def test_the_builders_own_job_is_admitted_in_the_build_namespace(kube, cha
     # without a push secret too (only emptyDirs)
     plain = builder_job(chart, chart.build_namespace, None)
     assert await create_job(chart.builder, chart.build_namespace, plain) == ""
+
+
+async def test_a_mapped_repositorys_job_with_its_own_secrets_is_admitted(chart):
+    """builder.destinations: the Job of a mapped repository (its push Secret in the push
+    step, its pull Secret as imagePullSecrets) is admitted; another Secret is not."""
+    await enforced(chart)
+    spec = replace(a_build_spec(), push_secret="team-a-push", pull_secret="team-a-pull")
+    config = JobConfig(builder_image=chart.build_image, namespace=chart.build_namespace)
+    job = job_manifest(spec, config)
+    assert pod(job)["imagePullSecrets"] == [{"name": "team-a-pull"}]
+    assert await create_job(chart.builder, chart.build_namespace, job) == ""
+    other = job_manifest(replace(spec, push_secret="someone-elses"), config)
+    refused = await create_job(chart.builder, chart.build_namespace, other)
+    assert refused.startswith("403") and "push Secrets push-creds, team-a-push" in refused
 
 
 async def test_no_build_job_beside_the_hub_by_default(chart):

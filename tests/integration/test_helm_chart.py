@@ -27,6 +27,8 @@ from traitlets.config import Config, PyFileConfigLoader
 
 from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.controlplane import CRD_DIR
+from aicoe_spawner.builder.settings import Settings
+from aicoe_spawner.pod import check_pull_secret_entries
 
 VARIANTS = list(VALUES)
 CRD_FILE = "imagestreams.image.openshift.io.yaml"
@@ -539,6 +541,53 @@ def test_chart_config_passthrough_and_extra_config_win(tmp_path, monkeypatch):
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "custom:image-builder:build" not in roles["user"]["scopes"]
     assert roles["image-builder-users"]["groups"] == ["data-scientists"]
+
+
+DESTINATIONS = [
+    {
+        "repositories": ["github.com/team-a/*"],
+        "registry": "quay.io/team-a",
+        "pushSecret": "team-a-push",
+        "pullSecret": "team-a-pull",
+        "allow": ["registry-project"],
+    },
+    {"repositories": ["github.com/team-b/*"], "registry": "quay.io/team-b", "pushSecret": "b"},
+]
+
+
+def test_one_destinations_value_reaches_the_builder_and_the_hub(tmp_path, monkeypatch):
+    """builder.destinations: the builder's AICOE_BUILDER_DESTINATIONS (parsed as the builder
+    parses it) and the hub's registry_pull_secrets (the entries with a pullSecret) are the
+    same list; the builder gets no RBAC on those Secrets (it only names them in Jobs)."""
+    values = {"builder.destinations": DESTINATIONS}
+    docs = render(values=values)
+    deployment = one(docs, "Deployment", "aicoe-aicoe-spawner-builder")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    settings = Settings.from_env({"AICOE_BUILDER_DESTINATIONS": env["AICOE_BUILDER_DESTINATIONS"]})
+    assert [(d.registry, d.push_secret, d.pull_secret) for d in settings.destinations] == [
+        ("quay.io/team-a", "team-a-push", "team-a-pull"),
+        ("quay.io/team-b", "b", ""),
+    ]
+    for role in by_kind(docs, "Role") + by_kind(docs, "ClusterRole"):
+        for rule in role.get("rules") or []:
+            names = set(rule.get("resourceNames") or [])
+            assert not names & {"team-a-push", "team-a-pull", "b"}, role["metadata"]["name"]
+    c = load_chart_config(tmp_path, monkeypatch, values=values)
+    assert c.AICoESpawner.registry_pull_secrets == DESTINATIONS[:1]
+    check_pull_secret_entries(c.AICoESpawner.registry_pull_secrets)  # what the hub accepts
+    # a bad entry stops the install, not the builder at start
+    bad = helm(
+        "template",
+        "r",
+        str(CHART),
+        "--set-json",
+        'builder.destinations=[{"repositories": ["github.com/x/*"], "allow": ["registry-secret"]}]',
+        check=False,
+    )
+    assert bad.returncode != 0 and "destinations" in bad.stderr
 
 
 def test_chart_config_without_builder(tmp_path, monkeypatch):

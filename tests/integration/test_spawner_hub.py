@@ -12,9 +12,12 @@ import pytest
 import pytest_asyncio
 from hub_harness import Hub, running_hub
 from kube_helpers import (
+    IMAGE_API,
+    MERGE,
     container,
     create_imagestream,
     delete_imagestream,
+    digest_for,
     reference,
     set_ready,
     user_pods,
@@ -42,7 +45,7 @@ c.AICoESpawner.sizes = [
         "volume_mounts": [{"name": "home", "mountPath": "/home/jovyan"}]}},
 ]
 c.AICoESpawner.default_policy = {
-    "images": ["minimal", "datascience", "fresh", "after-*"],
+    "images": ["minimal", "datascience", "fresh", "after-*", "team-nb"],
     "sizes": ["small", "medium"],
 }
 c.AICoESpawner.group_policies = {
@@ -58,7 +61,14 @@ c.AICoESpawner.max_memory = "8Gi"
 c.AICoESpawner.reserved_env_names = ["ADMIN_ONLY"]
 c.AICoESpawner.max_env_vars = 5
 c.AICoESpawner.environment = {"ADMIN_SET": "from-admin"}
+c.KubeSpawner.image_pull_secrets = ["site-wide"]
+# the chart renders builder.destinations here as they are: the same entries as the builder's
+c.AICoESpawner.registry_pull_secrets = [
+    {"repositories": ["github.com/team-a/*"], "registry": "quay.io/team-a",
+     "pushSecret": "team-a-push", "pullSecret": "team-a-pull", "allow": ["registry-project"]},
+]
 """
+TEAM_IMAGE = "quay.io/team-a/team-nb@" + digest_for("team-nb:v1")
 
 _users = count()
 
@@ -100,6 +110,16 @@ async def env(control_plane, kube, fake_kubelet, tmp_path_factory):
     await create_imagestream(kube, ns, "secret-project", {"v1": {}})
     await create_imagestream(
         kube, ns, "hidden", {"v1": {}}, annotations={f"{A}notebook-image-hidden": "true"}
+    )
+    # an image the builder pushed to team-a's destination (registration writes this status)
+    await create_imagestream(kube, ns, "team-nb", {"v1": {}}, ready=[])
+    await client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        *IMAGE_API,
+        ns,
+        "imagestreams",
+        "team-nb",
+        {"status": {"tags": [{"tag": "v1", "items": [{"dockerImageReference": TEAM_IMAGE}]}]}},
+        _content_type=MERGE,
     )
     async with running_hub(
         tmp_path_factory.mktemp("hub"), control_plane.kubeconfig, ns, HUB_CONFIG
@@ -211,6 +231,19 @@ async def test_a_home_volume_gets_the_seed_init_container_with_the_notebooks_bou
     await env.stop_server(user)
     pod = await spawn_ok(env, kube, user, {"image": "minimal:2025.2", "size": "small"})
     assert not pod["spec"].get("initContainers")
+    await env.stop_server(user)
+
+
+async def test_an_image_under_a_mapped_registry_gets_its_pull_secret(env, kube):
+    """registry_pull_secrets: a server of an image the admin's mapping covers gets its pull
+    Secret beside KubeSpawner's image_pull_secrets; the next server, of another image, not."""
+    user = new_user()
+    pod = await spawn_ok(env, kube, user, {"image": "team-nb:v1"})
+    assert container(pod)["image"] == TEAM_IMAGE
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "site-wide"}, {"name": "team-a-pull"}]
+    await env.stop_server(user)
+    pod = await spawn_ok(env, kube, user, {"image": "minimal:2025.2"})
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "site-wide"}]
     await env.stop_server(user)
 
 

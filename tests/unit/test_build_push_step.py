@@ -89,3 +89,23 @@ def test_an_environment_image_name_the_cache_did_not_give_is_not_pushed(tmp_path
 def test_without_a_cache_repository_no_environment_image_is_pushed(tmp_path):
     calls, _ = push(tmp_path, f"{CACHE}:env-{KEY}")
     assert len(calls) == 1
+
+
+def test_the_destinations_authfile_is_passed_to_every_push(tmp_path):
+    """The mapped destination's push Secret (REGISTRY_AUTH_FILE, mounted in this step only)
+    reaches skopeo for the image, its extra tags and the environment image."""
+    auth = "/var/run/secrets/push/.dockerconfigjson"
+    calls, _ = push(
+        tmp_path,
+        f"{CACHE}:env-{KEY}",
+        CACHE_REPO=CACHE,
+        EXTRA_IMAGES="registry.test/org/stream:latest",
+        REGISTRY_AUTH_FILE=auth,
+    )
+    assert len(calls) == 3
+    assert all(f"--dest-authfile {auth} " in call for call in calls), calls
+
+
+def test_without_a_push_secret_no_authfile_is_passed(tmp_path):
+    calls, _ = push(tmp_path, None)
+    assert calls and not [c for c in calls if "authfile" in c]

@@ -90,6 +90,10 @@ def sample(name: str, trait) -> tuple[str, object]:
             '[{"key": "builds", "operator": "Exists"}]',
             [{"key": "builds", "operator": "Exists"}],
         ),
+        "destinations": (
+            '[{"repositories": ["github.com/o/*"], "registry": "quay.io/o"}]',
+            [{"repositories": ["github.com/o/*"], "registry": "quay.io/o"}],
+        ),
         "apt_sources": (
             "deb http://a x main;deb http://b y main",
             ["deb http://a x main", "deb http://b y main"],
@@ -186,6 +190,13 @@ BAD = [
     ("AICOE_BUILDER_PYTHON_BASE_IMAGES", "python-3=nb", "python_base_images", "<major.minor>"),
     ("AICOE_BUILDER_IMAGE_POLICY", "[1]", "image_policy", "JSON object"),
     ("AICOE_BUILDER_IMAGE_POLICY", '{"images": []}', "image_policy", "unknown key"),
+    ("AICOE_BUILDER_DESTINATIONS", '{"registry": "q.io"}', "destinations", "JSON array"),
+    (
+        "AICOE_BUILDER_DESTINATIONS",
+        '[{"repositories": ["github.com/o/*"], "registry": "q.io/o", "allow": ["x"]}]',
+        "destinations",
+        "entry 0.allow: unknown key 'x'",
+    ),
 ]
 
 

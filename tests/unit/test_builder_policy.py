@@ -122,11 +122,13 @@ def test_identities_never_collide():
 
 
 def test_push_location_is_the_builders_alone():
-    ci = parse_ci_configs(
-        "build:\n  registry: quay.io\n  registry-org: admin\n  registry-project: nb\n"
-    )[0]
-    s = spec(ci=ci)
+    s = spec(ci=parse_ci_configs("build:\n  registry-project: nb\n")[0])
     assert s.output_image == "reg.local:5000/ns/org-nb---nb:v1"
+    for key in ("registry: quay.io", "registry-org: admin"):
+        with pytest.raises(BuildRequestError) as refused:
+            spec(ci=parse_ci_configs(f"build:\n  {key}\n")[0])
+        assert refused.value.status == 403
+        assert refused.value.field == f".aicoe-ci.yaml build.{key.split(':')[0]}"
 
 
 # -- isolation ------------------------------------------------------------------------

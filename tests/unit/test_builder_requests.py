@@ -155,7 +155,7 @@ def test_ci_config_options_and_precedence():
     ci = parse_ci_config(
         "check: [thoth-build]\nbuild:\n  build-stratergy: Source\n"
         "  base-image: quay.io/thoth-station/s2i-thoth-ubi8-py38:v0.29.0\n"
-        "  registry: quay.io\n  registry-org: aicoe\n  registry-project: my-nb\n"
+        "  registry-project: my-nb\n"
         "  custom-tag: latest\n"
     )
     assert ci.build_strategy == "source"
@@ -165,10 +165,8 @@ def test_ci_config_options_and_precedence():
     assert (s.strategy, s.stream, s.tag) == ("source", "org-repo---my-nb", "v1.0")
     assert s.extra_tags == ("latest",)
     assert s.base_image == "quay.io/thoth-station/s2i-thoth-ubi8-py38:v0.29.0"
-    # the push location is the builder's alone: the repo's registry and registry-org are ignored
+    # the push location is the builder's alone (tests/unit/test_builder_destinations.py)
     assert s.output_image == "reg.local:5000/nb/org-repo---my-nb:v1.0"
-    assert any("registry 'quay.io' ignored" in n for n in s.notes)
-    assert any("registry-org 'aicoe' ignored" in n for n in s.notes)
     assert s.name_field == ".aicoe-ci.yaml build.registry-project"
     # the request wins over the file
     assert spec_for(ok(strategy="dockerfile"), ci=ci).strategy == "dockerfile"

@@ -39,6 +39,7 @@ WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI layout of the
 BUILD_STORAGE = "/var/lib/aicoe-build-storage"  # buildah storage of the build step
 PUSH_STORAGE = "/var/lib/aicoe-push-storage"  # buildah storage of the push step
 DEFAULT_SCRIPTS = "/usr/libexec/s2i"
+PUSH_AUTH_FILE = "/var/run/secrets/push/.dockerconfigjson"  # in the push step only
 
 # Runs user content (git checkout, Dockerfile steps). No credentials here. User-controlled
 # text (paths, the base image's labels) is only ever data: quoted expansions, `case` patterns
@@ -266,17 +267,19 @@ echo "==> built; the push step uploads it"
 # Without it (e.g. quay.io/buildah/stable), buildah loads the layout and pushes the image.
 PUSH_SCRIPT = r"""set -eu
 layout="$WORKSPACE/layout"
+# the destination's push Secret, mounted in this container only (empty: no credentials)
+auth=${REGISTRY_AUTH_FILE:-}
 if command -v skopeo >/dev/null 2>&1; then
   push_to() {  # $1: the layout's image; $2: the destination; $3: its digest's file (optional)
     skopeo copy -q --dest-tls-verify="${TLS_VERIFY:-true}" ${3:+--digestfile "$3"} \
-      "oci:$layout:$1" "docker://$2"
+      ${auth:+--dest-authfile "$auth"} "oci:$layout:$1" "docker://$2"
   }
 else
   B="--storage-driver vfs --root $PUSH_STORAGE/root --runroot $PUSH_STORAGE/run"
   push_to() {
     image=$(buildah $B pull -q "oci:$layout:$1")
     buildah $B push -q --tls-verify="${TLS_VERIFY:-true}" ${3:+--digestfile "$3"} \
-      "$image" "docker://$2"
+      ${auth:+--authfile "$auth"} "$image" "docker://$2"
   }
 fi
 echo "==> pushing $OUTPUT_IMAGE"
@@ -416,9 +419,11 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         {"name": "workspace", "mountPath": WORKSPACE, "readOnly": True},
         {"name": "push-storage", "mountPath": PUSH_STORAGE},
     ]
-    if config.push_secret:
-        push_env["REGISTRY_AUTH_FILE"] = "/var/run/secrets/push/.dockerconfigjson"
-        volumes.append({"name": "push-secret", "secret": {"secretName": config.push_secret}})
+    # the destination's push Secret (None: the builder's own), in the push step alone
+    push_secret = config.push_secret if spec.push_secret is None else spec.push_secret
+    if push_secret:
+        push_env["REGISTRY_AUTH_FILE"] = PUSH_AUTH_FILE
+        volumes.append({"name": "push-secret", "secret": {"secretName": push_secret}})
         push_mounts.append(
             {"name": "push-secret", "mountPath": "/var/run/secrets/push", "readOnly": True}
         )
@@ -470,6 +475,10 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "enableServiceLinks": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if spec.pull_secret:
+        # for the kubelet (the pod's own images); never a file in a container: the build
+        # step pulls without credentials (docs/builder.md#per-project-destinations)
+        pod_spec["imagePullSecrets"] = [{"name": spec.pull_secret}]
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
     if config.node_selector:

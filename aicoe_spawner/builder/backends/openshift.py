@@ -78,9 +78,17 @@ def dockerfile_path(spec: BuildSpec) -> str:
 def validate_spec(spec: BuildSpec) -> None:
     """Raise BuildRequestError (400) for a spec this backend cannot build: a Dockerfile
     outside the context, and overlays of environment or Dockerfile builds (an OpenShift Build
-    cannot run AICoE-CI's copy-in of ``overlays/<name>/*`` before the build)."""
+    cannot run AICoE-CI's copy-in of ``overlays/<name>/*`` before the build), and repositories
+    with a destination of their own (its Builds push to the integrated registry)."""
     if spec.strategy == "dockerfile":
         dockerfile_path(spec)
+    if spec.mapped_destination:
+        raise BuildRequestError(
+            "repo",
+            f"{spec.repo} has a destination of its own (ImageBuilder.destinations), and the "
+            "OpenShift backend pushes to the cluster's ImageStreams only; use the kubernetes "
+            "backend",
+        )
     if spec.overlay and spec.strategy in ("dockerfile", "environment"):
         raise BuildRequestError(
             ".aicoe-ci.yaml overlays",

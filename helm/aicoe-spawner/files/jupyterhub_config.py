@@ -73,6 +73,11 @@ services = {}
 roles = {}
 
 builder = values["builder"]
+# builder.destinations: user pods of images under a destination's registry get its pullSecret
+# (the same list as the builder's; AICoESpawner.registry_pull_secrets)
+c.AICoESpawner.registry_pull_secrets = [
+    d for d in builder.get("destinations") or [] if d.get("pullSecret")
+]
 if builder["enabled"]:
     name = builder["name"]
     services[name] = {

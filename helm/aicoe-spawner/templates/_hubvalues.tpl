@@ -20,7 +20,8 @@
     "name" .Values.builder.serviceName
     "url" (printf "http://%s:%v" (include "aicoe-spawner.builder" .) .Values.builder.service.port)
     "builderGroups" .Values.builder.builderGroups
-    "adminGroups" .Values.builder.adminGroups)
+    "adminGroups" .Values.builder.adminGroups
+    "destinations" (.Values.builder.destinations | default list))
 -}}
 {{- toPrettyJson $values -}}
 {{- end -}}
