@@ -180,8 +180,8 @@ def decide(url: str, ci: CIKeys, destinations: Iterable[Destination], default_pa
                 raise BuildRequestError(
                     _field(ci, key),
                     f"{given[key]!r} refused: {url} has no destination of its own, so its "
-                    "images go to the builder's registry (an admin can map it: "
-                    "ImageBuilder.destinations)",
+                    "images go to the builder's registry: remove the key from .aicoe-ci.yaml, "
+                    "or ask a hub admin to map the repository (ImageBuilder.destinations)",
                     FORBIDDEN,
                 )
         return Target(default_path)
