@@ -664,3 +664,21 @@ def test_every_pod_gets_its_pull_secrets(tmp_path, monkeypatch):
         for d in by_kind(plain, "Deployment")
         if "imagePullSecrets" in d["spec"]["template"]["spec"]
     ]
+
+
+def test_example_streams_carry_the_import_policy_each_tag_asks_for():
+    """``scheduled`` (re-import on the interval) and ``insecure`` (a plain-HTTP registry, as
+    the real node's) reach the tag's importPolicy as OpenShift spells it; neither, none."""
+    stream = {
+        "name": "nb",
+        "tags": [
+            {"name": "a", "from": "registry.local:5000/nb:1", "scheduled": True, "insecure": True},
+            {"name": "b", "from": "quay.io/x/nb:2"},
+        ],
+    }
+    docs = render(values={"imageStreams.examples.streams": [stream]})
+    [rendered] = [d for d in by_kind(docs, "ImageStream") if d["metadata"]["name"] == "nb"]
+    a, b = rendered["spec"]["tags"]
+    assert a["importPolicy"] == {"scheduled": True, "insecure": True}
+    assert a["from"] == {"kind": "DockerImage", "name": "registry.local:5000/nb:1"}
+    assert "importPolicy" not in b

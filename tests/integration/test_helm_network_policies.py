@@ -125,6 +125,24 @@ def test_the_hub_and_the_proxy_reach_their_peers_only(docs):
     assert not [r for r in proxy["egress"] if any("ipBlock" in p for p in r.get("to", []))]
 
 
+def test_the_builder_reaches_the_registry_only_while_it_imports():
+    """Its importer resolves the catalog's tags in the registry (networkPolicy.registry*),
+    as build pods push there; with imageImport off the builder's own pods do not reach it."""
+    registry = {
+        "builder.networkPolicy.registryCIDRs": ["10.1.2.3/32"],
+        "builder.networkPolicy.registryPorts": [5000],
+        "builder.networkPolicy.gitPorts": [443],
+    }
+    for importing in (True, False):
+        rendered = render(
+            namespace="jh", release="r", values={**registry, "builder.imageImport.enabled": importing}
+        )
+        builder = one(rendered, "NetworkPolicy", "r-aicoe-spawner-builder")
+        builds = one(rendered, "NetworkPolicy", "r-aicoe-spawner-builder-builds")
+        assert egress_allows(builds, "10.1.2.3", 5000)
+        assert egress_allows(builder, "10.1.2.3", 5000) is importing
+
+
 def test_switches():
     off = render(
         values={

@@ -32,9 +32,9 @@ from playwright.async_api import async_playwright, expect
 
 from aicoe_devcluster import api_client
 from aicoe_devcluster.controlplane import REPO_ROOT
-from aicoe_devcluster.demo import EXAMPLE_REPOS, create_notebook_stream
+from aicoe_devcluster.demo import EXAMPLE_REPOS
 from aicoe_devcluster.gitserver import GitServer
-from aicoe_devcluster.images import image_specs
+from aicoe_devcluster.images import image_specs, registry_digest
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(2400)]
 
@@ -108,6 +108,41 @@ def local_image(node, name: str) -> dict[str, str]:
     return {"name": f"{node.registry}/aicoe/{name}", "tag": image_specs()[name].key()}
 
 
+def EXAMPLE_STREAM(node) -> dict:  # noqa: N802 - a constant of the node
+    return {
+        "name": "jupyterlab",
+        "displayName": "JupyterLab (Debian)",
+        "description": "JupyterLab on Debian, built on this machine",
+        "order": 1,
+        "tags": [
+            {
+                "name": "latest",
+                "from": node.images["notebook"],
+                "scheduled": True,
+                "insecure": True,
+                "default": True,
+                "recommended": True,
+            }
+        ],
+    }
+
+
+async def wait_imported(api: client.ApiClient, name: str, timeout: float = 120) -> dict:
+    """The example stream's tag once the builder imported it: its status item."""
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout
+    while True:
+        stream = await custom.get_namespaced_custom_object(
+            "image.openshift.io", "v1", NAMESPACE, "imagestreams", name
+        )
+        tags = (stream.get("status") or {}).get("tags") or []
+        if tags and tags[0].get("items"):
+            return tags[0]["items"][0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} never imported: {stream.get('status')}")
+        await asyncio.sleep(1)
+
+
 def node_values(cluster: NodeCluster, git: GitServer) -> dict:
     """What this machine needs on top of helm/values-kubernetes.yaml."""
     node = cluster.node
@@ -120,7 +155,9 @@ def node_values(cluster: NodeCluster, git: GitServer) -> dict:
         },
         "ingress": {"enabled": False},
         "networkPolicy": {"dnsCIDRs": here},  # CoreDNS runs on the node, not as a pod
-        "imageStreams": {"examples": {"enabled": False}},
+        # the chart's example streams, pointed by tag at the node's registry: imported by the
+        # chart's builder (plain HTTP there: importPolicy.insecure)
+        "imageStreams": {"examples": {"enabled": True, "streams": [EXAMPLE_STREAM(node)]}},
         "singleuser": {"storage": {"type": "none"}},
         "builder": {
             # the builder chart's own copies of hub.image and networkPolicy.dnsCIDRs
@@ -231,7 +268,13 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
         helm_run(cluster, "install", *install, "--create-namespace")
         pods = await wait_ready(core)
         timings["helm install → hub, proxy, builder Ready"] = time.monotonic() - started
-        await create_notebook_stream(api, NAMESPACE, node.images["notebook"])
+        # the example stream (a post-install hook) becomes startable: imported at its digest
+        started = time.monotonic()
+        item = await wait_imported(api, "jupyterlab")
+        timings["helm install → the example stream imported"] = time.monotonic() - started
+        repository, tag = node.images["notebook"].rsplit(":", 1)
+        digest = registry_digest(node.registry, repository.split("/", 1)[1], tag)
+        assert item["dockerImageReference"] == f"{repository}@{digest}", item
 
         service = await core.read_namespaced_service(f"{RELEASE}-proxy-public", NAMESPACE)
         node_port = service.spec.ports[0].node_port

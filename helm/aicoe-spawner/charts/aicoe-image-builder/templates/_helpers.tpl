@@ -215,6 +215,25 @@ changing their content). */}}
 {{- end }}
 {{- end -}}
 
+{{/* NetworkPolicy egress rule to the registry (networkPolicy.registryCIDRs/Peers/Ports):
+build pods push there; the builder imports the catalog's tags from there. */}}
+{{- define "aicoe-image-builder.registryEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if or $np.registryCIDRs $np.registryPeers -}}
+- to:
+    {{- range $np.registryCIDRs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+    {{- with $np.registryPeers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    {{- range $np.registryPorts }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* Capabilities of build containers (STEP_CAPABILITIES + MKNOD + SYS_ADMIN of
 aicoe_spawner/builder/backends/kubernetes.py), as a CEL list. */}}
 {{- define "aicoe-image-builder.buildCapabilities" -}}
