@@ -134,9 +134,8 @@ def test_the_builder_reaches_the_registry_only_while_it_imports():
         "builder.networkPolicy.gitPorts": [443],
     }
     for importing in (True, False):
-        rendered = render(
-            namespace="jh", release="r", values={**registry, "builder.imageImport.enabled": importing}
-        )
+        values = {**registry, "builder.imageImport.enabled": importing}
+        rendered = render(namespace="jh", release="r", values=values)
         builder = one(rendered, "NetworkPolicy", "r-aicoe-spawner-builder")
         builds = one(rendered, "NetworkPolicy", "r-aicoe-spawner-builder-builds")
         assert egress_allows(builds, "10.1.2.3", 5000)

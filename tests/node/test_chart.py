@@ -108,7 +108,7 @@ def local_image(node, name: str) -> dict[str, str]:
     return {"name": f"{node.registry}/aicoe/{name}", "tag": image_specs()[name].key()}
 
 
-def EXAMPLE_STREAM(node) -> dict:  # noqa: N802 - a constant of the node
+def example_stream(node) -> dict:
     return {
         "name": "jupyterlab",
         "displayName": "JupyterLab (Debian)",
@@ -157,7 +157,7 @@ def node_values(cluster: NodeCluster, git: GitServer) -> dict:
         "networkPolicy": {"dnsCIDRs": here},  # CoreDNS runs on the node, not as a pod
         # the chart's example streams, pointed by tag at the node's registry: imported by the
         # chart's builder (plain HTTP there: importPolicy.insecure)
-        "imageStreams": {"examples": {"enabled": True, "streams": [EXAMPLE_STREAM(node)]}},
+        "imageStreams": {"examples": {"enabled": True, "streams": [example_stream(node)]}},
         "singleuser": {"storage": {"type": "none"}},
         "builder": {
             # the builder chart's own copies of hub.image and networkPolicy.dnsCIDRs
