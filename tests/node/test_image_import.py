@@ -52,6 +52,9 @@ PASSWORD = secrets.token_hex(8)
 REPOSITORY = "opendatahub/workbench-images"  # as on quay.io, in the registry with a password
 PULL_SECRET = "workbench-images-pull"  # on the namespace's default ServiceAccount
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
+CARD_RE = r'<div class="card [^"]*aicoe-image-card" data-stream="([^"]+)"'
+# the version's option on the spawn page's card
+FAILED_OPTION = "2025.2 (recommended) \N{EN DASH} failed"
 
 
 # -- the registry with a password ------------------------------------------------------------
@@ -279,18 +282,42 @@ class Browser:
             assert r.status == 200, (r.status, (await r.text())[:2000])
             return await r.text()
 
-    async def card(self, stream: str) -> str:
-        """The full card of ``stream`` (its versions with their status and message), as text;
-        the spawn page lists the stream and says which of its versions failed."""
+    async def card(self, stream: str) -> tuple[str, str] | None:
+        """The card of ``stream`` as text: as the spawn page shows it (each version with its
+        phase), and in full (its versions' status and messages, which the page loads when the
+        user opens them). None while the page has no card for it."""
         page = await self.get(f"/hub/spawn/{self.user}")
-        keys = [k for k in re.findall(r'data-stream="([^"]+)"', page) if k.split("/")[-1] == stream]
-        assert keys, f"no card for {stream} on the spawn page"
+        found = [
+            m
+            for m in re.finditer(
+                r'<div class="card [^"]*aicoe-image-card" data-stream="([^"]+)"', page
+            )
+            if html.unescape(m.group(1)).split("/")[-1] == stream
+        ]
+        if not found:
+            return None
+        start = found[0].start()
+        end = page.find("aicoe-image-card", found[0].end())
+        shown = page[start : end if end > 0 else len(page)]
         answer = await self.get(
             f"/hub/aicoe/form-state/{self.user}",
-            params={"card": html.unescape(keys[0]), "full": "1"},
+            params={"card": html.unescape(found[0].group(1)), "full": "1"},
         )
-        card = json.loads(answer)["html"]
-        return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", card)).split())
+        return _text(shown), _text(json.loads(answer)["html"])
+
+    async def wait_card(self, stream: str, text: str, timeout: float = 30) -> tuple[str, str]:
+        """The card of ``stream`` once its full text has ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            card = await self.card(stream)
+            if card and text in card[1]:
+                return card
+            assert time.monotonic() < deadline, f"{stream}: {text!r} not on its card: {card}"
+            await asyncio.sleep(0.25)
+
+
+def _text(markup: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", markup)).split())
 
 
 async def pod_image(kube, user: str) -> str:
@@ -311,17 +338,24 @@ async def test_a_tag_in_a_registry_with_a_password_is_started_at_its_digest_and_
     within the scheduled interval, the next server runs it, the running one keeps its own."""
     host, first = registry
     name = "odh-minimal-private"
+    early, _ = await new_user_token(demo)
+    browser = Browser(demo, early)
+    applied_at = time.monotonic()
     await apply_stream(node_kube, odh_stream(name, host, {"2025.2": "2025.2"}))
     image = f"{NAMESPACE}/{name}:2025.2"
     try:
-        status = await wait_tag(node_kube, image, at(first), "imported")
+        shown, _ = await browser.wait_card(name, "2025.2 recommended ready")
+        ready_after = time.monotonic() - applied_at
+        assert "2025.2 (recommended)" in shown and "failed" not in shown, shown
+        print(
+            f"\nimport latency: stream applied -> ready on the spawn page {ready_after:.1f} s "
+            f"(poll {IMPORT_POLL} s)"
+        )
+        _, status = await stream_tag_or_none(node_kube, image)
         assert status["items"][0]["dockerImageReference"] == f"{host}/{REPOSITORY}@{first}"
+        assert status["items"][0]["image"] == first
         assert import_failure(status) is None
 
-        early, _ = await new_user_token(demo)
-        async with Browser(demo, early) as browser:
-            card = await browser.card(name)
-        assert "2025.2 recommended ready" in card, card  # the version list the user opens
         await start_server(demo, node_kube, early, image)
         assert await pod_image(node_kube, early) == f"{host}/{REPOSITORY}@{first}"
 
@@ -344,6 +378,7 @@ async def test_a_tag_in_a_registry_with_a_password_is_started_at_its_digest_and_
             stop_server(demo, node_kube, early), stop_server(demo, node_kube, late)
         )
     finally:
+        await browser.session.close()
         await delete_stream(node_kube, name)
 
 
@@ -385,7 +420,7 @@ async def test_a_missing_tag_a_wrong_password_and_a_registry_that_is_down_show_a
             "odh-minimal-wrong-password": (
                 "Unauthorized",
                 f"reading manifest 2025.2 in {host}/{REPOSITORY}: unauthorized: "
-                "authentication required",
+                f"authentication required (with the credentials of pull secret '{wrong}')",
             ),
         }
         for name, (reason, message) in expected.items():
@@ -395,8 +430,10 @@ async def test_a_missing_tag_a_wrong_password_and_a_registry_that_is_down_show_a
             cond = import_failure(status)
             assert (cond["reason"], status.get("items") or []) == (reason, []), status
             assert message in cond["message"], cond
+            print(f"\n{name}: {cond['reason']}: {cond['message']}")
             assert cond["generation"] == 1 and cond["lastTransitionTime"]
-            card = await browser.card(name)
+            shown, card = await browser.wait_card(name, "2025.2 recommended failed")
+            assert FAILED_OPTION in shown, shown
             assert f"2025.2 recommended failed {cond['message']}" in card, card
 
         # the registry is down: a stream applied now fails saying so
@@ -409,7 +446,9 @@ async def test_a_missing_tag_a_wrong_password_and_a_registry_that_is_down_show_a
         assert cond["reason"] == "InternalError", cond
         assert f"pinging container registry {host}" in cond["message"], cond
         assert "connection refused" in cond["message"], cond
-        card = await browser.card(name)
+        print(f"\n{name}: {cond['reason']}: {cond['message']}")
+        shown, card = await browser.wait_card(name, "2025.2 recommended failed")
+        assert FAILED_OPTION in shown, shown
         assert f"2025.2 recommended failed {cond['message']}" in card, card
 
         # fixed: the registry back, the tag pushed, the password corrected
@@ -432,8 +471,8 @@ async def test_a_missing_tag_a_wrong_password_and_a_registry_that_is_down_show_a
                 "recovered",
                 IMPORT_RETRY * 5 + 30,
             )
-            card = await browser.card(name)
-            assert "2025.2 recommended ready" in card and "failed" not in card, card
+            shown, card = await browser.wait_card(name, "2025.2 recommended ready")
+            assert "failed" not in shown and "failed" not in card, card
         print(
             f"\nrecovered {len(streams)} tags {time.monotonic() - fixed_at:.1f} s after the fixes"
         )
