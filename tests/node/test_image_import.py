@@ -321,7 +321,10 @@ def _text(markup: str) -> str:
 
 
 async def pod_image(kube, user: str) -> str:
+    """The image of the user's server, which the kubelet pulled with the pull secret that the
+    ServiceAccount admission gave the pod."""
     [pod] = await user_pods(kube, NAMESPACE, user)
+    assert {"name": PULL_SECRET} in pod["spec"].get("imagePullSecrets", []), pod["spec"]
     return pod["spec"]["containers"][0]["image"]
 
 
