@@ -154,12 +154,13 @@ def dockerconfig_secret(name: str, host: str, user: str, password: str) -> dict:
 
 @pytest.fixture(scope="module")
 def registry(node_cluster):
-    """The node's registry with a password, holding the notebook image at ``2025.2``;
-    yields (host, digest)."""
+    """The node's registry with a password, holding the notebook image at ``2025.2`` and
+    ``2025.1`` (ODH's two versions); yields (host, digest)."""
     node = node_cluster.node
     host = node.start_auth_registry(ROBOT, PASSWORD)
     started = time.monotonic()
     digest = copy_image(node.images["notebook"], host, "2025.2")
+    assert copy_image(node.images["notebook"], host, "2025.1") == digest
     took = time.monotonic() - started
     print(f"\nnotebook image copied to the registry with a password in {took:.1f} s")
     yield host, digest
@@ -187,8 +188,9 @@ async def pull_secret(node_kube, registry):
 
 
 def odh_stream(name: str, host: str, tags: dict[str, str], annotations=None) -> dict:
-    """Open Data Hub's jupyter-minimal-notebook ImageStream, renamed, its tags (``tags``: spec
-    tag -> registry tag) pointed at ``host``/REPOSITORY and followed (scheduled)."""
+    """Open Data Hub's jupyter-minimal-notebook ImageStream, renamed, its tags named in
+    ``tags`` (spec tag -> registry tag) pointed at ``host``/REPOSITORY and followed
+    (scheduled), the others left out."""
     stream = yaml.safe_load(ODH_STREAM.read_text())
     stream["metadata"]["name"] = name
     stream["metadata"]["annotations"].update(
@@ -344,10 +346,11 @@ async def test_a_tag_in_a_registry_with_a_password_is_started_at_its_digest_and_
     early, _ = await new_user_token(demo)
     browser = Browser(demo, early)
     applied_at = time.monotonic()
-    await apply_stream(node_kube, odh_stream(name, host, {"2025.2": "2025.2"}))
+    both = {"2025.2": "2025.2", "2025.1": "2025.1"}
+    await apply_stream(node_kube, odh_stream(name, host, both))
     image = f"{NAMESPACE}/{name}:2025.2"
     try:
-        shown, _ = await browser.wait_card(name, "2025.2 recommended ready")
+        shown, _ = await browser.wait_card(name, "2025.2 recommended ready 2025.1 ready")
         ready_after = time.monotonic() - applied_at
         assert "2025.2 (recommended)" in shown and "failed" not in shown, shown
         print(
@@ -372,6 +375,8 @@ async def test_a_tag_in_a_registry_with_a_password_is_started_at_its_digest_and_
             f"{latency:.1f} s (interval {IMPORT_INTERVAL} s, poll {IMPORT_POLL} s)"
         )
         assert [i["image"] for i in status["items"][:2]] == [second, first]
+        _, older = await stream_tag_or_none(node_kube, f"{NAMESPACE}/{name}:2025.1")
+        assert [i["image"] for i in older["items"]] == [first]  # its tag did not move
 
         late, _ = await new_user_token(demo)
         await start_server(demo, node_kube, late, image)
