@@ -307,14 +307,14 @@ class Browser:
         )
         return _text(shown), _text(json.loads(answer)["html"])
 
-    async def wait_card(self, stream: str, text: str, timeout: float = 30) -> tuple[str, str]:
-        """The card of ``stream`` once its full text has ``text``."""
+    async def wait_card(self, stream: str, *texts: str, timeout: float = 30) -> tuple[str, str]:
+        """The card of ``stream`` once its full text has each of ``texts``."""
         deadline = time.monotonic() + timeout
         while True:
             card = await self.card(stream)
-            if card and text in card[1]:
+            if card and all(text in card[1] for text in texts):
                 return card
-            assert time.monotonic() < deadline, f"{stream}: {text!r} not on its card: {card}"
+            assert time.monotonic() < deadline, f"{stream}: {texts!r} not on its card: {card}"
             await asyncio.sleep(0.25)
 
 
@@ -350,7 +350,7 @@ async def test_a_tag_in_a_registry_with_a_password_is_started_at_its_digest_and_
     await apply_stream(node_kube, odh_stream(name, host, both))
     image = f"{NAMESPACE}/{name}:2025.2"
     try:
-        shown, _ = await browser.wait_card(name, "2025.2 recommended ready 2025.1 ready")
+        shown, _ = await browser.wait_card(name, "2025.2 recommended ready", "2025.1 ready")
         ready_after = time.monotonic() - applied_at
         assert "2025.2 (recommended)" in shown and "failed" not in shown, shown
         print(
