@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import textwrap
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -164,6 +165,9 @@ class RealNode:
         self.socket = self.workdir / "containerd" / "containerd.sock"
         self.registry_port = free_port()
         self.registry = f"{self.node_ip}:{self.registry_port}"
+        # a second registry that asks for a password (htpasswd), started only on demand
+        # (:meth:`start_auth_registry`); containerd knows it from the start
+        self.auth_registry = f"{self.node_ip}:{free_port()}"
         self.kubelet_port = free_port()
         self.images: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -229,6 +233,7 @@ class RealNode:
         self._unmount_all()
         self._remove_cgroups()
         self._terminate("registry")
+        self._terminate("auth-registry")
         if not any(p.startswith(str(self.workdir)) for p in mountpoints()):
             shutil.rmtree(self.workdir, ignore_errors=True)
         _ip("link", "delete", self.bridge, check=False)
@@ -329,6 +334,46 @@ class RealNode:
         self._spawn("registry", ["docker-registry", "serve", str(config)])
         self._wait_for(lambda: self._http_ok(f"http://{self.registry}/v2/"), "registry", timeout)
 
+    def start_auth_registry(self, username: str, password: str, timeout: float = 30) -> str:
+        """Start (or restart with these credentials) the registry at :attr:`auth_registry`,
+        which answers only ``username``/``password`` (docker-registry's htpasswd auth, bcrypt,
+        over plain HTTP); its storage is the node's own and outlives a stop. Returns its
+        ``host:port``. containerd pulls from it with the credentials the kubelet passes (a
+        pod's image pull secret)."""
+        import bcrypt  # only the tests that ask for this registry need it
+
+        self.stop_auth_registry()
+        folder = self.workdir / "auth-registry"
+        (folder / "storage").mkdir(parents=True, exist_ok=True)
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+        (folder / "htpasswd").write_text(f"{username}:{hashed}\n")
+        config = folder / "registry.yml"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                version: 0.1
+                log: {{level: warn, accesslog: {{disabled: true}}}}
+                storage:
+                  filesystem: {{rootdirectory: {folder / "storage"}}}
+                  delete: {{enabled: true}}
+                auth:
+                  htpasswd: {{realm: aicoe-test, path: {folder / "htpasswd"}}}
+                http: {{addr: "{self.auth_registry}"}}
+                """
+            )
+        )
+        self._spawn("auth-registry", ["docker-registry", "serve", str(config)])
+        self._wait_for(
+            lambda: self._http_status(f"http://{self.auth_registry}/v2/") == 401,
+            "registry with authentication",
+            timeout,
+        )
+        return self.auth_registry
+
+    def stop_auth_registry(self) -> None:
+        """Stop the registry with authentication (its images stay for the next start)."""
+        self._terminate("auth-registry")
+
     def _start_containerd(self, timeout: float) -> None:
         root = self.workdir / "containerd"
         root.mkdir(parents=True, exist_ok=True)
@@ -364,6 +409,8 @@ class RealNode:
                     conf_dir = "{self.workdir / "cni"}"
                   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{self.registry}"]
                     endpoint = ["http://{self.registry}"]
+                  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{self.auth_registry}"]
+                    endpoint = ["http://{self.auth_registry}"]
                 """
             )
         )
@@ -618,6 +665,16 @@ class RealNode:
                 return
             time.sleep(0.2)
         raise ControlPlaneError(f"{what} not ready after {timeout} s\n{self.log_tail()}")
+
+    @staticmethod
+    def _http_status(url: str) -> int | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
 
     @staticmethod
     def _http_ok(url: str) -> bool:

@@ -155,11 +155,20 @@ class Importer:
         except ReferenceError as e:
             return Failed("InvalidImageReference", str(e))
         try:
-            credentials = await secrets.credentials(stream, ref.registry)
+            credentials, source = await secrets.credentials(stream, ref.registry)
         except LookupError as e:
             return Failed("Unauthorized", str(e))
         async with self._limit:
-            return await self.resolver.resolve(ref, credentials, insecure=target.insecure)
+            result = await self.resolver.resolve(ref, credentials, insecure=target.insecure)
+        if isinstance(result, Failed) and result.reason == "Unauthorized":
+            # what the admin needs to fix it: which Secret's password was refused, or none sent
+            note = (
+                f"with the credentials of pull secret {source!r}"
+                if source
+                else f"no pull secret has credentials for {ref.registry}: asked anonymously"
+            )
+            result = Failed(result.reason, f"{result.message} ({note})")
+        return result
 
     async def _write(
         self, namespace: str, stream: dict, results: dict[str, tuple[Target, Result]]
@@ -220,13 +229,17 @@ class _SecretCache:
                 return None
             raise
 
-    async def credentials(self, stream: dict, registry: str) -> tuple[str, str] | None:
-        """Credentials for ``registry``; raises LookupError when a Secret that the stream
-        names cannot be read."""
+    async def credentials(
+        self, stream: dict, registry: str
+    ) -> tuple[tuple[str, str] | None, str | None]:
+        """Credentials for ``registry`` and the Secret they came from, (None, None) for none;
+        raises LookupError when a Secret that the stream names cannot be read."""
         async with self._lock:
             return await self._credentials(stream, registry)
 
-    async def _credentials(self, stream: dict, registry: str) -> tuple[str, str] | None:
+    async def _credentials(
+        self, stream: dict, registry: str
+    ) -> tuple[tuple[str, str] | None, str | None]:
         core = self.importer.core
         if self._account is False:
             self._account = await self._read(
@@ -236,7 +249,6 @@ class _SecretCache:
             )
         account = self._account if isinstance(self._account, dict) else None
         own = set(imports.pull_secret_names(stream))
-        configs = []
         for name in imports.pull_secret_names(stream, account):
             if name not in self._secrets:
                 self._secrets[name] = await self._read(
@@ -251,5 +263,7 @@ class _SecretCache:
                         f"pull secret {name!r} not found in namespace {self.namespace!r}"
                     )
                 continue
-            configs.append(imports.dockerconfig(secret))
-        return imports.credentials_for(registry, configs)
+            found = imports.credentials_for(registry, [imports.dockerconfig(secret)])
+            if found:
+                return found, name
+        return None, None

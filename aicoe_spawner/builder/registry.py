@@ -40,6 +40,9 @@ def classify(stderr: str) -> Failed:
         message = stderr.strip().splitlines()[-1] if stderr.strip() else "skopeo failed"
     message = message.removeprefix("Error parsing image name ").strip()
     message = _PREFIX_RE.sub("", message)  # the '"docker://…": ' that skopeo puts first
+    head, sep, tail = message.rpartition(": ")
+    if sep and head.endswith(f": {tail}"):  # the registry's code and message alike, said once
+        message = head
     low = message.lower()
     if any(s in low for s in ("dial tcp", "no such host", "i/o timeout", "tls:", "x509:")):
         reason = "InternalError"  # the registry could not be reached (or trusted)

@@ -6,20 +6,26 @@ Like the control plane, the node is never optional: if it cannot start, these te
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client
 from node_harness import (
+    IMPORT_INTERVAL,
+    IMPORT_POLL,
+    IMPORT_RETRY,
     RUNNING,
     NodeCluster,
+    NodeDemo,
     start_node_cluster,
     start_package_sources,
     stop_node_cluster,
 )
 
 from aicoe_devcluster import api_client, install_crds
+from aicoe_devcluster.controlplane import free_port
 from aicoe_devcluster.packages import PackageSources
 
 
@@ -63,3 +69,27 @@ def package_index(node_cluster: NodeCluster) -> Iterator[PackageSources]:
     sources = start_package_sources(node_cluster.node.node_ip)
     yield sources
     sources.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def demo(node_cluster, package_index, tmp_path_factory) -> AsyncIterator[NodeDemo]:
+    """JupyterHub from the example config with the builder as a hub-managed service, on the
+    node (``make demo``), for every test of the tier that needs the hub."""
+    demo = NodeDemo(
+        node_cluster.plane,
+        node_cluster.node,
+        tmp_path_factory.mktemp("demo"),
+        free_port(),
+        homes=tmp_path_factory.mktemp("homes"),
+        extra_env={
+            "AICOE_BUILDER_PACKAGE_INDEX_URL": package_index.pip_url,
+            "AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST": package_index.trusted_host,
+            "AICOE_BUILDER_APT_SOURCES": package_index.apt_line,
+            "AICOE_BUILDER_IMPORT_POLL": str(IMPORT_POLL),
+            "AICOE_BUILDER_IMPORT_INTERVAL": str(IMPORT_INTERVAL),
+            "AICOE_BUILDER_IMPORT_RETRY": str(IMPORT_RETRY),
+        },
+    )
+    await asyncio.to_thread(demo.start)
+    yield demo
+    await asyncio.to_thread(demo.stop)

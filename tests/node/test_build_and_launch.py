@@ -15,89 +15,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import shutil
 import time
 import urllib.request
-import uuid
 from importlib import metadata
 from pathlib import Path
 
 import aiohttp
 import pytest
-import pytest_asyncio
 import yaml
 from hub_harness import run_in_kernel
-from kube_helpers import user_pods
 from kubernetes_asyncio import client
-from node_harness import data_repo
+from node_harness import (
+    contents,
+    data_repo,
+    new_user_token,
+    spawn_and_read,
+    start_server,
+    stop_server,
+    stream_tag,
+    stream_tag_or_none,
+)
 
-from aicoe_devcluster.controlplane import free_port
 from aicoe_devcluster.demo import EXAMPLE_REPOS, NAMESPACE, Demo
 from aicoe_devcluster.images import MANIFEST_TYPES, image_specs, registry_digest
 from aicoe_spawner.home_seed import SEED_CONTAINER, marker_name
 
 pytestmark = pytest.mark.node
-
-ADMIN_TOKEN = secrets.token_hex(16)
-TESTER = f"""
-c.JupyterHub.services.append({{"name": "tester", "api_token": {ADMIN_TOKEN!r}}})
-c.JupyterHub.load_roles.append({{"name": "tester", "scopes": ["admin:users", "admin:servers",
-    "tokens", "read:users"], "services": ["tester"]}})
-c.KubeSpawner.http_timeout = 120  # a server's first answer, on a busy shared 2-core machine
-"""
-# Each user's home: a persistent volume (a folder of the node), as the chart's claim would be.
-HOMES = """
-c.KubeSpawner.volumes = [{"name": "home", "hostPath": {"path": "{homes}/{username}",
-    "type": "Directory"}}]
-c.KubeSpawner.volume_mounts = [{"name": "home", "mountPath": "/home/jovyan"}]
-"""
-HOMES_DIR: Path | None = None
-
-
-@pytest_asyncio.fixture(scope="module")
-async def demo(node_cluster, package_index, tmp_path_factory):
-    global HOMES_DIR
-    HOMES_DIR = tmp_path_factory.mktemp("homes")
-    demo = Demo(
-        node_cluster.plane,
-        node_cluster.node,
-        tmp_path_factory.mktemp("demo"),
-        free_port(),
-        extra_config=TESTER + HOMES.replace("{homes}", str(HOMES_DIR)),
-        extra_env={
-            "AICOE_BUILDER_PACKAGE_INDEX_URL": package_index.pip_url,
-            "AICOE_BUILDER_PACKAGE_INDEX_TRUSTED_HOST": package_index.trusted_host,
-            "AICOE_BUILDER_APT_SOURCES": package_index.apt_line,
-        },
-    )
-    await asyncio.to_thread(demo.start)
-    yield demo
-    await asyncio.to_thread(demo.stop)
-
-
-async def hub_api(demo: Demo, method: str, path: str, **kwargs):
-    headers = {"Authorization": f"token {ADMIN_TOKEN}"}
-    async with aiohttp.ClientSession(headers=headers) as s:
-        async with s.request(method, f"{demo.url}/hub/api{path}", **kwargs) as r:
-            return r.status, (await r.json() if r.content_type == "application/json" else None)
-
-
-async def new_user_token(demo: Demo) -> tuple[str, str]:
-    user = f"dev-{uuid.uuid4().hex[:6]}"
-    assert HOMES_DIR is not None
-    # the user's empty volume: the notebook user's, writable by group 0 as OpenShift's
-    # convention has it (source-to-image images run as uid 1001 in group 0)
-    home = HOMES_DIR / user
-    home.mkdir()
-    os.chown(home, 1000, 0)
-    home.chmod(0o775)
-    status, _ = await hub_api(demo, "POST", f"/users/{user}")
-    assert status == 201
-    status, body = await hub_api(demo, "POST", f"/users/{user}/tokens", json={})
-    assert status == 201, body
-    return user, body["token"]
 
 
 async def build(demo: Demo, token: str, repo: str, timeout: float = 900) -> dict:
@@ -117,68 +61,6 @@ async def build(demo: Demo, token: str, repo: str, timeout: float = 900) -> dict
         async with s.get(f"{demo.builder_url}/api/builds/{submitted['id']}/logs") as r:
             current["log"] = await r.text()
     return current
-
-
-async def start_server(demo: Demo, kube, user: str, image: str) -> dict:
-    """Start the user's server on ``image`` from the hub; its pod once it is ready."""
-    status, body = await hub_api(demo, "POST", f"/users/{user}/server", json={"image": image})
-    assert status in (201, 202), body
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status, model = await hub_api(demo, "GET", f"/users/{user}")
-        server = model["servers"].get("")
-        if server and server["ready"]:
-            break
-        assert server or model["pending"], f"spawn failed:\n{demo.hub_log.read_text()[-3000:]}"
-        await asyncio.sleep(1)
-    [pod] = await user_pods(kube, NAMESPACE, user)
-    return pod
-
-
-async def stop_server(demo: Demo, kube, user: str) -> None:
-    status, _ = await hub_api(demo, "DELETE", f"/users/{user}/server")
-    assert status in (202, 204)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        _, model = await hub_api(demo, "GET", f"/users/{user}")
-        if (
-            not model["servers"]
-            and not model["pending"]
-            and not await user_pods(kube, NAMESPACE, user)
-        ):
-            return
-        await asyncio.sleep(1)
-    raise AssertionError(f"{user}'s server did not stop")
-
-
-async def contents(demo: Demo, user: str, token: str, path: str, method="GET", body=None):
-    """The Jupyter contents API of the user's server (through the proxy)."""
-    headers = {"Authorization": f"token {token}"}
-    async with aiohttp.ClientSession(headers=headers) as s:
-        url = f"{demo.url}/user/{user}/api/contents/{path}"
-        async with s.request(method, url, json=body) as r:
-            assert r.status in (200, 201), (r.status, await r.text())
-            return await r.json()
-
-
-async def spawn_and_read(demo: Demo, kube, user: str, token: str, image: str, path: str):
-    pod = await start_server(demo, kube, user, image)
-    content = await contents(demo, user, token, path)
-    status, _ = await hub_api(demo, "DELETE", f"/users/{user}/server")
-    assert status in (202, 204)
-    return pod, content
-
-
-async def stream_tag(kube, image: str) -> tuple[dict, dict | None]:
-    """(spec tag, status tag) of ``namespace/stream:tag``."""
-    namespace, name_tag = image.split("/", 1)
-    stream, tag = name_tag.split(":")
-    is_ = await client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        "image.openshift.io", "v1", namespace, "imagestreams", stream
-    )
-    [spec_tag] = [t for t in is_["spec"]["tags"] if t["name"] == tag]
-    status = [t for t in (is_.get("status") or {}).get("tags") or [] if t["tag"] == tag]
-    return spec_tag, status[0] if status else None
 
 
 @pytest.mark.timeout(1200)  # real builds and image pulls on a shared 2-core machine
@@ -241,8 +123,7 @@ async def test_a_persistent_home_gets_the_images_files_once_and_keeps_the_users_
     reference = pod["spec"]["containers"][0]["image"]
     first = await contents(demo, user, token, "hello.ipynb")
     assert "Hello from a Dockerfile build" in "".join(first["content"]["cells"][0]["source"])
-    assert HOMES_DIR is not None
-    home = HOMES_DIR / user
+    home = demo.homes / user
     assert (home / ".aicoe-spawner" / "seeded" / marker_name(reference)).is_file()
     # the user edits the notebook and adds one of their own
     edited = first["content"]
@@ -467,18 +348,6 @@ async def test_a_broken_environment_fails_its_build_saying_why_and_registers_not
             body = await r.json()
     assert "runtime.txt" in json.dumps(body) and "Python 2.7 is not offered" in json.dumps(body)
     assert "versions offered: 3.11" in json.dumps(body)
-
-
-async def stream_tag_or_none(kube, image: str) -> tuple[dict | None, dict | None]:
-    """:func:`stream_tag`, or (None, None) when the stream or the tag does not exist."""
-    try:
-        return await stream_tag(kube, image)
-    except client.ApiException as e:
-        if e.status == 404:
-            return None, None
-        raise
-    except ValueError:  # the stream exists without this tag
-        return None, None
 
 
 def registry_layers(reference: str) -> list[str]:

@@ -412,7 +412,7 @@ def test_helper_only_entries_give_no_credentials():
             '\\"docker://127.0.0.1:5000/a:nope\\": reading manifest nope in 127.0.0.1:5000/a: '
             'manifest unknown: manifest unknown"',
             "NotFound",
-            "reading manifest nope in 127.0.0.1:5000/a: manifest unknown: manifest unknown",
+            "reading manifest nope in 127.0.0.1:5000/a: manifest unknown",
         ),
         (
             'level=fatal msg="Error parsing image name \\"docker://h/a:b\\": reading manifest b '
