@@ -234,16 +234,22 @@ def _readiness(annotations: dict, status: dict) -> tuple[TagPhase, str | None, s
         return TagPhase.FAILED, None, message or "build failed"
     items = _list(status.get("items"))
     ref = _str(_dict(items[0]).get("dockerImageReference")) if items else ""
+    failed = next(
+        (c for c in map(_dict, _list(status.get("conditions"))) if c.get("status") == "False"),
+        None,
+    )
     if "@sha256:" in ref:
+        if failed is not None:  # OpenShift keeps the last image while a re-import fails
+            said = _str(failed.get("message")) or _str(failed.get("reason")) or "failed"
+            return TagPhase.READY, ref, f"the last imported image; importing again failed: {said}"
         return TagPhase.READY, ref, ""
     if build_phase == "building":
         return TagPhase.BUILDING, None, ""
     if build_phase == "pending":  # a build for it is queued, not running yet
         return TagPhase.PENDING, None, ""
-    for cond in map(_dict, _list(status.get("conditions"))):
-        if cond.get("status") == "False":
-            message = _str(cond.get("message")) or _str(cond.get("reason"))
-            return TagPhase.FAILED, None, message or "import failed"
+    if failed is not None:
+        message = _str(failed.get("message")) or _str(failed.get("reason"))
+        return TagPhase.FAILED, None, message or "import failed"
     if ref:
         return TagPhase.PENDING, None, "image reference is not pinned to a digest"
     return TagPhase.PENDING, None, ""

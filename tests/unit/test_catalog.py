@@ -433,7 +433,15 @@ REASON_COND = {"status": "False", "reason": "Unauthorized"}
         # 2. a digest-pinned reference is ready, even while a rebuild runs or after an import error
         (None, None, status_tag(PINNED), READY, PINNED, ""),
         ("building", None, status_tag(PINNED), READY, PINNED, ""),
-        (None, None, status_tag(PINNED, [BAD_CONDITION]), READY, PINNED, ""),
+        # ... the card says the re-import failed and that the last image is served
+        (
+            None,
+            None,
+            status_tag(PINNED, [BAD_CONDITION]),
+            READY,
+            PINNED,
+            "the last imported image; importing again failed: not found",
+        ),
         # 3. building
         ("building", None, None, BUILDING, None, ""),
         ("building", None, status_tag(UNPINNED, [BAD_CONDITION]), BUILDING, None, ""),
