@@ -41,8 +41,6 @@ TESTS = Path(__file__).resolve().parent
 TIERS = {"unit": ("unit",), "integration": ("integration",), "node": ("node", "integration")}
 # Fixtures that start or need the control plane: a unit test may use none of them.
 CONTROL_PLANE_FIXTURES = {"control_plane", "kube", "fake_kubelet", "namespace"}
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "imagestreams"
 
 _control_plane: ControlPlane | None = None
 

@@ -25,7 +25,7 @@ from aicoe_spawner.catalog import (
     parse_imagestream,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "imagestreams"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "imagestreams"  # from ../shared
 DIGEST = "sha256:" + "ab" * 32
 A = "opendatahub.io/"
 
