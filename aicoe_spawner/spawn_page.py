@@ -10,7 +10,8 @@ defaults. :class:`SpawnPage` (a subclass of JupyterHub's ``SpawnHandler``) inste
 - re-renders a rejected choice with the user's entries and the message by its field, and logs
   one line.
 
-:func:`attach_to_hub` runs when the spawner module is imported inside a starting JupyterHub:
+:func:`attach_to_hub` runs when the spawner module is imported inside a starting JupyterHub
+(this module does not import the spawner's: the spawner class is passed in):
 once the hub builds its handlers it checks the spawner's configuration (a mistake stops the hub
 with a message), serves the spawn URLs with :class:`SpawnPage` and the server API with
 :class:`~aicoe_spawner.secret_env.ServerAPIHandler` (its PUT and PATCH drop secret env values
@@ -108,6 +109,16 @@ class ComposedPage:
         handler.write(_DEFLATE_END + struct.pack("<II", crc, size & 0xFFFFFFFF))
 
 
+class OptionsRejected(web.HTTPError, ValueError):
+    """HTTP 400 for user_options that failed validation; ``error`` names the field. Also a
+    ValueError, as KubeSpawner's ``load_user_options`` raises for a refused choice."""
+
+    def __init__(self, error: opts.OptionsError) -> None:
+        super().__init__(400, str(error))
+        self.error = error
+        self.jupyterhub_message = str(error)
+
+
 def write_json(handler: web.RequestHandler, value: Any) -> None:
     """JSON, gzip-compressed when that is smaller and the browser accepts it."""
     body = json.dumps(value, separators=(",", ":")).encode()
@@ -121,7 +132,12 @@ def write_json(handler: web.RequestHandler, value: Any) -> None:
 
 
 class SpawnPage(SpawnHandler):
-    """JupyterHub's spawn page, with links that never start anything by themselves."""
+    """JupyterHub's spawn page, with links that never start anything by themselves.
+    ``served``: the spawner class it handles (others get JupyterHub's page)."""
+
+    def initialize(self, served: type) -> None:
+        super().initialize()
+        self.served = served
 
     async def _get(self, user_name, server_name, display_name):
         token = composing_page.set(True)
@@ -189,8 +205,6 @@ class SpawnPage(SpawnHandler):
 
     @needs_scope("servers")
     async def _get_page(self, user_name, server_name, display_name):
-        from .spawner import AICoESpawner, OptionsRejected
-
         query = {
             key: [v.decode("utf8", "replace") for v in values]
             for key, values in self.request.query_arguments.items()
@@ -202,7 +216,7 @@ class SpawnPage(SpawnHandler):
         if not query:
             return await super()._get(user_name, server_name, display_name)
         user, spawner = await self._spawner_for(user_name, server_name, display_name)
-        if not isinstance(spawner, AICoESpawner) or spawner.pending:
+        if not isinstance(spawner, self.served) or spawner.pending:
             return await super()._get(user_name, server_name, display_name)
         spawner.handler = self
         # As JupyterHub's page does: auth state may shape the form.
@@ -240,10 +254,8 @@ class SpawnPage(SpawnHandler):
 
     @needs_scope("servers")
     async def _post_form(self, user_name, server_name, display_name):
-        from .spawner import AICoESpawner, OptionsRejected
-
         user, spawner = await self._spawner_for(user_name, server_name, display_name)
-        if not isinstance(spawner, AICoESpawner) or spawner.pending:
+        if not isinstance(spawner, self.served) or spawner.pending:
             return await super()._post(user_name, server_name, display_name)
         form = {
             key: [v.decode("utf8", "replace") for v in values]
@@ -290,13 +302,15 @@ class FormState(BaseHandler):
 
     _closed = False
 
+    def initialize(self, served: type) -> None:
+        super().initialize()
+        self.served = served
+
     def on_connection_close(self) -> None:
         self._closed = True
 
     @needs_scope("servers")
     async def get(self, user_name: str, server_name: str = ""):
-        from .spawner import AICoESpawner
-
         user = self.current_user
         if user_name != user.name:
             user = self.find_user(user_name)
@@ -305,7 +319,7 @@ class FormState(BaseHandler):
         if server_name not in user.orm_spawners:
             raise web.HTTPError(404, f"No such server: {server_name}")
         spawner = user.spawners[server_name]
-        if not isinstance(spawner, AICoESpawner):
+        if not isinstance(spawner, self.served):
             raise web.HTTPError(404, "not an AICoESpawner")
         card = self.get_argument("card", None)
         if card is not None:
@@ -335,10 +349,10 @@ class FormState(BaseHandler):
 # -- hub integration ----------------------------------------------------------------------
 
 
-def attach_to_hub() -> None:
+def attach_to_hub(served: type) -> None:
     """Once JupyterHub builds its handlers (``JupyterHub.init_handlers``, before it creates the
     tornado application): check the spawner's configuration and serve the spawn URLs with
-    :class:`SpawnPage`, if the hub's spawner is an AICoESpawner.
+    :class:`SpawnPage`, if the hub's spawner is a subclass of ``served`` (AICoESpawner).
 
     JupyterHub offers spawners no hook for either, and it imports the spawner class while the
     application object is still being built, so this wraps ``init_handlers`` of the class once.
@@ -352,18 +366,16 @@ def attach_to_hub() -> None:
     @functools.wraps(original)
     def init_handlers(app):
         original(app)
-        install(app)
+        install(app, served)
 
     init_handlers._aicoe_spawn_page = True
     JupyterHub.init_handlers = init_handlers
 
 
-def install(app) -> None:
+def install(app, served: type) -> None:
     """Check the configuration and swap JupyterHub's spawn page and server API for ours in
-    ``app.handlers``."""
-    from .spawner import AICoESpawner
-
-    if not issubclass(app.spawner_class, AICoESpawner):
+    ``app.handlers``, if the hub's spawner class is a subclass of ``served``."""
+    if not issubclass(app.spawner_class, served):
         return
     check_configuration(app)
     # A link with secret_env_value=… is refused, but its URL still reaches the request log:
@@ -371,11 +383,24 @@ def install(app) -> None:
     if "secret" not in hub_log.SCRUB_PARAM_KEYS:
         hub_log.SCRUB_PARAM_KEYS = (*hub_log.SCRUB_PARAM_KEYS, "secret")
     # The server API's PATCH logs the user_options it is given: its reader drops the values.
-    ours = {SpawnHandler: SpawnPage, UserServerAPIHandler: ServerAPIHandler}
     app.handlers = [
-        (url_path_join(app.hub_prefix, STATE_PATH, r"([^/]+)/?([^/]*)"), FormState),
-        *((h[0], ours[h[1]], *h[2:]) if len(h) > 1 and h[1] in ours else h for h in app.handlers),
+        (
+            url_path_join(app.hub_prefix, STATE_PATH, r"([^/]+)/?([^/]*)"),
+            FormState,
+            {"served": served},
+        ),
+        *(_ours(h, served) for h in app.handlers),
     ]
+
+
+def _ours(handler: tuple, served: type) -> tuple:
+    """One ``app.handlers`` entry, with our spawn page and server API for JupyterHub's."""
+    if len(handler) > 1 and handler[1] is SpawnHandler:
+        kwargs = {**(handler[2] if len(handler) > 2 else {}), "served": served}
+        return (handler[0], SpawnPage, kwargs, *handler[3:])
+    if len(handler) > 1 and handler[1] is UserServerAPIHandler:
+        return (handler[0], ServerAPIHandler, *handler[2:])
+    return handler
 
 
 def check_configuration(app) -> None:

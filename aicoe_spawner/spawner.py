@@ -27,6 +27,7 @@ from .form_view import FormView
 from .home_seed import HomeSeed
 from .pod import ANNOTATION_PREFIX, APPLIED_TRAITS, PodShaping, check_pull_secret_entries
 from .secret_env import SECRET_ENV_COMPONENT, SecretEnv, without_secret_values
+from .spawn_page import OptionsRejected, attach_to_hub
 from .watch import ImageStreamWatch
 
 __all__ = [
@@ -67,16 +68,6 @@ DEFAULT_SIZES = [
         "mem_limit": "16Gi",
     },
 ]
-
-
-class OptionsRejected(web.HTTPError, ValueError):
-    """HTTP 400 for user_options that failed validation; ``error`` names the field. Also a
-    ValueError, as KubeSpawner's ``load_user_options`` raises for a refused choice."""
-
-    def __init__(self, error: opts.OptionsError) -> None:
-        super().__init__(400, str(error))
-        self.error = error
-        self.jupyterhub_message = str(error)
 
 
 @event.listens_for(orm.Spawner.user_options, "set", retval=True)
@@ -519,10 +510,4 @@ def _options_from_form(form_data: dict[str, list[str]]) -> dict[str, Any]:
         raise OptionsRejected(e) from None
 
 
-def _attach() -> None:
-    from .spawn_page import attach_to_hub
-
-    attach_to_hub()
-
-
-_attach()
+attach_to_hub(AICoESpawner)

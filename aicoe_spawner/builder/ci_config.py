@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .requests import (
+from .fields import (
     BuildRequestError,
     validate_image,
     validate_relative_path,

@@ -576,3 +576,10 @@ class ImageBuilder(Application):
         if self.serve is None:
             raise RuntimeError("ImageBuilder.serve is not set (see aicoe_spawner.builder)")
         asyncio.run(self.serve(self))
+
+
+def settings_from_env(env: Mapping[str, str] = os.environ) -> Settings:
+    """The settings of ``env`` alone (no config file, no command line)."""
+    app = ImageBuilder()
+    app.update_config(app.env_config(env))
+    return app.settings()

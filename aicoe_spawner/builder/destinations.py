@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .requests import BuildRequestError
+from .fields import BuildRequestError
 
 #: the ``.aicoe-ci.yaml`` build keys an entry may ``allow``
 KEYS = ("registry", "registry-org", "registry-project")

@@ -22,13 +22,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .requests import BuildRequestError, RepoView, validate_image
+from .fields import BuildRequestError, validate_image
 
 __all__ = [
     "ENV_FILES",
     "MAX_FILE_BYTES",
     "Decision",
     "EnvSettings",
+    "RepoView",
     "decide",
     "environment_dockerfile",
     "environment_folder",
@@ -83,6 +84,15 @@ OTHER_LANGUAGES = {
     "default.nix": "Nix",
 }
 _R_RUNTIME = re.compile(r"r-(\d+(\.\d+)*)?(-?\d{4}-\d{2}-\d{2})?")
+
+
+@dataclass(frozen=True)
+class RepoView:
+    """What detection reads of a commit: the paths in it and the contents of the small
+    environment files (path -> text, None when too large to read)."""
+
+    paths: tuple[str, ...]
+    files: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

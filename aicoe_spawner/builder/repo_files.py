@@ -10,8 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from . import git
-from .environment import MAX_FILE_BYTES
-from .requests import BuildRequestError, RepoView, is_sha
+from .environment import MAX_FILE_BYTES, RepoView
+from .requests import BuildRequestError, is_sha
 
 MAX_PATHS = 100_000  # a tree with more entries is refused (the listing itself is bounded)
 _CACHE: OrderedDict[tuple[str, str], RepoView] = OrderedDict()

@@ -18,14 +18,18 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
 
-STRATEGIES = ("dockerfile", "source", "environment")
-# AICoE-CI spellings -> our strategy; "containerfile" is a Dockerfile build of a Containerfile
-STRATEGY_ALIASES = {
-    "dockerfile": "dockerfile",
-    "containerfile": "dockerfile",
-    "source": "source",
-    "environment": "environment",
-}
+from .ci_config import CIConfig
+from .destinations import decide as decide_destination
+from .environment import EnvSettings, RepoView, decide, environment_dockerfile
+from .fields import PATH_RE as _PATH_RE
+from .fields import (
+    BuildRequestError,
+    validate_image,
+    validate_relative_path,
+    validate_strategy,
+)
+from .fields import shown as _shown
+
 #: The builder's default base image: Jupyter Docker Stacks' minimal notebook (it has
 #: jupyterhub-singleuser and conda), pinned; admins change it (AICOE_BUILDER_BASE_IMAGE).
 DEFAULT_BASE_IMAGE = "quay.io/jupyter/minimal-notebook:2025-10-06"
@@ -53,28 +57,9 @@ _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _REF_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
-_PATH_RE = re.compile(r"[A-Za-z0-9._/@+-]+")
-_IMAGE_RE = re.compile(
-    r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?"
-)
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 
 Resolver = Callable[[str], Iterable[str]]
-
-
-class BuildRequestError(ValueError):
-    """Bad input: ``field`` names what is wrong; str(error) is ``"<field>: <why>"``."""
-
-    def __init__(self, field: str, why: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {why}")
-        self.field = field
-        self.why = why
-        self.status = status
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value if len(value) <= limit else value[: limit - 3] + "...")
 
 
 def system_resolver(host: str) -> list[str]:
@@ -202,40 +187,6 @@ def validate_ref(ref: Any) -> str:
 
 def is_sha(ref: str) -> bool:
     return bool(_SHA_RE.fullmatch(ref))
-
-
-def validate_relative_path(value: Any, f: str, *, allow_empty: bool = True) -> str:
-    """A path inside the repository: relative, no '..', plain characters."""
-    if value is None or value == "":
-        if allow_empty:
-            return ""
-        raise BuildRequestError(f, "must not be empty")
-    if not isinstance(value, str):
-        raise BuildRequestError(f, "must be a string")
-    if len(value) > 255:
-        raise BuildRequestError(f, "longer than 255 characters")
-    if value.startswith("/") or value.startswith("-"):
-        raise BuildRequestError(f, f"{_shown(value)} must be relative to the repository root")
-    if not _PATH_RE.fullmatch(value) or ".." in value.split("/"):
-        raise BuildRequestError(f, f"{_shown(value)} must stay inside the repository")
-    parts = [p for p in value.split("/") if p not in ("", ".")]
-    return "/".join(parts)
-
-
-def validate_strategy(value: Any, f: str = "strategy") -> str:
-    """``dockerfile`` | ``source`` | ``environment`` (``containerfile`` is read as
-    ``dockerfile``)."""
-    if not isinstance(value, str) or value.strip().lower() not in STRATEGY_ALIASES:
-        raise BuildRequestError(f, f"must be one of {', '.join(STRATEGY_ALIASES)}")
-    return STRATEGY_ALIASES[value.strip().lower()]
-
-
-def validate_image(value: Any, f: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise BuildRequestError(f, "must be an image reference of at most 255 characters")
-    if not _IMAGE_RE.fullmatch(value):
-        raise BuildRequestError(f, f"{_shown(value)} is not a valid image reference")
-    return value
 
 
 def validate_text(value: Any, f: str, limit: int) -> str:
@@ -426,8 +377,6 @@ class BuildDefaults:
 
     def env_settings(self, base_image: str):
         """The :class:`~.environment.EnvSettings` of a build on ``base_image``."""
-        from .environment import EnvSettings
-
         return EnvSettings(
             base_image=base_image,
             python_base_images=dict(self.python_base_images),
@@ -437,15 +386,6 @@ class BuildDefaults:
             user=self.notebook_user,
             home=self.notebook_home,
         )
-
-
-@dataclass(frozen=True)
-class RepoView:
-    """What detection reads of a commit: the paths in it and the contents of the small
-    environment files (path -> text, None when too large to read)."""
-
-    paths: tuple[str, ...]
-    files: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -564,10 +504,6 @@ def resolve_spec(
     ``hashed_name``: the default stream name is taken by another repo. BuildRequestError
     (422) for a file a build cannot honour. A chosen name lives under a prefix
     (:func:`requester_stream_name`, :func:`project_stream_name`)."""
-    from .ci_config import CIConfig
-    from .destinations import decide as decide_destination
-    from .environment import decide, environment_dockerfile
-
     ci = ci or CIConfig()
     notes: list[str] = list(ci.notes)
     named = request.strategy or ci.build_strategy

@@ -1,12 +1,11 @@
 """The values the rest of the builder receives from its configuration (``Settings``): made
-by :meth:`aicoe_spawner.builder.config.ImageBuilder.settings`, whose traits take their
-defaults from here."""
+by :meth:`aicoe_spawner.builder.config.ImageBuilder.settings` (or, from the environment alone,
+:func:`aicoe_spawner.builder.config.settings_from_env`), whose traits take their defaults from
+here."""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -82,15 +81,6 @@ class Settings:
     github_token: str = field(default="", repr=False)
     github_issue_builds: bool = True
     public_url: str = ""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        """The settings of ``env`` alone (no config file, no command line)."""
-        from .config import ImageBuilder  # the Application uses these settings' defaults
-
-        app = ImageBuilder()
-        app.update_config(app.env_config(env))
-        return app.settings()
 
     @classmethod
     def of(cls, app: ImageBuilder) -> Settings:

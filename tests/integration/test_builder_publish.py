@@ -29,6 +29,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from aicoe_devcluster import delete_namespace
 from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.__main__ import Settings, build_service
+from aicoe_spawner.builder.config import settings_from_env
 from aicoe_spawner.builder.requests import BuildRequestError, hashed_stream_name, stream_name_for
 
 pytestmark = pytest.mark.integration
@@ -335,9 +336,9 @@ async def test_streams_per_requester_are_limited(env):
 
 
 def test_the_stream_limit_is_configured_by_environment():
-    settings = Settings.from_env({"AICOE_BUILDER_MAX_IMAGE_STREAMS_PER_USER": "7"})
+    settings = settings_from_env({"AICOE_BUILDER_MAX_IMAGE_STREAMS_PER_USER": "7"})
     assert settings.max_image_streams_per_user == 7
-    assert Settings.from_env({}).max_image_streams_per_user == 20
+    assert settings_from_env({}).max_image_streams_per_user == 20
 
 
 # -- the OpenShift backend: the same rule before a Build exists -------------------------

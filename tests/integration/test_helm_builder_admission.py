@@ -25,8 +25,8 @@ from aicoe_devcluster import api_client
 from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.controlplane import write_kubeconfig
 from aicoe_spawner.builder.backends.kubernetes import MANAGED_BY, JobConfig, job_manifest
+from aicoe_spawner.builder.config import settings_from_env
 from aicoe_spawner.builder.quota import NAME as QUOTA_LEDGER
-from aicoe_spawner.builder.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -409,7 +409,7 @@ async def test_build_pods_go_where_the_chart_says_and_are_admitted(chart):
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         if "value" in e
     }
-    s = Settings.from_env(env)
+    s = settings_from_env(env)
     assert dict(s.build_node_selector) == {"node-role/builds": "true"}
     config = JobConfig(
         builder_image=s.builder_image,

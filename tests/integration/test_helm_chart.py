@@ -27,7 +27,7 @@ from traitlets.config import Config, PyFileConfigLoader
 
 from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.controlplane import CRD_DIR
-from aicoe_spawner.builder.settings import Settings
+from aicoe_spawner.builder.config import settings_from_env
 from aicoe_spawner.pod import check_pull_secret_entries
 
 VARIANTS = list(VALUES)
@@ -566,7 +566,7 @@ def test_one_destinations_value_reaches_the_builder_and_the_hub(tmp_path, monkey
         e["name"]: e.get("value")
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
-    settings = Settings.from_env({"AICOE_BUILDER_DESTINATIONS": env["AICOE_BUILDER_DESTINATIONS"]})
+    settings = settings_from_env({"AICOE_BUILDER_DESTINATIONS": env["AICOE_BUILDER_DESTINATIONS"]})
     assert [(d.registry, d.push_secret, d.pull_secret) for d in settings.destinations] == [
         ("quay.io/team-a", "team-a-push", "team-a-pull"),
         ("quay.io/team-b", "b", ""),

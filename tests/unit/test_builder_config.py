@@ -18,6 +18,7 @@ from aicoe_spawner.builder.config import (
     ImageBuilder,
     Settings,
     env_vars_of,
+    settings_from_env,
 )
 
 TRAITS = ImageBuilder.class_own_traits(config=True)
@@ -133,12 +134,12 @@ def test_the_values_reach_the_settings_the_builder_receives(clean_env):
         "KUBECONFIG": "/k/other",
         "AICOE_BUILDER_KUBECONFIG": "/k/mine",
     }
-    s = Settings.from_env(env)
+    s = settings_from_env(env)
     assert (s.builder_image, s.timeout, s.interval) == ("registry.local/buildah:2", 120, 0.25)
     assert (s.allowed_hosts, s.push_secret, s.kubeconfig) == ((), None, "/k/mine")
     assert s.python_base_images == (("3.12", "nb:312"),)
     assert s.image_policies().group_policies == {"g": {"images": ["x"]}}
-    assert Settings.from_env({"KUBECONFIG": "/k/other"}).kubeconfig == "/k/other"
+    assert settings_from_env({"KUBECONFIG": "/k/other"}).kubeconfig == "/k/other"
 
 
 def test_the_defaults_are_the_settings_defaults(clean_env):

@@ -454,16 +454,16 @@ def test_classify_skopeo_errors(stderr, reason, message):
 
 
 def test_import_settings_from_env():
-    from aicoe_spawner.builder.__main__ import Settings
+    from aicoe_spawner.builder.config import settings_from_env
 
-    s = Settings.from_env({})
+    s = settings_from_env({})
     assert (s.import_enabled, s.import_namespaces, s.import_interval, s.import_retry) == (
         True,
         (),
         900.0,
         120.0,
     )
-    s = Settings.from_env(
+    s = settings_from_env(
         {
             "AICOE_BUILDER_IMPORT": "false",
             "AICOE_BUILDER_IMPORT_NAMESPACES": "a, b",
@@ -476,4 +476,4 @@ def test_import_settings_from_env():
     assert (s.import_interval, s.import_retry, s.import_poll) == (60.0, 5.0, 0.5)
     for bad in ("0", "-1", "soon", "nan"):
         with pytest.raises(SystemExit, match="AICOE_BUILDER_IMPORT_INTERVAL"):
-            Settings.from_env({"AICOE_BUILDER_IMPORT_INTERVAL": bad})
+            settings_from_env({"AICOE_BUILDER_IMPORT_INTERVAL": bad})

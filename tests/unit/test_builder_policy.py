@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from aicoe_spawner.builder.__main__ import Settings
 from aicoe_spawner.builder.app import parse_last_event_id, webhook_request
 from aicoe_spawner.builder.backends.kubernetes import (
     BUILD_SCRIPT,
@@ -16,6 +15,7 @@ from aicoe_spawner.builder.backends.kubernetes import (
     job_manifest,
 )
 from aicoe_spawner.builder.ci_config import parse_ci_configs
+from aicoe_spawner.builder.config import settings_from_env
 from aicoe_spawner.builder.identity import github_identity, hub_identity
 from aicoe_spawner.builder.registration import (
     new_stream,
@@ -277,7 +277,7 @@ def test_build_storage_size_sets_limits_and_a_request_within_them():
         assert c["resources"]["limits"]["ephemeral-storage"] == "512Mi"
     assert {v["emptyDir"]["sizeLimit"] for v in small["volumes"]} == {"512Mi"}
     with pytest.raises(SystemExit):
-        Settings.from_env({"AICOE_BUILDER_BUILD_STORAGE": "lots"})
+        settings_from_env({"AICOE_BUILDER_BUILD_STORAGE": "lots"})
 
 
 def test_custom_tag_on_openshift_follows_the_built_image():
