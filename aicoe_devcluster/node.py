@@ -593,7 +593,7 @@ class RealNode:
             root = controller / self.cgroup_root.lstrip("/")
             if not root.exists():
                 continue
-            for procs in root.rglob("cgroup.procs"):
+            for procs in _walk(root, "cgroup.procs"):
                 try:
                     pids = procs.read_text().split()
                 except OSError:
@@ -610,7 +610,7 @@ class RealNode:
             root = controller / self.cgroup_root.lstrip("/")
             if not root.exists():
                 continue
-            dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            dirs = sorted(_walk(root), key=lambda p: -len(p.parts))
             for path in [*dirs, root]:
                 for _ in range(20):
                     try:
@@ -683,3 +683,16 @@ class RealNode:
                 return resp.status == 200
         except OSError:
             return False
+
+
+def _walk(root: Path, name: str | None = None) -> list[Path]:
+    """The folders under ``root`` (or the files called ``name`` in them), while the kernel
+    removes cgroups concurrently: a folder that vanished mid-walk is skipped, not an error."""
+    found = []
+    for folder, dirs, files in os.walk(root, onerror=lambda e: None):
+        base = Path(folder)
+        if name is None:
+            found += [base / d for d in dirs]
+        elif name in files:
+            found.append(base / name)
+    return found
