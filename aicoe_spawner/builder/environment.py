@@ -16,11 +16,9 @@ the build. Refusals raise :class:`BuildRequestError` (status 422) naming the fil
 from __future__ import annotations
 
 import re
-import shlex
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 
 from .fields import BuildRequestError, validate_image
 
@@ -31,7 +29,6 @@ __all__ = [
     "EnvSettings",
     "RepoView",
     "decide",
-    "environment_dockerfile",
     "environment_folder",
     "files_to_read",
     "overlay_view",
@@ -70,8 +67,6 @@ _APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?
 # 3.12, 3.12.4, and pre-releases or builds as pyenv and uv write them (3.14rc3, 3.13t, 3.12.0+)
 _VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?((a|b|rc)\d+|\.dev\d+|t|\+)?")
 _MAJOR_ONLY = re.compile(r"(python-?)?3")
-# requirements.txt lines that need the whole repository (local paths, other files)
-_LOCAL_REQ = re.compile(r"^\s*(-e|--editable|-r|--requirement|-c|--constraint|\.|/|file:)")
 #: Environment files of other languages (repo2docker's R, Julia and Nix buildpacks): this builder
 #: installs Python environments only, so a repository that has one is refused naming it rather
 #: than started without what its notebooks need.
@@ -234,7 +229,7 @@ def _offered(settings: EnvSettings) -> str:
     return ", ".join(sorted(settings.python_base_images, key=_version_key)) or "none"
 
 
-def _apt_packages(path: str, text: str) -> tuple[str, ...]:
+def apt_packages(path: str, text: str) -> tuple[str, ...]:
     names = []
     for line in _lines(text):
         for name in line.split():
@@ -244,7 +239,7 @@ def _apt_packages(path: str, text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _has_build_system(text: str | None) -> bool:
+def has_build_system(text: str | None) -> bool:
     if text is None:
         return False
     try:
@@ -283,7 +278,8 @@ def decide(
     notes: list[str] = []
     if "Pipfile" in present and "Pipfile.lock" not in present:
         raise _refuse(
-            _at(folder, "Pipfile"), "Pipfile has no Pipfile.lock: run `pipenv lock` and commit it"
+            _at(folder, "Pipfile"),
+            "Pipfile has no Pipfile.lock: run `pipenv lock` and commit it",
         )
     if "pyproject.toml" in present and _at(folder, "poetry.lock") in paths:
         notes.append(
@@ -294,7 +290,7 @@ def decide(
     if "uv.lock" in present and "pyproject.toml" not in present:
         raise _refuse(_at(folder, "uv.lock"), "uv.lock without pyproject.toml cannot be installed")
     if "apt.txt" in present:
-        _apt_packages(_at(folder, "apt.txt"), files[_at(folder, "apt.txt")] or "")
+        apt_packages(_at(folder, "apt.txt"), files[_at(folder, "apt.txt")] or "")
     version = chosen = ""
     ignored: set[str] = set()
     for name in ("runtime.txt", ".python-version"):
@@ -352,7 +348,7 @@ def decide(
     decided = [n for n in present if n not in locks[1:] and n not in ignored]
     if "pyproject.toml" in present and "uv.lock" not in present:
         text = files.get(_at(folder, "pyproject.toml"))
-        if not _has_build_system(text) and "setup.py" not in present:
+        if not has_build_system(text) and "setup.py" not in present:
             decided.remove("pyproject.toml")
             notes.append(f"{_at(folder, 'pyproject.toml')} has no [build-system]: not installed")
     if not decided:
@@ -370,141 +366,6 @@ def decide(
 
 def _version_key(v: str) -> tuple[int, ...]:
     return tuple(int(x) if x.isdigit() else 0 for x in v.split("."))
-
-
-# -- the generated Dockerfile -------------------------------------------------------------
-
-# The helper every step calls (installed first, the same for every build: a cached layer).
-# ``aicoe-env <step> <file> [args]``; a failing step prints ``aicoe-build-error: <why>``,
-# which the build script reports as the build's message.
-HELPER_SCRIPT = (resources.files(__package__) / "aicoe-env.sh").read_text()
-
-
-def _quote_lines(lines: Iterable[str]) -> str:
-    return " ".join(shlex.quote(line) for line in lines)
-
-
-def _needs_whole_repo(requirements: str | None) -> bool:
-    """A requirements.txt naming local paths or other files needs the whole repository."""
-    return any(_LOCAL_REQ.match(line) for line in (requirements or "").splitlines())
-
-
-def environment_dockerfile(
-    decision: Decision,
-    base_image: str,
-    settings: EnvSettings,
-    files: Mapping[str, str | None],
-    labels: Mapping[str, str] | None = None,
-) -> str:
-    """The Dockerfile of an environment (or content-only) build: as root, apt.txt; the
-    environment files copied into the home folder and installed; then
-    :data:`ENVIRONMENT_MARKER` (what is above is the environment image, reused while those
-    files stay the same); then the labels and the rest of the repository; then, as the notebook
-    user, postBuild; ``start`` becomes the entrypoint. ``files``: as for :func:`decide`."""
-    home = settings.home.rstrip("/") or "/"
-    user = settings.user
-    folder = decision.folder
-    got = set(decision.decided_by)
-
-    def has(name: str) -> bool:
-        return _at(folder, name) in got
-
-    def path(name: str) -> str:
-        return f"{home}/{_at(folder, name)}"
-
-    q = shlex.quote
-    out = [f"FROM {base_image}"]
-    all_labels = {
-        **(labels or {}),
-        "io.aicoe-spawner.decided-by": " ".join(decision.decided_by) or "content-only",
-    }
-    # after ENVIRONMENT_MARKER: the commit's labels must not change the environment image
-    label = "LABEL " + " ".join(
-        f'"{k}"="{v.replace(chr(34), "").replace(chr(10), " ")}"'
-        for k, v in sorted(all_labels.items())
-    )
-    # build-time variables as a prefix of each step: not left in the image's environment, and
-    # no ARG instructions (buildah 1.28's --cache-from misses after an ARG step)
-    env = {"AICOE_BASE_IMAGE": base_image, "AICOE_HOME": home}
-    if settings.package_index_url:
-        env["PIP_INDEX_URL"] = settings.package_index_url
-        env["UV_INDEX_URL"] = settings.package_index_url
-        env["UV_DEFAULT_INDEX"] = settings.package_index_url
-    if settings.trusted_host:
-        env["PIP_TRUSTED_HOST"] = settings.trusted_host
-        env["UV_INSECURE_HOST"] = settings.trusted_host
-    prefix = " ".join(f"{k}={q(v)}" for k, v in env.items())
-
-    def step(*args: str) -> str:
-        return f"RUN {prefix} {HELPER} {' '.join(args)}"
-
-    out.append("USER root")
-    out.append(
-        f"RUN mkdir -p {HELPER.rsplit('/', 1)[0]} && "
-        f"printf '%s\\n' {_quote_lines(HELPER_SCRIPT.splitlines())} > {HELPER}"
-        f" && chmod 755 {HELPER}"
-    )
-    if decision.python_version:
-        src = _at(folder, "runtime.txt") if has("runtime.txt") else _at(folder, ".python-version")
-        out.append(step("python", q(src), decision.python_version))
-    if has("apt.txt"):
-        pkgs = _apt_packages(_at(folder, "apt.txt"), files.get(_at(folder, "apt.txt")) or "")
-        run = step("apt", q(_at(folder, "apt.txt")), *pkgs)
-        if settings.apt_sources:
-            run = (
-                f"RUN printf '%s\\n' {_quote_lines(settings.apt_sources)}"
-                f" > /tmp/aicoe-apt.list && {run[4:]}"
-            )
-        out.append(run)
-    chown = f"--chown={user}"
-    early = [n for n in PACKAGE_FILES if has(n)]
-    req_late = has("requirements.txt") and _needs_whole_repo(
-        files.get(_at(folder, "requirements.txt"))
-    )
-    if req_late:
-        early.remove("requirements.txt")
-    for name in early:
-        out.append(f"COPY {chown} {_at(folder, name)} {path(name)}")
-    if has("environment.yml"):
-        out.append(step("conda", q(path("environment.yml"))))
-    locked = True
-    if has("Pipfile.lock"):
-        out.append(step("pipenv", q(path("Pipfile.lock"))))
-    elif has("uv.lock"):
-        out.append(step("uv", q(path("uv.lock"))))
-    elif has("pylock.toml"):
-        out.append(step("pylock", q(path("pylock.toml"))))
-    elif has("requirements.txt") and not req_late:
-        out.append(step("requirements", q(path("requirements.txt"))))
-        locked = False
-    else:
-        locked = False
-    out += [ENVIRONMENT_MARKER, label, f"COPY {chown} . {home}/"]
-    lock = next((n for n in ("Pipfile.lock", "uv.lock") if has(n)), "")
-    if lock and not has("environment.yml"):  # the lock's local paths (-e ., ./libs/x)
-        out.append(step("deferred", q(path(lock))))
-    if req_late:
-        out.append(step("requirements", q(path("requirements.txt"))))
-    if (
-        has("setup.py")
-        or (has("pyproject.toml") and not has("uv.lock"))
-        or (has("uv.lock") and _has_build_system(files.get(_at(folder, "pyproject.toml"))))
-    ):
-        project = path("setup.py") if has("setup.py") else path("pyproject.toml")
-        out.append(step("project", q(project), *(["--no-deps"] if locked else [])))
-    if has("start"):
-        out.append(f"RUN install -m 0755 {q(path('start'))} /usr/local/bin/aicoe-repo-start")
-    # the home writable by the notebook user and by any uid of group 0 (after postBuild,
-    # which may add files to it)
-    if not has("postBuild"):
-        out.append(step("home", q(home)))
-    out += [f"USER {user}", f"WORKDIR {home}"]
-    if has("postBuild"):
-        out += [step("postbuild", q(path("postBuild"))), "USER root", step("home", q(home))]
-        out.append(f"USER {user}")
-    if has("start"):
-        out += ['ENTRYPOINT ["/usr/local/bin/aicoe-repo-start"]', 'CMD ["jupyterhub-singleuser"]']
-    return "\n".join(out) + "\n"
 
 
 # -- what the service reads of a commit ----------------------------------------------------

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from .ci_config import CIConfig
 from .destinations import decide as decide_destination
-from .environment import EnvSettings, RepoView, decide, environment_dockerfile
+from .env_dockerfile import environment_dockerfile
+from .environment import EnvSettings, RepoView, decide
 from .fields import PATH_RE as _PATH_RE
 from .fields import (
     BuildRequestError,

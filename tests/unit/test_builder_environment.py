@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aicoe_spawner.builder import env_dockerfile as generated
 from aicoe_spawner.builder import environment as env
 from aicoe_spawner.builder.requests import BuildRequestError
 
@@ -385,7 +386,9 @@ def dockerfile(paths, raw=False, **kw):
     """(decision, Dockerfile lines); the build-time variables before each step are left out
     unless ``raw``."""
     d = decide(paths, **kw)
-    text = env.environment_dockerfile(d, d.base_image or S.base_image, S, files_of(paths, **kw))
+    text = generated.environment_dockerfile(
+        d, d.base_image or S.base_image, S, files_of(paths, **kw)
+    )
     lines = text.splitlines()
     if not raw:
         lines = [PREFIX.sub("RUN /usr/local/bin/aicoe-env ", line) for line in lines]
@@ -537,7 +540,7 @@ def test_the_environment_part_has_nothing_of_the_commit():
     labels = {"io.openshift.build.commit.id": "c0ffee"}
     files = {"apt.txt": "cowsay\n", "requirements.txt": "requests==2.32.3\n"}
     d = env.decide(["apt.txt", "requirements.txt", "postBuild", "nb.ipynb"], files, S)
-    text = env.environment_dockerfile(d, "base:1", S, files, labels)
+    text = generated.environment_dockerfile(d, "base:1", S, files, labels)
     above, below = text.split(env.ENVIRONMENT_MARKER + "\n")
     assert "c0ffee" not in above and "LABEL" not in above
     assert above.splitlines()[0] == "FROM base:1"
@@ -555,7 +558,7 @@ def test_the_environment_part_has_nothing_of_the_commit():
 
 def run_helper(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     script = tmp_path / "aicoe-env"
-    script.write_text(env.HELPER_SCRIPT)
+    script.write_text(generated.HELPER_SCRIPT)
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     return subprocess.run(
         ["sh", str(script), *args],

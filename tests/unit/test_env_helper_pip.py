@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aicoe_spawner.builder import environment as env
+from aicoe_spawner.builder import env_dockerfile as generated
 
 BACKEND = """
 import os, sys
@@ -79,7 +79,7 @@ def links(tmp_path: Path) -> Path:
 def install(tmp_path: Path, links: Path, requirements: str) -> subprocess.CompletedProcess:
     (tmp_path / "requirements.txt").write_text(requirements)
     script = tmp_path / "aicoe-env"
-    script.write_text(env.HELPER_SCRIPT)
+    script.write_text(generated.HELPER_SCRIPT)
     pip_env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "AICOE_HOME": str(tmp_path),
@@ -204,7 +204,7 @@ def wheel_of(folder: Path, out: Path) -> Path:
 
 def helper(tmp_path: Path, links: Path, *args: str) -> subprocess.CompletedProcess:
     script = tmp_path / "aicoe-env"
-    script.write_text(env.HELPER_SCRIPT)
+    script.write_text(generated.HELPER_SCRIPT)
     run_env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "AICOE_HOME": str(tmp_path / "home"),
