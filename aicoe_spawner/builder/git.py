@@ -31,12 +31,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .ci_config import MAX_BYTES as CI_MAX_BYTES
+from .naming import is_sha
 from .requests import (
     BuildRequestError,
     RepoPolicy,
     Resolver,
     host_addresses,
-    is_sha,
     system_resolver,
     validate_relative_path,
 )

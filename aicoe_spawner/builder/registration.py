@@ -19,8 +19,9 @@ from kubernetes_asyncio.client.rest import ApiException
 from ..catalog import BUILD_MESSAGE_ANNOTATION, BUILD_PHASE_ANNOTATION, NOTEBOOK_IMAGE_LABEL
 from .image_check import Packages, packages_annotation
 from .kube import ignore_not_found, is_conflict, is_not_found, or_none, retry_on_conflict
+from .naming import user_label
 from .publish import OPTIONS_ANNOTATION, PUBLISHER_ANNOTATION, options_text, publisher_of, refusal
-from .requests import BuildRequestError, BuildSpec, user_label
+from .requests import BuildRequestError, BuildSpec
 from .vocabulary import MANAGED_BY, MANAGED_BY_LABEL, L, parse_stamp, stamp, utcnow
 from .vocabulary import BuildPhase as P
 

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 
 from . import git
 from .environment import MAX_FILE_BYTES, RepoView
-from .requests import BuildRequestError, is_sha
+from .naming import is_sha
+from .requests import BuildRequestError
 
 MAX_PATHS = 100_000  # a tree with more entries is refused (the listing itself is bounded)
 _CACHE: OrderedDict[tuple[str, str], RepoView] = OrderedDict()

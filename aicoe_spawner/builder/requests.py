@@ -30,6 +30,14 @@ from .fields import (
     validate_strategy,
 )
 from .fields import shown as _shown
+from .naming import (
+    dns_label,
+    hashed_stream_name,
+    project_stream_name,
+    requester_stream_name,
+    stream_name_for,
+    tag_for,
+)
 
 #: The builder's default base image: Jupyter Docker Stacks' minimal notebook (it has
 #: jupyterhub-singleuser and conda), pinned; admins change it (AICOE_BUILDER_BASE_IMAGE).
@@ -54,11 +62,9 @@ REQUEST_KEYS = frozenset(
     }
 )
 
-_SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _REF_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
-_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 
 Resolver = Callable[[str], Iterable[str]]
 
@@ -186,10 +192,6 @@ def validate_ref(ref: Any) -> str:
     return ref
 
 
-def is_sha(ref: str) -> bool:
-    return bool(_SHA_RE.fullmatch(ref))
-
-
 def validate_text(value: Any, f: str, limit: int) -> str:
     if value is None:
         return ""
@@ -260,92 +262,6 @@ def parse_build_request(
         display_name=validate_text(g("display_name"), "display_name", 100),
         description=validate_text(g("description"), "description", 1000),
     )
-
-
-# -- naming ------------------------------------------------------------------------------------
-
-
-def _dns_label(text: str, limit: int = 63) -> str:
-    """``text`` as a DNS-1123 label of at most ``limit`` characters (hash suffix if cut)."""
-    label = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "image"
-    if len(label) > limit:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        label = label[: limit - 9].rstrip("-") + "-" + digest
-    return label
-
-
-def stream_name_for(repo: str) -> str:
-    """``https://github.com/Org/My_Repo.git`` -> ``org-my-repo`` (DNS-1123, ≤ 63)."""
-    path = urlsplit(repo).path.strip("/")
-    if path.endswith(".git"):
-        path = path[:-4]
-    return _dns_label(path.replace("/", "-"))
-
-
-def hashed_stream_name(repo: str) -> str:
-    """:func:`stream_name_for` plus a hash of the whole URL, for when the short name belongs to
-    another repository (``a-b/c`` and ``a/b-c``, or the same path on two hosts)."""
-    digest = hashlib.sha256(repo.encode()).hexdigest()[:8]
-    return f"{stream_name_for(repo)[:54].rstrip('-')}-{digest}"
-
-
-# A name a request chooses lives under its requester's prefix, a name a repository's
-# .aicoe-ci.yaml chooses under the repository's default name: ``<requester>--<name>`` and
-# ``<repo default>---<project>``. Default names (:func:`_dns_label`) never hold ``--``, and
-# neither part of a chosen name does (nor starts or ends with ``-``), so the three kinds never
-# meet: no request can take a repository's default name, nor another requester's or
-# another repository's chosen one.
-REQUESTER_SEPARATOR = "--"
-PROJECT_SEPARATOR = "---"
-
-
-def requester_prefix(requester: str) -> str:
-    """A DNS-label stand-in for a requester identity: the identity itself when it is one
-    (``alice``), else its label plus a hash (``github-octo-1a2b3c4d5e``); at most 30."""
-    label = _dns_label(requester, 30)
-    if label == requester:
-        return label
-    digest = hashlib.sha256(requester.encode()).hexdigest()[:10]
-    return f"{label[:19].rstrip('-')}-{digest}"
-
-
-def _chosen(prefix: str, separator: str, name: str) -> str:
-    head = _dns_label(prefix, 30)
-    return head + separator + _dns_label(name, 63 - len(head) - len(separator))
-
-
-def requester_stream_name(requester: str, name: str) -> str:
-    """The stream of a request's ``name``: ``<requester prefix>--<name>`` (≤ 63)."""
-    return _chosen(requester_prefix(requester), REQUESTER_SEPARATOR, name)
-
-
-def project_stream_name(repo: str, project: str, *, hashed: bool = False) -> str:
-    """The stream of a ``.aicoe-ci.yaml`` ``registry-project``: ``<repo default>---<project>``
-    (``hashed``: with the hashed default name, see :func:`hashed_stream_name`)."""
-    base = hashed_stream_name(repo) if hashed else stream_name_for(repo)
-    return _chosen(base, PROJECT_SEPARATOR, project)
-
-
-def tag_for(ref: str, commit: str) -> str:
-    """The ImageStream tag for a ref: the tag/branch name made safe, or the short commit."""
-    if is_sha(ref):
-        return commit[:12]
-    for prefix in ("refs/tags/", "refs/heads/"):
-        if ref.startswith(prefix):
-            ref = ref[len(prefix) :]
-    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", ref).strip("-.") or commit[:12]
-    if len(tag) > 63 or not _TAG_RE.fullmatch(tag):
-        tag = tag[:50].rstrip("-.") + "-" + commit[:12]
-    return tag
-
-
-def repo_hash(repo: str) -> str:
-    return hashlib.sha256(repo.encode()).hexdigest()[:16]
-
-
-def user_label(user: str) -> str:
-    """A label-safe stand-in for a user name (hash; names may hold any character)."""
-    return hashlib.sha256(user.encode()).hexdigest()[:16]
 
 
 # -- the resolved build --------------------------------------------------------------------
@@ -544,14 +460,14 @@ def resolve_spec(
     if request.name:
         stream, name_field = request.name, "name"
     elif ci.registry_project:
-        stream, name_field = _dns_label(ci.registry_project), ci.project_field
+        stream, name_field = dns_label(ci.registry_project), ci.project_field
     else:
         stream, name_field = stream_name_for(request.repo), "repo"
         if hashed_name:
             stream = hashed_stream_name(request.repo)
     if ci.overlay and "overlays[" not in name_field:
         # a name shared by all overlays: one stream per overlay
-        stream = _dns_label(f"{stream[:42]}-{ci.overlay}")
+        stream = dns_label(f"{stream[:42]}-{ci.overlay}")
     if name_field == "name":
         stream = requester_stream_name(requester, stream)
     elif name_field != "repo":
@@ -560,7 +476,7 @@ def resolve_spec(
     extra_tags = (ci.custom_tag,) if ci.custom_tag and ci.custom_tag != tag else ()
     org = defaults.registry_org or defaults.namespace
     target = decide_destination(
-        request.repo, ci, defaults.destinations, f"{defaults.registry}/{_dns_label(org)}"
+        request.repo, ci, defaults.destinations, f"{defaults.registry}/{dns_label(org)}"
     )
     if target.mapped:
         notes.append(f"destination {target.path} (the builder's mapping for this repository)")

@@ -27,7 +27,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from .kube import create_once, ignore_not_found, is_conflict, or_none, raw_json
-from .requests import BuildSpec, user_label
+from .naming import user_label
+from .requests import BuildSpec
 from .vocabulary import (
     ACTIVE,
     MANAGED_BY,

@@ -9,7 +9,8 @@ import datetime
 import enum
 from typing import Any
 
-from .requests import BuildSpec, repo_hash, user_label
+from .naming import repo_hash, user_label
+from .requests import BuildSpec
 
 MANAGED_BY = "aicoe-image-builder"  # app.kubernetes.io/managed-by of every object we create
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

@@ -30,7 +30,8 @@ from aicoe_devcluster import delete_namespace
 from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.__main__ import Settings, build_service
 from aicoe_spawner.builder.config import settings_from_env
-from aicoe_spawner.builder.requests import BuildRequestError, hashed_stream_name, stream_name_for
+from aicoe_spawner.builder.naming import hashed_stream_name, stream_name_for
+from aicoe_spawner.builder.requests import BuildRequestError
 
 pytestmark = pytest.mark.integration
 IMAGE_API = ("image.openshift.io", "v1", "imagestreams")

@@ -32,7 +32,7 @@ from aicoe_devcluster import delete_namespace
 from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder.__main__ import build_service
 from aicoe_spawner.builder.destinations import parse_destinations
-from aicoe_spawner.builder.requests import hashed_stream_name
+from aicoe_spawner.builder.naming import hashed_stream_name
 
 pytestmark = pytest.mark.integration
 PREFIX = "/services/image-builder/"

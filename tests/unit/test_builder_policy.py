@@ -17,6 +17,7 @@ from aicoe_spawner.builder.backends.kubernetes import (
 from aicoe_spawner.builder.ci_config import parse_ci_configs
 from aicoe_spawner.builder.config import settings_from_env
 from aicoe_spawner.builder.identity import github_identity, hub_identity
+from aicoe_spawner.builder.naming import hashed_stream_name, stream_name_for
 from aicoe_spawner.builder.registration import (
     new_stream,
     ownership,
@@ -28,10 +29,8 @@ from aicoe_spawner.builder.requests import (
     BuildDefaults,
     BuildRequestError,
     RepoPolicy,
-    hashed_stream_name,
     parse_build_request,
     resolve_spec,
-    stream_name_for,
 )
 from aicoe_spawner.catalog import BUILD_PHASE_ANNOTATION, TagPhase, parse_imagestream
 

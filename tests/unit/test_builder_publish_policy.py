@@ -12,6 +12,13 @@ import pytest
 
 from aicoe_spawner.builder.ci_config import parse_ci_configs
 from aicoe_spawner.builder.git import published_ref
+from aicoe_spawner.builder.naming import (
+    hashed_stream_name,
+    project_stream_name,
+    requester_prefix,
+    requester_stream_name,
+    stream_name_for,
+)
 from aicoe_spawner.builder.publish import (
     OPTIONS_ANNOTATION,
     content_options,
@@ -32,13 +39,8 @@ from aicoe_spawner.builder.requests import (
     BuildDefaults,
     BuildRequestError,
     RepoPolicy,
-    hashed_stream_name,
     parse_build_request,
-    project_stream_name,
-    requester_prefix,
-    requester_stream_name,
     resolve_spec,
-    stream_name_for,
 )
 
 SHA = "c" * 40

@@ -7,6 +7,7 @@ import pytest
 
 from aicoe_spawner.builder.backends.kubernetes import JobConfig, job_manifest, job_state
 from aicoe_spawner.builder.ci_config import parse_ci_config
+from aicoe_spawner.builder.naming import stream_name_for, tag_for
 from aicoe_spawner.builder.registration import new_stream, with_status_tag, with_tag
 from aicoe_spawner.builder.requests import (
     BuildDefaults,
@@ -14,8 +15,6 @@ from aicoe_spawner.builder.requests import (
     RepoPolicy,
     parse_build_request,
     resolve_spec,
-    stream_name_for,
-    tag_for,
 )
 from aicoe_spawner.builder.source import s2i_dockerfile, scripts_dir
 from aicoe_spawner.builder.store import Build, parse_record, record_manifest, status_of
