@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helm_chart import CHART, helm
+from packaging.requirements import Requirement
 
 import aicoe_spawner
 from aicoe_devcluster.controlplane import REPO_ROOT
@@ -94,7 +95,7 @@ def test_wheel_metadata(dist):
     requires = meta.get_all("Requires-Dist")
     runtime = [r for r in requires if "extra ==" not in r]
     assert not [r for r in runtime if r.lower().startswith("cryptography")], runtime
-    assert {r.split(">")[0].split("=")[0] for r in runtime} >= {
+    assert {Requirement(r).name for r in runtime} >= {
         "jupyterhub",
         "jupyterhub-kubespawner",
         "kubernetes-asyncio",
