@@ -31,15 +31,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .ci_config import MAX_BYTES as CI_MAX_BYTES
+from .fields import BuildRequestError, validate_relative_path
 from .naming import is_sha
-from .requests import (
-    BuildRequestError,
-    RepoPolicy,
-    Resolver,
-    host_addresses,
-    system_resolver,
-    validate_relative_path,
-)
+from .repo_url import RepoPolicy, Resolver, host_addresses, system_resolver
 
 TIMEOUT = 60  # seconds, per git process
 MAX_OUTPUT = 16 << 20  # stdout of one git process (ls-remote of a repo with many refs)
