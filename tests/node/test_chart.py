@@ -34,7 +34,7 @@ from aicoe_devcluster import api_client
 from aicoe_devcluster.controlplane import REPO_ROOT
 from aicoe_devcluster.demo import EXAMPLE_REPOS
 from aicoe_devcluster.gitserver import GitServer
-from aicoe_devcluster.images import image_specs, registry_digest
+from aicoe_devcluster.images import registry_digest
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(2400)]
 
@@ -103,9 +103,14 @@ def http_status(url: str) -> int:
 
 
 def local_image(node, name: str) -> dict[str, str]:
-    """Chart image values (name, tag) of one of the node's images: its tag is its input hash."""
-    assert name in node.images
-    return {"name": f"{node.registry}/aicoe/{name}", "tag": image_specs()[name].key()}
+    """Chart image values (name, tag) of one of the node's images: the tag the session pushed
+    at its digest (the hash of the image's inputs then, whatever they are now)."""
+    reference, digest = node.images[name].split("@", 1)
+    repository = reference.split("/", 1)[1]
+    with urllib.request.urlopen(f"http://{node.registry}/v2/{repository}/tags/list") as r:
+        tags = json.load(r)["tags"] or []
+    tag = next(t for t in tags if registry_digest(node.registry, repository, t) == digest)
+    return {"name": reference, "tag": tag}
 
 
 def example_stream(node) -> dict:
@@ -117,7 +122,7 @@ def example_stream(node) -> dict:
         "tags": [
             {
                 "name": "latest",
-                "from": node.images["notebook"],
+                "from": "{name}:{tag}".format(**local_image(node, "notebook")),  # by tag
                 "scheduled": True,
                 "insecure": True,
                 "default": True,
@@ -272,9 +277,7 @@ async def test_admin_installs_the_chart_and_a_user_builds_and_launches_a_reposit
         started = time.monotonic()
         item = await wait_imported(api, "jupyterlab")
         timings["helm install → the example stream imported"] = time.monotonic() - started
-        repository, tag = node.images["notebook"].rsplit(":", 1)
-        digest = registry_digest(node.registry, repository.split("/", 1)[1], tag)
-        assert item["dockerImageReference"] == f"{repository}@{digest}", item
+        assert item["dockerImageReference"] == node.images["notebook"], item
 
         service = await core.read_namespaced_service(f"{RELEASE}-proxy-public", NAMESPACE)
         node_port = service.spec.ports[0].node_port
