@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .informer import Informer
 from .leader import LeaseElector
 from .store import ACTIVE_LABEL, GROUP, PLURAL, SELECTOR, VERSION, Build, parse_record
+from .vocabulary import BuildPhase
 
 if TYPE_CHECKING:
     from .service import BuildService
@@ -248,7 +249,8 @@ class Controller:
                 del self._logs[build_id]
             self.service.log_followed.discard(build_id)
             return
-        if following is None and build.submitted and self.service.backend.follows_logs:
+        running = build.submitted and build.phase == BuildPhase.BUILDING  # its pod is there
+        if following is None and running and self.service.backend.follows_logs:
             self.service.log_followed.add(build_id)
             task = asyncio.get_running_loop().create_task(self._stream(build))
             self._logs[build_id] = task
@@ -265,8 +267,11 @@ class Controller:
                         self.enqueue(build.id)  # the record's tail is due
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # the whole log is read once at the end
+        except Exception as e:  # followed again at the next reconcile; read whole meanwhile
             log.warning("following the log of build %s: %s", build.id, e)
+            if self._logs.get(build.id) is asyncio.current_task():
+                del self._logs[build.id]
+                service.log_followed.discard(build.id)
         finally:
             # ended by itself (the pod ended or is gone): the state read the rest
             if self._logs.get(build.id) is asyncio.current_task():

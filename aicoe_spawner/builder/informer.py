@@ -144,6 +144,7 @@ class Informer:
         name = obj.get("metadata", {}).get("name")
         if not isinstance(name, str):
             return
+        before = self.objects.get(name)
         if kind == "DELETED":
             self.objects.pop(name, None)
         else:
@@ -151,7 +152,14 @@ class Informer:
         try:
             await self.handler(kind, obj)
         except Exception:
-            log.exception("handling %s %s %s failed", kind, self.what, name)
+            # not handled: undo, so that the relist (after a backoff) reports it again
+            if kind == "DELETED":
+                self.objects[name] = obj
+            elif before is None:
+                self.objects.pop(name, None)
+            else:
+                self.objects[name] = {**obj, "metadata": {**obj["metadata"], "resourceVersion": ""}}
+            raise
 
 
 def _version(obj: dict[str, Any]) -> str:

@@ -130,7 +130,9 @@ class Reconciling:
                 return build
         spec = build.spec
         followed = build.id in self.log_followed  # the leader streams its log
-        state = await self.backend.state(spec, with_log=not followed)
+        state = await (
+            self.backend.state(spec, with_log=False) if followed else self.backend.state(spec)
+        )
         if state.log is not None:
             self._remember_log(build.id, state.log)
         if rules.must_exist(state):
