@@ -57,6 +57,7 @@ class LeaseElector:
         self.transitions = 0  # times this replica took the Lease
         self._seen: tuple[str, float] = ("", 0.0)  # (resourceVersion, when first seen here)
         self._renewed = 0.0  # monotonic time of this replica's last successful write
+        self._held: client.V1Lease | None = None  # the Lease as this replica last wrote it
         self._task: asyncio.Task | None = None
 
     @property
@@ -86,8 +87,9 @@ class LeaseElector:
                 held = await self._try()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # unreachable API server: keep leading until the duration
+            except Exception as e:  # unreachable API server: keep leading until the deadline
                 log.warning("Lease %s: %s", self.name, e)
+                self._held = None
                 held = self.is_leader and time.monotonic() - self._renewed < self.deadline
             if held and not self.is_leader:
                 self.leading.set()
@@ -97,7 +99,7 @@ class LeaseElector:
                     await self.on_start()
             elif not held and self.is_leader:
                 await self._lose("lost the Lease")
-            await asyncio.sleep(self.renew if self.is_leader else min(self.renew, 1.0))
+            await asyncio.sleep(self.renew)
 
     async def _lose(self, why: str) -> None:
         self.leading.clear()
@@ -126,7 +128,11 @@ class LeaseElector:
         return body
 
     async def _try(self) -> bool:
-        """One round: create, renew or take the Lease (True: held now)."""
+        """One round: create, renew or take the Lease (True: held now). A leader renews the
+        version it wrote last (one request); a 409 means it was taken: read it again."""
+        if self._held is not None and await self._write(self._held, taking=False):
+            return True
+        self._held = None
         try:
             lease = await self.api.read_namespaced_lease(self.name, self.namespace)
         except client.ApiException as e:
@@ -148,17 +154,20 @@ class LeaseElector:
         body = self._body(lease, taking)
         try:
             if lease is None:
-                await self.api.create_namespaced_lease(self.namespace, body)
+                written = await self.api.create_namespaced_lease(self.namespace, body)
             else:
-                await self.api.replace_namespaced_lease(self.name, self.namespace, body)
+                written = await self.api.replace_namespaced_lease(self.name, self.namespace, body)
         except client.ApiException as e:
+            self._held = None
             if is_conflict(e):  # another replica wrote it first (409 on create or replace)
                 return False
             raise
+        self._held = written
         self._renewed = time.monotonic()
         return True
 
     async def _release(self) -> None:
+        self._held = None
         lease = await self.api.read_namespaced_lease(self.name, self.namespace)
         if lease.spec is None or lease.spec.holder_identity != self.identity:
             return
