@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -58,6 +59,31 @@ from hub_harness import Hub
 
 PREFIX = "/services/image-builder/"
 IMAGES_BASELINE = 80.0  # req/s, GET api/images at 1,000 images before the cached rendering
+
+
+class MeasurementFailed(SystemExit):
+    """A measurement that failed: said, and the benchmark exits non-zero (no figure)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"MEASUREMENT FAILED: {message}")
+
+
+class ErrorCount(logging.Handler):
+    """Counts the builder's logged errors (a reconcile that failed logs and goes on)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        say(f"error logged: {record.getMessage()[:300]}")
+
+    @classmethod
+    def install(cls) -> ErrorCount:
+        handler = cls()
+        logging.getLogger("aicoe_spawner.builder").addHandler(handler)
+        return handler
 
 
 def threads(pid: int) -> int:
@@ -114,6 +140,10 @@ async def main(args) -> list[Row]:
     rows: list[Row] = []
     work = Path(tempfile.mkdtemp(prefix="bench-builder-"))
     async with control_plane() as (plane, api):
+        if args.only_load:
+            rows += await bench_load(plane, api, args)
+            print_table(rows)
+            return rows
         if args.only_store:
             rows += await bench_store(api, args, work)
             print_table(rows)
@@ -495,6 +525,7 @@ async def bench_store(api, args, work: Path) -> list[Row]:
         return logs.get(pod)
 
     service = build_service(api, local_settings(namespace, "registry.local:5000"), read_log)
+    failures = ErrorCount.install()
 
     async def raw_bytes(selector: str, accept: str = "application/json") -> int:
         total, token = 0, None
@@ -542,6 +573,8 @@ async def bench_store(api, args, work: Path) -> list[Row]:
     await service.reconcile_once()  # the first one creates the active builds' Jobs
     calls = service.store.api_calls
     reconcile = await timed(10)(service.reconcile_once)
+    if failures.count:
+        raise MeasurementFailed(f"reconcile_once: {failures.count} errors; no figure")
     per_reconcile = (service.store.api_calls - calls) / 10
     say(
         f"{args.records} records: full list {full:.1f} ms ({full_bytes / 1024:.0f} KiB); "
@@ -632,6 +665,11 @@ async def bench_store(api, args, work: Path) -> list[Row]:
             raise t.exception()
         t.cancel()
     await asyncio.gather(*watchers, return_exceptions=True)
+    if failures.count or not written["writes"]:
+        raise MeasurementFailed(
+            f"etcd bytes written: {failures.count} reconcile errors, "
+            f"{written['writes']} writes seen; no figure"
+        )
     per_minute = written["bytes"] / len(running) / elapsed * 60
     say(
         f"{len(running)} running builds for {elapsed:.0f} s: {written['writes']} writes, "
@@ -651,6 +689,254 @@ async def bench_store(api, args, work: Path) -> list[Row]:
     return rows
 
 
+# -- API load of two replicas ---------------------------------------------------------------
+
+KINDS = ("imagebuilds", "jobs", "pods", "configmaps", "leases", "imagestreams", "builds")
+
+
+async def request_counts(api) -> dict[tuple[str, str], float]:
+    """kube-apiserver's own ``apiserver_request_total``, summed by (verb, resource), for the
+    kinds the builder uses."""
+    response = await api.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
+    )
+    text = (await response.read()).decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        fields = dict(
+            (k, v.strip('"'))
+            for k, _, v in (p.partition("=") for p in labels[labels.index("{") + 1 : -1].split(","))
+        )
+        if fields.get("resource") in KINDS:
+            key = (fields.get("verb", ""), fields["resource"])
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def difference(after: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+async def bench_load(plane, api, args) -> list[Row]:
+    """Two replicas (in this process, each with its own client) over ``--records`` finished
+    records and 0/10/50 running builds: API requests per second as the API server counts
+    them; then the time from a Job's completion to its record's ``ready``; then (with a
+    leader) the takeover after the leader dies."""
+    from builder_harness import complete_job, digest_of, local_settings, start_pod
+    from kubernetes_asyncio import client
+
+    from aicoe_devcluster import api_client
+    from aicoe_spawner.builder.__main__ import build_service
+    from aicoe_spawner.builder.store import GROUP, PLURAL, VERSION
+
+    rows: list[Row] = []
+    failures = ErrorCount.install()
+    namespace = f"bench-load-{uuid.uuid4().hex[:6]}"
+    await create_namespace(api, namespace)
+    custom = client.CustomObjectsApi(api)
+    sem = asyncio.Semaphore(8)
+    tail = "".join(f"step {n}: some build output line\n" for n in range(100))
+    done = {"phase": "ready", "message": "", "digest": "sha256:" + "0" * 64, "logTail": tail}
+
+    async def make(i: int, active: bool) -> str:
+        async with sem:
+            body = record_of(namespace, i, "pending" if active else "ready")
+            obj = await custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body
+            )
+            if not active:
+                await custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    obj["metadata"]["name"],
+                    {"status": done},
+                    _content_type="application/merge-patch+json",
+                )
+            return obj["metadata"]["name"]
+
+    await asyncio.gather(*(make(i, False) for i in range(args.records)))
+    say(f"{args.records} finished records")
+
+    logs: dict[str, str] = {}
+
+    async def read_log(ns: str, pod: str, container: str | None = None) -> str | None:
+        return logs.get(pod) if container in (None, "build") else None
+
+    clients = [await api_client(plane.kubeconfig) for _ in range(2)]
+    config = local_settings(namespace, "registry.local:5000", max_per_user=200, max_total=200)
+    services = [build_service(c, config, read_log) for c in clients]
+    phases: list[tuple[str, str]] = []
+
+    class Seen:
+        async def build_changed(self, build, previous: str) -> None:
+            phases.append((build.id, build.phase))
+
+    for svc in services:
+        svc.observers.append(Seen())
+        svc.start(1.0)
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    has_leader = hasattr(services[0], "controller")
+    build_ids: list[str] = []
+    try:
+        await asyncio.sleep(3)
+        n = args.records
+        for level in [int(x) for x in args.load_active.split(",")]:
+            while len(build_ids) < level:
+                name = await make(n, True)
+                n += 1
+                build_ids.append(name.removeprefix("imgbuild-"))
+            for build_id in build_ids:  # the Job (made by the builder) runs: its pod is there
+                await wait_job(batch, namespace, build_id)
+                await start_pod(api, namespace, build_id)
+                await core.patch_namespaced_pod(
+                    f"imgbuild-{build_id}-run",
+                    namespace,
+                    {
+                        "metadata": {
+                            "labels": {"app.kubernetes.io/managed-by": "aicoe-image-builder"}
+                        }
+                    },
+                )
+                logs[f"imgbuild-{build_id}-run"] = "step 1\n"
+            await asyncio.sleep(5)  # settled: every build seen building
+            before = await request_counts(api)
+            await asyncio.sleep(args.load_seconds)
+            spent = difference(await request_counts(api), before)
+            watches = sum(v for (verb, _), v in spent.items() if verb == "WATCH")
+            others = sum(v for (verb, _), v in spent.items() if verb != "WATCH")
+            rate = others / args.load_seconds
+            say(
+                f"{level} active, {args.records} finished, 2 replicas: {rate:.2f} requests/s "
+                f"(+{watches:.0f} watch opens in {args.load_seconds:.0f} s): "
+                + ", ".join(f"{verb} {res} {v:.0f}" for (verb, res), v in sorted(spent.items()))
+            )
+            rows.append(
+                Row(
+                    "builder load",
+                    f"API requests/s, 2 replicas, {level} active, {args.records} finished",
+                    f"{rate:.2f}",
+                    "-",
+                    "-",
+                    "0 idle; <= 0.1 per build",
+                    f"info (+{watches:.0f} watch opens)",
+                )
+            )
+        # Job completion -> record ready
+        took = []
+        for build_id in build_ids[:5]:
+            t0 = time.monotonic()
+            await complete_job(api, namespace, build_id, digest_of(build_id))
+            while True:
+                obj = await custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, f"imgbuild-{build_id}"
+                )
+                if (obj.get("status") or {}).get("phase") == "ready":
+                    break
+                if time.monotonic() - t0 > 10:
+                    raise MeasurementFailed(f"build {build_id} not ready 10 s after its Job")
+                await asyncio.sleep(0.02)
+            took.append(time.monotonic() - t0)
+        say("Job complete -> ready: " + ", ".join(f"{t * 1000:.0f} ms" for t in took))
+        rows.append(
+            Row(
+                "builder load",
+                "Job complete -> record ready (5 builds, median / max)",
+                f"{sorted(took)[2] * 1000:.0f} / {max(took) * 1000:.0f} ms",
+                "-",
+                "-",
+                "<= 1 s",
+                "info",
+            )
+        )
+        if has_leader:
+            rows += await takeover(services, build_ids[5:], api, namespace, phases)
+    finally:
+        for svc in services:
+            await svc.stop()
+        for c in clients:
+            await c.close()
+    if failures.count:
+        raise MeasurementFailed(f"{failures.count} errors logged by the builder; see above")
+    return rows
+
+
+async def wait_job(batch, namespace: str, build_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await batch.read_namespaced_job(f"imgbuild-{build_id}", namespace)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise MeasurementFailed(f"no Job for build {build_id} after 30 s") from None
+            await asyncio.sleep(0.1)
+
+
+async def takeover(services, build_ids, api, namespace, phases) -> list[Row]:
+    """Kill the leader (no hand-over: its tasks end, the Lease stays), time until the other
+    leads, then finish every running build and count: each ready once, one Job each."""
+    from builder_harness import complete_job, digest_of
+    from kubernetes_asyncio import client
+
+    (leader,) = [s for s in services if s.controller.elector.is_leader]
+    (other,) = [s for s in services if s is not leader]
+    c = leader.controller
+    c.elector._task.cancel()
+    await asyncio.gather(c.elector._task, return_exceptions=True)
+    c.elector._task = None
+    c.elector.leading.clear()
+    await c._follow()
+    await c.records.stop()
+    leader.controller = None
+    t0 = time.monotonic()
+    while not other.controller.elector.is_leader:
+        if time.monotonic() - t0 > 60:
+            raise MeasurementFailed("no takeover within 60 s")
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - t0
+    for build_id in build_ids:
+        await complete_job(api, namespace, build_id, digest_of(build_id))
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + 60
+    from aicoe_spawner.builder.store import GROUP, PLURAL, VERSION
+
+    while True:
+        ready = 0
+        for build_id in build_ids:
+            obj = await custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, f"imgbuild-{build_id}"
+            )
+            ready += (obj.get("status") or {}).get("phase") == "ready"
+        if ready == len(build_ids):
+            break
+        if time.monotonic() > deadline:
+            raise MeasurementFailed(f"{ready}/{len(build_ids)} ready 60 s after the takeover")
+        await asyncio.sleep(0.2)
+    await other.observed()
+    ends = [i for i, p in phases if p == "ready" and i in set(build_ids)]
+    jobs = await client.BatchV1Api(api).list_namespaced_job(namespace)
+    names = [j.metadata.name for j in jobs.items]
+    if len(ends) != len(build_ids) or len(set(names)) != len(names):
+        raise MeasurementFailed(f"{len(ends)} ready transitions for {len(build_ids)} builds")
+    say(f"takeover after the leader died: {took:.2f} s; {len(build_ids)} builds ready once each")
+    return [
+        Row(
+            "builder load",
+            f"leader takeover after a kill ({len(build_ids)} running builds)",
+            f"{took:.1f} s",
+            "-",
+            "-",
+            "<= 15 s, none lost or doubled",
+            f"info ({len(ends)} ready once each, {len(names)} Jobs)",
+        )
+    ]
+
+
 if __name__ == "__main__":
     parser = arg_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -662,4 +948,9 @@ if __name__ == "__main__":
     parser.add_argument("--only-store", action="store_true", help="only the store figures")
     parser.add_argument("--active", type=int, default=5)
     parser.add_argument("--write-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--only-load", action="store_true", help="only the API load of two replicas"
+    )
+    parser.add_argument("--load-seconds", type=float, default=30.0, help="per load level")
+    parser.add_argument("--load-active", default="0,10,50", help="active builds per level")
     run(main, parser)

@@ -4,238 +4,77 @@ A thin shell around :class:`BuildService`."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import hmac
 import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
-from gidgethub import GitHubException
 from jupyterhub.services.auth import (
     HubOAuth,
     HubOAuthCallbackHandler,
-    HubOAuthenticated,
-    UserNotAllowed,
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
 from ..watch import ImageStreamWatch
 from .catalog_view import ImagePolicies, render_images, shown_images, viewer_policy
-from .github import GitHub, GitHubReporter, Report
-from .github_report import (
-    IssueRequest,
-    can_push,
-    issue_request,
-    not_allowed_comment,
-    owner_and_name,
-    refused_comment,
+from .github import GitHub, GitHubReporter
+from .handlers import (
+    ADMIN_SCOPE,
+    BUILD_SCOPE,
+    MAX_BODY,
+    MAX_BUILD_BODY,
+    MAX_DRAIN,
+    SECURITY_HEADERS,
+    SERVER_OPTIONS,
+    AuthHandler,
+    BaseHandler,
+    CappedBody,
+    JSONError,
+    SecurityHeaders,
+    body_checked,
+    builds_view,
+    parse_last_event_id,
 )
-from .identity import github_identity, hub_identity
 from .page import STATIC, page_context
 from .page import environment as page_environment
 from .requests import (
-    BuildRequest,
     BuildRequestError,
     parse_build_request,
     validate_ref,
     validate_repo_url,
 )
-from .service import BuildService, Redelivery
+from .service import BuildService
 from .store import Build
-from .vocabulary import PHASES, TERMINAL
+from .vocabulary import TERMINAL
+from .webhook import IssueEvent, WebhookHandler, issue_event, verify_signature, webhook_request
 
 log = logging.getLogger("aicoe_spawner.builder.app")
 
-MAX_BODY = 1024 * 1024  # the webhook: GitHub's release and create payloads
-MAX_BUILD_BODY = 64 * 1024  # POST api/builds: a build request is a few KiB at most
-# the HTTP server's: bodies up to MAX_DRAIN are read (and dropped) to answer 413; a larger
-# declared one closes the connection. Every route streams its body, so none is buffered.
-MAX_DRAIN = 16 << 20
-SERVER_OPTIONS = {"max_body_size": MAX_DRAIN, "max_buffer_size": 1 << 20}
-BUILD_SCOPE = "custom:image-builder:build"
-ADMIN_SCOPE = "custom:image-builder:admin"
-
-
-class JSONError(web.HTTPError):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(status, message)
-        self.message = message
-        self.field = field
-
-
-def builds_view(builds: list[Build]) -> dict[str, Any]:
-    """The first image's build; with ``.aicoe-ci.yaml`` overlays, all of them in ``builds``."""
-    view = builds[0].view()
-    if len(builds) > 1:
-        view["builds"] = [b.view() for b in builds]
-    return view
-
-
-def parse_last_event_id(header: str) -> tuple[int, str]:
-    """``Last-Event-ID: <lines sent>:<phase>`` -> (lines, phase); BuildRequestError if not."""
-    lines, sep, phase = header.partition(":")
-    if not header:
-        return 0, ""
-    if not (sep and lines.isascii() and lines.isdigit() and len(lines) <= 9) or (
-        phase and phase not in PHASES
-    ):
-        raise BuildRequestError(
-            "Last-Event-ID", "must be an id this stream sent (<lines>:<phase>), e.g. 12:building"
-        )
-    return int(lines), phase
-
-
-def body_checked(method):
-    """``web.authenticated``, after refusing a body over the route's ``max_body`` (413)."""
-    authenticated = web.authenticated(method)
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        self.check_body()
-        return authenticated(self, *args, **kwargs)
-
-    return wrapper
-
-
-#: Sent with every response of the builder, as the hub sends them: no page of the builder may
-#: be framed (its Cancel and Retry buttons cannot be clickjacked), and no response is
-#: sniffed into another type than it declares.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",  # the same for browsers without CSP level 2
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-class SecurityHeaders(web.RequestHandler):
-    """Every handler of the app derives from this (a test checks the routes): tornado sets
-    default headers on every response, redirects and error pages included."""
-
-    def set_default_headers(self) -> None:
-        super().set_default_headers()
-        for name, value in SECURITY_HEADERS.items():
-            self.set_header(name, value)
-
-
-class CappedBody(SecurityHeaders):
-    """Every route streams its request body (tornado never buffers one) and keeps at most
-    ``max_body`` bytes of it (0: the route takes none). A declared Content-Length over that is
-    answered 413 in ``prepare``, before anything else (authentication included); a body that
-    grows over it while it arrives (chunked) is dropped, and a handler that reads it answers
-    413 (:meth:`check_body`). What is over is read and dropped, so the client gets the answer."""
-
-    _stream_request_body = True  # as @web.stream_request_body, for every subclass
-    max_body = 0
-    _received: bytearray | None = None
-    _overflow = False
-
-    def prepare(self) -> None:
-        declared = self.request.headers.get("Content-Length", "0")
-        self._overflow = not declared.isdigit() or int(declared) > self.max_body
-        self._received = bytearray()
-        self.check_body()
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._overflow or self._received is None:
-            return
-        self._received += chunk
-        if len(self._received) > self.max_body:
-            self._overflow = True
-            self._received = None
-
-    def check_body(self) -> None:
-        if self._overflow:
-            if not self.max_body:
-                raise JSONError(413, "body: this route takes no request body", "body")
-            raise JSONError(413, f"body: larger than {self.max_body // 1024} KiB", "body")
-
-
-class BaseHandler(CappedBody):
-    """The builder's handlers: JSON errors, bodies capped per route (:class:`CappedBody`)."""
-
-    @property
-    def service(self) -> BuildService:
-        return self.settings["build_service"]
-
-    def body(self) -> bytes:
-        self.check_body()
-        return bytes(self._received or b"")
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = getattr(exc, "message", None) or getattr(exc, "log_message", None)
-        body = {"status": status_code, "message": message or self._reason}
-        if getattr(exc, "field", None):
-            body["field"] = exc.field
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
-
-    def json_body(self) -> Any:
-        body = self.body()
-        try:
-            return json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise JSONError(400, f"body: not valid JSON ({e})", "body") from None
-        except RecursionError:
-            raise JSONError(400, "body: JSON nested too deeply", "body") from None
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data))
-
-
-class AuthHandler(HubOAuthenticated, BaseHandler):
-    """Hub-authenticated; scopes decide what the user may do."""
-
-    @property
-    def hub_auth(self):
-        return self.settings["hub_auth"]
-
-    async def prepare(self) -> None:
-        """Identify the user here, without blocking: HubAuthenticated's synchronous
-        ``get_current_user`` would block the event loop on a thread (and on the hub, for a
-        token it has not cached) for every request. The body's size is checked first."""
-        self._hub_auth_user_cache = None  # nobody, until identified (error pages read it)
-        super().prepare()
-        model = await self.hub_auth.get_user(self, sync=False)
-        try:
-            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
-        except UserNotAllowed:
-            self._hub_auth_user_cache = None
-
-            def refuse(*args: Any, **kwargs: Any) -> None:  # as HubAuthenticated does
-                raise web.HTTPError(403, f"{model.get('kind')} {model.get('name')} is not allowed.")
-
-            self.redirect = refuse
-
-    def scopes(self) -> set[str]:
-        model = self.current_user or {}
-        return set(model.get("scopes") or [])
-
-    def user_name(self) -> str:
-        model = self.current_user
-        if not model:
-            raise JSONError(403, "authentication required")
-        return hub_identity(model.get("kind", "user"), model["name"])
-
-    def is_admin(self) -> bool:
-        return ADMIN_SCOPE in self.scopes()
-
-    def require(self, scope: str) -> None:
-        if scope not in self.scopes() and ADMIN_SCOPE not in self.scopes():
-            raise JSONError(403, f"the scope {scope} is required")
-
-    async def visible_build(self, build_id: str) -> Build:
-        build = await self.service.record(build_id) if len(build_id) <= 64 else None
-        # another user's build is reported exactly like a missing one
-        if build is None or not (self.is_admin() or build.spec.requester == self.user_name()):
-            raise JSONError(404, f"build {build_id[:64]!r} not found")
-        return build
+__all__ = [
+    "ADMIN_SCOPE",
+    "BUILD_SCOPE",
+    "MAX_BODY",
+    "MAX_BUILD_BODY",
+    "MAX_DRAIN",
+    "SECURITY_HEADERS",
+    "SERVER_OPTIONS",
+    "AuthHandler",
+    "BaseHandler",
+    "CappedBody",
+    "IssueEvent",
+    "JSONError",
+    "SecurityHeaders",
+    "WebhookHandler",
+    "body_checked",
+    "builds_view",
+    "issue_event",
+    "make_app",
+    "parse_last_event_id",
+    "verify_signature",
+    "webhook_request",
+]
 
 
 class BuildsHandler(AuthHandler):
@@ -397,251 +236,6 @@ class ImagesHandler(AuthHandler):
 
     def compute_etag(self) -> str | None:
         return self._etag  # the cached body's, not a hash of it per request
-
-
-def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
-    """GitHub's ``X-Hub-Signature-256: sha256=<hex hmac>``, compared in constant time."""
-    if not secret or not header or not header.startswith("sha256="):
-        return False
-    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), header.encode())
-
-
-def _object(payload: dict, key: str) -> dict:
-    value = payload.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BuildRequestError(key, "must be a JSON object")
-    return value
-
-
-def webhook_request(event: str, payload: Any) -> tuple[str, str, Any] | None:
-    """(repo clone URL, tag, sender login) for a release published / tag created event, None
-    for other events; BuildRequestError (400) naming the field for a malformed payload."""
-    if not isinstance(payload, dict):
-        raise BuildRequestError("body", "must be a JSON object")
-    repository, release, sender = (_object(payload, k) for k in ("repository", "release", "sender"))
-    if event == "release" and payload.get("action") == "published":
-        ref, ref_field = release.get("tag_name"), "release.tag_name"
-    elif event == "create" and payload.get("ref_type") == "tag":
-        ref, ref_field = payload.get("ref"), "ref"
-    else:
-        return None
-    repo = repository.get("clone_url")
-    if not isinstance(repo, str):
-        raise BuildRequestError("repository.clone_url", "must be the repository's clone URL")
-    if not isinstance(ref, str):
-        raise BuildRequestError(ref_field, "must be the tag name (a string)")
-    return repo, ref, sender.get("login")
-
-
-@dataclass(frozen=True)
-class IssueEvent:
-    """An ``issues`` ``opened`` event of a "Deliver Container Image" issue."""
-
-    owner: str
-    repo: str
-    clone_url: str
-    number: int
-    login: str
-    installation: int
-    request: IssueRequest
-
-
-def installation_id(payload: dict) -> int:
-    """The GitHub App installation that sent the event (0: none)."""
-    value = _object(payload, "installation").get("id")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def issue_event(event: str, payload: Any) -> IssueEvent | None:
-    """The "Deliver Container Image" issue an ``issues`` ``opened`` event opened, None for
-    every other event and issue; BuildRequestError (400) naming the field if malformed."""
-    if event != "issues" or not isinstance(payload, dict) or payload.get("action") != "opened":
-        return None
-    issue, repository = _object(payload, "issue"), _object(payload, "repository")
-    request = issue_request(issue.get("title"), issue.get("body"))
-    if request is None:
-        return None
-    number = issue.get("number")
-    if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
-        raise BuildRequestError("issue.number", "must be the issue's number")
-    user = issue.get("user")
-    login = github_identity(user.get("login") if isinstance(user, dict) else None)
-    names = owner_and_name(repository.get("full_name"))
-    if names is None:
-        raise BuildRequestError("repository.full_name", "must be <owner>/<name>")
-    clone_url = repository.get("clone_url")
-    if not isinstance(clone_url, str):
-        raise BuildRequestError("repository.clone_url", "must be the repository's clone URL")
-    return IssueEvent(
-        owner=names[0],
-        repo=names[1],
-        clone_url=clone_url,
-        number=number,
-        login=login.removeprefix("github:"),
-        installation=installation_id(payload),
-        request=request,
-    )
-
-
-class WebhookHandler(BaseHandler):
-    """GitHub's ``release`` (published) and ``create`` (tag) events build the tag; an
-    ``issues`` ``opened`` event of AICoE-CI's "Deliver Container Image" template builds the
-    issue's ``Tag:`` when its opener can push to the repository (asked of GitHub). Builds the
-    webhook started are reported back (:mod:`.github`) when a GitHub client is configured."""
-
-    max_body = MAX_BODY
-
-    def check_xsrf_cookie(self) -> None:  # authenticated by HMAC instead
-        pass
-
-    @property
-    def github(self) -> GitHub | None:
-        return self.settings.get("github")
-
-    @property
-    def reporter(self) -> GitHubReporter | None:
-        return self.settings.get("github_reporter")
-
-    async def post(self) -> None:
-        body = self.body()  # 413 before the signature is checked
-        secret = self.settings.get("webhook_secret") or b""
-        if not verify_signature(secret, body, self.request.headers.get("X-Hub-Signature-256")):
-            raise JSONError(401, "X-Hub-Signature-256: missing or invalid signature")
-        event = self.request.headers.get("X-GitHub-Event", "")
-        if not event:
-            raise JSONError(400, "X-GitHub-Event: missing (GitHub sends the event name)")
-        if event == "ping":
-            return self.write_json({"message": "pong"})
-        payload = self.json_body()
-        try:
-            found = webhook_request(event, payload)
-            issue = issue_event(event, payload) if found is None else None
-        except BuildRequestError as e:
-            raise JSONError(e.status, str(e), e.field) from None
-        if issue is not None and (self.github is None or not self.github.config.issue_builds):
-            return self.write_json(
-                {"message": "issue builds are off (no GitHub client, or github_issue_builds)"},
-                202,
-            )
-        if found is None and issue is None:
-            return self.write_json({"message": f"event {event[:40]!r} ignored"}, 202)
-        delivery = self.request.headers.get("X-GitHub-Delivery", "")
-        if not delivery or len(delivery) > 100 or not delivery.isprintable():
-            raise JSONError(
-                400, "X-GitHub-Delivery: missing or not a delivery id", "X-GitHub-Delivery"
-            )
-        service = self.service
-        # A delivery, and a signed body, start at most one build, across replicas and
-        # restarts: GitHub's redeliveries repeat the id, a replay repeats the (signed) body.
-        keys = [f"delivery:{delivery}", "body:" + hashlib.sha256(body).hexdigest()]
-
-        async def submit() -> str | tuple[int, list[Build]]:
-            if issue is not None:
-                return await self._issue(issue)  # a str: handled without a build
-            repo, ref, sender = found
-            request = BuildRequest(
-                repo=validate_repo_url(repo, service.policy, service.resolver),
-                ref=validate_ref(ref),
-            )
-            return await service.submit_all(request, github_identity(sender))
-
-        try:  # not handled (an error): the claims go, GitHub's redelivery may try again
-            answer = await service.submit_once(keys, submit)
-        except Redelivery as e:
-            return self.write_json(
-                {
-                    "message": f"delivery {delivery[:40]!r} was received before: no new build",
-                    "build": e.build.view() if e.build else None,
-                },
-                200,
-            )
-        except BuildRequestError as e:
-            raise JSONError(e.status, str(e), e.field) from None
-        except GitHubException as e:  # GitHub did not answer the issue's questions
-            status_code = getattr(e, "status_code", None)
-            shown = f" ({int(status_code)})" if status_code else ""
-            raise JSONError(502, f"GitHub{shown}: {type(e).__name__}; redeliver later") from None
-        if isinstance(answer, str):  # handled without a build (the claims are kept)
-            return self.write_json({"message": answer}, 200)
-        status, builds = answer
-        if found is not None and status == 202:
-            names = owner_and_name(_object(payload, "repository").get("full_name"))
-            if names is not None:
-                await self._report(
-                    Report(
-                        owner=names[0],
-                        repo=names[1],
-                        sha=builds[0].spec.commit,
-                        builds=tuple(b.id for b in builds),
-                        clone_url=builds[0].spec.repo,
-                        ref=builds[0].spec.ref,
-                        installation=installation_id(payload),
-                    ),
-                    builds[0],
-                )
-        self.write_json(builds_view(builds), status)
-
-    async def _issue(self, issue: IssueEvent) -> str | tuple[int, list[Build]]:
-        """Build what the issue asks for (the status and builds), or comment why not and
-        answer that. Nothing is asked of GitHub for a repository the builder may not
-        build; BuildRequestError after the reason was commented."""
-        service, github = self.service, self.github
-        assert github is not None
-        repo = validate_repo_url(issue.clone_url, service.policy, service.resolver)
-        gh = await github.for_repo(issue.owner, issue.repo, issue.installation)
-        key = f"issue-{issue.number}"
-        where = (gh, issue.owner, issue.repo, issue.number)
-        if issue.request.problem:
-            reason = f"{issue.request.problem}: write the git tag to build as `Tag: 1.2.3`"
-            await github.comment_once(*where, key, refused_comment(issue.login, reason))
-            return f"issue #{issue.number}: {reason}"
-        answer = await github.permission(gh, issue.owner, issue.repo, issue.login)
-        if not can_push(answer):
-            await github.comment_once(*where, key, not_allowed_comment(issue.login))
-            return f"issue #{issue.number}: {issue.login} cannot push to the repository: no build"
-        try:
-            request = BuildRequest(repo=repo, ref=validate_ref(issue.request.tag))
-            status, builds = await service.submit_all(request, github_identity(issue.login))
-        except BuildRequestError as e:
-            await github.comment_once(*where, key, refused_comment(issue.login, str(e)))
-            raise
-        await self._report(
-            Report(
-                owner=issue.owner,
-                repo=issue.repo,
-                sha=builds[0].spec.commit,
-                builds=tuple(b.id for b in builds),
-                clone_url=repo,
-                ref=issue.request.tag,
-                installation=issue.installation,
-                issue=issue.number,
-                login=issue.login,
-            ),
-            builds[0],
-        )
-        return status, builds
-
-    async def _report(self, r: Report, owner: Build) -> None:
-        """Keep where the builds are reported and report where they are now; GitHub's
-        failure here does not fail the webhook (the build runs)."""
-        reporter = self.reporter
-        if reporter is None:
-            return
-        try:
-            r = await reporter.reports.create(r, owner)
-            await reporter.report(r)
-        except Exception as e:
-            log.warning(
-                "reporting builds %s to %s/%s: %s %s",
-                ",".join(r.builds),
-                r.owner,
-                r.repo,
-                type(e).__name__,
-                str(e)[:300],
-            )
 
 
 class HealthHandler(BaseHandler):

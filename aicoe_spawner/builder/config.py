@@ -286,8 +286,31 @@ class ImageBuilder(Application):
 
     reconcile_interval = Seconds(
         _S.interval,
-        help="""Seconds between the passes in which every replica reads the state of the active
-        builds' Jobs/Builds and pods and updates their records.""",
+        help="""Seconds before the leader tries again to reconcile a build whose reconcile
+        failed (e.g. the API server did not answer). Builds are reconciled when a watch
+        reports a change of their record, Job/Build or pod, not on a timer.""",
+    ).tag(config=True)
+
+    lease_duration = Seconds(
+        _S.lease_duration,
+        help="""Seconds a replica waits, after the leader last renewed its Lease
+        (`coordination.k8s.io`, named aicoe-image-builder), before it takes over. Only the
+        leader reconciles builds and runs the cleanup; every replica serves the API. A
+        leader that stops cleanly hands over at once; one that dies is replaced after about
+        this long.""",
+    ).tag(config=True)
+
+    lease_renew_interval = Seconds(
+        _S.lease_renew,
+        help="""Seconds between the leader's renewals of its Lease; shorter than
+        lease_duration (a leader that could not renew for lease_duration minus this stops
+        leading before another replica may take over).""",
+    ).tag(config=True)
+
+    resync_interval = Seconds(
+        _S.resync_interval,
+        help="""Seconds between the leader's passes over every active build (a safety net
+        for a missed watch event; one list of the active records).""",
     ).tag(config=True)
 
     # -- secrets --------------------------------------------------------------------------

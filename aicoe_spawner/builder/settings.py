@@ -49,6 +49,9 @@ class Settings:
     branch_ttl: int = 0
     job_retention: int = 600
     cleanup_interval: float = 60.0
+    lease_duration: float = 10.0
+    lease_renew: float = 2.0
+    resync_interval: float = 60.0
     build_namespace: str | None = None
     build_storage: str = "20Gi"
     build_node_selector: tuple[tuple[str, str], ...] = ()
@@ -85,7 +88,7 @@ class Settings:
     @classmethod
     def of(cls, app: ImageBuilder) -> Settings:
         """The settings of ``app``'s traits (their names differ for a few: build_image,
-        build_timeout, reconcile_interval; empty texts are None)."""
+        build_timeout, reconcile_interval, lease_renew_interval; empty texts are None)."""
         return cls(
             namespace=app.namespace,
             registry=app.registry,
@@ -106,6 +109,9 @@ class Settings:
             branch_ttl=app.branch_ttl,
             job_retention=app.job_retention,
             cleanup_interval=app.cleanup_interval,
+            lease_duration=app.lease_duration,
+            lease_renew=app.lease_renew_interval,
+            resync_interval=app.resync_interval,
             build_namespace=app.build_namespace or None,
             build_storage=app.build_storage,
             build_node_selector=tuple(app.build_node_selector.items()),

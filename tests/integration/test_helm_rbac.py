@@ -37,6 +37,7 @@ OPERATIONS = {
     ("builder-builds", "core:pods/log"): "stream a build's log",
     ("builder", "aicoe-spawner.io:imagebuilds"): "create, list and expire build records",
     ("builder", "aicoe-spawner.io:imagebuilds/status"): "write build state (with preconditions)",
+    ("builder", "coordination.k8s.io:leases"): "elect the one replica that reconciles builds",
     ("builder", "core:configmaps"): "keep build logs, the quota ledger and webhook deliveries",
     ("builder", "core:configmaps[aicoe-image-builder-quota]"): "admit builds in the quota ledger",
     ("builder", "build.openshift.io:buildconfigs"): "create BuildConfigs (OpenShift backend)",

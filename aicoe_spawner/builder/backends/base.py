@@ -13,8 +13,8 @@ talks to :class:`Backend`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..requests import BuildSpec
@@ -50,6 +50,19 @@ class BackendState:
     dependencies: tuple[tuple[str, str], ...] | None = None  # top-level Python packages
 
 
+@dataclass(frozen=True)
+class Watched:
+    """One kind of object a backend's builds are made of, for the leader's watches: what
+    ``list_call(*args, **kwargs)`` lists, and the job id an object belongs to (None: not a
+    build's)."""
+
+    what: str
+    list_call: Callable[..., Awaitable[Any]]
+    args: tuple[Any, ...]
+    job_id: Callable[[dict[str, Any]], str | None]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 class Backend(abc.ABC):
     """A build backend. Subclasses set :attr:`name` and register in
     :data:`aicoe_spawner.builder.backends.BACKENDS`."""
@@ -62,6 +75,9 @@ class Backend(abc.ABC):
     #: True when the cluster imports external images itself (OpenShift's image import
     #: controller), so the builder runs no import loop
     imports_images: ClassVar[bool] = False
+    #: True when :meth:`follow_log` streams the log (the service then follows running
+    #: builds' logs instead of reading them whole with :meth:`state`)
+    follows_logs: ClassVar[bool] = False
 
     #: asks the hub's JupyterHub version (for the image check) when the configuration has
     #: none; set by the service's owner, called at submit until it answers
@@ -92,9 +108,10 @@ class Backend(abc.ABC):
         """True while the build's object (Job, Build) exists."""
 
     @abc.abstractmethod
-    async def state(self, spec: BuildSpec) -> BackendState:
+    async def state(self, spec: BuildSpec, *, with_log: bool = True) -> BackendState:
         """The build's state as its objects report it now, with the log so far when it can be
-        read. ``pending`` with no object (not created yet, or gone: the service tells them
+        read (not read when ``with_log`` is False: the service follows it). ``pending`` with
+        no object (not created yet, or gone: the service tells them
         apart with :meth:`exists` and the record). ``ready`` carries the pushed digest (and
         the image check's report); a build that says it succeeded but names no digest is
         ``failed``. ``cancelled`` only for a cancel outside the builder."""
@@ -117,6 +134,22 @@ class Backend(abc.ABC):
     async def delete_object(self, namespace: str, name: str) -> None:
         """Delete one finished build object by name (as :meth:`finished_objects` lists it)
         and its pods. Idempotent."""
+
+    def watched(self, namespace: str) -> list[Watched]:
+        """The objects whose changes change a build's state (the service watches them and
+        reconciles the builds they belong to). Default: none (the periodic resync only)."""
+        return []
+
+    async def read_log(self, spec: BuildSpec) -> str | None:
+        """The build's whole log so far (None: none to read). Default: the state's."""
+        return (await self.state(spec)).log
+
+    async def follow_log(self, spec: BuildSpec) -> AsyncIterator[str]:
+        """The log as it grows, each item the whole text so far, until the build's pod has
+        ended (or the iterator is closed). Never raises for a pod that is not there yet or
+        gone: it waits, or ends. Default: nothing (then :meth:`state` reads the log)."""
+        return
+        yield
 
 
 def describe(backend: type[Backend] | Backend) -> dict[str, Any]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
 from ...options import parse_memory
 from ..environment import ENVIRONMENT_MARKER
@@ -29,9 +30,10 @@ from ..vocabulary import (
     BuildPhase,
     build_annotations,
     build_labels,
+    job_id_of,
     object_name,
 )
-from .base import Backend, BackendState, LogReader
+from .base import Backend, BackendState, LogReader, Watched
 
 log = logging.getLogger("aicoe_spawner.builder.kubernetes")
 
@@ -553,6 +555,7 @@ class KubernetesBackend(Backend):
     name = "kubernetes"
     writes_stream_status = True  # no image controller writes the ImageStream status
     imports_images = False  # the builder's import loop imports external images
+    follows_logs = True
 
     def __init__(
         self, api: client.ApiClient, config: JobConfig, log_reader: LogReader | None = None
@@ -626,18 +629,78 @@ class KubernetesBackend(Backend):
         except Exception:
             return None
 
-    async def state(self, spec: BuildSpec) -> BackendState:
+    async def state(self, spec: BuildSpec, *, with_log: bool = True) -> BackendState:
         job, pods = await asyncio.gather(self._job(spec), self._pods(spec))
         state = job_state(job, pods)
-        text = None
-        if pods:
-            name, ns = pods[0]["metadata"]["name"], self._ns(spec)
-            parts = [await self.log_reader(ns, name, c) for c in ("build", "push")]
-            if any(p is not None for p in parts):
-                text = "".join(p for p in parts if p)
+        text = await self._pod_log(spec, pods) if with_log else None
         if text is not None:
             state = replace(state, log=text)
         return state
+
+    async def _pod_log(self, spec: BuildSpec, pods: list[dict]) -> str | None:
+        if not pods:
+            return None
+        name, ns = pods[0]["metadata"]["name"], self._ns(spec)
+        parts = [await self.log_reader(ns, name, c) for c in STEPS]
+        if any(p is not None for p in parts):
+            return "".join(p for p in parts if p)
+        return None
+
+    async def read_log(self, spec: BuildSpec) -> str | None:
+        return await self._pod_log(spec, await self._pods(spec))
+
+    def watched(self, namespace: str) -> list[Watched]:
+        ns = self.config.namespace or namespace
+        return [
+            Watched("jobs", self.batch.list_namespaced_job, (ns,), _job_of_job, _managed),
+            Watched("build pods", self.core.list_namespaced_pod, (ns,), _job_of_pod, _managed),
+        ]
+
+    async def follow_log(self, spec: BuildSpec) -> AsyncIterator[str]:
+        """The build pod's steps (``build``, then ``push``) one after the other, each with
+        ``follow=true`` (the kubelet streams it as it is written). A harness that plays the
+        kubelet (``log_reader`` given) is read again every half second instead."""
+        ns, pod, done = self._ns(spec), None, ""
+        while pod is None:
+            pods = await self._pods(spec)
+            if pods:
+                pod = pods[0]["metadata"]["name"]
+            else:
+                await asyncio.sleep(1.0)
+        for step in STEPS:
+            text = ""
+            async for text in self._follow_step(ns, pod, step):
+                yield done + text
+            done += text
+
+    async def _follow_step(self, ns: str, pod: str, step: str) -> AsyncIterator[str]:
+        if self.log_reader != self._read_pod_log:
+            seen: str | None = None
+            while True:
+                text = await self.log_reader(ns, pod, step)
+                if text is not None and text != seen:
+                    seen = text
+                    yield text
+                await asyncio.sleep(0.5)
+        text = ""
+        while True:
+            try:
+                response = await self.core.read_namespaced_pod_log(
+                    pod, ns, container=step, follow=True, _preload_content=False
+                )
+            except ApiException as e:
+                if e.status == 400:  # the step has not started yet
+                    await asyncio.sleep(1.0)
+                    continue
+                return  # the pod is gone
+            async with response:
+                text = ""
+                async for chunk in response.content.iter_any():
+                    text += chunk.decode(errors="replace")
+                    if len(text) > 1 << 20:
+                        text = text[-(1 << 20) :]
+                    yield text
+            return
 
     async def exists(self, spec: BuildSpec) -> bool:
         return await self._job(spec) is not None
@@ -681,6 +744,21 @@ class KubernetesBackend(Backend):
         await ignore_not_found(
             self.core.delete_collection_namespaced_pod(namespace, label_selector=f"job-name={name}")
         )
+
+
+STEPS = ("build", "push")  # the build pod's containers, in the order they run
+_managed = {"label_selector": MANAGED_SELECTOR}
+
+
+def _job_of_job(job: dict) -> str | None:
+    name = job.get("metadata", {}).get("name") or ""
+    return job_id_of(name) if name.startswith(job_name("")) else None
+
+
+def _job_of_pod(pod: dict) -> str | None:
+    return _job_of_job(
+        {"metadata": {"name": (pod["metadata"].get("labels") or {}).get("job-name")}}
+    )
 
 
 __all__ = [

@@ -21,9 +21,9 @@ from kubernetes_asyncio.client.rest import ApiException
 from ..image_check import OPENSHIFT_HOOK, PROBE, REPORT_PY
 from ..kube import create_once, ignore_not_found, or_none
 from ..requests import BuildRequestError, BuildSpec
-from ..vocabulary import MANAGED_SELECTOR, BuildPhase, build_annotations, build_labels
+from ..vocabulary import MANAGED_SELECTOR, BuildPhase, build_annotations, build_labels, job_id_of
 from ..vocabulary import object_name as _object_name
-from .base import Backend, BackendState, LogReader
+from .base import Backend, BackendState, LogReader, Watched
 
 log = logging.getLogger("aicoe_spawner.builder.openshift")
 
@@ -358,12 +358,23 @@ class OpenShiftBackend(Backend):
         except Exception:
             return None
 
-    async def state(self, spec: BuildSpec) -> BackendState:
+    def watched(self, namespace: str) -> list[Watched]:
+        return [
+            Watched(
+                "builds",
+                self.custom.list_namespaced_custom_object,
+                (GROUP, VERSION, namespace, "builds"),
+                lambda b: job_id_of(b["metadata"]["name"]),
+                {"label_selector": MANAGED_SELECTOR},
+            )
+        ]
+
+    async def state(self, spec: BuildSpec, *, with_log: bool = True) -> BackendState:
         build = await self._get("builds", spec)
         phase = ((build or {}).get("status") or {}).get("phase")
         stream = await self._stream(spec) if phase == "Complete" else None
         state = build_state(build, stream, spec)
-        if build is not None and phase not in (None, "New"):
+        if with_log and build is not None and phase not in (None, "New"):
             # OpenShift runs the build in the pod <build>-build (its only container)
             text = await self.log_reader(spec.namespace, f"{object_name(spec.job_id)}-build")
             if text is not None:
