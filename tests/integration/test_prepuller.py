@@ -58,12 +58,10 @@ async def read_ds(kube, namespace) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def running(kube, namespace, limits=Limits(), resync=60.0, **kwargs):
+async def running(kube, namespace, limits: Limits | None = None, resync=60.0, **kwargs):
     watch = ImageStreamWatch(client.CustomObjectsApi(kube), (namespace,), SELECTOR, **kwargs)
     watch.start()
-    controller = PullerController(
-        kube, watch, namespace, DS, limits, resync=resync, debounce=0.05
-    )
+    controller = PullerController(kube, watch, namespace, DS, limits, resync=resync, debounce=0.05)
     task = asyncio.create_task(controller.run())
     try:
         yield controller
@@ -92,9 +90,11 @@ def ref(namespace, stream, tag):
 async def test_init_containers_follow_the_catalog(kube, namespace):
     await client.AppsV1Api(kube).create_namespaced_daemon_set(namespace, daemonset_body())
     await create_imagestream(
-        kube, namespace, "minimal", {"2025.1": {}, "2025.2": REC}, annotations={
-            "opendatahub.io/notebook-image-order": "1"
-        }
+        kube,
+        namespace,
+        "minimal",
+        {"2025.1": {}, "2025.2": REC},
+        annotations={"opendatahub.io/notebook-image-order": "1"},
     )
     await create_imagestream(kube, namespace, "pending", {"v1": {}}, ready=[])
     async with running(kube, namespace, Limits(max_images=2)) as controller:
@@ -156,7 +156,9 @@ async def test_restart_and_dropped_watch_keep_it_right(control_plane, kube, name
         ds = await read_ds(kube, namespace)
         init = [c for c in ds["spec"]["template"]["spec"]["initContainers"]][:1]
         await client.AppsV1Api(kube).patch_namespaced_daemon_set(
-            DS, namespace, {"spec": {"template": {"spec": {"initContainers": init}}}},
+            DS,
+            namespace,
+            {"spec": {"template": {"spec": {"initContainers": init}}}},
             _content_type=MERGE,
         )
         await pulls_become(kube, namespace, [ref(namespace, "b", "v1"), ref(namespace, "c", "v1")])

@@ -108,10 +108,7 @@ def test_equal_digests_are_pulled_once():
 
 
 def test_size_limit_skips_what_does_not_fit_and_unknown_sizes_count_zero():
-    catalog = build_catalog(
-        [stream("a", {"1": {}}, order=1), stream("b", {"1": {}}, order=2)]
-        + [stream("c", {"1": {}}, order=3), stream("d", {"1": {}}, order=4)]
-    )
+    catalog = build_catalog([stream(name, {"1": {}}, order=n) for n, name in enumerate("abcd")])
     sizes = {digest("a:1"): 600, digest("b:1"): 500, digest("c:1"): 300}
     assert keys(plan(catalog, Limits(max_bytes=1000), sizes)) == ["ns/a:1", "ns/c:1", "ns/d:1"]
 
@@ -147,8 +144,10 @@ def test_no_patch_when_the_daemonset_already_pulls_the_plan():
     images = plan(build_catalog([stream("a", {"1": {}})]), Limits())
     patch = patch_for(daemonset(), images)
     # the API server adds defaults to what was sent: the stored form still counts as equal
-    stored = [dict(c, terminationMessagePath="/dev/termination-log") for c in
-              patch["spec"]["template"]["spec"]["initContainers"]]
+    stored = [
+        dict(c, terminationMessagePath="/dev/termination-log")
+        for c in patch["spec"]["template"]["spec"]["initContainers"]
+    ]
     applied = daemonset(stored, patch["metadata"]["annotations"])
     assert pulled_images(applied) == [images[0].image_ref]
     assert patch_for(applied, images) is None
@@ -156,6 +155,7 @@ def test_no_patch_when_the_daemonset_already_pulls_the_plan():
     applied["metadata"]["annotations"][TEMPLATE_ANNOTATION] = json.dumps({"command": ["/x"]})
     again = patch_for(applied, images)
     assert again["spec"]["template"]["spec"]["initContainers"][0]["command"] == ["/x"]
-    assert again["metadata"]["annotations"][APPLIED_ANNOTATION] != (
-        patch["metadata"]["annotations"][APPLIED_ANNOTATION]
+    assert (
+        again["metadata"]["annotations"][APPLIED_ANNOTATION]
+        != (patch["metadata"]["annotations"][APPLIED_ANNOTATION])
     )
