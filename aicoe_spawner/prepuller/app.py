@@ -12,12 +12,14 @@ import os
 from pathlib import Path
 
 from kubernetes_asyncio import client, config
-from traitlets import Float, Integer, List, Unicode, default
+from traitlets import Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
+from ..options import parse_memory
 from ..watch import ImageStreamWatch
 from .controller import PullerController
 from .plan import Limits
+from .sizes import ImageSizes
 
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -42,6 +44,7 @@ class ImagePuller(Application):
         "daemonset": "ImagePuller.daemonset",
         "max-images": "ImagePuller.max_images",
         "tags-per-image": "ImagePuller.tags_per_image",
+        "max-size": "ImagePuller.max_size",
         "log-level": "Application.log_level",
     }
 
@@ -90,6 +93,31 @@ class ImagePuller(Application):
         help="Tags kept per image: 1 (default) keeps only the recommended (or default) tag; "
         "more adds the image's other ready, not outdated tags in spec order.",
     )
+    max_size = Unicode(
+        "",
+        config=True,
+        help="Total download size of the kept images per node, a quantity such as '50Gi'; "
+        "'' (default): no size limit. Sizes come from the registry's manifests (compressed "
+        "layers; unpacked on disk they take more); an image whose size cannot be read counts "
+        "as 0, and an image that does not fit is skipped for a smaller one after it.",
+    )
+    platform = Unicode(
+        "linux/amd64",
+        config=True,
+        help="The nodes' platform (os/arch[/variant]): whose manifest of a multi-platform "
+        "image gives its size.",
+    )
+    registry_authfile = Unicode(
+        "",
+        config=True,
+        help="A Docker config file (auths) for reading manifests of private registries, e.g. "
+        "a mounted kubernetes.io/dockerconfigjson Secret's .dockerconfigjson; '': anonymous.",
+    )
+    insecure_registries = List(
+        Unicode(),
+        config=True,
+        help="Registries (host[:port]) read over plain HTTP or without TLS verification.",
+    )
     resync_interval = Float(
         60.0,
         min=1.0,
@@ -107,6 +135,16 @@ class ImagePuller(Application):
         except OSError:
             return "default"
 
+    @validate("max_size")
+    def _valid_size(self, proposal) -> str:
+        value = proposal["value"].strip()
+        if value:
+            try:
+                parse_memory(value)
+            except ValueError as e:
+                raise TraitError(f"max_size: {e}") from None
+        return value
+
     @default("log_level")
     def _log_level_default(self) -> int:
         return logging.INFO
@@ -118,7 +156,11 @@ class ImagePuller(Application):
             self.load_config_file(self.config_file)
 
     def limits(self) -> Limits:
-        return Limits(max_images=self.max_images, tags_per_image=self.tags_per_image)
+        return Limits(
+            max_images=self.max_images,
+            max_bytes=parse_memory(self.max_size) if self.max_size else 0,
+            tags_per_image=self.tags_per_image,
+        )
 
     async def api_client(self) -> client.ApiClient:
         configuration = client.Configuration()
@@ -143,6 +185,13 @@ class ImagePuller(Application):
             self.namespace,
             self.daemonset,
             self.limits(),
+            sizes=ImageSizes(
+                platform=self.platform,
+                authfile=self.registry_authfile,
+                insecure_registries=self.insecure_registries,
+            )
+            if self.max_size
+            else None,
             resync=self.resync_interval,
             log=self.log,
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -19,6 +18,7 @@ from ..builder.kube import raw_json, retry_on_conflict
 from ..watch import ImageStreamWatch
 from .daemonset import patch_for
 from .plan import Limits, PullImage, plan
+from .sizes import ImageSizes
 
 MERGE = "application/merge-patch+json"
 
@@ -36,7 +36,7 @@ class PullerController:
         name: str,
         limits: Limits,
         *,
-        sizes: Callable[[], Mapping[str, int | None]] | None = None,
+        sizes: ImageSizes | None = None,
         resync: float = 60.0,
         debounce: float = 0.2,
         log: logging.Logger = log,
@@ -55,7 +55,21 @@ class PullerController:
 
     async def reconcile(self) -> bool:
         """One pass; True when the DaemonSet was patched."""
-        self.wanted = plan(self.watch.catalog, self.limits, self.sizes() if self.sizes else None)
+        catalog = self.watch.catalog
+        known = None
+        if self.sizes is not None and self.limits.max_bytes:
+            # the sizes of every candidate, so that a smaller image can take a large one's place
+            candidates = plan(
+                catalog,
+                Limits(
+                    len(catalog.images) * max(self.limits.tags_per_image, 1),
+                    0,
+                    self.limits.tags_per_image,
+                ),
+            )
+            await self.sizes.update(c.image_ref for c in candidates)
+            known = self.sizes.known
+        self.wanted = plan(catalog, self.limits, known)
 
         async def attempt() -> tuple[bool, bool]:
             daemonset = await raw_json(

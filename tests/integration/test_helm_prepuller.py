@@ -129,3 +129,25 @@ async def test_controller_runs_with_the_charts_service_account(kube, namespace, 
         await asyncio.gather(task, return_exceptions=True)
         await watch.stop()
         await api.close()
+
+
+def test_a_size_limit_reads_manifests_with_the_named_secret():
+    docs = render(
+        release="r",
+        values={
+            "prePuller.maxSize": "40Gi",
+            "prePuller.registryAuthSecret": "registry-auth",
+            "prePuller.insecureRegistries": ["10.0.0.5:5000"],
+        },
+    )
+    app = controller_app(docs)
+    assert app.limits().max_bytes == 40 * 2**30
+    assert app.insecure_registries == ["10.0.0.5:5000"]
+    pod = one(docs, "Deployment", NAME)["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "registry-auth"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "registry-auth"]
+    assert volume["secret"]["secretName"] == "registry-auth"
+    assert app.registry_authfile == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    # without a size limit there is nothing to read: no secret, no size arguments
+    plain = controller_app(render(release="r"))
+    assert (plain.max_size, plain.registry_authfile) == ("", "")

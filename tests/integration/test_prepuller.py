@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
+from builder_harness import Registry
 from kube_helpers import (
     IMAGE_API,
     MERGE,
@@ -20,6 +22,7 @@ from kubernetes_asyncio import client
 from aicoe_spawner.prepuller.controller import PullerController
 from aicoe_spawner.prepuller.daemonset import pulled_images
 from aicoe_spawner.prepuller.plan import Limits
+from aicoe_spawner.prepuller.sizes import ImageSizes
 from aicoe_spawner.watch import ImageStreamWatch
 
 SELECTOR = "opendatahub.io/notebook-image=true"
@@ -61,7 +64,9 @@ async def read_ds(kube, namespace) -> dict:
 async def running(kube, namespace, limits: Limits | None = None, resync=60.0, **kwargs):
     watch = ImageStreamWatch(client.CustomObjectsApi(kube), (namespace,), SELECTOR, **kwargs)
     watch.start()
-    controller = PullerController(kube, watch, namespace, DS, limits, resync=resync, debounce=0.05)
+    controller = PullerController(
+        kube, watch, namespace, DS, limits or Limits(), resync=resync, debounce=0.05
+    )
     task = asyncio.create_task(controller.run())
     try:
         yield controller
@@ -162,3 +167,47 @@ async def test_restart_and_dropped_watch_keep_it_right(control_plane, kube, name
             _content_type=MERGE,
         )
         await pulls_become(kube, namespace, [ref(namespace, "b", "v1"), ref(namespace, "c", "v1")])
+
+
+async def registered(kube, namespace: str, name: str, image_ref: str) -> None:
+    """An ImageStream whose one tag is ready at ``image_ref``."""
+    await create_imagestream(kube, namespace, name, {"v1": {}}, ready=[])
+    await client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        *IMAGE_API,
+        namespace,
+        "imagestreams",
+        name,
+        {"status": {"tags": [{"tag": "v1", "items": [{"dockerImageReference": image_ref}]}]}},
+        _content_type=MERGE,
+    )
+
+
+async def test_size_limit_reads_the_registrys_manifests(kube, namespace, tmp_path):
+    registry = Registry(tmp_path / "registry")
+    try:
+        refs = {}
+        for n, (name, length) in enumerate((("big", 400_000), ("huge", 900_000), ("small", 10))):
+            content = os.urandom(length // 2).hex()  # hex compresses to about half
+            digest = registry.push_tiny_image(f"img/{name}", "v1", content)
+            refs[name] = f"{registry.host}/img/{name}@{digest}"
+            await registered(kube, namespace, f"{n}-{name}", refs[name])
+        sizes = ImageSizes(insecure_registries=[registry.host])
+        await sizes.update(refs.values())
+        by_name = {name: sizes.known[ref.rpartition("@")[2]] for name, ref in refs.items()}
+        assert by_name["small"] < 2_000 < by_name["big"] < 300_000 < by_name["huge"]
+        # the registry's own count of the bytes: config + layer, as uploaded
+        await client.AppsV1Api(kube).create_namespaced_daemon_set(namespace, daemonset_body())
+        watch = ImageStreamWatch(client.CustomObjectsApi(kube), (namespace,), SELECTOR)
+        watch.start()
+        limits = Limits(max_bytes=by_name["big"] + by_name["small"] + 100)
+        controller = PullerController(kube, watch, namespace, DS, limits, sizes=sizes)
+        task = asyncio.create_task(controller.run())
+        try:
+            # "huge" does not fit after "big"; "small" after it still does
+            await pulls_become(kube, namespace, [refs["big"], refs["small"]])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await watch.stop()
+    finally:
+        registry.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from aicoe_spawner.catalog import build_catalog
 from aicoe_spawner.prepuller.daemonset import (
     APPLIED_ANNOTATION,
@@ -14,6 +16,7 @@ from aicoe_spawner.prepuller.daemonset import (
     pulled_images,
 )
 from aicoe_spawner.prepuller.plan import Limits, plan
+from aicoe_spawner.prepuller.sizes import ManifestError, manifest_size
 
 REC = {"opendatahub.io/workbench-image-recommended": "true"}
 
@@ -159,3 +162,26 @@ def test_no_patch_when_the_daemonset_already_pulls_the_plan():
         again["metadata"]["annotations"][APPLIED_ANNOTATION]
         != (patch["metadata"]["annotations"][APPLIED_ANNOTATION])
     )
+
+
+def test_manifest_size_is_config_plus_layers_and_an_index_names_the_platforms_manifest():
+    manifest = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"digest": "sha256:c", "size": 10},
+        "layers": [{"digest": "sha256:a", "size": 100}, {"digest": "sha256:b", "size": 5}],
+    }
+    assert manifest_size(json.dumps(manifest).encode()) == 115
+    index = {
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    }
+    assert manifest_size(json.dumps(index).encode()) == "sha256:amd"
+    assert manifest_size(json.dumps(index).encode(), "linux/arm64") == "sha256:arm"
+    for bad in (b"[]", b"{", json.dumps({**manifest, "layers": [{"size": "1"}]}).encode()):
+        with pytest.raises(ManifestError):
+            manifest_size(bad)
+    with pytest.raises(ManifestError, match="s390x"):
+        manifest_size(json.dumps(index).encode(), "linux/s390x")
