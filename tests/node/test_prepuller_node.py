@@ -258,14 +258,24 @@ async def test_a_new_image_is_on_the_node_before_the_first_spawn(
 
             patches = controller.patches
 
+            core = client.CoreV1Api(node_kube)
+            old_pods = {
+                p.metadata.uid for p in (await core.list_namespaced_pod(node_namespace)).items
+            }
+
             async def pulled():
                 if controller.patches > patches and "patched" not in marks:
                     marks["patched"] = time.monotonic() - registered
+                if "pod" not in marks:
+                    pods = (await core.list_namespaced_pod(node_namespace)).items
+                    if any(p.metadata.uid not in old_pods for p in pods):
+                        marks["pod"] = time.monotonic() - registered
                 return warm in await asyncio.to_thread(node_images, node)
 
             marks: dict[str, float] = {}
             await wait_for(pulled, timeout=150, interval=0.2)
             timings["registered -> DaemonSet patched"] = marks.get("patched", float("nan"))
+            timings["registered -> new puller pod created"] = marks.get("pod", float("nan"))
             timings["registered -> on the node (pre-puller)"] = time.monotonic() - registered
         finally:
             task.cancel()
