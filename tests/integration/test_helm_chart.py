@@ -99,6 +99,7 @@ def test_helm_template(variant):
         "r-aicoe-spawner-hub",
         "r-aicoe-spawner-proxy",
         "r-aicoe-spawner-builder",
+        "r-aicoe-spawner-image-puller",  # prePuller.enabled
     }
     openshift = variant == "openshift"
     crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
@@ -241,8 +242,10 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     builder_secret = await core.read_namespaced_secret("r-aicoe-spawner-builder", namespace)
     assert set(builder_secret.data) == BUILDER_TOKENS
     deployments = await apps.list_namespaced_deployment(namespace)
-    assert len(deployments.items) == 3
+    assert len(deployments.items) == 4  # hub, proxy, builder, image puller
     rolls = {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items}
+    # every pod that reads a Secret rolls when it changes (the image puller reads none)
+    assert rolls.pop("r-aicoe-spawner-image-puller") is None
     assert all(a.get("checksum/secret") for a in rolls.values()), rolls
 
     upgrade = ["upgrade", "r", str(CHART), *args, *secrets, "--set", "builder.replicas=2"]
@@ -254,9 +257,11 @@ async def test_helm_install_upgrade_uninstall(control_plane, kube, namespace):
     assert builder_again.data == builder_secret.data
     deployments = await apps.list_namespaced_deployment(namespace)
     # ... and so no pod rolls for them (the generated tokens are read back, not made anew)
-    assert {d.metadata.name: d.spec.template.metadata.annotations for d in deployments.items} == (
-        rolls
-    )
+    assert {
+        d.metadata.name: d.spec.template.metadata.annotations
+        for d in deployments.items
+        if d.metadata.name != "r-aicoe-spawner-image-puller"
+    } == rolls
     builder = await client.AppsV1Api(kube).read_namespaced_deployment(
         "r-aicoe-spawner-builder", namespace
     )
@@ -652,6 +657,7 @@ def test_every_pod_gets_its_pull_secrets(tmp_path, monkeypatch):
     assert pulls == {
         "hub": [{"name": "hub-pull"}],
         "proxy": [{"name": "proxy-pull"}],
+        "image-puller": [{"name": "hub-pull"}],  # the hub's image
     }  # the builder chart cannot read hub.image: its own builder.image.pullSecrets
     own = render(values={**values, "builder.image.pullSecrets": ["builder-pull"]})
     builder = one(own, "Deployment", "aicoe-aicoe-spawner-builder")["spec"]["template"]["spec"]

@@ -149,6 +149,7 @@ def test_switches():
             "proxy.networkPolicy.enabled": False,
             "singleuser.networkPolicy.enabled": False,
             "builder.networkPolicy.enabled": False,
+            "prePuller.networkPolicy.enabled": False,
         }
     )
     assert by_kind(off, "NetworkPolicy") == []
@@ -163,7 +164,7 @@ async def test_the_api_server_accepts_them(kube, namespace):
         for d in render(namespace=namespace, release="r")
         if d["kind"] == "NetworkPolicy" and "builder" not in d["metadata"]["name"]
     ]
-    assert len(chosen) == 3
+    assert len(chosen) == 5  # hub, proxy, user pods, the image puller and its pods
     await apply(kube, chosen, namespace)
     stored = await client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace)
-    assert len(stored.items) == 3
+    assert len(stored.items) == 5

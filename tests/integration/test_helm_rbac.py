@@ -22,6 +22,7 @@ from aicoe_devcluster import api_client
 RELEASE = "r"
 HUB_SA = f"{RELEASE}-aicoe-spawner-hub"
 BUILDER_SA = f"{RELEASE}-aicoe-spawner-builder"
+PULLER_SA = f"{RELEASE}-aicoe-spawner-image-puller"
 DEFAULT = {"opendatahub.io/default-image": "true"}
 
 # What each rule is for: a rule that is not here fails test_every_rule_has_a_named_operation.
@@ -48,11 +49,16 @@ OPERATIONS = {
     ("builder-catalog", "image.openshift.io:imagestreams"): "publish built images as streams",
     ("builder-catalog", "image.openshift.io:imagestreams/status"): "record built digests",
     ("builder-import", "core:secrets,serviceaccounts"): "read the pull secrets of an import",
+    ("image-puller", f"apps:daemonsets[{RELEASE}-aicoe-spawner-image-puller]"): (
+        "keep the puller DaemonSet's init containers at the catalog's digests"
+    ),
+    ("image-puller-catalog", "image.openshift.io:imagestreams"): "follow the catalog to pre-pull",
 }
 
 
 def role_kind(role: dict) -> str:
-    """hub, hub-catalog, builder, builder-builds, builder-catalog or builder-import."""
+    """hub, hub-catalog, builder, builder-builds, builder-catalog, builder-import,
+    image-puller or image-puller-catalog."""
     return role["metadata"]["name"].removeprefix(f"{RELEASE}-aicoe-spawner-")
 
 
@@ -139,7 +145,7 @@ async def test_removing_a_rule_refuses_its_operation(
 ):
     docs = rbac_docs(variant, namespace)
     await applied(docs)
-    sa = BUILDER_SA if kind.startswith("builder") else HUB_SA
+    sa = {"builder": BUILDER_SA, "image": PULLER_SA}.get(kind.split("-")[0], HUB_SA)
     token = await sa_token(kube, namespace, sa)
     (role,) = [d for d in docs if d["kind"] == "Role" and role_kind(d) == kind]
     (the_rule,) = [r for r in role["rules"] if rule_id(r) == rule]

@@ -103,6 +103,8 @@ def test_wheel_metadata(dist):
     assert "cryptography>=42; extra == 'test'" in requires
     entry_points = archive.read(f"{DIST_INFO}/entry_points.txt").decode()
     assert "aicoe-image-builder = aicoe_spawner.builder.__main__:main" in entry_points
+    # the chart's image-puller Deployment runs this command
+    assert "aicoe-image-puller = aicoe_spawner.prepuller.app:main" in entry_points
     assert "aicoe = aicoe_spawner.spawner:AICoESpawner" in entry_points
 
 

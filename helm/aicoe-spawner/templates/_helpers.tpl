@@ -23,6 +23,7 @@
 {{- define "aicoe-spawner.proxyApi" -}}{{ include "aicoe-spawner.fullname" . }}-proxy-api{{- end -}}
 {{- define "aicoe-spawner.proxyPublic" -}}{{ include "aicoe-spawner.fullname" . }}-proxy-public{{- end -}}
 {{- define "aicoe-spawner.builder" -}}{{ include "aicoe-spawner.fullname" . }}-builder{{- end -}}
+{{- define "aicoe-spawner.imagePuller" -}}{{ include "aicoe-spawner.fullname" . }}-image-puller{{- end -}}
 
 {{- define "aicoe-spawner.hubServiceAccount" -}}
 {{- if .Values.hub.serviceAccount.create -}}
