@@ -164,6 +164,11 @@ def node_values(cluster: NodeCluster, git: GitServer) -> dict:
         # chart's builder (plain HTTP there: importPolicy.insecure)
         "imageStreams": {"examples": {"enabled": True, "streams": [example_stream(node)]}},
         "singleuser": {"storage": {"type": "none"}},
+        # the pre-puller's helper and pause images: the node's pause image (a static busybox)
+        "prePuller": {
+            "helper": {"image": local_image(node, "pause")},
+            "pause": {"image": local_image(node, "pause")},
+        },
         "builder": {
             # the builder chart's own copies of hub.image and networkPolicy.dnsCIDRs
             "image": local_image(node, "hub"),
