@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -37,6 +38,13 @@ from .base import Backend, BackendState, LogReader, Watched
 
 log = logging.getLogger("aicoe_spawner.builder.kubernetes")
 
+
+def _script(name: str) -> str:
+    """A step's shell script, shipped next to this module (without its two header lines)."""
+    text = (resources.files(__package__) / name).read_text()
+    return text.split("\n", 3)[3] if name == "build-step.sh" else text.split("\n", 2)[2]
+
+
 WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI layout of the image
 BUILD_STORAGE = "/var/lib/aicoe-build-storage"  # buildah storage of the build step
 PUSH_STORAGE = "/var/lib/aicoe-push-storage"  # buildah storage of the push step
@@ -46,274 +54,13 @@ PUSH_AUTH_FILE = "/var/run/secrets/push/.dockerconfigjson"  # in the push step o
 # Runs user content (git checkout, Dockerfile steps). No credentials here. User-controlled
 # text (paths, the base image's labels) is only ever data: quoted expansions, `case` patterns
 # and realpath checks, never a shell or sed program.
-BUILD_SCRIPT = (
-    r"""set -eu
-fail() {  # the build's reason, for the record's message (termination message)
-  printf '%s\n' "$*" > "${BUILD_TERMINATION_LOG:-/dev/termination-log}" 2>/dev/null || true
-  echo "error: $*" >&2; exit 2
-}
-# buildah's storage: the kernel's overlay where this container may mount it (a layer is then
-# unpacked once and a container costs nothing), else vfs (every layer and container a full
-# copy of the file system)
-driver=vfs
-probe="$BUILD_STORAGE/overlay-probe"
-# buildah's overlay driver mounts a test overlay when it starts: it fails where it cannot
-if buildah --storage-driver overlay --root "$probe/root" --runroot "$probe/run" info \
-    >/dev/null 2>&1; then
-  driver=overlay
-fi
-rm -rf "$probe"
-B="--storage-driver $driver --root $BUILD_STORAGE/root --runroot $BUILD_STORAGE/run"
-TLS="--tls-verify=${TLS_VERIFY:-true}"
-work=$(mktemp -d)
-echo "==> buildah storage: $driver"
-echo "==> fetching $REPO at $COMMIT"
-git init -q "$work/src"
-cd "$work/src"
-fetch() {  # no redirects, nothing of the pod's environment but PATH
-  env -i PATH="$PATH" HOME="$work" GIT_ALLOW_PROTOCOL="$GIT_ALLOW_PROTOCOL" \
-    GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null \
-    git -c http.followRedirects=false -c credential.helper= fetch -q --depth 1 -- "$REPO" "$1"
-}
-fetch "$COMMIT" 2>/dev/null || fetch "$REF"
-git -c advice.detachedHead=false checkout -q FETCH_HEAD
-got=$(git rev-parse HEAD)
-test "$got" = "$COMMIT" || { echo "commit mismatch: got $got"; exit 2; }
-src=$(realpath -e -- "$work/src")
-inside() {  # $1 resolved (symlinks followed) must exist inside the checkout
-  r=$(realpath -e -- "$1" 2>/dev/null) || return 1
-  case "$r" in "$src"|"$src"/*) printf '%s' "$r" ;; *) return 1 ;; esac
-}
-ov="$src/overlays/${OVERLAY:-}"
-if [ -n "${OVERLAY:-}" ] && ! [ -e "$ov" ] && ! [ -L "$ov" ]; then
-  echo "==> overlay $OVERLAY: no overlays/$OVERLAY folder; the repository is built as it is"
-elif [ -n "${OVERLAY:-}" ]; then
-  # AICoE-CI's rule: the root Pipfile and Pipfile.lock go, overlays/<name>/* is copied over
-  echo "==> overlay $OVERLAY: overlays/$OVERLAY/* copied to the root (root Pipfile* removed)"
-  od=$(inside "$src/overlays/$OVERLAY") && test -d "$od" ||
-    fail "overlay '$OVERLAY': overlays/$OVERLAY is not a folder inside the repository"
-  rm -f -- "$src/Pipfile" "$src/Pipfile.lock"
-  for f in "$od"/*; do
-    if [ -e "$f" ] || [ -L "$f" ]; then cp -R -- "$f" "$src/"; fi
-  done
-fi
-# Base images: the Dockerfile's FROM lines are read as data (never evaluated) and each image
-# is pulled once before the build, without retries, so that an image the cluster cannot pull
-# fails the build at once with the registry's answer in the record's message.
-base_images() {  # $1: a Dockerfile; prints its FROM images, stages and scratch left out
-  set -f; df=$1; stages=" "; args=""; seen_from=""; cont=""
-  while IFS= read -r line || [ -n "$line" ]; do
-    was=$cont; cont=""
-    case "$line" in *'\') cont=1 ;; esac
-    [ -z "$was" ] || continue  # a continuation line is not an instruction
-    set -- $line
-    [ $# -gt 0 ] || continue
-    case "$1" in
-      [Aa][Rr][Gg])  # an ARG default before the first FROM may name the image
-        if [ -z "$seen_from" ] && [ $# -ge 2 ]; then
-          case "$2" in *=*) args="$args $2" ;; esac
-        fi ;;
-      [Ff][Rr][Oo][Mm])
-        seen_from=1; shift
-        while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
-        # FROM image [AS name], nothing else (e.g. not a heredoc's "from x import y")
-        [ $# -eq 1 ] || { [ $# -eq 3 ] && case "$2" in [Aa][Ss]) true ;; *) false ;; esac; } ||
-          continue
-        img=$1
-        case "$img" in
-          '$'*)  # exactly $NAME or ${NAME}: its ARG default, else left to the build
-            name=${img#'$'}; name=${name#'{'}; name=${name%'}'}; img=""
-            for kv in $args; do
-              if [ "${kv%%=*}" = "$name" ]; then img=${kv#*=}; img=${img#'"'}; img=${img%'"'}; fi
-            done ;;
-        esac
-        case "$img" in
-          ''|*'$'*|[Ss][Cc][Rr][Aa][Tt][Cc][Hh]) ;;
-          *) case "$stages" in *" $img "*) ;; *) printf '%s\n' "$img" ;; esac ;;
-        esac
-        if [ $# -ge 3 ]; then case "$2" in [Aa][Ss]) stages="$stages$3 " ;; esac; fi ;;
-    esac
-  done < "$df"
-  set +f
-}
-pulled=" "
-pull_base() {  # $1: an image; pulled once, with no retries, else the build fails naming it
-  case "$pulled" in *" $1 "*) return 0 ;; esac
-  echo "==> pulling base image $1"
-  limit=${PULL_TIMEOUT:-600}
-  if ! err=$(timeout "$limit" buildah $B pull -q --retry 0 $TLS -- "$1" 2>&1 >/dev/null); then
-    err=$(printf '%s\n' "$err" | grep -v '^[[:space:]]*$' | tail -n 3 | tr '\n' ' ')
-    fail "base image $1 cannot be pulled: ${err:-no answer within $limit s}"
-  fi
-  pulled="$pulled$1 "
-}
-ctx=$(inside "$src/${CONTEXT_DIR:-.}") && test -d "$ctx" || {
-  echo "context_dir '$CONTEXT_DIR' is not a directory inside the repository"; exit 2; }
-if [ "$STRATEGY" = source ]; then
-  echo "==> source strategy: builder image $BASE_IMAGE"
-  pull_base "$BASE_IMAGE"
-  fmt='{{index .OCIv1.Config.Labels "io.openshift.s2i.scripts-url"}}'
-  url=$(buildah $B inspect --type image --format "$fmt" -- "$BASE_IMAGE" || true)
-  scripts=$DEFAULT_SCRIPTS
-  case "$url" in
-    image:///*) scripts=${url#image://} ;;
-  esac
-  case "$scripts" in
-    *[!A-Za-z0-9._/-]*|*..*|*//*)
-      echo "ignoring the builder image's unsafe scripts-url label"; scripts=$DEFAULT_SCRIPTS ;;
-  esac
-  # substitute @S2I_SCRIPTS@ by parameter expansion (data only)
-  rest=$S2I_DOCKERFILE; out=""
-  while :; do
-    case "$rest" in
-      *@S2I_SCRIPTS@*) out="$out${rest%%@S2I_SCRIPTS@*}$scripts"; rest=${rest#*@S2I_SCRIPTS@} ;;
-      *) break ;;
-    esac
-  done
-  printf '%s%s' "$out" "$rest" > "$work/Dockerfile.s2i"
-  file="$work/Dockerfile.s2i"
-elif [ "$STRATEGY" = environment ]; then
-  echo "==> environment build on $BASE_IMAGE, decided by: ${DECIDED_BY:-(no environment files)}"
-  printf '%s' "$GENERATED_DOCKERFILE" > "$work/Dockerfile.env"
-  file="$work/Dockerfile.env"
-else
-  file=$(inside "$src/$DOCKERFILE") && test -f "$file" || {
-    echo "Dockerfile '$DOCKERFILE' is not a file inside the repository"; exit 2; }
-fi
-bud() {  # $1: a Dockerfile, $2: the image it makes; a failure fails the build saying why
-  { r=0; buildah $B bud --isolation chroot $TLS --layers=false --cap-drop=all \
-      --cap-add="$STEP_CAPS" -f "$1" -t "$2" "$ctx" || r=$?; echo "$r" > "$work/bud.rc"; } 2>&1 |
-    tee "$work/bud.log"
-  r=$(cat "$work/bud.rc")
-  if [ "$r" != 0 ]; then  # a step of ours says why (aicoe-env); else buildah's last error
-    why=$(sed -n 's/^aicoe-build-error: //p' "$work/bud.log" | tail -n 1)
-    last=$(grep -i 'error' "$work/bud.log" | tail -n 1)
-    [ -n "$why" ] || why="the image build failed (buildah exit code $r): $last"
-    fail "$why"
-  fi
-}
-# The environment image (environment builds, when the builder keeps one): the generated
-# Dockerfile's part above ENV_MARKER, named by a hash of that text, of the files it copies and
-# of the base image's manifest; reused from CACHE_REPO by every commit whose environment is
-# the same, else built here and pushed there by the push step.
-env_key=""
-if [ -n "${CACHE_REPO:-}" ] && [ "$STRATEGY" = environment ]; then
-  part=env; : > "$work/env.df"; : > "$work/app.df"
-  while IFS= read -r line || [ -n "$line" ]; do
-    if [ "$line" = "$ENV_MARKER" ]; then part=app; continue; fi
-    printf '%s\n' "$line" >> "$work/$part.df"
-  done < "$file"
-  if [ "$part" = app ]; then
-    {
-      cat "$work/env.df"
-      set -f
-      while IFS= read -r line; do
-        set -- $line
-        case "$1" in
-          COPY) c=$(inside "$ctx/$3") && sha256sum < "$c" || echo "missing $3" ;;
-          FROM) case "$2" in
-              *@sha256:*) echo "$2" ;;
-              *) if command -v skopeo >/dev/null 2>&1 &&
-                  m=$(skopeo inspect --raw $TLS -- "docker://$2" 2>/dev/null); then
-                  printf '%s' "$m" | sha256sum
-                else unpinned=$2; fi ;;
-            esac ;;
-        esac
-      done < "$work/env.df"
-      set +f
-    } > "$work/env.key"
-    env_key=$(sha256sum < "$work/env.key" | cut -c 1-40)
-    if [ -n "${unpinned:-}" ]; then
-      echo "==> environment image: none (the tag of $unpinned cannot be resolved to a digest)"
-      env_key=""
-    fi
-  fi
-fi
-if [ -n "$env_key" ]; then
-  env_image="$CACHE_REPO:env-$env_key"
-  if buildah $B pull -q --retry 0 $TLS -- "$env_image" >/dev/null 2>&1; then
-    echo "==> environment image: reused $env_image (the environment files are unchanged)"
-    env_from=$env_image
-  else
-    echo "==> environment image: $env_image is new; building it"
-    base_images "$work/env.df" > "$work/base-images"
-    while IFS= read -r img; do pull_base "$img"; done < "$work/base-images"
-    bud "$work/env.df" aicoe-build/env
-    env_from=localhost/aicoe-build/env
-    printf '%s\n' "$env_image" > "$work/env-image"
-  fi
-  { printf 'FROM %s\n' "$env_from"; cat "$work/app.df"; } > "$work/Dockerfile.app"
-  echo "==> building $OUTPUT_IMAGE"
-  bud "$work/Dockerfile.app" aicoe-build/image
-else
-  base_images "$file" > "$work/base-images"
-  while IFS= read -r img; do pull_base "$img"; done < "$work/base-images"
-  echo "==> building $OUTPUT_IMAGE"
-  bud "$file" aicoe-build/image
-fi
-"""
-    + CHECK_SCRIPT
-    + r"""rm -rf "$WORKSPACE/layout" "$WORKSPACE/env-image"
-buildah $B push -q aicoe-build/image "oci:$WORKSPACE/layout:image"
-if [ -s "$work/env-image" ]; then  # a new environment image: the push step keeps it
-  buildah $B push -q aicoe-build/env "oci:$WORKSPACE/layout:env"
-  cp "$work/env-image" "$WORKSPACE/env-image"
-fi
-echo "==> built; the push step uploads it"
-"""
-)
+BUILD_SCRIPT = _script("build-step.sh").replace("@CHECK_SCRIPT@\n", CHECK_SCRIPT)
 
 # Never runs user content: pushes the OCI layout the build step wrote. With skopeo (the
 # project's builder image) straight from the layout: its compressed layers as they are, and
 # the layers the registry already has (the base image's, on a rebuild) are not sent again.
 # Without it (e.g. quay.io/buildah/stable), buildah loads the layout and pushes the image.
-PUSH_SCRIPT = r"""set -eu
-layout="$WORKSPACE/layout"
-# the destination's push Secret, mounted in this container only (empty: no credentials)
-auth=${REGISTRY_AUTH_FILE:-}
-if command -v skopeo >/dev/null 2>&1; then
-  push_to() {  # $1: the layout's image; $2: the destination; $3: its digest's file (optional)
-    skopeo copy -q --dest-tls-verify="${TLS_VERIFY:-true}" ${3:+--digestfile "$3"} \
-      ${auth:+--dest-authfile "$auth"} "oci:$layout:$1" "docker://$2"
-  }
-else
-  B="--storage-driver vfs --root $PUSH_STORAGE/root --runroot $PUSH_STORAGE/run"
-  push_to() {
-    image=$(buildah $B pull -q "oci:$layout:$1")
-    buildah $B push -q --tls-verify="${TLS_VERIFY:-true}" ${3:+--digestfile "$3"} \
-      ${auth:+--authfile "$auth"} "$image" "docker://$2"
-  }
-fi
-echo "==> pushing $OUTPUT_IMAGE"
-push_to image "$OUTPUT_IMAGE" "$PUSH_STORAGE/digest"
-digest=$(cat "$PUSH_STORAGE/digest")
-for extra in $EXTRA_IMAGES; do
-  echo "==> pushing $extra"
-  push_to image "$extra"
-done
-# a new environment image, to the builder's cache repository only (the name is checked: the
-# build step ran user content)
-env_image=$(head -n 1 "$WORKSPACE/env-image" 2>/dev/null | head -c 200 || true)
-if [ -n "$env_image" ] && [ -n "${CACHE_REPO:-}" ]; then
-  case "${env_image#"$CACHE_REPO:env-"}" in
-    "$env_image"|*[!0-9a-f]*|"") echo "==> ignoring an environment image name: $env_image" ;;
-    *) echo "==> keeping the environment image $env_image"
-       push_to env "$env_image" || echo "==> the environment image could not be kept" ;;
-  esac
-fi
-# the digest, then the image check's report (written by the build step: data, capped)
-report=$(cat "$WORKSPACE/image-report.json" 2>/dev/null || true)
-case "$report" in
-  "{"?*"}") ;;
-  *) report="" ;;
-esac
-if [ -n "$report" ] && [ "$(printf '%s' "$report" | wc -c)" -le 3900 ]; then
-  printf '{"digest":"%s",%s' "$digest" "${report#?}" > "${TERMINATION_LOG:-/dev/termination-log}"
-else
-  printf '{"digest":"%s"}' "$digest" > "${TERMINATION_LOG:-/dev/termination-log}"
-fi
-echo "==> pushed $OUTPUT_IMAGE@$digest"
-"""
+PUSH_SCRIPT = _script("push-step.sh")
 
 
 # Capabilities of the Dockerfile's RUN steps: the default set of container runtimes less
