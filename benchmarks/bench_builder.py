@@ -478,23 +478,16 @@ def record_of(namespace: str, i: int, phase: str) -> dict:
     return record
 
 
-async def bench_store(api, args, work: Path) -> list[Row]:
-    """The store at ``--records`` finished records: list and reconcile cost, bytes written."""
-    from builder_harness import local_settings
-    from kubernetes_asyncio import client
-
-    from aicoe_spawner.builder.__main__ import build_service
+def record_maker(custom, namespace: str):
+    """``make(i, active)``: create record ``i`` (pending, or finished with a 100-line log tail,
+    as the builder leaves one), at most 8 requests at a time; returns its name."""
     from aicoe_spawner.builder.store import GROUP, PLURAL, VERSION
 
-    rows: list[Row] = []
-    namespace = f"bench-store-{uuid.uuid4().hex[:6]}"
-    await create_namespace(api, namespace)
-    custom = client.CustomObjectsApi(api)
-    tail = "".join(f"step {n}: some build output line\n" for n in range(100))
-    status = {"phase": "ready", "message": "", "digest": "sha256:" + "0" * 64, "logTail": tail}
     sem = asyncio.Semaphore(8)
+    tail = "".join(f"step {n}: some build output line\n" for n in range(100))
+    done = {"phase": "ready", "message": "", "digest": "sha256:" + "0" * 64, "logTail": tail}
 
-    async def make(i: int, active: bool) -> None:
+    async def make(i: int, active: bool) -> str:
         async with sem:
             body = record_of(namespace, i, "pending" if active else "ready")
             obj = await custom.create_namespaced_custom_object(
@@ -507,9 +500,27 @@ async def bench_store(api, args, work: Path) -> list[Row]:
                     namespace,
                     PLURAL,
                     obj["metadata"]["name"],
-                    {"status": status},
+                    {"status": done},
                     _content_type="application/merge-patch+json",
                 )
+            return obj["metadata"]["name"]
+
+    return make
+
+
+async def bench_store(api, args, work: Path) -> list[Row]:
+    """The store at ``--records`` finished records: list and reconcile cost, bytes written."""
+    from builder_harness import local_settings
+    from kubernetes_asyncio import client
+
+    from aicoe_spawner.builder.__main__ import build_service
+    from aicoe_spawner.builder.store import GROUP, PLURAL, VERSION
+
+    rows: list[Row] = []
+    namespace = f"bench-store-{uuid.uuid4().hex[:6]}"
+    await create_namespace(api, namespace)
+    custom = client.CustomObjectsApi(api)
+    make = record_maker(custom, namespace)
 
     t0 = time.monotonic()
     await asyncio.gather(*(make(i, False) for i in range(args.records)))
@@ -737,27 +748,7 @@ async def bench_load(plane, api, args) -> list[Row]:
     namespace = f"bench-load-{uuid.uuid4().hex[:6]}"
     await create_namespace(api, namespace)
     custom = client.CustomObjectsApi(api)
-    sem = asyncio.Semaphore(8)
-    tail = "".join(f"step {n}: some build output line\n" for n in range(100))
-    done = {"phase": "ready", "message": "", "digest": "sha256:" + "0" * 64, "logTail": tail}
-
-    async def make(i: int, active: bool) -> str:
-        async with sem:
-            body = record_of(namespace, i, "pending" if active else "ready")
-            obj = await custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, body
-            )
-            if not active:
-                await custom.patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    obj["metadata"]["name"],
-                    {"status": done},
-                    _content_type="application/merge-patch+json",
-                )
-            return obj["metadata"]["name"]
+    make = record_maker(custom, namespace)
 
     await asyncio.gather(*(make(i, False) for i in range(args.records)))
     say(f"{args.records} finished records")
