@@ -259,3 +259,59 @@ def test_no_module_outside_backends_imports_a_backend():
         if found:
             offenders[str(path.relative_to(BUILDER))] = sorted(found)
     assert offenders == {}
+
+
+class _Stream:
+    """A log response as kubernetes_asyncio hands it unread (``_preload_content=False``):
+    an HTTP status and a body in chunks."""
+
+    def __init__(self, status: int, *chunks: bytes) -> None:
+        self.status, self.chunks = status, chunks
+        self.content = self
+
+    async def iter_any(self):
+        for chunk in self.chunks:
+            yield chunk
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+def test_a_followed_log_is_the_steps_output_never_the_api_servers_answer(monkeypatch):
+    """While a step waits to start the API server answers 400 with a Status body; followed
+    with ``follow=true`` the log is the build step's lines then the push step's, from their
+    first line, and no Status text."""
+    waiting = b'{"kind":"Status","message":"container \\"build\\" is waiting to start"}'
+    answers = {
+        "build": [_Stream(400, waiting), _Stream(200, b"==> fetching\n", b"==> built\n")],
+        "push": [_Stream(400, waiting), _Stream(200, b"==> pushed\n")],
+    }
+    asked = []
+
+    class Core:
+        async def read_namespaced_pod_log(self, pod, ns, container, follow, _preload_content):
+            asked.append((container, follow, _preload_content))
+            return answers[container].pop(0)
+
+    async def no_wait(_):
+        return None
+
+    k = KubernetesBackend(object(), JobConfig())
+    k.core = Core()
+
+    async def pods(_):
+        return [{"metadata": {"name": "imgbuild-b1-x"}, "status": {}}]
+
+    k._pods = pods
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+
+    async def follow():
+        return [text async for text in k.follow_log(spec())]
+
+    seen = asyncio.run(follow())
+    assert seen[-1] == "==> fetching\n==> built\n==> pushed\n"
+    assert not any("Status" in text for text in seen)
+    assert asked == [("build", True, False)] * 2 + [("push", True, False)] * 2

@@ -441,6 +441,13 @@ class KubernetesBackend(Backend):
                     continue
                 return  # the pod is gone
             async with response:
+                # unread (_preload_content=False), an error is a response, not an exception:
+                # its body is the API server's Status, never the step's log
+                if response.status == 400:  # the step has not started yet
+                    await asyncio.sleep(1.0)
+                    continue
+                if response.status != 200:
+                    return  # the pod is gone (or not readable): the state reads the rest
                 text = ""
                 async for chunk in response.content.iter_any():
                     text += chunk.decode(errors="replace")
