@@ -260,6 +260,8 @@ class Controller:
         interval = service.limits.log_tail_interval_seconds
         try:
             async for text in service.backend.follow_log(build.spec):
+                if build.id not in service.log_followed:
+                    return  # the final log was read whole: a late chunk must not replace it
                 if service._remember_log(build.id, text):
                     await service._cache(service.builds.get(build.id, build), log_changed=True)
                     written = service._tail_written.get(build.id, 0.0)

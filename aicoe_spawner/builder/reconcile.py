@@ -138,6 +138,7 @@ class Reconciling:
         if rules.must_exist(state):
             state = rules.job_gone(state, await self.backend.exists(spec))
         if followed and rules.is_terminal(state):  # the end the stream may not have reached
+            self.log_followed.discard(build.id)  # from here on, the stream's text is stale
             text = await self.backend.read_log(spec)
             if text is not None:
                 self._remember_log(build.id, text)

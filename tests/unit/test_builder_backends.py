@@ -315,3 +315,71 @@ def test_a_followed_log_is_the_steps_output_never_the_api_servers_answer(monkeyp
     assert seen[-1] == "==> fetching\n==> built\n==> pushed\n"
     assert not any("Status" in text for text in seen)
     assert asked == [("build", True, False)] * 2 + [("push", True, False)] * 2
+
+
+def test_a_harness_followed_log_holds_every_step_as_the_state_reads_it(monkeypatch):
+    """With a ``log_reader`` (a harness playing the kubelet) the followed text is the steps'
+    logs joined, the push step's lines included, exactly what ``read_log`` returns."""
+    logs = {"build": ["==> built\n"], "push": [None, "==> pushed\n"]}
+
+    async def reader(ns, pod, container):
+        answers = logs[container]
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    k = KubernetesBackend(object(), JobConfig(), log_reader=reader)
+
+    async def pods(_):
+        return [{"metadata": {"name": "imgbuild-b1-x"}, "status": {}}]
+
+    k._pods = pods
+    real_sleep = asyncio.sleep
+
+    async def no_wait(_):
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+
+    async def follow():
+        seen = []
+        async for text in k.follow_log(spec()):
+            seen.append(text)
+            if "pushed" in text:
+                break
+        return seen, await k.read_log(spec())
+
+    seen, whole = asyncio.run(asyncio.wait_for(follow(), 5))
+    assert seen == ["==> built\n", "==> built\n==> pushed\n"]
+    assert seen[-1] == whole
+
+
+def test_a_log_stream_that_lags_never_replaces_the_final_log():
+    """Once the reconcile read the ended build's whole log (and stopped counting the build as
+    followed), a chunk the stream still delivers is dropped, not remembered over it."""
+    from types import SimpleNamespace
+
+    from aicoe_spawner.builder.controller import Controller
+
+    remembered = []
+
+    class Backend:
+        async def follow_log(self, _spec):
+            yield "==> built\n"
+            service.log_followed.discard("b1")  # the reconcile read the final log here
+            yield "==> built\n"  # a lagging stream: the build step alone
+
+    async def cache(*_a, **_k):
+        return None
+
+    service = SimpleNamespace(
+        backend=Backend(),
+        limits=SimpleNamespace(log_tail_interval_seconds=3600),
+        log_followed={"b1"},
+        builds={},
+        _remember_log=lambda bid, text: remembered.append(text) or True,
+        _cache=cache,
+        _tail_written={"b1": float("inf")},
+    )
+    controller = object.__new__(Controller)
+    controller.service, controller._logs = service, {}
+    asyncio.run(controller._stream(SimpleNamespace(id="b1", spec=None)))
+    assert remembered == ["==> built\n"]

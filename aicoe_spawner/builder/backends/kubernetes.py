@@ -414,6 +414,15 @@ class KubernetesBackend(Backend):
                 pod = pods[0]["metadata"]["name"]
             else:
                 await asyncio.sleep(1.0)
+        if self.log_reader != self._read_pod_log:  # a harness: every step, read again
+            seen: str | None = None
+            while True:
+                parts = [await self.log_reader(ns, pod, step) for step in STEPS]
+                text = "".join(p for p in parts if p)
+                if text and text != seen:
+                    seen = text
+                    yield text
+                await asyncio.sleep(0.5)
         for step in STEPS:
             text = ""
             async for text in self._follow_step(ns, pod, step):
@@ -421,14 +430,6 @@ class KubernetesBackend(Backend):
             done += text
 
     async def _follow_step(self, ns: str, pod: str, step: str) -> AsyncIterator[str]:
-        if self.log_reader != self._read_pod_log:
-            seen: str | None = None
-            while True:
-                text = await self.log_reader(ns, pod, step)
-                if text is not None and text != seen:
-                    seen = text
-                    yield text
-                await asyncio.sleep(0.5)
         text = ""
         while True:
             try:
