@@ -135,28 +135,26 @@ def remove_from_registry(registry: str, digests: list[str]) -> None:
             pass
 
 
-def node_images(node) -> set[str]:
-    """containerd's image list on the node (the CRI namespace)."""
+def _ctr_list(node, what: str) -> set[str]:
+    """``ctr <what> ls -q`` on the node, in the CRI namespace."""
     out = subprocess.run(
-        ["ctr", "--address", str(node.socket), "--namespace", "k8s.io", "images", "ls", "-q"],
+        ["ctr", "--address", str(node.socket), "--namespace", "k8s.io", what, "ls", "-q"],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     ).stdout
     return set(out.split())
+
+
+def node_images(node) -> set[str]:
+    """containerd's image list on the node (the CRI namespace)."""
+    return _ctr_list(node, "images")
 
 
 def node_tasks(node) -> set[str]:
     """The containers containerd runs on the node."""
-    out = subprocess.run(
-        ["ctr", "--address", str(node.socket), "--namespace", "k8s.io", "tasks", "ls", "-q"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    return set(out.split())
+    return _ctr_list(node, "tasks")
 
 
 @pytest_asyncio.fixture
