@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from aicoe_spawner.builder.app import parse_last_event_id, webhook_request
-from aicoe_spawner.builder.backends.kubernetes import (
+from aicoe_spawner.builder.backends.kubernetes_job import (
     BUILD_SCRIPT,
     PUSH_SCRIPT,
     JobConfig,
