@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from . import git
+from . import git_process
 from . import transitions as rules
 from .backends.base import Backend
 from .cleanup import Cleanup
@@ -127,7 +127,7 @@ class BuildService(Submission, Reconciling, Cleanup):
         self.defaults = defaults
         self.limits = limits or Limits()
         self.resolver = resolver
-        git.configure(policy, resolver)  # the addresses git may connect to
+        git_process.configure(policy, resolver)  # the addresses git may connect to
         self.metrics = metrics or Metrics()
         self.ledger = ledger or QuotaLedger(store.core.api_client, store.namespace)
         self.builds: dict[str, Build] = {}  # active builds (and recently finished ones)
