@@ -55,7 +55,7 @@ __all__ = ["BuildObserver", "BuildService", "LimitError", "Limits", "Metrics", "
 class BuildObserver(Protocol):
     """Told of every phase a build enters (``previous`` "" for a new build), once: by the
     replica whose status write made the change. Runs in the background; its errors are
-    logged (e.g. :class:`~aicoe_spawner.builder.github.GitHubReporter`)."""
+    logged (e.g. :class:`~aicoe_spawner.builder.github_reporter.GitHubReporter`)."""
 
     async def build_changed(self, build: Build, previous: str) -> None: ...
 
