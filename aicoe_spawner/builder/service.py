@@ -28,11 +28,11 @@ from . import transitions as rules
 from .backends.base import Backend
 from .cleanup import Cleanup
 from .controller import Controller
+from .imagestream import OwnershipError
 from .kube import retry_on_conflict
 from .publish import publisher_of
 from .quota import LimitError, QuotaLedger
 from .reconcile import Reconciling
-from .registration import OwnershipError
 from .requests import (
     BuildDefaults,
     BuildRequest,

@@ -22,7 +22,7 @@ from aicoe_spawner.builder.backends.openshift import (
     detect_backend,
     dockerfile_path,
 )
-from aicoe_spawner.builder.registration import (
+from aicoe_spawner.builder.imagestream import (
     EXPIRES_ANNOTATION,
     expired,
     new_stream,

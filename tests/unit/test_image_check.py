@@ -32,7 +32,7 @@ from aicoe_spawner.builder.image_check import (
     packages,
     parse_termination,
 )
-from aicoe_spawner.builder.registration import (
+from aicoe_spawner.builder.imagestream import (
     SOFTWARE_ANNOTATION,
     new_stream,
     with_status_tag,
