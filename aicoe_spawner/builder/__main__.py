@@ -24,7 +24,8 @@ from ..watch import ImageStreamWatch
 from .app import SERVER_OPTIONS, make_app
 from .backends import backend_type, choose_backend
 from .config import DEFAULT_PYTHON_BASE_IMAGES, ImageBuilder, Settings
-from .github import GitHub, GitHubReporter, ReportStore, github_config
+from .github import GitHub, github_config
+from .github_reporter import GitHubReporter, ReportStore
 from .importer import Importer
 from .quota import QuotaLedger
 from .registration import Registrar

@@ -19,7 +19,8 @@ from tornado import web
 
 from ..watch import ImageStreamWatch
 from .catalog_view import ImagePolicies, render_images, shown_images, viewer_policy
-from .github import GitHub, GitHubReporter
+from .github import GitHub
+from .github_reporter import GitHubReporter
 from .handlers import (
     ADMIN_SCOPE,
     BUILD_SCOPE,

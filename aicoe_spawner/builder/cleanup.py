@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import transitions as rules
-from .registration import tag_names
+from .imagestream import tag_names
 from .store import Build
 from .vocabulary import job_id_of
 

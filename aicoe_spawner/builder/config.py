@@ -5,28 +5,24 @@ Every setting is a trait of :class:`ImageBuilder` (``c.ImageBuilder.<name>`` in
 environment variables JupyterHub and the Helm chart set (``AICOE_BUILDER_*``, the
 ``JUPYTERHUB_*`` the builder reads) map onto the traits in ``config_env.ENV_VARS``, parsed and
 validated like any other value. Precedence: command line > config file > environment >
-default. docs/builder-config.md is generated from these traits (scripts/gen_config_docs.py).
+default (:mod:`.config_loading`; what a type alone does not check: :mod:`.config_checks`).
+docs/builder-config.md is generated from these traits (scripts/gen_config_docs.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import math
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default, validate
 from traitlets import Callable as CallableTrait
-from traitlets.config import Application, Config, catch_config_error
+from traitlets.config import Application
 
-from ..options import parse_memory
-from .catalog_view import ImagePolicies
-from .config_env import ENV_VARS, EnvVar, env_vars_of, parse_env_value
-from .destinations import parse_destinations
-from .requests import BuildRequestError, validate_image
+from . import config_loading
+from .config_checks import CHECKS, Seconds
+from .config_env import ENV_VARS, EnvVar, env_vars_of
+from .config_loading import ALIASES, DEFAULT_CONFIG_FILE, DESCRIPTION, EXAMPLES, FLAGS, NAME
 from .settings import DEFAULT_PYTHON_BASE_IMAGES, Settings
 
 __all__ = [
@@ -40,67 +36,18 @@ __all__ = [
     "env_vars_of",
 ]
 
-DEFAULT_CONFIG_FILE = "aicoe_image_builder_config.py"
-
-_S = Settings  # the defaults
-
-
-class Seconds(Float):
-    """A positive, finite number of seconds."""
-
-    info_text = "a positive number of seconds"
-
-    def validate(self, obj: Any, value: Any) -> float:
-        value = super().validate(obj, value)
-        if not (math.isfinite(value) and value > 0):
-            self.error(obj, value)
-        return value
-
-
 _S = Settings  # the defaults
 
 
 class ImageBuilder(Application):
     """``aicoe-image-builder``: the image builder service of aicoe-spawner."""
 
-    name = "aicoe-image-builder"
-    description = (
-        "The aicoe-spawner image builder: builds notebook images from Git repositories and "
-        "publishes them as ImageStream tags. Configured by a config file "
-        f"({DEFAULT_CONFIG_FILE}), these options, and AICOE_BUILDER_* environment variables "
-        "(command line > config file > environment > default; docs/builder-config.md)."
-    )
-    examples = """
-    aicoe-image-builder --config=/etc/aicoe/aicoe_image_builder_config.py
-    aicoe-image-builder --namespace=jupyterhub --max-total=20 --log-level=DEBUG
-    aicoe-image-builder --generate-config > aicoe_image_builder_config.py
-    """
+    name = NAME
+    description = DESCRIPTION
+    examples = EXAMPLES
     raise_config_file_errors = True  # a broken config file stops the builder
-
-    aliases = {
-        "config": "ImageBuilder.config_file",
-        "namespace": "ImageBuilder.namespace",
-        "registry": "ImageBuilder.registry",
-        "backend": "ImageBuilder.backend",
-        "build-namespace": "ImageBuilder.build_namespace",
-        "max-per-user": "ImageBuilder.max_per_user",
-        "max-total": "ImageBuilder.max_total",
-        "build-timeout": "ImageBuilder.build_timeout",
-        "kubeconfig": "ImageBuilder.kubeconfig",
-        "bind-ip": "ImageBuilder.bind_ip",
-        "log-level": "Application.log_level",
-    }
-    flags = {
-        **Application.flags,
-        "generate-config": (
-            {"ImageBuilder": {"generate_config": True}},
-            "Print a config file with every setting and its help, commented out.",
-        ),
-        "no-import": (
-            {"ImageBuilder": {"import_enabled": False}},
-            "Do not import images (ImageBuilder.import_enabled = False).",
-        ),
-    }
+    aliases = ALIASES
+    flags = FLAGS
 
     #: the coroutine that runs the builder with this configuration (__main__.serve)
     serve = CallableTrait(allow_none=True, default_value=None)
@@ -500,105 +447,19 @@ class ImageBuilder(Application):
         is not asked.""",
     ).tag(config=True)
 
-    # -- validation of what a type alone does not say ------------------------------------
+    # -- validation of what a type alone does not say (config_checks.CHECKS) -------------
 
-    @validate("build_storage")
-    def _valid_quantity(self, proposal) -> str:
-        try:
-            parse_memory(proposal.value)
-        except ValueError as e:
-            raise TraitError(f"build_storage: {e}") from None
-        return proposal.value
+    @validate(*CHECKS)
+    def _checked(self, proposal) -> Any:
+        """The value its check keeps; TraitError naming the setting."""
+        return CHECKS[proposal.trait.name](proposal.trait.name, proposal.value)
 
-    @validate("build_image", "base_image")
-    def _valid_image(self, proposal) -> str:
-        name = proposal.trait.name
-        try:
-            return validate_image(proposal.value, name)
-        except BuildRequestError as e:
-            raise TraitError(str(e)) from None
+    # -- loading and starting (config_loading) --------------------------------------------
 
-    @validate("python_base_images")
-    def _valid_python_images(self, proposal) -> dict:
-        for version, image in proposal.value.items():
-            if not re.fullmatch(r"\d+\.\d+", version):
-                raise TraitError(f"python_base_images: {version!r} is not <major.minor>")
-            try:
-                validate_image(image, f"python_base_images[{version!r}]")
-            except BuildRequestError as e:
-                raise TraitError(str(e)) from None
-        return proposal.value
-
-    @validate("github_api_url", "public_url")
-    def _valid_url(self, proposal) -> str:
-        value = proposal.value.strip()
-        if value and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
-            raise TraitError(f"{proposal.trait.name}: {value[:80]!r} is not an http(s) URL")
-        return value.rstrip("/")
-
-    @validate("destinations")
-    def _valid_destinations(self, proposal) -> list:
-        try:
-            parse_destinations(proposal.value)
-        except ValueError as e:
-            raise TraitError(f"destinations: {e}") from None
-        return proposal.value
-
-    @validate("image_policy")
-    def _valid_policy(self, proposal) -> dict:
-        try:
-            ImagePolicies.from_json(json.dumps(proposal.value))
-        except (TypeError, ValueError) as e:
-            raise TraitError(f"image_policy: {e}") from None
-        return proposal.value
-
-    # -- loading --------------------------------------------------------------------------
-
-    def env_config(self, env: Mapping[str, str]) -> Config:
-        """The configuration ``env`` gives (:data:`ENV_VARS`), each value validated by its
-        trait; SystemExit naming the variable and the trait on a bad value."""
-        config = Config()
-        section = config.ImageBuilder
-        for var in ENV_VARS:
-            raw = env.get(var.name)
-            trait = self.traits()[var.trait]
-            if raw is None or var.trait in section:
-                continue
-            if raw == "" and not isinstance(trait, List):
-                continue  # empty: the default (an empty list is a value: no hosts)
-            try:
-                value = parse_env_value(var, trait, raw)
-                section[var.trait] = trait._validate(self, value)
-            except (TraitError, ValueError) as e:
-                shown = raw if len(raw) <= 80 else raw[:77] + "..."
-                raise SystemExit(f"{var.name}={shown!r} (ImageBuilder.{var.trait}): {e}") from None
-        return config
-
-    @catch_config_error
-    def initialize(self, argv: list[str] | None = None) -> None:
-        """Command line, then environment, then the config file (command line wins)."""
-        self.parse_command_line(argv)
-        if self.generate_config:
-            return
-        self.update_config(self.env_config(os.environ))
-        if self.config_file != DEFAULT_CONFIG_FILE and not os.path.isfile(self.config_file):
-            raise SystemExit(f"config file {self.config_file!r} not found")
-        self.load_config_file(self.config_file)
-
-    def settings(self) -> Settings:
-        """What the rest of the builder receives."""
-        return Settings.of(self)
-
-    def start(self) -> None:
-        if self.generate_config:
-            print(self.generate_config_file())
-            return
-        if self.show_config or self.show_config_json:
-            super().start()
-            return
-        if self.serve is None:
-            raise RuntimeError("ImageBuilder.serve is not set (see aicoe_spawner.builder)")
-        asyncio.run(self.serve(self))
+    env_config = config_loading.env_config
+    initialize = config_loading.initialize
+    settings = config_loading.settings
+    start = config_loading.start
 
 
 def settings_from_env(env: Mapping[str, str] = os.environ) -> Settings:

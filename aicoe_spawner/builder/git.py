@@ -1,15 +1,7 @@
-"""Git over the network, bounded and with options that cannot be smuggled in: ``git ls-remote``
-to resolve a ref to a commit, and a shallow fetch of one commit to read small files from it
-(:func:`read_files_at`, :func:`read_file_at`) or list its tree (:func:`list_tree_at`).
+"""Git over the network, bounded (every process through :mod:`.git_process`): ``git
+ls-remote`` to resolve a ref to a commit, and a shallow fetch of one commit to read small files
+from it (:func:`read_files_at`, :func:`read_file_at`) or list its tree (:func:`list_tree_at`).
 
-Every git process runs with an environment built from scratch (no proxy, credential or git
-variables of the service's own), no credential helper or prompt, only the http(s) transport
-of the repository for network commands and none for local ones (so a partial clone never
-fetches lazily), in its own process group, killed past :data:`TIMEOUT` or when its output
-passes its cap. Network commands never follow redirects and connect to the addresses the
-repository's host resolves to *now*, checked against the service's :class:`RepoPolicy` and
-pinned for git's connection (``http.curloptResolve``), so a name that re-resolves to an
-internal address between the check and the connection (DNS rebinding) is not reached.
 A fetch asks the server to leave out blobs over the read limit (``--filter=blob:limit``),
 keeps the pack packed (git streams big objects) and is stopped when its temporary directory
 passes :data:`MAX_FETCH_BYTES`. A file's size is read (``cat-file --batch-check``) before its
@@ -17,254 +9,25 @@ content, so nothing over the limit is ever read into the service."""
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import os
-import shutil
-import signal
 import sys
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from .ci_config import MAX_BYTES as CI_MAX_BYTES
 from .fields import BuildRequestError, validate_relative_path
+from .git_process import git_output, protocols_for, run_git
 from .naming import is_sha
-from .repo_url import RepoPolicy, Resolver, host_addresses, system_resolver
 
-TIMEOUT = 60  # seconds, per git process
-MAX_OUTPUT = 16 << 20  # stdout of one git process (ls-remote of a repo with many refs)
-MAX_STDERR = 64 << 10
 MAX_FETCH_BYTES = 128 << 20  # the temporary repository of one fetch, on disk
 MAX_FILE_BYTES = CI_MAX_BYTES  # default limit of one file read from a repository
 MAX_FILES = 64  # paths per read_files_at call
 MAX_TREE_ENTRIES = 20_000  # paths list_tree_at returns at most
-DISK_POLL_SECONDS = 0.05
-CHUNK = 64 << 10
-NETWORK_COMMANDS = frozenset({"ls-remote", "fetch"})
-GIT = shutil.which("git") or "git"
-PATH = "/usr/local/bin:/usr/bin:/bin"
-# variables passed through from the service: where TLS trust anchors are (an in-cluster
-# GitLab with a private CA), nothing else
-PASSED_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
-# every git process
-COMMON_CONFIG = (
-    "credential.helper=",
-    "core.askPass=/bin/false",
-    "maintenance.auto=false",
-    "gc.auto=0",
-    "core.bigFileThreshold=1m",  # objects over 1 MiB are streamed, never held whole
-)
-# network commands: no redirects (git treats them as errors), the pack stays packed
-NETWORK_CONFIG = (
-    "http.followRedirects=false",
-    "fetch.unpackLimit=1",
-    "fetch.writeCommitGraph=false",
-    "protocol.version=2",
-)
 
 
-# which hosts git may connect to, and how names resolve
-_network: tuple[RepoPolicy, Resolver] = (RepoPolicy(), system_resolver)
-
-
-def configure(policy: RepoPolicy, resolve: Resolver = system_resolver) -> None:
-    """The service's repository policy and resolver, for the address check of every network
-    command (one per process: :class:`BuildService` sets it)."""
-    global _network
-    _network = (policy, resolve)
-
-
-def _env(protocols: str) -> dict[str, str]:
-    """git's whole environment: nothing inherited but trust anchors."""
-    env = {
-        "PATH": PATH,
-        "HOME": "/nonexistent",
-        "LC_ALL": "C",
-        "GIT_ALLOW_PROTOCOL": protocols,
-        "GIT_PROTOCOL_FROM_USER": "0",
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_ASKPASS": "/bin/false",
-        "SSH_ASKPASS": "/bin/false",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_LITERAL_PATHSPECS": "1",
-        "GIT_NO_REPLACE_OBJECTS": "1",
-        "GIT_NO_LAZY_FETCH": "1",  # git >= 2.44; older ones are stopped by GIT_ALLOW_PROTOCOL
-    }
-    env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
-    return env
-
-
-def _protocols(repo: str) -> str:
-    return "http" if repo.startswith("http:") else "https"
-
-
-def _curl_address(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
-
-
-async def _network_config(args: tuple[str, ...]) -> list[str]:
-    """``-c`` options of a network command: no redirects, and the repository host's
-    addresses, resolved and checked now, pinned for the connection."""
-    if "--" not in args or args.index("--") + 1 >= len(args):
-        raise ValueError(f"git {args[0]}: the repository must follow '--'")
-    url = args[args.index("--") + 1]
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower().rstrip(".")
-    port = parts.port or (80 if parts.scheme == "http" else 443)
-    addresses = await asyncio.to_thread(host_addresses, host, *_network)
-    config = list(NETWORK_CONFIG)
-    if not _is_address(host):
-        pinned = ",".join(_curl_address(a) for a in addresses)
-        config.append(f"http.curloptResolve={host}:{port}:{pinned}")
-    return [item for option in config for item in ("-c", option)]
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _disk_usage(path: str) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    """The process and what it started (its own process group)."""
-    if proc.returncode is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-@dataclass
-class GitResult:
-    code: int
-    out: bytes
-    err: str
-    stopped: str = ""  # why the process was killed (its output, disk, time), "" if it was not
-
-    def failure(self) -> str:
-        """What went wrong, for a message (the end of stderr)."""
-        why = self.stopped or self.err.strip()[-300:] or f"exit code {self.code}"
-        if "returned error: 30" in why:  # git reports a refused redirect like this
-            why += " (the server answered with a redirect; the builder does not follow them)"
-        return why
-
-
-async def _run(
-    args: tuple[str, ...],
-    *,
-    cwd: str | None = None,
-    protocols: str = "https",
-    stdin: bytes | None = None,
-    limit: int | None = None,
-    disk_limit: int = 0,
-) -> GitResult:
-    """Run ``git <args>`` bounded: stdout up to ``limit`` bytes (default MAX_OUTPUT), stderr
-    up to MAX_STDERR, TIMEOUT seconds, and (``disk_limit``) the size of ``cwd``; past any of
-    them the process group is killed and ``stopped`` says why."""
-    limit = MAX_OUTPUT if limit is None else limit
-    config = [item for option in COMMON_CONFIG for item in ("-c", option)]
-    if args and args[0] in NETWORK_COMMANDS:
-        config += await _network_config(args)
-    else:
-        protocols = "none"  # local commands never reach the network (lazy fetches included)
-    proc = await asyncio.create_subprocess_exec(
-        GIT,
-        *config,
-        *args,
-        cwd=cwd,
-        env=_env(protocols),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    out, err = bytearray(), bytearray()
-    stopped: list[str] = []
-
-    def stop(why: str) -> None:
-        if not stopped:
-            stopped.append(why)
-        _kill(proc)
-
-    async def pump(stream: asyncio.StreamReader, buf: bytearray, cap: int, what: str) -> None:
-        while chunk := await stream.read(CHUNK):
-            if len(buf) + len(chunk) > cap:
-                stop(f"git {args[0]}: its {what} passed {cap} bytes; stopped")
-                return
-            buf += chunk
-
-    async def feed() -> None:
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(stdin or b"")
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        finally:
-            proc.stdin.close()
-
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(DISK_POLL_SECONDS)
-            if _disk_usage(cwd or ".") > disk_limit:
-                stop(f"git {args[0]}: passed {disk_limit >> 20} MiB on disk; stopped")
-                return
-
-    assert proc.stdout is not None and proc.stderr is not None
-    jobs = [pump(proc.stdout, out, limit, "output"), pump(proc.stderr, err, MAX_STDERR, "stderr")]
-    if stdin is not None:
-        jobs.append(feed())
-    watcher = asyncio.create_task(watch()) if disk_limit else None
-    try:
-        await asyncio.wait_for(asyncio.gather(*jobs, proc.wait()), TIMEOUT)
-    except TimeoutError:
-        stop(f"git {args[0]}: timed out after {TIMEOUT} s")
-        await proc.wait()
-    except BaseException:  # cancelled: the process goes too
-        _kill(proc)
-        raise
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-    if disk_limit and not stopped and _disk_usage(cwd or ".") > disk_limit:
-        stopped.append(f"git {args[0]}: passed {disk_limit >> 20} MiB on disk; stopped")
-    code = proc.returncode or 0
-    if stopped and not code:
-        code = 124
-    return GitResult(code, bytes(out), err.decode(errors="replace"), stopped[0] if stopped else "")
-
-
-async def _git(
-    *args: str, cwd: str | None = None, protocols: str = "https", limit: int | None = None
-) -> tuple[int, str]:
-    """(exit code, stdout) of a bounded git process; on failure the text says why."""
-    r = await _run(args, cwd=cwd, protocols=protocols, limit=limit)
-    if r.code:
-        return r.code, r.failure()
-    return 0, r.out.decode(errors="replace")
-
-
-# refs whose content the repository publishes: its branches and tags. Anything else that a
-# server advertises (refs/pull/*, refs/merge-requests/*, refs/changes/*, ...) holds the
-# content of forks and proposed changes, never published under the repository's stream.
 PUBLISHED_REF_PREFIXES = ("refs/heads/", "refs/tags/")
 
 
@@ -315,7 +78,7 @@ def published_ref(refs: dict[str, str], ref: str, repo: str) -> tuple[str, str]:
 async def resolve_ref(repo: str, ref: str) -> tuple[str, str]:
     """``(commit, kind)`` with kind tag|branch|commit, via ``git ls-remote``: only what the
     repository publishes (:func:`published_ref`)."""
-    code, out = await _git("ls-remote", "--", repo, protocols=_protocols(repo))
+    code, out = await git_output("ls-remote", "--", repo, protocols=protocols_for(repo))
     if code != 0:
         raise BuildRequestError("repo", f"cannot list refs of {repo}: {out.strip()[-300:]}", 422)
     return published_ref(_advertised(out), ref, repo)
@@ -404,7 +167,7 @@ async def _fetch(repo: str, commit: str, ref: str, tmp: str, blob_limit: int | N
     """``commit`` of ``repo`` (depth 1; where the server filters, only blobs of at most
     ``blob_limit`` bytes, none for None) into the new bare repository ``tmp``, FETCH_HEAD
     checked to be ``commit``. BuildRequestError (422, 409) when it cannot."""
-    await _run(("init", "-q", "--bare", tmp))
+    await run_git(("init", "-q", "--bare", tmp))
     spec = "blob:none" if blob_limit is None else f"blob:limit={blob_limit + 1}"
     base = (
         "fetch",
@@ -417,10 +180,10 @@ async def _fetch(repo: str, commit: str, ref: str, tmp: str, blob_limit: int | N
         "--",
         repo,
     )
-    p = _protocols(repo)
-    r = await _run((*base, commit), cwd=tmp, protocols=p, disk_limit=MAX_FETCH_BYTES)
+    p = protocols_for(repo)
+    r = await run_git((*base, commit), cwd=tmp, protocols=p, disk_limit=MAX_FETCH_BYTES)
     if r.code and not r.stopped and not is_sha(ref):  # servers that refuse a commit as want
-        r = await _run((*base, ref), cwd=tmp, protocols=p, disk_limit=MAX_FETCH_BYTES)
+        r = await run_git((*base, ref), cwd=tmp, protocols=p, disk_limit=MAX_FETCH_BYTES)
     if r.code:
         raise BuildRequestError("repo", f"cannot fetch {commit[:12]}: {r.failure()}", 422)
     # not a promisor any more (the remote's section, which fetch appended, goes): a missing
@@ -438,7 +201,7 @@ async def _fetch(repo: str, commit: str, ref: str, tmp: str, blob_limit: int | N
 
 async def _entries(tmp: str, paths: list[str]) -> dict[str, tuple[str, str, str]]:
     """path -> (mode, type, object id) at FETCH_HEAD, for those of ``paths`` that exist."""
-    r = await _run(("ls-tree", "-z", "--full-tree", "FETCH_HEAD", "--", *paths), cwd=tmp)
+    r = await run_git(("ls-tree", "-z", "--full-tree", "FETCH_HEAD", "--", *paths), cwd=tmp)
     if r.code:
         raise BuildRequestError("repo", f"cannot read the tree: {r.failure()}", 422)
     found = {}
@@ -463,7 +226,7 @@ async def _read_blobs(tmp: str, paths: list[str], max_bytes: int) -> dict[str, _
     if not oids:
         return result
     listing = "".join(f"{oid}\n" for oid in oids.values()).encode()
-    r = await _run(("cat-file", "--batch-check"), cwd=tmp, stdin=listing)
+    r = await run_git(("cat-file", "--batch-check"), cwd=tmp, stdin=listing)
     sizes: dict[str, int | None] = {}
     for line in r.out.decode(errors="replace").splitlines():
         parts = line.split()
@@ -484,7 +247,7 @@ async def _read_blobs(tmp: str, paths: list[str], max_bytes: int) -> dict[str, _
         return result
     listing = "".join(f"{oid}\n" for _, oid, _ in wanted).encode()
     total = sum(size for _, _, size in wanted) + 128 * len(wanted)
-    r = await _run(("cat-file", "--batch"), cwd=tmp, stdin=listing, limit=total)
+    r = await run_git(("cat-file", "--batch"), cwd=tmp, stdin=listing, limit=total)
     if r.code:
         raise BuildRequestError("repo", f"cannot read files: {r.failure()}", 422)
     data, pos = r.out, 0
@@ -553,7 +316,7 @@ async def list_tree_at(
         with tempfile.TemporaryDirectory(prefix="aicoe-git-") as tmp:
             await _fetch(repo, commit, ref, tmp, None)
             args = ("ls-tree", "-r", "-z", "--full-tree", "FETCH_HEAD")
-            r = await _run(
+            r = await run_git(
                 (*args, "--", under) if under else args, cwd=tmp, limit=max_entries * 320
             )
         if r.stopped or r.out.count(b"\0") > max_entries:

@@ -18,9 +18,9 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from ..catalog import NOTEBOOK_IMAGE_LABEL
 from . import imports
+from .imagestream import GROUP, PLURAL, VERSION
 from .imports import Failed, ImageReference, ReferenceError, Result, Target
 from .kube import raw_json
-from .registration import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("aicoe_spawner.builder.importer")
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .registration import MANAGED_BY_LABEL, MANAGER
+from .imagestream import MANAGED_BY_LABEL, MANAGER
 
 IMPORT_CONDITION = "ImportSuccess"
 MAX_ITEMS = 5

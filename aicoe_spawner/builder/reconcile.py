@@ -12,7 +12,7 @@ import time
 from kubernetes_asyncio.client.rest import ApiException
 
 from . import transitions as rules
-from .registration import OwnershipError
+from .imagestream import OwnershipError
 from .store import Build
 from .transitions import Clock
 from .vocabulary import BuildPhase, seconds_since

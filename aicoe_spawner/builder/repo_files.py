@@ -1,7 +1,7 @@
 """What detection reads of a commit, bounded: one shallow fetch, the tree's path names
 (``git ls-tree -r --name-only``), and each wanted small file by its size first
 (``git cat-file -s``), its content (``git cat-file -p``) only when at most ``MAX_FILE_BYTES``.
-Uses :func:`.git._git` (http(s) only, no prompts, arguments after ``--``)."""
+Uses :func:`.git_process.git_output` (http(s) only, no prompts, arguments after ``--``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from . import git
+from . import git_process
 from .environment import MAX_FILE_BYTES, RepoView
 from .naming import is_sha
 from .requests import BuildRequestError
@@ -30,23 +30,25 @@ async def read_view(
         _CACHE.move_to_end(key)
         return cached
     with tempfile.TemporaryDirectory(prefix="aicoe-tree-") as tmp:
-        await git._git("init", "-q", tmp)
+        await git_process.git_output("init", "-q", tmp)
         p = "http" if repo.startswith("http:") else "https"
-        code, out = await git._git(
+        code, out = await git_process.git_output(
             "fetch", "-q", "--depth", "1", "--", repo, commit, cwd=tmp, protocols=p
         )
         if code != 0 and not is_sha(ref):
-            code, out = await git._git(
+            code, out = await git_process.git_output(
                 "fetch", "-q", "--depth", "1", "--", repo, ref, cwd=tmp, protocols=p
             )
         if code != 0:
             raise BuildRequestError(
                 "repo", f"cannot fetch {commit[:12]}: {out.strip()[-300:]}", 422
             )
-        code, got = await git._git("rev-parse", "FETCH_HEAD", cwd=tmp)
+        code, got = await git_process.git_output("rev-parse", "FETCH_HEAD", cwd=tmp)
         if got.strip() != commit:
             raise BuildRequestError("ref", f"{ref!r} moved while reading it; retry", 409)
-        code, listing = await git._git("ls-tree", "-r", "-z", "--name-only", "FETCH_HEAD", cwd=tmp)
+        code, listing = await git_process.git_output(
+            "ls-tree", "-r", "-z", "--name-only", "FETCH_HEAD", cwd=tmp
+        )
         if code != 0:
             raise BuildRequestError("repo", f"cannot list the files of {commit[:12]}", 422)
         paths = tuple(p for p in listing.split("\0") if p)
@@ -64,8 +66,8 @@ async def read_view(
 
 async def _small_file(cwd: str, path: str) -> str | None:
     obj = f"FETCH_HEAD:{path}"
-    code, size = await git._git("cat-file", "-s", obj, cwd=cwd)
+    code, size = await git_process.git_output("cat-file", "-s", obj, cwd=cwd)
     if code != 0 or not size.strip().isdigit() or int(size) > MAX_FILE_BYTES:
         return None
-    code, text = await git._git("cat-file", "-p", obj, cwd=cwd)
+    code, text = await git_process.git_output("cat-file", "-p", obj, cwd=cwd)
     return text if code == 0 else None

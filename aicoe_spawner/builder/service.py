@@ -23,16 +23,16 @@ from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from . import git
+from . import git_process
 from . import transitions as rules
 from .backends.base import Backend
 from .cleanup import Cleanup
 from .controller import Controller
+from .imagestream import OwnershipError
 from .kube import retry_on_conflict
 from .publish import publisher_of
 from .quota import LimitError, QuotaLedger
 from .reconcile import Reconciling
-from .registration import OwnershipError
 from .requests import (
     BuildDefaults,
     BuildRequest,
@@ -55,7 +55,7 @@ __all__ = ["BuildObserver", "BuildService", "LimitError", "Limits", "Metrics", "
 class BuildObserver(Protocol):
     """Told of every phase a build enters (``previous`` "" for a new build), once: by the
     replica whose status write made the change. Runs in the background; its errors are
-    logged (e.g. :class:`~aicoe_spawner.builder.github.GitHubReporter`)."""
+    logged (e.g. :class:`~aicoe_spawner.builder.github_reporter.GitHubReporter`)."""
 
     async def build_changed(self, build: Build, previous: str) -> None: ...
 
@@ -127,7 +127,7 @@ class BuildService(Submission, Reconciling, Cleanup):
         self.defaults = defaults
         self.limits = limits or Limits()
         self.resolver = resolver
-        git.configure(policy, resolver)  # the addresses git may connect to
+        git_process.configure(policy, resolver)  # the addresses git may connect to
         self.metrics = metrics or Metrics()
         self.ledger = ledger or QuotaLedger(store.core.api_client, store.namespace)
         self.builds: dict[str, Build] = {}  # active builds (and recently finished ones)

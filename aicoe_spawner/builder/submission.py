@@ -16,9 +16,9 @@ from . import git, repo_files
 from . import transitions as rules
 from .ci_config import parse_ci_configs
 from .environment import build_view, wanted_files
+from .imagestream import ANOTHER_REPO, OwnershipError, PublishError, ownership
 from .publish import content_options, is_webhook, refusal
 from .quota import LimitError
-from .registration import ANOTHER_REPO, OwnershipError, PublishError, ownership
 from .requests import (
     BuildRequest,
     BuildRequestError,

@@ -11,7 +11,7 @@ from typing import Any
 
 from gidgethub import GitHubException
 
-from .github import GitHub, GitHubReporter, Report
+from .github import GitHub
 from .github_report import (
     IssueRequest,
     can_push,
@@ -20,6 +20,7 @@ from .github_report import (
     owner_and_name,
     refused_comment,
 )
+from .github_reporter import GitHubReporter, Report
 from .handlers import MAX_BODY, BaseHandler, JSONError, builds_view
 from .identity import github_identity
 from .requests import (

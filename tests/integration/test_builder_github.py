@@ -28,7 +28,8 @@ from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace
 from aicoe_devcluster.controlplane import free_port
-from aicoe_spawner.builder.github import GitHub, GitHubConfig, GitHubReporter, ReportStore
+from aicoe_spawner.builder.github import GitHub, GitHubConfig
+from aicoe_spawner.builder.github_reporter import GitHubReporter, ReportStore
 
 pytestmark = pytest.mark.integration
 SECRET = b"github-webhook-secret"

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from aicoe_spawner.builder.__main__ import Settings, build_service
-from aicoe_spawner.builder.registration import EXPIRES_ANNOTATION
+from aicoe_spawner.builder.imagestream import EXPIRES_ANNOTATION
 from aicoe_spawner.catalog import build_catalog
 
 pytestmark = pytest.mark.integration

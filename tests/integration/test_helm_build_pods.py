@@ -19,7 +19,7 @@ from helm_chart import (
 from kubernetes_asyncio import client
 
 from aicoe_spawner.builder.__main__ import Settings
-from aicoe_spawner.builder.backends.kubernetes import JobConfig, job_manifest
+from aicoe_spawner.builder.backends.kubernetes_job import JobConfig, job_manifest
 from aicoe_spawner.builder.requests import BuildSpec
 
 pytestmark = pytest.mark.integration

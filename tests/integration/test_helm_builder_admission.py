@@ -24,7 +24,7 @@ from test_helm_build_pods import a_build_spec
 from aicoe_devcluster import api_client
 from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.controlplane import write_kubeconfig
-from aicoe_spawner.builder.backends.kubernetes import MANAGED_BY, JobConfig, job_manifest
+from aicoe_spawner.builder.backends.kubernetes_job import MANAGED_BY, JobConfig, job_manifest
 from aicoe_spawner.builder.config import settings_from_env
 from aicoe_spawner.builder.quota import NAME as QUOTA_LEDGER
 

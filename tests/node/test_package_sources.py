@@ -17,7 +17,8 @@ from kubernetes_asyncio import client
 
 from aicoe_devcluster.gitserver import GitServer, git
 from aicoe_devcluster.packages import missing_locked_files
-from aicoe_spawner.builder.backends.kubernetes import JobConfig, KubernetesBackend
+from aicoe_spawner.builder.backends.kubernetes import KubernetesBackend
+from aicoe_spawner.builder.backends.kubernetes_job import JobConfig
 from aicoe_spawner.builder.requests import BuildSpec
 
 pytestmark = pytest.mark.node

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aicoe_spawner.builder.backends.kubernetes import BUILD_SCRIPT
+from aicoe_spawner.builder.backends.kubernetes_job import BUILD_SCRIPT
 
 
 def shell_function(name: str) -> str:

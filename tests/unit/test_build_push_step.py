@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aicoe_spawner.builder.backends.kubernetes import PUSH_SCRIPT
+from aicoe_spawner.builder.backends.kubernetes_job import PUSH_SCRIPT
 
 CACHE = "registry.test/org/stream-cache"
 KEY = "0123456789abcdef0123456789abcdef01234567"

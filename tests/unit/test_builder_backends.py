@@ -13,7 +13,8 @@ import pytest
 
 from aicoe_spawner.builder import backends
 from aicoe_spawner.builder.backends.base import Backend
-from aicoe_spawner.builder.backends.kubernetes import JobConfig, KubernetesBackend
+from aicoe_spawner.builder.backends.kubernetes import KubernetesBackend
+from aicoe_spawner.builder.backends.kubernetes_job import JobConfig
 from aicoe_spawner.builder.backends.openshift import (
     OpenShiftBackend,
     build_state,
@@ -21,7 +22,7 @@ from aicoe_spawner.builder.backends.openshift import (
     detect_backend,
     dockerfile_path,
 )
-from aicoe_spawner.builder.registration import (
+from aicoe_spawner.builder.imagestream import (
     EXPIRES_ANNOTATION,
     expired,
     new_stream,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from aicoe_spawner.builder.backends.kubernetes import PUSH_AUTH_FILE, JobConfig, job_manifest
+from aicoe_spawner.builder.backends.kubernetes_job import PUSH_AUTH_FILE, JobConfig, job_manifest
 from aicoe_spawner.builder.ci_config import parse_ci_configs
 from aicoe_spawner.builder.config import ImageBuilder
 from aicoe_spawner.builder.destinations import (

@@ -672,7 +672,7 @@ def test_context_dir_is_where_detection_looks():
 
 
 def test_the_generated_dockerfile_and_the_overlay_reach_the_build_pod():
-    from aicoe_spawner.builder.backends.kubernetes import BUILD_SCRIPT, JobConfig, job_manifest
+    from aicoe_spawner.builder.backends.kubernetes_job import BUILD_SCRIPT, JobConfig, job_manifest
     from aicoe_spawner.builder.ci_config import parse_ci_configs
 
     ci = parse_ci_configs("overlays:\n- name: cpu\n  build: {}\n")[0]

@@ -13,7 +13,7 @@ import tracemalloc
 import pytest
 from builder_harness import GitServer, Recorder
 
-from aicoe_spawner.builder import git
+from aicoe_spawner.builder import git, git_process
 from aicoe_spawner.builder.requests import BuildRequestError, RepoPolicy
 
 LOOPBACK = RepoPolicy(allowed_hosts=(), private_hosts=("127.0.0.1",), allow_http=True)
@@ -22,10 +22,10 @@ LOOPBACK = RepoPolicy(allowed_hosts=(), private_hosts=("127.0.0.1",), allow_http
 @pytest.fixture
 def server(tmp_path):
     s = GitServer(tmp_path / "git")
-    git.configure(LOOPBACK)
+    git_process.configure(LOOPBACK)
     yield s
     s.stop()
-    git.configure(RepoPolicy())
+    git_process.configure(RepoPolicy())
 
 
 @pytest.fixture(autouse=True)
@@ -138,11 +138,11 @@ async def test_git_output_and_fetch_disk_are_capped(server, monkeypatch):
     sha = server.create_repo("refs", {"f": "x"}, "v1")
     refs = "".join(f"create refs/tags/tag-{i:04d} {sha}\n" for i in range(200))
     in_bare(server, "refs", "update-ref", "--stdin", stdin=refs)
-    monkeypatch.setattr(git, "MAX_OUTPUT", 4000)
+    monkeypatch.setattr(git_process, "MAX_OUTPUT", 4000)
     with pytest.raises(BuildRequestError) as err:
         await git.resolve_ref(server.url("refs"), "v1")
     assert "its output passed 4000 bytes; stopped" in str(err.value)
-    monkeypatch.setattr(git, "MAX_OUTPUT", 16 << 20)
+    monkeypatch.setattr(git_process, "MAX_OUTPUT", 16 << 20)
 
     sha = server.create_repo("heavy", {"blob.bin": os.urandom(3 << 20).hex()}, "v1")
     monkeypatch.setattr(git, "MAX_FETCH_BYTES", 1 << 20)
@@ -181,13 +181,13 @@ async def test_the_connection_goes_to_the_addresses_checked(server):
     sha = server.create_repo("pinned", {"f": "x"}, "v1")
     url = f"http://git.example.test:{server.port}/pinned.git"  # no DNS knows this name
     names = {"git.example.test": ["127.0.0.1"]}
-    git.configure(
+    git_process.configure(
         RepoPolicy((), ("git.example.test",), allow_http=True), lambda h: names.get(h, [])
     )
     assert await git.resolve_ref(url, "v1") == (sha, "tag")  # the checked address was used
     assert await git.read_file_at(url, sha, "v1", "f") == "x"
     # the name now resolves to an internal address (DNS rebinding): refused before connecting
-    git.configure(RepoPolicy((), (), allow_http=True), lambda h: names.get(h, []))
+    git_process.configure(RepoPolicy((), (), allow_http=True), lambda h: names.get(h, []))
     before = len(server.requests)
     with pytest.raises(BuildRequestError) as err:
         await git.resolve_ref(url, "v1")

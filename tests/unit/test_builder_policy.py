@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from aicoe_spawner.builder.app import parse_last_event_id, webhook_request
-from aicoe_spawner.builder.backends.kubernetes import (
+from aicoe_spawner.builder.backends.kubernetes_job import (
     BUILD_SCRIPT,
     PUSH_SCRIPT,
     JobConfig,
@@ -17,14 +17,14 @@ from aicoe_spawner.builder.backends.kubernetes import (
 from aicoe_spawner.builder.ci_config import parse_ci_configs
 from aicoe_spawner.builder.config import settings_from_env
 from aicoe_spawner.builder.identity import github_identity, hub_identity
-from aicoe_spawner.builder.naming import hashed_stream_name, stream_name_for
-from aicoe_spawner.builder.registration import (
+from aicoe_spawner.builder.imagestream import (
     new_stream,
     ownership,
     public_reason,
     with_status_tag,
     with_tag,
 )
+from aicoe_spawner.builder.naming import hashed_stream_name, stream_name_for
 from aicoe_spawner.builder.requests import (
     BuildDefaults,
     BuildRequestError,

@@ -12,6 +12,13 @@ import pytest
 
 from aicoe_spawner.builder.ci_config import parse_ci_configs
 from aicoe_spawner.builder.git import published_ref
+from aicoe_spawner.builder.imagestream import (
+    abandoned,
+    after_end,
+    new_stream,
+    with_status_tag,
+    with_tag,
+)
 from aicoe_spawner.builder.naming import (
     hashed_stream_name,
     project_stream_name,
@@ -27,13 +34,6 @@ from aicoe_spawner.builder.publish import (
     publisher_of,
     refusal,
     tag_options,
-)
-from aicoe_spawner.builder.registration import (
-    abandoned,
-    after_end,
-    new_stream,
-    with_status_tag,
-    with_tag,
 )
 from aicoe_spawner.builder.requests import (
     BuildDefaults,

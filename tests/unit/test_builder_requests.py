@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from aicoe_spawner.builder.backends.kubernetes import JobConfig, job_manifest, job_state
+from aicoe_spawner.builder.backends.kubernetes_job import JobConfig, job_manifest, job_state
 from aicoe_spawner.builder.ci_config import parse_ci_config
+from aicoe_spawner.builder.imagestream import new_stream, with_status_tag, with_tag
 from aicoe_spawner.builder.naming import stream_name_for, tag_for
-from aicoe_spawner.builder.registration import new_stream, with_status_tag, with_tag
 from aicoe_spawner.builder.requests import (
     BuildDefaults,
     BuildRequestError,

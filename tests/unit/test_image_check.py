@@ -15,7 +15,7 @@ import pytest
 from test_builder_backends import spec
 
 from aicoe_spawner.builder.__main__ import hub_version_of
-from aicoe_spawner.builder.backends.kubernetes import (
+from aicoe_spawner.builder.backends.kubernetes_job import (
     BUILD_SCRIPT,
     JobConfig,
     job_manifest,
@@ -32,7 +32,7 @@ from aicoe_spawner.builder.image_check import (
     packages,
     parse_termination,
 )
-from aicoe_spawner.builder.registration import (
+from aicoe_spawner.builder.imagestream import (
     SOFTWARE_ANNOTATION,
     new_stream,
     with_status_tag,

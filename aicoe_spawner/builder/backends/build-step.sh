@@ -1,5 +1,5 @@
 #!/bin/sh
-# The build step of a build pod (backends/kubernetes.py): runs user content, holds no
+# The build step of a build pod (backends/kubernetes_job.py): runs user content, holds no
 # credentials. The image check (image_check.CHECK_SCRIPT) goes where @CHECK_SCRIPT@ stands.
 set -eu
 fail() {  # the build's reason, for the record's message (termination message)

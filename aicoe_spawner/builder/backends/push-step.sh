@@ -1,5 +1,5 @@
 #!/bin/sh
-# The push step of a build pod (backends/kubernetes.py): never runs user content.
+# The push step of a build pod (backends/kubernetes_job.py): never runs user content.
 set -eu
 layout="$WORKSPACE/layout"
 # the destination's push Secret, mounted in this container only (empty: no credentials)
