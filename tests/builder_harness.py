@@ -644,6 +644,16 @@ def push_base_image(
 # -- the job runner -----------------------------------------------------------------------
 
 
+def unmount_below(folder: Path) -> None:
+    """Unmount whatever is mounted below ``folder`` (buildah's overlay storage mounts its
+    layers and itself), deepest first, so that the folder can be removed."""
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
 class JobRunner:
     """Plays the Job controller and kubelet for build Jobs in ``namespace``."""
 
@@ -795,7 +805,10 @@ class JobRunner:
         for key, container in steps:
             if code != 0:
                 break
-            code, message = await self._run_container(pod_name, name, container, volumes, tmp)
+            try:
+                code, message = await self._run_container(pod_name, name, container, volumes, tmp)
+            finally:  # as a kubelet tears a container down: nothing it mounted stays
+                unmount_below(tmp)
             statuses[key].append(
                 {
                     "name": container["name"],
