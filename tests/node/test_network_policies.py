@@ -6,7 +6,7 @@ NetworkPolicies, rendered by ``helm template`` with the node's values (DNS, the 
 the registry on the node IP, as tests/node/test_chart.py installs it), are applied as they are;
 small busybox pods carry the labels that those policies select (the hub, the proxy, the
 builder, a user's server, a build pod) and serve their name over HTTP on the chart's ports.
-Then probe pods with the same labels try every connection from inside the pod (``wget -T 3``,
+Then probe pods with the same labels try every connection from inside the pod (``nc -w 3``,
 ``nslookup``) and the test compares what got through with what docs/deploy.md promises:
 
 - a user's pod reaches DNS, the hub's API and public addresses, but not the metadata address,
