@@ -11,6 +11,10 @@ IP, which pods use to reach services on the host), containerd's root/state/socke
 kubelet's root, a cgroup root ``/aicoe-<id>`` — and ``stop()`` removes all of it: processes,
 mounts, network namespaces, interfaces, cgroups and kube-proxy's iptables rules (checked by
 ``leftovers()``). kube-proxy's rules are global: run one node with cluster services at a time.
+
+On demand (:meth:`RealNode.start_network_policies`) the node enforces NetworkPolicies with
+kube-network-policies (tools/kube-network-policies, patched for kernels without the nftables
+``queue`` expression); its nftables table ``inet kube-network-policies`` is global too.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ NODE_NAME = "aicoe-node"
 CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN = Path("/usr/lib/cni")
 CGROUP_FS = Path("/sys/fs/cgroup")
+#: The NetworkPolicy agent's nftables table (``--nftables-table`` is not a flag of v0.8.0).
+POLICY_TABLE = ("inet", "kube-network-policies")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -212,8 +218,65 @@ class RealNode:
             self.images[name] = ImageBuilder().ensure(name, self.registry)
         return self.images[name]
 
+    def start_network_policies(self, timeout: float = 30) -> None:
+        """Enforce NetworkPolicies on this node: kube-network-policies, which sends the first
+        packet of every connection from or to a pod that a NetworkPolicy selects to an NFQUEUE
+        (on POSTROUTING: forwarded and bridged traffic; with aicoe.patch also on INPUT: what
+        pods send to the node's own addresses) and drops it unless the policies admit it. The
+        node's root processes (the kubelet's probes) are not judged. Returns once its nftables
+        table exists; :meth:`stop_network_policies` (or :meth:`stop`) removes it."""
+        if "kube-network-policies" in self.procs:
+            return
+        self._spawn(
+            "kube-network-policies",
+            [
+                str(find_binary("kube-network-policies")),
+                f"--kubeconfig={self.plane.kubeconfig}",
+                f"--hostname-override={NODE_NAME}",
+                f"--metrics-bind-address=127.0.0.1:{free_port()}",
+                # kernels from 6.12 have the conntrack fix; DNS is judged like the rest
+                "--netfilter-bug-1766-fix=false",
+                "--disable-nri",  # no NRI socket here (v0.8.0 ignores the flag: its informer)
+                "--v=2",
+            ],
+        )
+        self._wait_for(
+            lambda: " ".join(POLICY_TABLE) in nft_tables(), "kube-network-policies", timeout
+        )
+
+    def stop_network_policies(self) -> None:
+        """Stop the NetworkPolicy agent; it removes its table on SIGINT (not on SIGTERM), and
+        a table left behind (queue rules without a reader drop every judged packet) is
+        deleted here."""
+        proc = self.procs.pop("kube-network-policies", None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 10
+            while " ".join(POLICY_TABLE) in nft_tables() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            proc.kill()  # it sleeps 5 s after its cleanup
+            proc.wait(10)
+        if " ".join(POLICY_TABLE) in nft_tables():
+            subprocess.run(["nft", "delete", "table", *POLICY_TABLE], capture_output=True)
+
+    def policy_pod_ips(self) -> set[str]:
+        """The pod IPs that the agent judges (its set ``podips-v4``: the node's pods that a
+        NetworkPolicy selects)."""
+        proc = subprocess.run(
+            ["nft", "-j", "list", "set", *POLICY_TABLE, "podips-v4"],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            return set()
+        for item in json.loads(proc.stdout).get("nftables", []):
+            if "set" in item:
+                return {e for e in item["set"].get("elem", []) if isinstance(e, str)}
+        return set()
+
     def stop(self) -> None:
         """Stop everything and remove every trace of the node."""
+        self.stop_network_policies()
         for name in ("coredns", "kube-proxy", "kube-scheduler", "kube-controller-manager"):
             self._terminate(name)
         if self.cluster_services:  # kube-proxy's iptables (and nftables) rules
@@ -260,6 +323,8 @@ class RealNode:
                 found.append(f"cgroup {controller}{self.cgroup_root}")
         for rule in self.iptables_rules():
             found.append(f"iptables rule {rule}")
+        if "kube-network-policies" in self.logs and " ".join(POLICY_TABLE) in nft_tables():
+            found.append("nftables table {} {}".format(*POLICY_TABLE))
         return found
 
     def iptables_rules(self) -> list[str]:

@@ -11,10 +11,11 @@ cd "$root"
 # machine), and the real test node's
 # container runtime and network: containerd, runc, CNI plugins, iproute2, iptables, nftables
 # (kube-proxy's tables are removed after it), nodejs (copied into the proxy image), dpkg-dev
-# (dpkg-scanpackages indexes the test cluster's local Debian repository).
+# (dpkg-scanpackages indexes the test cluster's local Debian repository), patch (tools/build.sh
+# patches its copy of kube-network-policies).
 need_apt=()
 for pkg in git skopeo chromium buildah docker-registry busybox-static mmdebstrap containerd runc \
-  containernetworking-plugins iproute2 iptables nftables nodejs dpkg-dev; do
+  containernetworking-plugins iproute2 iptables nftables nodejs dpkg-dev patch; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
