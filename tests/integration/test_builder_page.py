@@ -230,7 +230,9 @@ async def test_a_launch_link_fills_the_form_then_opens_the_spawn_page_when_ready
             lambda r: "/hub/spawn?image=" in r.url and r.is_navigation_request(),
             timeout=TIMEOUT,
         ) as again:
-            await page.goto(link)
+            # the launch page moves on to the spawn page at once: wait for the first answer
+            # only, or the goto is "interrupted by another navigation" (its own)
+            await page.goto(link, wait_until="commit")
         assert parse_qs(urlparse((await again.value).url).query)["image"][0] == image
         # a repository the builder does not build from: a refusal page that says why
         refused = await page.goto(
