@@ -38,7 +38,7 @@ from .images import SUITE, ImageBuilder, cache_dir, image_specs, run
 log = logging.getLogger("aicoe.devcluster.packages")
 
 # The installers a build uses, and the build backends an sdist or a project needs.
-BUILD_TOOLS = ("micropipenv", "uv", "pip", "setuptools", "wheel", "hatchling", "editables")
+BUILD_TOOLS = ("micropipenv", "toml", "uv", "pip", "setuptools", "wheel", "hatchling", "editables")
 PLATFORM_ARGS = (
     "--only-binary=:all:",
     "--python-version=3.11",
@@ -67,7 +67,7 @@ def normalize(name: str) -> str:
 
 def locked_pins(repo: Path) -> dict[str, str]:
     """``{name: version}`` pinned by the lock files of ``repo``: ``Pipfile.lock`` (default and
-    develop) and ``uv.lock`` (its registry packages)."""
+    develop), ``poetry.lock`` (its index packages) and ``uv.lock`` (its registry packages)."""
     pins: dict[str, str] = {}
     lock = repo / "Pipfile.lock"
     if lock.is_file():
@@ -77,6 +77,11 @@ def locked_pins(repo: Path) -> dict[str, str]:
                 version = str(entry.get("version", ""))
                 if version.startswith("=="):
                     pins[normalize(name)] = version[2:]
+    poetry_lock = repo / "poetry.lock"
+    if poetry_lock.is_file():  # every locked package (dev groups too): the index may have more
+        for package in tomllib.loads(poetry_lock.read_text()).get("package", []):
+            if (package.get("source") or {}).get("type") in (None, "legacy"):
+                pins[normalize(package["name"])] = package["version"]
     uv_lock = repo / "uv.lock"
     if uv_lock.is_file():
         for package in uv_installed(tomllib.loads(uv_lock.read_text())):

@@ -18,8 +18,10 @@ as_env() {  # run as the owner of the Python environment (a conda env belongs to
 }
 tool() {  # install a build tool (micropipenv, uv) from the package index, apart from the env
   rm -rf "$T"
-  "$PY" -m pip install -q --target "$T" "$1" >&2 ||
-    fail "cannot install $1 from the package index ${PIP_INDEX_URL:-(pip's default)}"
+  what=$1  # micropipenv reads TOML with tomllib (Python >= 3.11), else with its toml extra
+  if [ "$what" = micropipenv ] && ! "$PY" -c 'import tomllib' 2>/dev/null; then what="micropipenv[toml]"; fi
+  "$PY" -m pip install -q --target "$T" "$what" >&2 ||
+    fail "cannot install $what from the package index ${PIP_INDEX_URL:-(pip's default)}"
   chmod -R a+rX "$T"
 }
 pip_install() {  # $1: the file the packages come from; the rest: pip install arguments
@@ -112,6 +114,57 @@ pipenv)
     fail "$r cannot be read by micropipenv (see above)"
   locked_install "$r" /tmp/aicoe-req.txt
   rm -rf "$T" /tmp/aicoe-req.txt ;;
+poetry|poetry-export)  # poetry.lock and the pyproject.toml beside it, exported by micropipenv
+  tool micropipenv
+  cd "$d"
+  out=${1:-/tmp/aicoe-req.txt}  # poetry-export: where the requirements go
+  PYTHONPATH=$T "$PY" -m micropipenv verify --method poetry > /tmp/aicoe-verify.log 2>&1 || {
+    cat /tmp/aicoe-verify.log >&2
+    if grep -q 'does not correspond to hash' /tmp/aicoe-verify.log; then
+      fail "$r is out of date with pyproject.toml (its content-hash differs): run \`poetry lock\` and commit poetry.lock"; fi
+    fail "$r: $(grep -v '^ ' /tmp/aicoe-verify.log | grep . | tail -n 1)"; }
+  # micropipenv tells a package's group from its `category` (Poetry < 1.5) or else guesses
+  # it from pyproject.toml's [tool.poetry] tables, in an order that can lose a main package
+  # (one also named by a dev group) and that misses Poetry 2's [project] table: a copy of the
+  # lock says each package's category as the lock knows it (its `groups`, Poetry >= 2), or
+  # as the main dependencies reach it (Poetry 1.5-1.8)
+  w=/tmp/aicoe-poetry; rm -rf "$w"; mkdir -p "$w"; cp pyproject.toml "$w/pyproject.toml"
+  PYTHONPATH=$T "$PY" - "$f" pyproject.toml "$w/poetry.lock" <<'PY' || fail "$r cannot be read (see above)"
+import re, sys
+try:
+    import tomllib as t
+except ImportError:  # Python < 3.11: micropipenv[toml]'s toml
+    import toml as t
+text = open(sys.argv[1], encoding="utf-8").read()
+lock, pyproject = t.loads(text), t.loads(open(sys.argv[2], encoding="utf-8").read())
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+packages = {norm(p["name"]): p for p in lock.get("package", [])}
+if any("groups" in p for p in packages.values()):
+    main = {n for n, p in packages.items() if "main" in p.get("groups", [])}
+else:
+    project, poetry = pyproject.get("project") or {}, (pyproject.get("tool") or {}).get("poetry") or {}
+    todo = [norm(n) for n in poetry.get("dependencies") or {} if n != "python"]
+    todo += [norm(m[1]) for s in project.get("dependencies") or []
+             if (m := re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", s))]
+    main = set()
+    while todo:
+        n = todo.pop()
+        if n in packages and n not in main:
+            main.add(n)
+            todo += [norm(d) for d in packages[n].get("dependencies") or {}]
+out, previous = [], ""
+for line in text.splitlines(keepends=True):
+    out.append(line)
+    if previous.strip() == "[[package]]" and line.startswith("name = "):
+        if not any("category" in p for p in packages.values()):
+            out.append('category = "%s"\n' % ("main" if norm(t.loads(line)["name"]) in main else "dev"))
+    previous = line
+open(sys.argv[3], "w", encoding="utf-8").write("".join(out))
+PY
+  (cd "$w" && PYTHONPATH=$T "$PY" -m micropipenv requirements --method poetry --no-indexes --no-dev) \
+    > "$out" || fail "$r cannot be read by micropipenv (see above)"
+  rm -rf "$T" "$w" /tmp/aicoe-verify.log
+  [ "$step" = poetry-export ] || { locked_install "$r" "$out"; rm -f "$out"; } ;;
 uv)
   tool uv
   cd "$d"
@@ -134,7 +187,16 @@ deferred)  # the lock's local paths, now that the repository is there
   rm -f "$DEFER" ;;
 project)
   cd "$d"
-  pip_install "$r" "$@" . ;;
+  if [ "${1:-}" = --optional ]; then  # a locked project's own code: its lock has the packages
+    shift
+    if as_env "$PY" -m pip install "$@" . > /tmp/aicoe-pip.log 2>&1; then cat /tmp/aicoe-pip.log; else
+      cat /tmp/aicoe-pip.log >&2
+      echo "$r: the project itself is not installed (it cannot be built, see above); the packages its lock pins are, and its files are in the home folder. If it is not a package, say so with package-mode = false in [tool.poetry]" >&2
+    fi
+    rm -f /tmp/aicoe-pip.log
+  else
+    pip_install "$r" "$@" .
+  fi ;;
 postbuild)
   chmod +x "$f" 2>/dev/null || true
   rc=0; "$f" || rc=$?

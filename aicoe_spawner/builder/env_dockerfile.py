@@ -20,6 +20,7 @@ from .environment import (
     _at,
     apt_packages,
     has_build_system,
+    is_poetry_package,
 )
 
 __all__ = ["HELPER_SCRIPT", "environment_dockerfile"]
@@ -127,6 +128,8 @@ def environment_dockerfile(
         out.append(step("pipenv", q(path("Pipfile.lock"))))
     elif has("uv.lock"):
         out.append(step("uv", q(path("uv.lock"))))
+    elif has("poetry.lock"):
+        out.append(step("poetry", q(path("poetry.lock"))))
     elif has("pylock.toml"):
         out.append(step("pylock", q(path("pylock.toml"))))
     elif has("requirements.txt") and not req_late:
@@ -135,15 +138,19 @@ def environment_dockerfile(
     else:
         locked = False
     out += [ENVIRONMENT_MARKER, label, f"COPY {chown} . {home}/"]
-    lock = next((n for n in ("Pipfile.lock", "uv.lock") if has(n)), "")
+    lock = next((n for n in ("Pipfile.lock", "uv.lock", "poetry.lock") if has(n)), "")
     if lock and not has("environment.yml"):  # the lock's local paths (-e ., ./libs/x)
         out.append(step("deferred", q(path(lock))))
     if req_late:
         out.append(step("requirements", q(path("requirements.txt"))))
-    if (
+    pyproject = files.get(_at(folder, "pyproject.toml"))
+    if has("poetry.lock") and not has("setup.py"):
+        if is_poetry_package(pyproject):  # as `poetry install` does; a note if it cannot be
+            out.append(step("project", q(path("pyproject.toml")), "--optional", "--no-deps"))
+    elif (
         has("setup.py")
         or (has("pyproject.toml") and not has("uv.lock"))
-        or (has("uv.lock") and has_build_system(files.get(_at(folder, "pyproject.toml"))))
+        or (has("uv.lock") and has_build_system(pyproject))
     ):
         project = path("setup.py") if has("setup.py") else path("pyproject.toml")
         out.append(step("project", q(project), *(["--no-deps"] if locked else [])))

@@ -44,6 +44,7 @@ PACKAGE_FILES = (
     "Pipfile.lock",
     "pyproject.toml",
     "uv.lock",
+    "poetry.lock",
     "pylock.toml",
     "requirements.txt",
 )
@@ -248,6 +249,15 @@ def has_build_system(text: str | None) -> bool:
         return False
 
 
+def is_poetry_package(text: str | None) -> bool:
+    """A Poetry project that is a package: a [build-system], and no ``package-mode = false``
+    (Poetry's "dependencies only" mode) in [tool.poetry]."""
+    if not has_build_system(text):
+        return False
+    poetry = (tomllib.loads(text or "").get("tool") or {}).get("poetry") or {}
+    return poetry.get("package-mode", True) is not False
+
+
 def decide(
     paths: Iterable[str],
     files: Mapping[str, str | None],
@@ -281,14 +291,9 @@ def decide(
             _at(folder, "Pipfile"),
             "Pipfile has no Pipfile.lock: run `pipenv lock` and commit it",
         )
-    if "pyproject.toml" in present and _at(folder, "poetry.lock") in paths:
-        notes.append(
-            f"{_at(folder, 'poetry.lock')} is not read (Poetry's own format): pip installs the "
-            "project and resolves its dependencies; commit a uv.lock or requirements.txt to pin "
-            "them"
-        )
-    if "uv.lock" in present and "pyproject.toml" not in present:
-        raise _refuse(_at(folder, "uv.lock"), "uv.lock without pyproject.toml cannot be installed")
+    for lock in ("uv.lock", "poetry.lock"):
+        if lock in present and "pyproject.toml" not in present:
+            raise _refuse(_at(folder, lock), f"{lock} without pyproject.toml cannot be installed")
     if "apt.txt" in present:
         apt_packages(_at(folder, "apt.txt"), files[_at(folder, "apt.txt")] or "")
     version = chosen = ""
@@ -338,7 +343,9 @@ def decide(
             )
         chosen = offered[version]
     locks = [
-        n for n in ("Pipfile.lock", "uv.lock", "pylock.toml", "requirements.txt") if n in present
+        n
+        for n in ("Pipfile.lock", "uv.lock", "poetry.lock", "pylock.toml", "requirements.txt")
+        if n in present
     ]
     if "environment.yml" in present:  # repo2docker: environment.yml takes precedence
         locks = ["environment.yml", *locks]
@@ -346,7 +353,7 @@ def decide(
         what = "names the environment" if locks[0] == "environment.yml" else "pins the packages"
         notes.append(f"{_at(folder, extra)} ignored: {_at(folder, locks[0])} {what}")
     decided = [n for n in present if n not in locks[1:] and n not in ignored]
-    if "pyproject.toml" in present and "uv.lock" not in present:
+    if "pyproject.toml" in present and not {"uv.lock", "poetry.lock"} & set(decided):
         text = files.get(_at(folder, "pyproject.toml"))
         if not has_build_system(text) and "setup.py" not in present:
             decided.remove("pyproject.toml")

@@ -198,6 +198,12 @@ ENVIRONMENT_CASES = {
         {"daiquiri": "2.0.0", "python-json-logger": "0.1.11"},
         [],
     ),
+    # Poetry 1's tables, exported by micropipenv; the project itself cannot be built (noted)
+    "poetry-lock": (
+        ["pyproject.toml", "poetry.lock"],
+        {"daiquiri": "2.0.0", "python-json-logger": "0.1.11"},
+        [],
+    ),
     "uv-lock": (
         ["pyproject.toml", "uv.lock"],
         {"fastapi": "0.118.0", "pydantic": "2.11.10", "uvicorn": "0.37.0"},
@@ -246,6 +252,8 @@ async def test_environment_builds_install_exactly_what_each_repository_pins(demo
         assert f"decided by: {' '.join(decided_by)}" in result["log"]
         for note in ENVIRONMENT_NOTES.get(repo, []):
             assert note in result["notes"], (repo, result["notes"])
+        if repo == "poetry-lock":  # its root cannot be built: the lock's packages still are
+            assert "pyproject.toml: the project itself is not installed" in result["log"]
         if "runtime.txt" in decided_by:  # the build checked the base image's Python
             assert "aicoe-env python runtime.txt 3.11" in result["log"], repo
         code = (

@@ -238,13 +238,56 @@ def test_a_dockerfile_builds_whatever_language_files_are_there():
     assert decide(["Dockerfile", "install.R", "Project.toml"]).kind == "dockerfile"
 
 
-def test_poetry_lock_is_said_to_be_unread():
-    d = decide(
-        ["pyproject.toml", "poetry.lock"],
-        pyproject_toml='[build-system]\nrequires = ["poetry-core"]\n',
+POETRY_PACKAGE = '[tool.poetry]\nname = "x"\n[build-system]\nrequires = ["poetry-core"]\n'
+
+
+def test_a_poetry_lock_is_installed_by_micropipenv_then_the_project_without_its_deps():
+    d, lines = dockerfile(
+        ["pyproject.toml", "poetry.lock", "a.ipynb"], pyproject_toml=POETRY_PACKAGE
     )
-    assert d.decided_by == ("pyproject.toml",)
-    assert any(n.startswith("poetry.lock is not read") for n in d.notes)
+    assert d.decided_by == ("pyproject.toml", "poetry.lock")
+    assert not d.notes
+    home = S.home
+    assert f"COPY --chown={S.user} poetry.lock {home}/poetry.lock" in lines
+    poetry = index_of(lines, "RUN /usr/local/bin/aicoe-env poetry ")
+    assert lines[poetry] == f"RUN /usr/local/bin/aicoe-env poetry {home}/poetry.lock"
+    assert poetry < lines.index(env.ENVIRONMENT_MARKER)  # in the environment image
+    assert f"RUN /usr/local/bin/aicoe-env deferred {home}/poetry.lock" in lines
+    project = index_of(lines, "RUN /usr/local/bin/aicoe-env project ")
+    assert lines[project].endswith(f"project {home}/pyproject.toml --optional --no-deps")
+    assert project > lines.index(env.ENVIRONMENT_MARKER)
+
+
+@pytest.mark.parametrize(
+    "pyproject",
+    [
+        '[tool.poetry]\nname = "x"\npackage-mode = false\n'
+        '[build-system]\nrequires = ["poetry-core"]\n',
+        '[tool.poetry]\nname = "x"\n',  # no [build-system]: nothing to build
+    ],
+)
+def test_a_poetry_project_that_is_no_package_installs_its_lock_alone(pyproject):
+    d, lines = dockerfile(["pyproject.toml", "poetry.lock"], pyproject_toml=pyproject)
+    assert d.decided_by == ("pyproject.toml", "poetry.lock")
+    assert any(line.startswith("RUN /usr/local/bin/aicoe-env poetry ") for line in lines)
+    assert not any(line.startswith("RUN /usr/local/bin/aicoe-env project ") for line in lines)
+
+
+def test_a_poetry_lock_without_pyproject_is_refused_naming_it():
+    e = refused(["poetry.lock", "a.ipynb"])
+    assert (e.field, e.why) == (
+        "poetry.lock",
+        "poetry.lock without pyproject.toml cannot be installed",
+    )
+
+
+def test_a_pipfile_lock_or_uv_lock_beside_a_poetry_lock_wins_and_the_other_is_noted():
+    d = decide(["pyproject.toml", "uv.lock", "poetry.lock"], pyproject_toml=POETRY_PACKAGE)
+    assert d.decided_by == ("pyproject.toml", "uv.lock")
+    assert "poetry.lock ignored: uv.lock pins the packages" in d.notes
+    d = decide(["pyproject.toml", "poetry.lock", "requirements.txt"], pyproject_toml=POETRY_PACKAGE)
+    assert d.decided_by == ("pyproject.toml", "poetry.lock")
+    assert "requirements.txt ignored: poetry.lock pins the packages" in d.notes
 
 
 @pytest.mark.parametrize("text", ["# python-3.11\n", "\n", ""])
