@@ -1,7 +1,9 @@
 """`make demo` end to end, as a newcomer walks it in Debian's chromium: log in, open the image
 builder, paste the demo's Dockerfile repository, watch the build, Launch, and find the
-repository's notebook in JupyterLab running from the built image. Ctrl-C then leaves nothing
-running. Screenshots of each step go to test-artifacts/demo/."""
+repository's notebook in JupyterLab running from the built image; then another user follows a
+launch link to the other example repository, never built: Build and launch, the spawn page,
+Start, its notebook in JupyterLab. Ctrl-C then leaves nothing running. Screenshots of each
+step go to test-artifacts/demo/."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS
@@ -24,6 +27,7 @@ pytestmark = pytest.mark.node
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "demo"
 USER = "newcomer"
+LINK_USER = "follower"  # opens a launch link from a README
 
 
 @pytest.fixture
@@ -116,6 +120,42 @@ def test_newcomer_builds_a_repository_and_launches_it_in_jupyterlab(demo):
             )
             timings["Launch → notebook in JupyterLab"] = time.monotonic() - clicked
             page.screenshot(path=ARTIFACTS / "5-jupyterlab.png")
+            assert errors == [], errors
+
+            # a README's launch link, followed by another user, for a repository never built:
+            # the form filled in, Build and launch, its progress, then the spawn page on the
+            # image, Start, and the repository's notebook in JupyterLab
+            source = re.search(r"example repository\s+(\S+)\s+\(source-notebook\)", output)
+            link = f"{url}/services/image-builder/launch?" + urlencode(
+                {"repo": source.group(1), "ref": "v1"}
+            )
+            other = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            other.on("pageerror", lambda e: errors.append(str(e)))
+            other.goto(f"{url}/hub/login")
+            other.fill("input[name=username]", LINK_USER)
+            other.fill("input[name=password]", "any")
+            other.click("input[type=submit], button[type=submit]")
+            other.wait_for_url("**/hub/spawn**", timeout=30_000)
+            followed = time.monotonic()
+            other.goto(link)
+            expect(other.locator("#repo")).to_have_value(source.group(1))
+            expect(other.locator("#build-button")).to_have_text("Build and launch")
+            assert not other.locator("#builds tr", has_text="source-notebook").count()
+            other.click("#build-button")
+            expect(other.locator("#builds tr", has_text="source-notebook")).to_have_count(1)
+            other.screenshot(path=ARTIFACTS / "6-launch-link-building.png")
+            other.wait_for_url(re.compile(r".*/hub/spawn\?image="), timeout=600_000)
+            timings["launch link → spawn page on the built image"] = time.monotonic() - followed
+            other.screenshot(path=ARTIFACTS / "7-launch-link-spawn-page.png")
+            other.locator("form#spawn_form [type=submit]").click()
+            other.wait_for_url(f"**/user/{LINK_USER}/lab**", timeout=300_000)
+            other.wait_for_selector(".jp-DirListing-item", timeout=120_000)
+            other.locator(".jp-DirListing-itemText", has_text="analysis.ipynb").dblclick()
+            expect(other.locator(".jp-Notebook .jp-RenderedMarkdown h1")).to_contain_text(
+                "Hello from a source-to-image build", timeout=60_000
+            )
+            timings["launch link → notebook in JupyterLab"] = time.monotonic() - followed
+            other.screenshot(path=ARTIFACTS / "8-launch-link-jupyterlab.png")
             assert errors == [], errors
         finally:
             browser.close()
