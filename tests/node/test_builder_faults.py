@@ -112,6 +112,7 @@ class Watched:
     deleted_records: list[tuple[str, str, float]] = field(default_factory=list)
     record_uids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     job_uids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    ended_at: dict[str, float] = field(default_factory=dict)  # build id -> when seen terminal
     jobs: dict[str, dict] = field(default_factory=dict)
     deleted_jobs: list[str] = field(default_factory=list)
 
@@ -127,6 +128,8 @@ class Watched:
         seen = self.history[build_id]
         if not seen or seen[-1][0] != version:
             seen.append((version, phase))
+        if phase in TERMINAL:
+            self.ended_at.setdefault(build_id, time.monotonic())
 
     async def job_changed(self, kind: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
@@ -263,8 +266,9 @@ async def test_builds_end_once_each_through_a_killed_leader_and_an_api_server_re
         api = await api_client(plane.kubeconfig)  # a process of its own: its own connections
         service = build_service(api, settings)
         service.backend.config = replace(service.backend.config, resources=RESOURCES)
-        # an admission a killed replica left without a record is pruned soon (not in 300 s)
-        service.limits.quota_grace_seconds = 20.0
+        # what a killed replica or a request cut by the API server restart left in the ledger
+        # (an admission without a record) is pruned soon, not after 300 s
+        service.limits.quota_grace_seconds = 10.0
         service.observers.append(phases.of(name))
         service.start(1.0)
         replica = Replica(name, api, service)
@@ -410,7 +414,10 @@ async def test_builds_end_once_each_through_a_killed_leader_and_an_api_server_re
         f"takeover after the leader ({leader.name}) was killed: {takeover:.2f} s "
         f"(new leader {second.name}); API server down for {downtime:.1f} s; "
         f"at the kill {Counter(at_kill.values())}, at the restart {Counter(at_restart.values())}; "
-        f"answers {dict(answers)}; quota samples {quota}"
+        f"answers {dict(answers)}; quota samples {quota}; "
+        f"builds ended {sum(t < killed for t in watched.ended_at.values())} before the kill, "
+        f"{sum(t > restarting + downtime for t in watched.ended_at.values())} after the restart, "
+        f"the last {max(watched.ended_at.values()) - restarting - downtime:.0f} s after it"
     )
 
     # the faults came while builds ran
