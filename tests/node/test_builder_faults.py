@@ -11,6 +11,7 @@ no user ever had more builds than the limit, and the quota ledger is empty."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
 import time
 import uuid
@@ -30,7 +31,7 @@ from aicoe_spawner.builder.informer import Informer
 from aicoe_spawner.builder.quota import GIT, LimitError, QuotaLedger
 from aicoe_spawner.builder.service import BuildService
 from aicoe_spawner.builder.store import ACTIVE_LABEL, GROUP, PLURAL, SELECTOR, VERSION
-from aicoe_spawner.builder.vocabulary import ACTIVE, MANAGED_SELECTOR, TERMINAL, L
+from aicoe_spawner.builder.vocabulary import ACTIVE, MANAGED_SELECTOR, TERMINAL, L, parse_stamp
 
 pytestmark = pytest.mark.node
 
@@ -398,6 +399,7 @@ async def test_builds_end_once_each_through_a_killed_leader_and_an_api_server_re
         for r in replicas:
             await r.service.observed()
         jobs = await batch.list_namespaced_job(ns, label_selector=MANAGED_SELECTOR)
+        pods = await client.CoreV1Api(node_kube).list_namespaced_pod(ns)
         final = {b.id: b for b in await replacement.service.store.list()}
     finally:
         sampling = False
@@ -418,6 +420,34 @@ async def test_builds_end_once_each_through_a_killed_leader_and_an_api_server_re
         f"builds ended {sum(t < killed for t in watched.ended_at.values())} before the kill, "
         f"{sum(t > restarting + downtime for t in watched.ended_at.values())} after the restart, "
         f"the last {max(watched.ended_at.values()) - restarting - downtime:.0f} s after it"
+    )
+
+    # where the time went: the pod's end -> the Job's completion (the Job controller) -> the
+    # record's end (the builder)
+    pod_end = {
+        p.metadata.labels["job-name"]: max(
+            s.state.terminated.finished_at
+            for s in (p.status.container_statuses or [])
+            if s.state and s.state.terminated
+        )
+        for p in pods.items
+    }
+
+    def completed(job) -> datetime.datetime:
+        return next(c.last_transition_time for c in job.status.conditions if c.type == "Complete")
+
+    lags = [
+        (
+            (completed(j) - pod_end[j.metadata.name]).total_seconds(),
+            (
+                parse_stamp(final[j.metadata.labels[f"{L}build-id"]].finished) - completed(j)
+            ).total_seconds(),
+        )
+        for j in jobs.items
+    ]
+    print(
+        f"pod end -> Job complete: most {max(a for a, _ in lags):.0f} s; "
+        f"Job complete -> record ready: most {max(b for _, b in lags):.0f} s (whole seconds)"
     )
 
     # the faults came while builds ran
