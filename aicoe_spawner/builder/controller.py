@@ -224,7 +224,12 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("resync failed (%s); again in %.0f s", e, interval)
+                # soon, not after the interval: the first pass of a new leader is what finds
+                # the builds no event brings (a record whose finishing steps were cut short)
+                again = min(self.retry, interval)
+                log.warning("resync failed (%s); again in %.0f s", _short(e), again)
+                await asyncio.sleep(again)
+                continue
             await asyncio.sleep(interval)
 
     async def _cleanup(self) -> None:
@@ -278,6 +283,12 @@ class Controller:
             # ended by itself (the pod ended or is gone): the state read the rest
             if self._logs.get(build.id) is asyncio.current_task():
                 service.log_followed.discard(build.id)
+
+
+def _short(e: Exception) -> str:
+    """An API error by its status and reason (not its headers and body)."""
+    status = getattr(e, "status", None)
+    return f"{status} {getattr(e, 'reason', '')}" if status else f"{type(e).__name__}: {e}"
 
 
 def _version(build: Build) -> int:

@@ -15,6 +15,8 @@ from typing import Any
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.rest import ApiException
 
+from .kube import raw_json
+
 log = logging.getLogger("aicoe_spawner.builder")
 
 #: ``handler(event, obj)``: event ADDED | MODIFIED | DELETED, obj the raw object (a dict)
@@ -97,10 +99,13 @@ class Informer:
         while True:
             self.relists += 1
             extra = {"_continue": token} if token else {}
-            page = await self.list_call(
-                *self.args, limit=self.page_size, _preload_content=False, **self.kwargs, **extra
+            # an error answer (a 404 or 503 of an API server still starting) raises: read as
+            # a list, it would be one without items, and every known object reported deleted
+            page = await raw_json(
+                self.list_call(
+                    *self.args, limit=self.page_size, _preload_content=False, **self.kwargs, **extra
+                )
             )
-            page = await page.json()
             for obj in page.get("items") or []:
                 fresh[obj["metadata"]["name"]] = obj
             token = page["metadata"].get("continue")

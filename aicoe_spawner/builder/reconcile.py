@@ -157,6 +157,15 @@ class Reconciling:
         clock = Clock.now(time.monotonic())
         written = self._tail_written.get(build.id, 0.0)
         interval = self.limits.log_tail_interval_seconds
+
+        def entered(new: Build, previous: str) -> None:
+            # counted by the replica whose write made the change: a reconcile that lost the
+            # race (the submitting replica's and the leader's) finds it made and counts nothing
+            self.metrics.builds.labels(new.phase).inc()
+            if new.phase in (BuildPhase.READY, BuildPhase.FAILED):
+                self.metrics.duration.observe(max(0.0, seconds_since(new.created)))
+            log.info("build %s (%s): %s -> %s", new.id, spec.image, previous, new.phase)
+
         new = await self._write(
             build,
             lambda b: rules.observe(
@@ -168,14 +177,10 @@ class Reconciling:
                 tail_written=written,
                 tail_interval=interval,
             ),
+            entered,
         )
         if "log_tail" in _changed(build, new):
             self._tail_written[build.id] = clock.monotonic
-        if new.phase != build.phase:
-            self.metrics.builds.labels(new.phase).inc()
-            if new.phase in (BuildPhase.READY, BuildPhase.FAILED):
-                self.metrics.duration.observe(max(0.0, seconds_since(new.created)))
-            log.info("build %s (%s): %s -> %s", new.id, spec.image, build.phase, new.phase)
         if not new.active:
             new = await self._finish(new)
         return new

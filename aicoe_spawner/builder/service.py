@@ -265,9 +265,16 @@ class BuildService(Submission, Reconciling, Cleanup):
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def _write(self, build: Build, decide: Callable[[Build], dict | None]) -> Build:
+    async def _write(
+        self,
+        build: Build,
+        decide: Callable[[Build], dict | None],
+        changed: Callable[[Build, str], None] | None = None,
+    ) -> Build:
         """Apply ``decide(record)`` (changes, or None) with optimistic concurrency: on a
-        conflict, read the record again and decide again. A terminal phase never changes."""
+        conflict, read the record again and decide again. A terminal phase never changes.
+        ``changed(written, previous phase)`` runs when this write changed the phase (never
+        when another replica's did: its change is counted there)."""
         seen = [build]
 
         async def attempt() -> tuple[bool, Build]:
@@ -279,6 +286,8 @@ class BuildService(Submission, Reconciling, Cleanup):
                 written = await self.store.write_status(current, **changes)
                 if written.phase != current.phase:
                     self._notify(written, current.phase)
+                    if changed is not None:
+                        changed(written, current.phase)
                 return True, written
             except Conflict:
                 fresh = await self.store.get(current.id)

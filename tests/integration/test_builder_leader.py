@@ -236,3 +236,34 @@ async def test_the_watches_recover_from_an_api_server_restart(
     await wait_for(later_ready, timeout=5)
     assert svc.controller.elector.is_leader
     await wait_for(lambda: released(svc), timeout=5)
+
+
+async def test_a_new_leaders_failed_resync_is_tried_again_soon(kube, namespace):
+    """A leader's first resync (what finds the builds no event brings) that fails, as on an
+    API server still initializing its storage after a restart (429), is tried again after
+    ``retry`` seconds, not after the resync interval."""
+    svc = build_service(kube, settings(namespace), log_reader=Logs().read)
+    svc.limits.lease_duration_seconds = 3.0
+    svc.limits.lease_renew_seconds = 0.5
+    svc.limits.resync_interval_seconds = 3600
+    resyncs = []
+    listing = svc.store.list
+
+    async def flaky(**kw):
+        if asyncio.current_task().get_name() == "builder-resync":
+            resyncs.append(time.monotonic())
+            if len(resyncs) == 1:
+                raise client.ApiException(status=429, reason="storage is (re)initializing")
+        return await listing(**kw)
+
+    svc.store.list = flaky
+    svc.start(0.2)
+    try:
+
+        async def again():
+            return len(resyncs) >= 2
+
+        await wait_for(again, timeout=5)
+    finally:
+        await svc.stop()
+    assert resyncs[1] - resyncs[0] < 2

@@ -389,3 +389,26 @@ async def test_a_shared_job_lives_while_any_record_follows_it(kube, namespace, g
     assert await ledger(svc) == set()
     result = await svc.cleanup_once()
     assert result["objects"] == [f"imgbuild-{alices.id}"]
+
+
+async def test_a_phase_two_replicas_reconcile_at_once_is_counted_once(kube, namespace, git, logs):
+    """The replica that took the request and the leader both reconcile a new build; the one
+    whose write loses finds the phase already changed: only the write that made it counts it
+    (the builds metric summed over replicas is one per build and phase)."""
+    first = build_service(kube, settings(namespace), log_reader=logs.read)
+    second = build_service(kube, settings(namespace), log_reader=logs.read)
+    git.create_repo("st-count", {"Dockerfile": "FROM scratch\n"}, tag="v1")
+    _, build = await first.submit({"repo": git.url("st-count"), "ref": "v1"}, "alice")
+    await start_pod(kube, namespace, build.id)
+    read = await first.store.get(build.id)  # what both read: pending, its Job created
+    assert (read.phase, read.submitted) == ("pending", True)
+    assert (await first._reconcile(read)).phase == "building"
+    assert (await second._reconcile(read)).phase == "building"  # its write conflicted
+
+    def counted(service, phase: str) -> float:
+        value = service.metrics.registry.get_sample_value(
+            "aicoe_builder_builds_total", {"phase": phase}
+        )
+        return value or 0.0
+
+    assert counted(first, "building") + counted(second, "building") == 1
