@@ -12,7 +12,7 @@ import uuid
 
 import aiohttp
 import pytest_asyncio
-from builder_harness import BuilderStack, GitServer, api_call, start_builder_hub, user_tokens
+from harness.builder import BuilderStack, GitServer, api_call, start_builder_hub, user_tokens
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

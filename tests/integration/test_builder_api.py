@@ -10,7 +10,7 @@ import uuid
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
     BuilderStack,
     GitServer,
     Registry,
@@ -20,7 +20,7 @@ from builder_harness import (
     push_base_image,
     user_tokens,
 )
-from kube_helpers import wait_for
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

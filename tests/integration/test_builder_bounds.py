@@ -16,7 +16,7 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
     BuilderProcess,
     GitServer,
     Recorder,

@@ -16,7 +16,7 @@ import uuid
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
     SERVICE_PREFIX,
     BuilderStack,
     api_call,
@@ -24,9 +24,9 @@ from builder_harness import (
     builder_service_config,
     user_tokens,
 )
-from helm_chart import by_kind, render
-from hub_harness import Hub
-from kube_helpers import create_imagestream
+from harness.helm_chart import by_kind, render
+from harness.hub import Hub
+from harness.kube import create_imagestream
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 import pytest_asyncio
-from browser import chromium, login, screenshot
-from builder_harness import (
+from harness.browser import chromium, login, screenshot
+from harness.builder import (
     BuilderStack,
     GitServer,
     Registry,

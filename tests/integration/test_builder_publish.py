@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
     BuilderStack,
     GitServer,
     api_call,
@@ -22,7 +22,7 @@ from builder_harness import (
     push_unpublished_ref,
     user_tokens,
 )
-from kube_helpers import wait_for
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

@@ -17,7 +17,7 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import BuilderProcess, GitServer, start_builder_hub, user_tokens
+from harness.builder import BuilderProcess, GitServer, start_builder_hub, user_tokens
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

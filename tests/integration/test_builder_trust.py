@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
     BuilderStack,
     GitServer,
     JobRunner,
@@ -24,7 +24,7 @@ from builder_harness import (
     push_base_image,
     user_tokens,
 )
-from kube_helpers import create_imagestream, wait_for
+from harness.kube import create_imagestream, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

@@ -99,7 +99,7 @@ def builder_roles(
 def builder_hub(control_plane, namespace: str, workdir: Path, token: str, port: int, **roles):
     """A hub (not started; its ``url`` is known) with the builder registered on
     127.0.0.1:port and ``roles`` (see :func:`builder_roles`)."""
-    from hub_harness import Hub
+    from harness.hub import Hub
 
     return Hub(
         workdir / "hub",
