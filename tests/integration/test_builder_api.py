@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from harness.builder import (
+    BuilderEnv,
     BuilderStack,
     GitServer,
     Registry,
@@ -68,19 +69,18 @@ async def env(kube, control_plane, tmp_path_factory):
     service, runner = stack.service, stack.runner
     git.create_repo("bad", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
     tokens = await user_tokens(hub, ("alice", "bob", "root", "eve"))
-    e = type("Env", (), {})()
-    e.url, e.tokens, e.git, e.base, e.service, e.runner, e.kube = (
-        f"http://127.0.0.1:{port}{PREFIX}",
-        tokens,
-        git,
-        base,
-        service,
-        runner,
-        kube,
+    yield BuilderEnv(
+        kube=kube,
+        namespace=namespace,
+        url=f"http://127.0.0.1:{port}{PREFIX}",
+        tokens=tokens,
+        git=git,
+        base=base,
+        service=service,
+        runner=runner,
+        registry=registry,
+        watch=stack.watch,
     )
-    e.namespace, e.registry = namespace, registry
-    e.watch = stack.watch
-    yield e
     await stack.stop()
     await hub.stop()
     registry.stop()

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from harness.builder import (
     SERVICE_PREFIX,
+    BuilderEnv,
     BuilderStack,
     api_call,
     builder_roles,
@@ -85,12 +86,16 @@ async def env(kube, control_plane, tmp_path_factory):
     await hub.start()  # after the builder listens: the hub waits for its services
     for user, groups in USERS.items():
         await hub.ensure_user(user, groups)
-    e = type("Env", (), {})()
-    e.hub, e.namespace = hub, namespace
-    e.origin = f"http://127.0.0.1:{port}"
-    e.url = e.origin + SERVICE_PREFIX
-    e.tokens = await user_tokens(hub, (*USERS, "root"))
-    yield e
+    origin = f"http://127.0.0.1:{port}"
+    tokens = await user_tokens(hub, (*USERS, "root"))
+    yield BuilderEnv(
+        kube=kube,
+        namespace=namespace,
+        hub=hub,
+        origin=origin,
+        url=origin + SERVICE_PREFIX,
+        tokens=tokens,
+    )
     await stack.stop()
     await hub.stop()
     await delete_namespace(kube, namespace)
