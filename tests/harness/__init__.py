@@ -2,11 +2,12 @@
 ``tests/conftest.py``). Imported as ``harness.<module>``: ``tests/`` is on ``sys.path`` (pytest
 puts the folder of the root ``conftest.py`` there; the benchmarks insert it themselves).
 
-- :mod:`harness.builder`: the builder's environment: :class:`~harness.builder.BuilderEnv` (the
-  object the builder's integration tests share, made by the ``builder_env`` fixture), the
-  builder service in process or as a process, a Git server over HTTP on loopback, Debian's
-  docker-registry on loopback, base images pushed to it, and ``JobRunner``, the stand-in for the
-  Job controller and kubelet that runs build Jobs' containers here (fast tier).
+- :mod:`harness.builder`: the builder's environment: :class:`~harness.builder.BuilderEnv` (what
+  each builder integration module's ``env`` fixture yields, by name), the builder service in
+  process (``BuilderStack``) or as a process (``BuilderProcess``), a Git server over HTTP on
+  loopback, Debian's docker-registry on loopback, base images pushed to it, and ``JobRunner``,
+  the stand-in for the Job controller and kubelet that runs build Jobs' containers here (fast
+  tier; ``start_pod``/``complete_job`` finish one build's Job by hand).
 - :mod:`harness.hub`: a real JupyterHub process (with configurable-http-proxy), a stand-in
   single-user server on the pods' podIP:port, an in-process spawner.
 - :mod:`harness.node`: a control plane with a real node (kubelet, containerd) for the node tier.
