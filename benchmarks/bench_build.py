@@ -48,7 +48,7 @@ from common import REPO, Row, arg_parser, print_table, run, say, verdict
 from kubernetes_asyncio import client
 
 sys.path.insert(0, str(REPO / "tests"))
-from node_harness import (
+from harness.node import (
     TEST_REPOS,
     start_node_cluster,
     start_package_sources,

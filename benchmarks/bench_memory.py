@@ -40,7 +40,7 @@ from common import (
     stream_object,
     stream_status,
 )
-from hub_harness import FakeSingleUser, Hub
+from harness.hub import FakeSingleUser, Hub
 
 from aicoe_devcluster import BackgroundLoop, FakeKubelet
 

@@ -56,7 +56,7 @@ from common import (
     stream_status,
     tag_names,
 )
-from hub_harness import FakeSingleUser, Hub, _input_value
+from harness.hub import FakeSingleUser, Hub, _input_value
 from kubernetes_asyncio import client
 
 NAME = "spawn page"
@@ -239,7 +239,7 @@ async def set_tag_ready(api, ns: str, index: int, not_ready: str | None) -> None
 
 
 async def in_browser(hubs, api, ns: str, args) -> dict[str, dict]:
-    from browser import chromium, login
+    from harness.browser import chromium, login
 
     results: dict[str, dict] = {label: {} for label in hubs}
     async with chromium() as browser:

@@ -42,7 +42,7 @@ from common import (
     say,
     stream_name,
 )
-from hub_harness import FakeSingleUser, Hub
+from harness.hub import FakeSingleUser, Hub
 from kubernetes_asyncio import client, watch
 
 from aicoe_devcluster import BackgroundLoop, FakeKubelet

@@ -33,7 +33,7 @@ from kubernetes_asyncio.client.rest import RESTClientObject
 from kubernetes_asyncio.config import kube_config
 
 REPO = Path(__file__).resolve().parents[1]
-# tests/hub_harness.py (a real JupyterHub process) and tests/kube_helpers.py live in tests/.
+# tests/harness/hub.py (a real JupyterHub process) and tests/harness/kube.py live in tests/.
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 

@@ -12,7 +12,14 @@ import uuid
 
 import aiohttp
 import pytest_asyncio
-from builder_harness import BuilderStack, GitServer, api_call, start_builder_hub, user_tokens
+from harness.builder import (
+    BuilderEnv,
+    BuilderStack,
+    GitServer,
+    api_call,
+    start_builder_hub,
+    user_tokens,
+)
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace
@@ -45,15 +52,13 @@ async def env(kube, control_plane, tmp_path_factory):
     )
     stack.runner.paused = True
     tokens = await user_tokens(hub, ("alice", "bob", "root"))
-    e = type("Env", (), {})()
-    e.url, e.tokens, e.git, e.kube, e.namespace = (
-        f"http://127.0.0.1:{port}{PREFIX}",
-        tokens,
-        git,
-        kube,
-        namespace,
+    yield BuilderEnv(
+        kube=kube,
+        namespace=namespace,
+        url=f"http://127.0.0.1:{port}{PREFIX}",
+        tokens=tokens,
+        git=git,
     )
-    yield e
     await stack.stop()
     await hub.stop()
     git.stop()

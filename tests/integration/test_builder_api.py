@@ -10,7 +10,8 @@ import uuid
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
+    BuilderEnv,
     BuilderStack,
     GitServer,
     Registry,
@@ -20,7 +21,7 @@ from builder_harness import (
     push_base_image,
     user_tokens,
 )
-from kube_helpers import wait_for
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace
@@ -68,19 +69,18 @@ async def env(kube, control_plane, tmp_path_factory):
     service, runner = stack.service, stack.runner
     git.create_repo("bad", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
     tokens = await user_tokens(hub, ("alice", "bob", "root", "eve"))
-    e = type("Env", (), {})()
-    e.url, e.tokens, e.git, e.base, e.service, e.runner, e.kube = (
-        f"http://127.0.0.1:{port}{PREFIX}",
-        tokens,
-        git,
-        base,
-        service,
-        runner,
-        kube,
+    yield BuilderEnv(
+        kube=kube,
+        namespace=namespace,
+        url=f"http://127.0.0.1:{port}{PREFIX}",
+        tokens=tokens,
+        git=git,
+        base=base,
+        service=service,
+        runner=runner,
+        registry=registry,
+        watch=stack.watch,
     )
-    e.namespace, e.registry = namespace, registry
-    e.watch = stack.watch
-    yield e
     await stack.stop()
     await hub.stop()
     registry.stop()

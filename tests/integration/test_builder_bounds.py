@@ -16,7 +16,8 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
+    BuilderEnv,
     BuilderProcess,
     GitServer,
     Recorder,
@@ -58,10 +59,8 @@ async def env(kube, control_plane, tmp_path_factory):
     ]
     # together: the hub waits for its external service to answer
     await asyncio.gather(hub.start(90), *(r.start(90) for r in replicas))
-    e = type("Env", (), {})()
-    e.git, e.replicas, e.kube, e.namespace = git, replicas, kube, namespace
-    e.tokens = await user_tokens(hub, USERS)
-    yield e
+    tokens = await user_tokens(hub, USERS)
+    yield BuilderEnv(kube=kube, namespace=namespace, git=git, replicas=replicas, tokens=tokens)
     for r in replicas:
         await r.stop()
     await hub.stop()

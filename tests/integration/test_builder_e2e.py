@@ -11,9 +11,9 @@ import time
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer, JobRunner, Registry, local_settings, push_base_image
-from hub_harness import FakeSingleUser, Hub
-from kube_helpers import user_pods, wait_for
+from harness.builder import GitServer, JobRunner, Registry, local_settings, push_base_image
+from harness.hub import FakeSingleUser, Hub
+from harness.kube import user_pods, wait_for
 from kubernetes_asyncio import client
 
 from aicoe_spawner.builder.__main__ import build_service

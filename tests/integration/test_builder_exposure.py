@@ -16,17 +16,18 @@ import uuid
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
     SERVICE_PREFIX,
+    BuilderEnv,
     BuilderStack,
     api_call,
     builder_roles,
     builder_service_config,
     user_tokens,
 )
-from helm_chart import by_kind, render
-from hub_harness import Hub
-from kube_helpers import create_imagestream
+from harness.helm_chart import by_kind, render
+from harness.hub import Hub
+from harness.kube import create_imagestream
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace
@@ -85,12 +86,16 @@ async def env(kube, control_plane, tmp_path_factory):
     await hub.start()  # after the builder listens: the hub waits for its services
     for user, groups in USERS.items():
         await hub.ensure_user(user, groups)
-    e = type("Env", (), {})()
-    e.hub, e.namespace = hub, namespace
-    e.origin = f"http://127.0.0.1:{port}"
-    e.url = e.origin + SERVICE_PREFIX
-    e.tokens = await user_tokens(hub, (*USERS, "root"))
-    yield e
+    origin = f"http://127.0.0.1:{port}"
+    tokens = await user_tokens(hub, (*USERS, "root"))
+    yield BuilderEnv(
+        kube=kube,
+        namespace=namespace,
+        hub=hub,
+        origin=origin,
+        url=origin + SERVICE_PREFIX,
+        tokens=tokens,
+    )
     await stack.stop()
     await hub.stop()
     await delete_namespace(kube, namespace)

@@ -1,6 +1,6 @@
 """GitHub, both ways (issue 19, item 3): the builder's webhook receives GitHub's own example
 payloads (npm @octokit/webhooks-examples), asks a local stand-in of GitHub's REST API
-(tests/github_fake.py; every request checked against npm @octokit/openapi) whether the
+(tests/harness/github_fake.py; every request checked against npm @octokit/openapi) whether the
 issue's opener can push, builds against the real API server, and reports back: commit
 statuses, one comment with the image, its digest and the launch link, the issue closed; a
 failure comments the reason and leaves it open. The builder acts as a GitHub App (JWT →
@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
     BuilderProcess,
     BuilderStack,
     GitServer,
@@ -23,7 +23,7 @@ from builder_harness import (
     complete_job,
     github_signature,
 )
-from github_fake import FakeGitHub, Fault, webhook_example
+from harness.github_fake import FakeGitHub, Fault, webhook_example
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

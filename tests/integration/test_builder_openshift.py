@@ -8,8 +8,8 @@ import hashlib
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer
-from kube_helpers import wait_for
+from harness.builder import GitServer
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 
 from aicoe_spawner.builder.__main__ import Settings, build_service, make_service

@@ -12,8 +12,9 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 import pytest_asyncio
-from browser import chromium, login, screenshot
-from builder_harness import (
+from harness.browser import chromium, login, screenshot
+from harness.builder import (
+    BuilderEnv,
     BuilderStack,
     GitServer,
     Registry,
@@ -62,12 +63,17 @@ async def env(kube, control_plane, tmp_path_factory):
         max_total=10,
     )
     runner = stack.runner
-    e = type("Env", (), {})()
-    e.hub, e.git, e.base, e.runner = hub, git, base, runner
-    e.page_url = f"{hub.url}{PREFIX}"  # through the hub's proxy, as users reach it
     async with chromium() as browser:
-        e.browser = browser
-        yield e
+        yield BuilderEnv(
+            kube=kube,
+            namespace=namespace,
+            hub=hub,
+            git=git,
+            base=base,
+            runner=runner,
+            page_url=f"{hub.url}{PREFIX}",  # through the hub's proxy, as users reach it
+            browser=browser,
+        )
     await stack.stop()
     await hub.stop()
     registry.stop()

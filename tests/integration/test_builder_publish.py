@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
+    BuilderEnv,
     BuilderStack,
     GitServer,
     api_call,
@@ -22,7 +23,7 @@ from builder_harness import (
     push_unpublished_ref,
     user_tokens,
 )
-from kube_helpers import wait_for
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -69,10 +70,15 @@ async def env(kube, control_plane, tmp_path_factory):
     )
     stack.runner.paused = True  # the test finishes Jobs (complete_job); none runs
     await hub.start()  # the builder listens already: the hub need not wait for it
-    e = type("Env", (), {})()
-    e.url, e.git, e.kube, e.namespace = stack_url(port), git, kube, namespace
-    e.tokens, e.service = await user_tokens(hub, USERS), stack.service
-    yield e
+    tokens = await user_tokens(hub, USERS)
+    yield BuilderEnv(
+        kube=kube,
+        namespace=namespace,
+        url=stack_url(port),
+        git=git,
+        tokens=tokens,
+        service=stack.service,
+    )
     await stack.stop()
     await hub.stop()
     git.stop()

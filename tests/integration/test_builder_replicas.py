@@ -17,7 +17,7 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from builder_harness import BuilderProcess, GitServer, start_builder_hub, user_tokens
+from harness.builder import BuilderEnv, BuilderProcess, GitServer, start_builder_hub, user_tokens
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace
@@ -61,16 +61,9 @@ async def env(kube, control_plane, tmp_path_factory):
     ]
     await asyncio.gather(*(r.start() for r in replicas))
     tokens = await user_tokens(hub, ("alice", "bob", "root"))
-    e = type("Env", (), {})()
-    e.hub, e.git, e.replicas, e.tokens, e.kube, e.namespace = (
-        hub,
-        git,
-        replicas,
-        tokens,
-        kube,
-        namespace,
+    yield BuilderEnv(
+        kube=kube, namespace=namespace, hub=hub, git=git, replicas=replicas, tokens=tokens
     )
-    yield e
     for r in replicas:
         await r.stop()
     await hub.stop()

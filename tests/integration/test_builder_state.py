@@ -11,7 +11,7 @@ import json
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer, complete_job, digest_of, start_pod
+from harness.builder import GitServer, complete_job, digest_of, start_pod
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

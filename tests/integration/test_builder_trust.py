@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from builder_harness import (
+from harness.builder import (
+    BuilderEnv,
     BuilderStack,
     GitServer,
     JobRunner,
@@ -24,7 +25,7 @@ from builder_harness import (
     push_base_image,
     user_tokens,
 )
-from kube_helpers import create_imagestream, wait_for
+from harness.kube import create_imagestream, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -114,17 +115,19 @@ async def env(kube, control_plane, tmp_path_factory):
     )
     await hub.start()  # the builder listens already: the hub need not wait for it
     tokens = await user_tokens(hub, USERS)
-    e = type("Env", (), {})()
-    e.url, e.tokens, e.git, e.base, e.kube, e.namespace = (
-        f"http://127.0.0.1:{port}{PREFIX}",
-        tokens,
-        git,
-        base,
-        kube,
-        namespace,
+    e = BuilderEnv(
+        kube=kube,
+        namespace=namespace,
+        url=f"http://127.0.0.1:{port}{PREFIX}",
+        tokens=tokens,
+        git=git,
+        base=base,
+        service=stack.service,
+        runner=stack.runner,
+        registry=registry,
+        tmp=tmp_path,
+        team=team,
     )
-    e.service, e.runner, e.registry, e.tmp = stack.service, stack.runner, registry, tmp_path
-    e.team = team
     git.create_repo("plain", {"Dockerfile": f"FROM {base}\n"}, tag="v1")
     yield e
     await stack.stop()

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer, complete_job, digest_of
-from kube_helpers import wait_for
+from harness.builder import GitServer, complete_job, digest_of
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kube_helpers import wait_for
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner

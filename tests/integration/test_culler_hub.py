@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from hub_harness import running_hub
-from kube_helpers import create_imagestream, user_pods
+from harness.hub import running_hub
+from harness.kube import create_imagestream, user_pods
 from kubernetes_asyncio import client
 from test_helm_culler import CULLER, CULLER_SCOPES, chart_config
 

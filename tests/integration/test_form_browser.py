@@ -12,9 +12,9 @@ import uuid
 from itertools import count
 
 import pytest_asyncio
-from browser import DESKTOP, NARROW, card, chromium, login, screenshot
-from hub_harness import Hub, files_containing, running_hub
-from kube_helpers import (
+from harness.browser import DESKTOP, NARROW, card, chromium, login, screenshot
+from harness.hub import Hub, files_containing, running_hub
+from harness.kube import (
     IMAGE_API,
     MERGE,
     container,

@@ -8,8 +8,8 @@ import re
 from urllib.parse import quote
 
 import pytest
-from hub_harness import in_process_spawner
-from kube_helpers import create_imagestream
+from harness.hub import in_process_spawner
+from harness.kube import create_imagestream
 from kubernetes_asyncio import client
 from kubernetes_asyncio.config import kube_config
 

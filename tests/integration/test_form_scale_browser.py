@@ -14,9 +14,9 @@ from itertools import count
 
 import aiohttp
 import pytest_asyncio
-from browser import DESKTOP, NARROW, card, chromium, login
-from hub_harness import Hub, _input_value, running_hub
-from kube_helpers import IMAGE_API, MERGE, create_imagestream, reference, user_pods
+from harness.browser import DESKTOP, NARROW, card, chromium, login
+from harness.hub import Hub, _input_value, running_hub
+from harness.kube import IMAGE_API, MERGE, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 from playwright.async_api import expect
 

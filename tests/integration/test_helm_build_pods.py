@@ -7,7 +7,7 @@ there, and the build image and storage size reaching the builder."""
 from __future__ import annotations
 
 import pytest
-from helm_chart import (
+from harness.helm_chart import (
     apply,
     by_kind,
     egress_allows,

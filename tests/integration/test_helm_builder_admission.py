@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 import pytest_asyncio
-from helm_chart import apply, build_namespace, one, remove_cluster_objects, render
-from kube_helpers import wait_for
+from harness.helm_chart import apply, build_namespace, one, remove_cluster_objects, render
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from test_helm_build_pods import a_build_spec

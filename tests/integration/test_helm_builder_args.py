@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from helm_chart import by_kind, render
+from harness.helm_chart import by_kind, render
 
 from aicoe_spawner.builder.config import ENV_VARS, ImageBuilder
 

@@ -1,15 +1,15 @@
 """The image builder runs a full build with a TokenRequest token of the chart's own builder
 ServiceAccount (its Roles applied from the rendered chart): Job, build record ConfigMap, the
-ImageStream and its status with the pushed digest. The job runner of builder_harness plays the
+ImageStream and its status with the pushed digest. The job runner of harness.builder plays the
 Job controller and kubelet (with admin rights, as those would have)."""
 
 from __future__ import annotations
 
 import pytest
 import pytest_asyncio
-from builder_harness import GitServer, JobRunner, Registry, local_settings, push_base_image
-from helm_chart import apply, build_namespace, remove_cluster_objects, render
-from kube_helpers import wait_for
+from harness.builder import GitServer, JobRunner, Registry, local_settings, push_base_image
+from harness.helm_chart import apply, build_namespace, remove_cluster_objects, render
+from harness.kube import wait_for
 from kubernetes_asyncio import client
 from test_helm_builder_admission import policies_enforced
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helm_chart import (
+from harness.helm_chart import (
     BUILDER_CHART,
     CHART,
     VALUES,
@@ -452,7 +452,7 @@ async def _wait_served(kube, api_version: str, kind: str, timeout: float = 30) -
     import asyncio
     import time
 
-    from helm_chart import forget_discovery, resource_of
+    from harness.helm_chart import forget_discovery, resource_of
 
     deadline = time.monotonic() + timeout
     while True:

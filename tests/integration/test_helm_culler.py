@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helm_chart import CHART, one, render
+from harness.helm_chart import CHART, one, render
 from jupyterhub.scopes import _check_scopes_exist
 from jupyterhub_idle_culler import IdleCuller
 from traitlets.config import Config, PyFileConfigLoader

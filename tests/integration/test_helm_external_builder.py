@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import yaml
-from helm_chart import (
+from harness.helm_chart import (
     BUILDER_CHART,
     apply,
     by_kind,

@@ -6,7 +6,7 @@ other user's pod, no proxy API, no cloud metadata address), and the API server a
 from __future__ import annotations
 
 import pytest
-from helm_chart import apply, by_kind, egress_allows, one, render, selects
+from harness.helm_chart import apply, by_kind, egress_allows, one, render, selects
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

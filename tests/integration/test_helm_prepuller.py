@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from helm_chart import apply, by_kind, one, probe, render
-from kube_helpers import create_imagestream, reference, wait_for
+from harness.helm_chart import apply, by_kind, one, probe, render
+from harness.kube import create_imagestream, reference, wait_for
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import api_client

@@ -3,7 +3,7 @@ more than one replica (issue 21, item 1)."""
 
 from __future__ import annotations
 
-from helm_chart import by_kind, one, render
+from harness.helm_chart import by_kind, one, render
 
 HUB, PROXY, BUILDER = (f"aicoe-aicoe-spawner-{n}" for n in ("hub", "proxy", "builder"))
 

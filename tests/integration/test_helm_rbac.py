@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from helm_chart import apply, probe, remove_cluster_objects, render, rule_id
-from hub_harness import FakeSingleUser, Hub
-from kube_helpers import create_imagestream, user_pods, wait_for
+from harness.helm_chart import apply, probe, remove_cluster_objects, render, rule_id
+from harness.hub import FakeSingleUser, Hub
+from harness.kube import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helm_chart import CHART, helm
+from harness.helm_chart import CHART, helm
 from packaging.requirements import Requirement
 
 import aicoe_spawner

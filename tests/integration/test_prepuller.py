@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import os
 
-from builder_harness import Registry
-from kube_helpers import (
+from harness.builder import Registry
+from harness.kube import (
     IMAGE_API,
     MERGE,
     create_imagestream,

@@ -12,8 +12,8 @@ from itertools import count
 
 import pytest
 import pytest_asyncio
-from hub_harness import in_process_spawner, running_hub, spawn_one_pod
-from kube_helpers import container, create_imagestream, reference, user_pods
+from harness.hub import in_process_spawner, running_hub, spawn_one_pod
+from harness.kube import container, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace
@@ -246,7 +246,7 @@ async def test_load_user_options_called_directly_applies_the_profile(
 
 
 async def test_the_form_in_a_browser_types_an_unlisted_choice_and_marks_own_images(env, kube):
-    from browser import chromium, login
+    from harness.browser import chromium, login
     from playwright.async_api import expect
 
     user = new_user()

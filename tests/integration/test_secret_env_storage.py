@@ -17,8 +17,8 @@ from itertools import count
 import aiohttp
 import pytest
 import pytest_asyncio
-from hub_harness import Hub, files_containing, running_hub
-from kube_helpers import create_imagestream, user_pods, wait_for
+from harness.hub import Hub, files_containing, running_hub
+from harness.kube import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

@@ -13,8 +13,8 @@ from itertools import count
 import pytest
 import pytest_asyncio
 import yaml
-from hub_harness import Hub, running_hub, spawn_one_pod
-from kube_helpers import container, create_imagestream, reference, user_pods
+from harness.hub import Hub, running_hub, spawn_one_pod
+from harness.kube import container, create_imagestream, reference, user_pods
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

@@ -15,8 +15,8 @@ from itertools import count
 
 import pytest
 import pytest_asyncio
-from hub_harness import Hub, running_hub
-from kube_helpers import container, create_imagestream, reference, user_pods, wait_for
+from harness.hub import Hub, running_hub
+from harness.kube import container, create_imagestream, reference, user_pods, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

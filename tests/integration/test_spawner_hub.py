@@ -10,8 +10,8 @@ from itertools import count
 
 import pytest
 import pytest_asyncio
-from hub_harness import Hub, running_hub
-from kube_helpers import (
+from harness.hub import Hub, running_hub
+from harness.kube import (
     IMAGE_API,
     MERGE,
     container,

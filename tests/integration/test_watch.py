@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest_asyncio
-from kube_helpers import (
+from harness.kube import (
     IMAGE_API,
     MERGE,
     create_imagestream,

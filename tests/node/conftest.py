@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from kubernetes_asyncio import client
-from node_harness import (
+from harness.node import (
     IMPORT_INTERVAL,
     IMPORT_POLL,
     IMPORT_RETRY,
@@ -23,6 +22,7 @@ from node_harness import (
     start_package_sources,
     stop_node_cluster,
 )
+from kubernetes_asyncio import client
 
 from aicoe_devcluster import api_client, install_crds
 from aicoe_devcluster.controlplane import free_port

@@ -24,9 +24,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from hub_harness import run_in_kernel
-from kubernetes_asyncio import client
-from node_harness import (
+from harness.hub import run_in_kernel
+from harness.node import (
     contents,
     data_repo,
     new_user_token,
@@ -36,6 +35,7 @@ from node_harness import (
     stream_tag,
     stream_tag_or_none,
 )
+from kubernetes_asyncio import client
 
 from aicoe_devcluster.demo import EXAMPLE_REPOS, NAMESPACE, Demo
 from aicoe_devcluster.images import MANIFEST_TYPES, image_specs, registry_digest

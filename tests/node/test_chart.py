@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from browser import CHROMIUM, CHROMIUM_ARGS
-from helm_chart import CHART, egress_allows, helm, selects
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
+from harness.helm_chart import CHART, egress_allows, helm, selects
+from harness.node import NodeCluster, start_node_cluster, stop_node_cluster
 from kubernetes_asyncio import client
-from node_harness import NodeCluster, start_node_cluster, stop_node_cluster
 from playwright.async_api import async_playwright, expect
 
 from aicoe_devcluster import api_client

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import expect, sync_playwright
 
 from aicoe_devcluster.controlplane import REPO_ROOT, free_port

@@ -27,9 +27,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from kube_helpers import user_pods
-from kubernetes_asyncio import client
-from node_harness import (
+from harness.kube import user_pods
+from harness.node import (
     IMPORT_INTERVAL,
     IMPORT_POLL,
     IMPORT_RETRY,
@@ -38,6 +37,7 @@ from node_harness import (
     stop_server,
     stream_tag_or_none,
 )
+from kubernetes_asyncio import client
 
 from aicoe_devcluster.demo import NAMESPACE
 from aicoe_devcluster.images import MANIFEST_TYPES

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from helm_chart import by_kind, render
+from harness.helm_chart import by_kind, render
+from harness.node import NodeCluster
 from kubernetes_asyncio import client
-from node_harness import NodeCluster
 
 from aicoe_devcluster.cluster import delete_namespace
 from aicoe_devcluster.gitserver import GitServer

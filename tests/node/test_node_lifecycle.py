@@ -8,8 +8,8 @@ import subprocess
 import time
 
 import pytest
+from harness.node import start_node_cluster, stop_node_cluster
 from kubernetes_asyncio import client
-from node_harness import start_node_cluster, stop_node_cluster
 
 from aicoe_devcluster import api_client
 from aicoe_devcluster.node import mountpoints

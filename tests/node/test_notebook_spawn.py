@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from browser import chromium, login, screenshot
-from hub_harness import Hub, run_in_kernel
-from kube_helpers import create_imagestream, user_pods, wait_for
+from harness.browser import chromium, login, screenshot
+from harness.hub import Hub, run_in_kernel
+from harness.kube import create_imagestream, user_pods, wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

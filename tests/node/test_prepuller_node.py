@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from helm_chart import apply, one, render
-from kube_helpers import MERGE, wait_for
+from harness.helm_chart import apply, one, render
+from harness.kube import MERGE, wait_for
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gidgethub
 import pytest
-from github_fake import check_request, webhook_example
+from harness.github_fake import check_request, webhook_example
 
 from aicoe_devcluster.controlplane import free_port
 from aicoe_spawner.builder import github_report as r
@@ -190,7 +190,7 @@ async def test_github_not_answering_is_a_bounded_number_of_503s():
 
 
 def test_the_stand_in_refuses_what_github_documents_not():
-    """tests/github_fake.py's check, against GitHub's REST description."""
+    """tests/harness/github_fake.py's check, against GitHub's REST description."""
     sha = "a" * 40
     assert check_request("POST", f"/repos/o/r/statuses/{sha}", {"state": "success"}) == []
     assert check_request("POST", f"/repos/o/r/statuses/{sha}", {"state": "done"})

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from kube_helpers import user_pods
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import ControlPlane
@@ -20,6 +19,7 @@ from aicoe_devcluster.controlplane import REPO_ROOT
 from aicoe_devcluster.demo import NAMESPACE, Demo
 from aicoe_devcluster.node import RealNode
 from aicoe_devcluster.packages import PackageSources
+from harness.kube import user_pods
 
 # Clusters started and not yet stopped (their logs are attached to failing tests).
 RUNNING: list[NodeCluster] = []

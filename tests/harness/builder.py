@@ -19,9 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
+from typing import TYPE_CHECKING
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -30,7 +32,46 @@ from aicoe_devcluster import gitserver
 from aicoe_devcluster.controlplane import free_port, this_checkout_env
 from aicoe_spawner.builder.__main__ import Settings
 
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
+    from aicoe_spawner.builder.service import BuildService
+    from aicoe_spawner.watch import ImageStreamWatch
+    from harness.hub import Hub
+
 MERGE = "application/merge-patch+json"
+
+
+@dataclass(kw_only=True)
+class BuilderEnv:
+    """What a builder integration module's ``env`` fixture gives its tests: the namespace and
+    its API client, and those of the rest a module sets up (None where it has none)."""
+
+    kube: client.ApiClient
+    namespace: str
+    #: the builder's base URL, straight to its port (``http://127.0.0.1:<port><prefix>``)
+    url: str | None = None
+    #: ``http://127.0.0.1:<port>``, the builder's origin without its prefix
+    origin: str | None = None
+    #: the builder page through the hub's proxy, as users reach it
+    page_url: str | None = None
+    #: user name -> hub API token
+    tokens: dict[str, str] | None = None
+    hub: Hub | None = None
+    git: GitServer | None = None
+    registry: Registry | None = None
+    #: a second registry with basic auth (a mapped destination's)
+    team: Registry | None = None
+    #: the base image pushed to ``registry`` (``push_base_image``)
+    base: str | None = None
+    #: the in-process builder (``BuilderStack``): its service, job runner and ImageStream watch
+    service: BuildService | None = None
+    runner: JobRunner | None = None
+    watch: ImageStreamWatch | None = None
+    #: builder replicas as processes (``BuilderProcess``)
+    replicas: list[BuilderProcess] | None = None
+    browser: Browser | None = None
+    tmp: Path | None = None
 
 
 # -- git over http -------------------------------------------------------------------------
@@ -99,7 +140,7 @@ def builder_roles(
 def builder_hub(control_plane, namespace: str, workdir: Path, token: str, port: int, **roles):
     """A hub (not started; its ``url`` is known) with the builder registered on
     127.0.0.1:port and ``roles`` (see :func:`builder_roles`)."""
-    from hub_harness import Hub
+    from harness.hub import Hub
 
     return Hub(
         workdir / "hub",

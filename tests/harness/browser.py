@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
 ]
 DESKTOP = {"width": 1280, "height": 900}
 NARROW = {"width": 375, "height": 812}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Test runs write screenshots to the ignored test-artifacts/; `make screenshots` points this at
 # docs/screenshots to refresh the documentation's images.
 SCREENSHOTS = REPO / os.environ.get("AICOE_SCREENSHOTS_DIR", "test-artifacts/screenshots")

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kube_helpers import user_pods
 
 from aicoe_devcluster.controlplane import REPO_ROOT, free_port, this_checkout_env
+from harness.kube import user_pods
 
 CHP = REPO_ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 
