@@ -54,7 +54,8 @@ from common import (
 from aicoe_devcluster.controlplane import free_port
 
 sys.path.insert(0, str(REPO / "tests"))
-from harness.builder import GitServer, builder_service_config
+from harness.builder import builder_service_config
+from harness.git import GitServer
 from harness.hub import Hub
 
 PREFIX = "/services/image-builder/"
@@ -655,7 +656,7 @@ async def bench_store(api, args, work: Path) -> list[Row]:
     ]
     await asyncio.sleep(1)
     written.update(bytes=0, writes=0)  # the watches' initial ADDED events are not writes
-    from harness.builder import start_pod
+    from harness.jobs import start_pod
 
     running = [b for b in await service.store.list(active_only=True)]
     for b in running:
@@ -736,7 +737,8 @@ async def bench_load(plane, api, args) -> list[Row]:
     records and 0/10/50 running builds: API requests per second as the API server counts
     them; then the time from a Job's completion to its record's ``ready``; then (with a
     leader) the takeover after the leader dies."""
-    from harness.builder import complete_job, digest_of, local_settings, start_pod
+    from harness.builder import local_settings
+    from harness.jobs import complete_job, digest_of, start_pod
     from kubernetes_asyncio import client
 
     from aicoe_devcluster import api_client
@@ -871,7 +873,7 @@ async def wait_job(batch, namespace: str, build_id: str) -> None:
 async def takeover(services, build_ids, api, namespace, phases) -> list[Row]:
     """Kill the leader (no hand-over: its tasks end, the Lease stays), time until the other
     leads, then finish every running build and count: each ready once, one Job each."""
-    from harness.builder import complete_job, digest_of
+    from harness.jobs import complete_job, digest_of
     from kubernetes_asyncio import client
 
     (leader,) = [s for s in services if s.controller.elector.is_leader]

@@ -55,7 +55,7 @@ from aicoe_spawner.builder.imports import DEFAULT_INTERVAL, PULL_SECRETS_ANNOTAT
 from aicoe_spawner.builder.registry import SkopeoResolver
 
 sys.path.insert(0, str(REPO / "tests"))
-from harness.builder import Registry
+from harness.registry import Registry
 
 ODH_STREAM = REPO / "tests" / "data" / "imagestreams" / "odh-notebooks-jupyter-minimal-2025.yaml"
 NAMESPACE = "bench-import"

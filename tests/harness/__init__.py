@@ -4,10 +4,14 @@ puts the folder of the root ``conftest.py`` there; the benchmarks insert it them
 
 - :mod:`harness.builder`: the builder's environment: :class:`~harness.builder.BuilderEnv` (what
   each builder integration module's ``env`` fixture yields, by name), the builder service in
-  process (``BuilderStack``) or as a process (``BuilderProcess``), a Git server over HTTP on
-  loopback, Debian's docker-registry on loopback, base images pushed to it, and ``JobRunner``,
-  the stand-in for the Job controller and kubelet that runs build Jobs' containers here (fast
-  tier; ``start_pod``/``complete_job`` finish one build's Job by hand).
+  process (``BuilderStack``) or as a process (``BuilderProcess``).
+- :mod:`harness.git`: a Git server over HTTP on loopback, refs a repository does not publish,
+  a listener that records what reaches it.
+- :mod:`harness.registry`: Debian's docker-registry on loopback (and a token endpoint), base
+  images pushed to it.
+- :mod:`harness.jobs`: ``JobRunner``, the fast tier's stand-in for the Job controller and
+  kubelet that runs build Jobs' containers here; ``start_pod``/``complete_job`` finish one
+  build's Job by hand.
 - :mod:`harness.hub`: a real JupyterHub process (with configurable-http-proxy), a stand-in
   single-user server on the pods' podIP:port, an in-process spawner.
 - :mod:`harness.node`: a control plane with a real node (kubelet, containerd) for the node tier.

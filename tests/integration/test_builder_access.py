@@ -12,14 +12,8 @@ import uuid
 
 import aiohttp
 import pytest_asyncio
-from harness.builder import (
-    BuilderEnv,
-    BuilderStack,
-    GitServer,
-    api_call,
-    start_builder_hub,
-    user_tokens,
-)
+from harness.builder import BuilderEnv, BuilderStack, api_call, start_builder_hub, user_tokens
+from harness.git import GitServer
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

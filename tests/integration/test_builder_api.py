@@ -13,15 +13,14 @@ import pytest_asyncio
 from harness.builder import (
     BuilderEnv,
     BuilderStack,
-    GitServer,
-    Registry,
     api_call,
     builder_hub,
     github_signature,
-    push_base_image,
     user_tokens,
 )
+from harness.git import GitServer
 from harness.kube import wait_for
+from harness.registry import Registry, push_base_image
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

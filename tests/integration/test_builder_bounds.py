@@ -16,15 +16,8 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from harness.builder import (
-    BuilderEnv,
-    BuilderProcess,
-    GitServer,
-    Recorder,
-    api_call,
-    builder_hub,
-    user_tokens,
-)
+from harness.builder import BuilderEnv, BuilderProcess, api_call, builder_hub, user_tokens
+from harness.git import GitServer, Recorder
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

@@ -11,9 +11,12 @@ import time
 
 import pytest
 import pytest_asyncio
-from harness.builder import GitServer, JobRunner, Registry, local_settings, push_base_image
+from harness.builder import local_settings
+from harness.git import GitServer
 from harness.hub import FakeSingleUser, Hub
+from harness.jobs import JobRunner
 from harness.kube import user_pods, wait_for
+from harness.registry import Registry, push_base_image
 from kubernetes_asyncio import client
 
 from aicoe_spawner.builder.__main__ import build_service

@@ -15,15 +15,10 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from harness.builder import (
-    BuilderProcess,
-    BuilderStack,
-    GitServer,
-    api_call,
-    complete_job,
-    github_signature,
-)
+from harness.builder import BuilderProcess, BuilderStack, api_call, github_signature
+from harness.git import GitServer
 from harness.github_fake import FakeGitHub, Fault, webhook_example
+from harness.jobs import complete_job
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import yaml
-from harness.builder import BuilderProcess, Registry
+from harness.builder import BuilderProcess
 from harness.helm_chart import apply as apply_chart
 from harness.helm_chart import remove_cluster_objects, render
 from harness.kube import wait_for
+from harness.registry import Registry
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import api_client, delete_namespace

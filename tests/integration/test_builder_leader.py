@@ -12,7 +12,8 @@ from collections import Counter
 
 import pytest
 import pytest_asyncio
-from harness.builder import GitServer, complete_job, digest_of, start_pod
+from harness.git import GitServer
+from harness.jobs import complete_job, digest_of, start_pod
 from harness.kube import wait_for
 from kubernetes_asyncio import client
 from test_builder_state import Logs, job_names, ledger, record, settings

@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 import pytest_asyncio
-from harness.builder import GitServer
+from harness.git import GitServer
 from harness.kube import wait_for
 from kubernetes_asyncio import client
 

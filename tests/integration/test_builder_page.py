@@ -13,14 +13,9 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import pytest_asyncio
 from harness.browser import chromium, login, screenshot
-from harness.builder import (
-    BuilderEnv,
-    BuilderStack,
-    GitServer,
-    Registry,
-    push_base_image,
-    start_builder_hub,
-)
+from harness.builder import BuilderEnv, BuilderStack, start_builder_hub
+from harness.git import GitServer
+from harness.registry import Registry, push_base_image
 from kubernetes_asyncio import client
 from playwright.async_api import expect
 

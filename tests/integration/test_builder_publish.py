@@ -14,15 +14,13 @@ import pytest_asyncio
 from harness.builder import (
     BuilderEnv,
     BuilderStack,
-    GitServer,
     api_call,
     builder_hub,
     builder_state,
-    complete_job,
-    digest_of,
-    push_unpublished_ref,
     user_tokens,
 )
+from harness.git import GitServer, push_unpublished_ref
+from harness.jobs import complete_job, digest_of
 from harness.kube import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException

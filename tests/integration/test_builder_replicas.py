@@ -17,7 +17,8 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from harness.builder import BuilderEnv, BuilderProcess, GitServer, start_builder_hub, user_tokens
+from harness.builder import BuilderEnv, BuilderProcess, start_builder_hub, user_tokens
+from harness.git import GitServer
 from kubernetes_asyncio import client
 
 from aicoe_devcluster import delete_namespace

@@ -11,7 +11,8 @@ import json
 
 import pytest
 import pytest_asyncio
-from harness.builder import GitServer, complete_job, digest_of, start_pod
+from harness.git import GitServer
+from harness.jobs import complete_job, digest_of, start_pod
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

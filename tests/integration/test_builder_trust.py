@@ -15,17 +15,16 @@ import pytest_asyncio
 from harness.builder import (
     BuilderEnv,
     BuilderStack,
-    GitServer,
-    JobRunner,
-    Registry,
     api_call,
     builder_hub,
     github_signature,
     local_settings,
-    push_base_image,
     user_tokens,
 )
+from harness.git import GitServer
+from harness.jobs import JobRunner
 from harness.kube import create_imagestream, wait_for
+from harness.registry import Registry, push_base_image
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 

@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 import pytest_asyncio
-from harness.builder import GitServer, complete_job, digest_of
+from harness.git import GitServer
+from harness.jobs import complete_job, digest_of
 from harness.kube import wait_for
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import pytest
 import pytest_asyncio
-from harness.builder import GitServer, JobRunner, Registry, local_settings, push_base_image
+from harness.builder import local_settings
+from harness.git import GitServer
 from harness.helm_chart import apply, build_namespace, remove_cluster_objects, render
+from harness.jobs import JobRunner
 from harness.kube import wait_for
+from harness.registry import Registry, push_base_image
 from kubernetes_asyncio import client
 from test_helm_builder_admission import policies_enforced
 

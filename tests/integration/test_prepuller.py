@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 
-from harness.builder import Registry
 from harness.kube import (
     IMAGE_API,
     MERGE,
@@ -17,6 +16,7 @@ from harness.kube import (
     set_ready,
     wait_for,
 )
+from harness.registry import Registry
 from kubernetes_asyncio import client
 
 from aicoe_spawner.prepuller.controller import PullerController

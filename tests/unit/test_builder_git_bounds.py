@@ -11,7 +11,7 @@ import subprocess
 import tracemalloc
 
 import pytest
-from harness.builder import GitServer, Recorder
+from harness.git import GitServer, Recorder
 
 from aicoe_spawner.builder import git, git_process
 from aicoe_spawner.builder.requests import BuildRequestError, RepoPolicy
