@@ -17,7 +17,13 @@ from collections import Counter
 import aiohttp
 import pytest
 import pytest_asyncio
-from harness.builder import BuilderEnv, BuilderProcess, start_builder_hub, user_tokens
+from harness.builder import (
+    BuilderEnv,
+    BuilderProcess,
+    api_call,
+    start_builder_hub,
+    user_tokens,
+)
 from harness.git import GitServer
 from kubernetes_asyncio import client
 
@@ -73,18 +79,8 @@ async def env(kube, control_plane, tmp_path_factory):
 
 
 async def call(url, method="GET", user=None, e=None, body=None, data=None, headers=None):
-    h = dict(headers or {})
-    if user:
-        h["Authorization"] = f"token {e.tokens[user]}"
-    async with aiohttp.ClientSession() as s:
-        async with s.request(
-            method, url, json=body, data=data, headers=h, allow_redirects=False
-        ) as r:
-            text = await r.text()
-            try:
-                return r.status, json.loads(text)
-            except ValueError:
-                return r.status, text
+    token = e.tokens[user] if user else None
+    return await api_call(url, method, "", token, json_body=body, data=data, headers=headers)
 
 
 async def cancel_all(e) -> None:
