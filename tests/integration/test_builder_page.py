@@ -190,6 +190,11 @@ async def test_page_renders_hostile_text_as_text(env):
         await up.close()
 
 
+async def arrived_at_spawn_page(page) -> None:
+    """Wait until the hub's spawn page has loaded (the launch page's own navigation ended)."""
+    await page.wait_for_url(re.compile(r"/hub/spawn\?image="), wait_until="load", timeout=TIMEOUT)
+
+
 async def test_a_launch_link_fills_the_form_then_opens_the_spawn_page_when_ready(env):
     """The README badge's link (``?repo=…&ref=…``): opening it builds nothing; the form is
     filled in, Build and launch builds, and when the image is ready the browser goes to the
@@ -216,6 +221,7 @@ async def test_a_launch_link_fills_the_form_then_opens_the_spawn_page_when_ready
         ) as spawn:
             await page.click("#build-button")
         image = parse_qs(urlparse((await spawn.value).url).query)["image"][0]
+        await arrived_at_spawn_page(page)
         assert image.split("/", 1)[1].startswith("launch-nb")
         # the ready build gives its launch link and badge
         await page.goto(e.page_url)
@@ -235,6 +241,8 @@ async def test_a_launch_link_fills_the_form_then_opens_the_spawn_page_when_ready
             # only, or the goto is "interrupted by another navigation" (its own)
             await page.goto(link, wait_until="commit")
         assert parse_qs(urlparse((await again.value).url).query)["image"][0] == image
+        # the request is sent before the page commits: a goto now would be "interrupted"
+        await arrived_at_spawn_page(page)
         # a repository the builder does not build from: a refusal page that says why
         refused = await page.goto(
             f"{e.page_url}launch?{urlencode({'repo': 'https://evil.example/x', 'ref': 'v1'})}"
