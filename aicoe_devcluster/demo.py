@@ -204,6 +204,9 @@ class Demo:
             # (quay.io) is not reachable from this machine's node
             AICOE_BUILDER_BASE_IMAGE=node.images["notebook"],
             AICOE_BUILDER_PYTHON_BASE_IMAGES=f"3.11={node.images['notebook']}",
+            # environment images kept on the node: a rebuild after a notebook change does not
+            # pull its environment again (the node's work folder goes with the node)
+            AICOE_BUILDER_BUILD_NODE_IMAGE_STORE=str(node.workdir / "build-images"),
             # a port of its own: a builder left over from another run never answers for it
             IMAGE_BUILDER_PORT=str(free_port()),
             **self.extra_env,

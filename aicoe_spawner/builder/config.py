@@ -135,6 +135,16 @@ class ImageBuilder(Application):
         the pod's ephemeral-storage limit: a Kubernetes quantity such as `20Gi`.""",
     ).tag(config=True)
 
+    build_node_image_store = Unicode(
+        _S.build_node_image_store,
+        help="""A folder on each build node (an absolute path, e.g.
+        `/var/lib/aicoe-builder/images`) where build pods keep the environment images they
+        build: a later build of the same environment on that node uses it where it lies
+        instead of pulling it (a notebook change then costs seconds). Mounted read-only where
+        repository content runs, writable only by the push step. Empty: none (every build
+        pod pulls). Grows with the environments built; clean it as a node's image cache.""",
+    ).tag(config=True)
+
     build_node_selector = Dict(
         {},
         help="""nodeSelector of build pods (label: value), e.g. `{"node-role/builds": "true"}`

@@ -42,6 +42,14 @@ def valid_quantity(name: str, value: str) -> str:
     return value
 
 
+def valid_host_folder(name: str, value: str) -> str:
+    """An absolute path of plain path characters without ``..``, or "" (none)."""
+    parts = value.split("/")[1:]
+    if value and (not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", value) or {".", ".."} & set(parts)):
+        raise TraitError(f"{name}: {value!r} is not an absolute path of a folder ([A-Za-z0-9._-])")
+    return value
+
+
 def valid_image(name: str, value: str) -> str:
     """An image reference, as a build request's."""
     try:
@@ -91,6 +99,7 @@ def valid_policy(name: str, value: dict) -> dict:
 #: setting -> its check (name, value) -> the value kept
 CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "build_storage": valid_quantity,
+    "build_node_image_store": valid_host_folder,
     "build_image": valid_image,
     "base_image": valid_image,
     "python_base_images": valid_python_images,

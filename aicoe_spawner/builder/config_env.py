@@ -95,6 +95,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("AICOE_BUILDER_RESYNC_INTERVAL", "resync_interval"),
     EnvVar("AICOE_BUILDER_BUILD_NAMESPACE", "build_namespace"),
     EnvVar("AICOE_BUILDER_BUILD_STORAGE", "build_storage"),
+    EnvVar("AICOE_BUILDER_BUILD_NODE_IMAGE_STORE", "build_node_image_store"),
     EnvVar("AICOE_BUILDER_BUILD_NODE_SELECTOR", "build_node_selector", json_object),
     EnvVar("AICOE_BUILDER_BUILD_TOLERATIONS", "build_tolerations", json_array),
     EnvVar("AICOE_BUILDER_RECORD_RETENTION", "record_retention"),

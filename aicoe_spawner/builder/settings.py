@@ -54,6 +54,7 @@ class Settings:
     resync_interval: float = 60.0
     build_namespace: str | None = None
     build_storage: str = "20Gi"
+    build_node_image_store: str = ""
     build_node_selector: tuple[tuple[str, str], ...] = ()
     build_tolerations: tuple[dict, ...] = ()
     record_retention: int = 7 * 24 * 3600
@@ -114,6 +115,7 @@ class Settings:
             resync_interval=app.resync_interval,
             build_namespace=app.build_namespace or None,
             build_storage=app.build_storage,
+            build_node_image_store=app.build_node_image_store,
             build_node_selector=tuple(app.build_node_selector.items()),
             build_tolerations=tuple(app.build_tolerations),
             record_retention=app.record_retention,

@@ -426,3 +426,74 @@ async def test_build_pods_go_where_the_chart_says_and_are_admitted(chart):
     plain = job_manifest(a_build_spec(), JobConfig(builder_image=s.builder_image))
     assert "nodeSelector" not in plain["spec"]["template"]["spec"]
     assert "tolerations" not in plain["spec"]["template"]["spec"]
+
+
+# -- the node's image store (builder.buildNodeImageStore) ----------------------------------
+
+NODE_STORE = "/var/lib/aicoe-builder/images"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def with_node_store(kube, control_plane, tmp_path_factory):
+    made = await install(
+        kube,
+        control_plane,
+        tmp_path_factory.mktemp("admission-store"),
+        lambda ns: {"builder.buildNodeImageStore": NODE_STORE},
+    )
+    yield made
+    await uninstall(kube, made)
+
+
+def node_store_job(chart: Chart) -> dict:
+    """The builder's Job of an environment build that keeps its image on the node."""
+    spec = replace(a_build_spec(), strategy="environment", layer_cache="reg/jh/o-r-cache")
+    config = JobConfig(
+        builder_image=chart.build_image,
+        namespace=chart.build_namespace,
+        node_image_store=NODE_STORE,
+    )
+    return job_manifest(spec, config)
+
+
+def mounts(container: dict) -> dict[str, dict]:
+    return {m["name"]: m for m in container["volumeMounts"]}
+
+
+async def test_the_node_image_store_is_admitted_read_only_in_the_build_step(with_node_store):
+    """builder.buildNodeImageStore: the chart tells the builder (its Deployment's variable)
+    and admits the Job that mounts exactly that host folder, read-only in the build step;
+    another host folder, or the store writable where repository content runs, is refused."""
+    chart = with_node_store
+    docs = render(
+        namespace=chart.namespace,
+        release=RELEASE,
+        values={"builder.buildNodeImageStore": NODE_STORE},
+    )
+    assert builder_env(docs, "AICOE_BUILDER_BUILD_NODE_IMAGE_STORE") == NODE_STORE
+    await policies_enforced(
+        chart.builder, chart.namespace, chart.build_namespace, chart.build_image
+    )
+    job = node_store_job(chart)
+    build, push = containers(job)
+    assert mounts(build)["node-images"]["readOnly"] is True
+    assert "readOnly" not in mounts(push)["node-images"]
+    assert await create_job(chart.builder, chart.build_namespace, job) == ""
+
+    elsewhere = copy.deepcopy(job)
+    (volume,) = [v for v in pod(elsewhere)["volumes"] if v["name"] == "node-images"]
+    volume["hostPath"]["path"] = "/"
+    refused = await create_job(chart.builder, chart.build_namespace, elsewhere)
+    assert refused.startswith("403") and f"the node's image store {NODE_STORE}" in refused
+
+    writable = copy.deepcopy(job)
+    mounts(containers(writable)[0])["node-images"]["readOnly"] = False
+    refused = await create_job(chart.builder, chart.build_namespace, writable)
+    assert refused.startswith("403") and "image store read-only" in refused, refused
+
+
+async def test_without_the_setting_the_node_image_store_is_refused(chart):
+    """The default install (no buildNodeImageStore) admits no host folder at all."""
+    await enforced(chart)
+    refused = await create_job(chart.builder, chart.build_namespace, node_store_job(chart))
+    assert refused.startswith("403") and "only emptyDirs" in refused, refused

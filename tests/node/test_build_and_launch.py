@@ -372,9 +372,9 @@ def registry_layers(reference: str) -> list[str]:
 
 @pytest.mark.timeout(1500)
 async def test_a_notebook_change_reuses_the_environment_image(demo, node_kube, tmp_path):
-    """The next commit changes only a notebook: its build pulls the environment image the
-    first one kept (the packages are not installed again) and the new image is that image's
-    layers plus one."""
+    """The next commit changes only a notebook: its build uses the environment image the
+    first one kept, from the node's image store (the packages are not installed again, the
+    image is not pulled) and the new image is that image's layers plus one."""
     if "requirements-only" in BUILT:  # built by the test above, at this commit
         token, first = BUILT["requirements-only"]
         url = first["repo"]
@@ -395,6 +395,10 @@ async def test_a_notebook_change_reuses_the_environment_image(demo, node_kube, t
     assert second["phase"] == "ready", second["message"]
     assert second["commit"] != first["commit"]
     assert "==> environment image: reused" in second["log"], second["log"][-3000:]
+    # the demo keeps environment images on the node (build_node_image_store): the first
+    # build's push step put it there, the second build used it where it lies (no pull)
+    assert "==> the node's image store keeps" in first["log"], first["log"][-3000:]
+    assert "from the node's image store" in second["log"], second["log"][-3000:]
     assert "aicoe-env requirements" not in second["log"]  # nothing installed again
     print(f"rebuild after a notebook change: {took:.0f} s")
     _, status = await stream_tag(node_kube, second["image"])

@@ -75,6 +75,7 @@ def sample(name: str, trait) -> tuple[str, object]:
         "build_image": ("registry.local:5000/buildah:1", "registry.local:5000/buildah:1"),
         "base_image": ("registry.local:5000/nb:1", "registry.local:5000/nb:1"),
         "build_storage": ("5Gi", "5Gi"),
+        "build_node_image_store": ("/var/lib/aicoe-builder/images",) * 2,
         "backend": ("openshift", "openshift"),
         "python_base_images": (
             "3.10=nb:py310, 3.9=nb:py39",

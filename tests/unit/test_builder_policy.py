@@ -279,6 +279,42 @@ def test_build_storage_size_sets_limits_and_a_request_within_them():
         settings_from_env({"AICOE_BUILDER_BUILD_STORAGE": "lots"})
 
 
+def test_the_node_image_store_is_writable_by_the_push_step_only():
+    """build_node_image_store: a hostPath the build step (repository content) mounts
+    read-only and the push step writable, for environment builds whose images go to the
+    builder's own registry; never for a project's own destination (its push Secret): its
+    environment must not lie where another project's build could read it."""
+    from dataclasses import replace
+
+    env_spec = replace(spec(), strategy="environment", layer_cache="reg.local:5000/ns/nb-cache")
+    store = "/var/lib/aicoe-builder/images"
+    pod = job_manifest(env_spec, JobConfig(node_image_store=store))["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "node-images"]
+    assert volume["hostPath"] == {"path": store, "type": "DirectoryOrCreate"}
+    (build,), (push,) = pod["initContainers"], pod["containers"]
+    build_mount = {m["name"]: m for m in build["volumeMounts"]}["node-images"]
+    push_mount = {m["name"]: m for m in push["volumeMounts"]}["node-images"]
+    assert build_mount["readOnly"] is True and not push_mount.get("readOnly")
+    for c in (build, push):
+        assert {"name": "NODE_IMAGES", "value": build_mount["mountPath"]} in c["env"]
+
+    def has_store(s, config) -> bool:
+        pod = job_manifest(s, config)["spec"]["template"]["spec"]
+        return any("hostPath" in v for v in pod["volumes"])
+
+    assert not has_store(env_spec, JobConfig())  # off by default
+    assert not has_store(spec(), JobConfig(node_image_store=store))  # no environment image
+    mapped = replace(env_spec, push_secret="team-a-push")
+    assert not has_store(mapped, JobConfig(node_image_store=store))
+    assert (
+        settings_from_env({"AICOE_BUILDER_BUILD_NODE_IMAGE_STORE": store}).build_node_image_store
+        == store
+    )
+    for bad in ("relative/path", "/a/../etc", "/a b"):
+        with pytest.raises(SystemExit):
+            settings_from_env({"AICOE_BUILDER_BUILD_NODE_IMAGE_STORE": bad})
+
+
 def test_custom_tag_on_openshift_follows_the_built_image():
     """On OpenShift the build output writes the release tag; the custom tag points at the
     same image (ImageStreamImage by digest), which the image controller resolves."""

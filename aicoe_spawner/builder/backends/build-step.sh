@@ -3,6 +3,7 @@
 # credentials. The image check (image_check.CHECK_SCRIPT) goes where @CHECK_SCRIPT@ stands.
 set -eu
 fail() {  # the build's reason, for the record's message (termination message)
+  if [ -n "${layout_pid:-}" ]; then kill "$layout_pid" 2>/dev/null || true; fi
   printf '%s\n' "$*" > "${BUILD_TERMINATION_LOG:-/dev/termination-log}" 2>/dev/null || true
   echo "error: $*" >&2; exit 2
 }
@@ -18,6 +19,14 @@ if buildah --storage-driver overlay --root "$probe/root" --runroot "$probe/run" 
 fi
 rm -rf "$probe"
 B="--storage-driver $driver --root $BUILD_STORAGE/root --runroot $BUILD_STORAGE/run"
+# the node's image store (environment images kept by earlier builds' push steps on this node),
+# read-only here: its images are used where they lie, never pulled again
+node_store=""
+if [ -n "${NODE_IMAGES:-}" ] && [ "$driver" = overlay ] && [ -d "$NODE_IMAGES/overlay-images" ]
+then
+  node_store=$NODE_IMAGES
+  B="$B --storage-opt overlay.imagestore=$node_store"
+fi
 TLS="--tls-verify=${TLS_VERIFY:-true}"
 work=$(mktemp -d)
 echo "==> buildah storage: $driver"
@@ -185,7 +194,13 @@ if [ -n "${CACHE_REPO:-}" ] && [ "$STRATEGY" = environment ]; then
 fi
 if [ -n "$env_key" ]; then
   env_image="$CACHE_REPO:env-$env_key"
-  if buildah $B pull -q --retry 0 $TLS -- "$env_image" >/dev/null 2>&1; then
+  fmt='{{.FromImageID}}'
+  if [ -n "$node_store" ] &&
+      id=$(buildah $B inspect --type image --format "$fmt" -- "$env_image" 2>/dev/null) &&
+      [ -n "$id" ]; then
+    echo "==> environment image: reused $env_image from the node's image store"
+    env_from=$id  # an image ID: resolved in the stores, never pulled
+  elif buildah $B pull -q --retry 0 $TLS -- "$env_image" >/dev/null 2>&1; then
     echo "==> environment image: reused $env_image (the environment files are unchanged)"
     env_from=$env_image
   else
@@ -205,9 +220,18 @@ else
   echo "==> building $OUTPUT_IMAGE"
   bud "$file" aicoe-build/image
 fi
-@CHECK_SCRIPT@
+# the OCI layout for the push step is written while the image is checked (a failed check
+# stops it: fail)
 rm -rf "$WORKSPACE/layout" "$WORKSPACE/env-image"
-buildah $B push -q aicoe-build/image "oci:$WORKSPACE/layout:image"
+buildah $B push -q aicoe-build/image "oci:$WORKSPACE/layout:image" > "$work/layout.log" 2>&1 &
+layout_pid=$!
+@CHECK_SCRIPT@
+if ! wait "$layout_pid"; then
+  layout_pid=""
+  cat "$work/layout.log" >&2
+  fail "the built image could not be written for the push step: $(tail -n 1 "$work/layout.log")"
+fi
+layout_pid=""
 if [ -s "$work/env-image" ]; then  # a new environment image: the push step keeps it
   buildah $B push -q aicoe-build/env "oci:$WORKSPACE/layout:env"
   cp "$work/env-image" "$WORKSPACE/env-image"

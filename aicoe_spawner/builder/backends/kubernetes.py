@@ -52,6 +52,7 @@ class KubernetesBackend(Backend):
                 timeout_seconds=s.timeout,
                 namespace=s.build_namespace,
                 storage_size=s.build_storage,
+                node_image_store=s.build_node_image_store,
                 node_selector=dict(s.build_node_selector),
                 tolerations=list(s.build_tolerations),
                 check_image=s.check_image,

@@ -34,6 +34,7 @@ WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI layout of the
 BUILD_STORAGE = "/var/lib/aicoe-build-storage"  # buildah storage of the build step
 PUSH_STORAGE = "/var/lib/aicoe-push-storage"  # buildah storage of the push step
 DEFAULT_SCRIPTS = "/usr/libexec/s2i"
+NODE_IMAGES = "/var/lib/aicoe-node-images"  # the node's image store (hostPath), if kept
 PUSH_AUTH_FILE = "/var/run/secrets/push/.dockerconfigjson"  # in the push step only
 
 # Runs user content (git checkout, Dockerfile steps). No credentials here. User-controlled
@@ -75,6 +76,9 @@ class JobConfig:
     service_account: str | None = None
     namespace: str | None = None  # where build Jobs run (default: the builder's namespace)
     storage_size: str = "20Gi"  # sizeLimit of each emptyDir and the ephemeral-storage limit
+    # a folder on each node where push steps keep new environment images, which build steps
+    # on that node then use read-only instead of pulling them ("" = none)
+    node_image_store: str = ""
     node_selector: dict[str, str] = field(default_factory=dict)  # of build pods
     tolerations: list[dict[str, Any]] = field(default_factory=list)  # of build pods
     resources: dict[str, Any] = field(
@@ -153,6 +157,19 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         {"name": "workspace", "mountPath": WORKSPACE, "readOnly": True},
         {"name": "push-storage", "mountPath": PUSH_STORAGE},
     ]
+    build_mounts = [
+        {"name": "workspace", "mountPath": WORKSPACE},
+        {"name": "build-storage", "mountPath": BUILD_STORAGE},
+    ]
+    if spec.layer_cache and config.node_image_store and spec.push_secret is None:
+        # written by the push step (never runs user content), read-only where user content
+        # runs; only for the builder's own registry, whose images every build pod may pull (a
+        # project's private environment never lies where another's build could read it)
+        store = {"path": config.node_image_store, "type": "DirectoryOrCreate"}
+        volumes.append({"name": "node-images", "hostPath": store})
+        build_mounts.append({"name": "node-images", "mountPath": NODE_IMAGES, "readOnly": True})
+        push_mounts.append({"name": "node-images", "mountPath": NODE_IMAGES})
+        build_env["NODE_IMAGES"] = push_env["NODE_IMAGES"] = NODE_IMAGES
     # the destination's push Secret (None: the builder's own), in the push step alone
     push_secret = config.push_secret if spec.push_secret is None else spec.push_secret
     if push_secret:
@@ -184,10 +201,7 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "securityContext": security,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "workspace", "mountPath": WORKSPACE},
-            {"name": "build-storage", "mountPath": BUILD_STORAGE},
-        ],
+        "volumeMounts": build_mounts,
     }
     push = {
         "name": "push",
