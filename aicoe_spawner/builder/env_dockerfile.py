@@ -10,6 +10,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from importlib import resources
 
+from .env_files import conda_environment, is_local_requirement
 from .environment import (
     ENVIRONMENT_MARKER,
     HELPER,
@@ -18,9 +19,7 @@ from .environment import (
     EnvSettings,
     _at,
     apt_packages,
-    conda_environment,
     has_build_system,
-    is_local_requirement,
     is_poetry_package,
 )
 

@@ -10,7 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from . import git_process
-from .environment import MAX_FILE_BYTES, RepoView, decode_text
+from .env_files import decode_text
+from .environment import MAX_FILE_BYTES, RepoView
 from .naming import is_sha
 from .requests import BuildRequestError
 

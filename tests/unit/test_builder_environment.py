@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from aicoe_spawner.builder import env_dockerfile as generated
+from aicoe_spawner.builder import env_files
 from aicoe_spawner.builder import environment as env
 from aicoe_spawner.builder.requests import BuildRequestError
 
@@ -918,9 +919,9 @@ def test_other_r_runtime_forms_are_refused_as_r(text):
 
 def test_a_byte_order_mark_is_not_part_of_the_first_line():
     """A file saved by an editor as "UTF-8 with BOM" (or PowerShell's UTF-16)."""
-    assert env.decode_text(b"\xef\xbb\xbfpython-3.11\n") == "python-3.11\n"
-    assert env.decode_text("python-3.12\n".encode("utf-16")) == "python-3.12\n"
-    assert env.decode_text(b"numpy\xff\n") == "numpy\ufffd\n"
+    assert env_files.decode_text(b"\xef\xbb\xbfpython-3.11\n") == "python-3.11\n"
+    assert env_files.decode_text("python-3.12\n".encode("utf-16")) == "python-3.12\n"
+    assert env_files.decode_text(b"numpy\xff\n") == "numpy\ufffd\n"
     assert decide(["runtime.txt"], runtime_txt="\ufeffpython-3.11\n").python_version == "3.11"
     assert decide([".python-version"], python_version="\ufeff3.12\n").python_version == "3.12"
     assert env.apt_packages("apt.txt", "\ufeffcurl\n") == ("curl",)
@@ -948,7 +949,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_line():
     ],
 )
 def test_requirements_lines_that_need_the_repository(line, local):
-    assert env.is_local_requirement(line) is local
+    assert env_files.is_local_requirement(line) is local
     _, lines = dockerfile(["requirements.txt"], requirements_txt=f"{line}\n")
     copied = "COPY --chown=1000:100 requirements.txt /home/jovyan/requirements.txt" in lines
     assert copied is not local
