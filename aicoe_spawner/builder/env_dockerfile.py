@@ -6,11 +6,11 @@ step runs the helper script ``aicoe-env.sh``. Pure code, no I/O."""
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Iterable, Mapping
 from importlib import resources
 
+from .env_files import conda_environment, is_local_requirement
 from .environment import (
     ENVIRONMENT_MARKER,
     HELPER,
@@ -24,9 +24,6 @@ from .environment import (
 )
 
 __all__ = ["HELPER_SCRIPT", "environment_dockerfile"]
-
-# requirements.txt lines that need the whole repository (local paths, other files)
-_LOCAL_REQ = re.compile(r"^\s*(-e|--editable|-r|--requirement|-c|--constraint|\.|/|file:)")
 
 # -- the generated Dockerfile -------------------------------------------------------------
 
@@ -42,7 +39,7 @@ def _quote_lines(lines: Iterable[str]) -> str:
 
 def _needs_whole_repo(requirements: str | None) -> bool:
     """A requirements.txt naming local paths or other files needs the whole repository."""
-    return any(_LOCAL_REQ.match(line) for line in (requirements or "").splitlines())
+    return any(is_local_requirement(line) for line in (requirements or "").splitlines())
 
 
 def environment_dockerfile(
@@ -101,7 +98,9 @@ def environment_dockerfile(
         f" && chmod 755 {HELPER}"
     )
     if decision.python_version:
-        src = _at(folder, "runtime.txt") if has("runtime.txt") else _at(folder, ".python-version")
+        src = decision.python_source or (
+            _at(folder, "runtime.txt") if has("runtime.txt") else _at(folder, ".python-version")
+        )
         out.append(step("python", q(src), decision.python_version))
     if has("apt.txt"):
         pkgs = apt_packages(_at(folder, "apt.txt"), files.get(_at(folder, "apt.txt")) or "")
@@ -119,10 +118,16 @@ def environment_dockerfile(
     )
     if req_late:
         early.remove("requirements.txt")
+    conda = decision.conda_file.rsplit("/", 1)[-1]
+    # a pip: list naming the repository's files (-r requirements.txt, -e .): after the copy
+    text = files.get(decision.conda_file) if conda else None
+    conda_late = bool(conda) and (text is None or conda_environment(conda, text).local)
+    if conda_late:
+        early.remove(conda)
     for name in early:
         out.append(f"COPY {chown} {_at(folder, name)} {path(name)}")
-    if has("environment.yml"):
-        out.append(step("conda", q(path("environment.yml"))))
+    if conda and not conda_late:
+        out.append(step("conda", q(path(conda))))
     locked = True
     if has("Pipfile.lock"):
         out.append(step("pipenv", q(path("Pipfile.lock"))))
@@ -138,8 +143,10 @@ def environment_dockerfile(
     else:
         locked = False
     out += [ENVIRONMENT_MARKER, label, f"COPY {chown} . {home}/"]
+    if conda_late:
+        out.append(step("conda", q(path(conda))))
     lock = next((n for n in ("Pipfile.lock", "uv.lock", "poetry.lock") if has(n)), "")
-    if lock and not has("environment.yml"):  # the lock's local paths (-e ., ./libs/x)
+    if lock and not conda:  # the lock's local paths (-e ., ./libs/x)
         out.append(step("deferred", q(path(lock))))
     if req_late:
         out.append(step("requirements", q(path("requirements.txt"))))

@@ -20,6 +20,11 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .env_files import (
+    CondaEnv,
+    conda_environment,
+    pipfile_python,
+)
 from .fields import BuildRequestError, validate_image
 
 __all__ = [
@@ -40,6 +45,7 @@ DOCKERFILES = ("Dockerfile", "Containerfile")
 #: The package files copied into the image (and installed) before the rest of the repository.
 PACKAGE_FILES = (
     "environment.yml",
+    "environment.yaml",  # repo2docker reads it when there is no environment.yml
     "Pipfile",
     "Pipfile.lock",
     "pyproject.toml",
@@ -58,7 +64,17 @@ ENV_FILES = (
     "start",
 )
 #: Files whose content detection reads (the rest only need to exist).
-READ_FILES = ("apt.txt", "runtime.txt", ".python-version", "pyproject.toml", "requirements.txt")
+READ_FILES = (
+    "apt.txt",
+    "runtime.txt",
+    ".python-version",
+    "environment.yml",
+    "environment.yaml",
+    "Pipfile",
+    "pyproject.toml",
+    "requirements.txt",
+)
+CONDA_FILES = ("environment.yml", "environment.yaml")
 HELPER = "/usr/local/bin/aicoe-env"
 #: The line of a generated Dockerfile between the environment (the base image, apt.txt, the
 #: package files and their installs: what the environment image holds, reused by every commit
@@ -79,7 +95,7 @@ OTHER_LANGUAGES = {
     "REQUIRE": "Julia",
     "default.nix": "Nix",
 }
-_R_RUNTIME = re.compile(r"r-(\d+(\.\d+)*)?(-?\d{4}-\d{2}-\d{2})?")
+_R_RUNTIME = re.compile(r"r-(\d+(\.\d+)*|devel|release)?(-?\d{4}-\d{2}-\d{2})?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,12 @@ class Decision:
     base_image: str = ""
     python_version: str = ""
     notes: tuple[str, ...] = ()
+    python_source: str = ""  # the file that named python_version
+
+    @property
+    def conda_file(self) -> str:
+        """The conda environment file that decided (a path), else ``""``."""
+        return next((p for p in self.decided_by if p.rsplit("/", 1)[-1] in CONDA_FILES), "")
 
     @property
     def strategy(self) -> str:
@@ -178,6 +200,7 @@ def files_to_read(paths: Iterable[str]) -> list[str]:
 
 
 def _lines(text: str) -> list[str]:
+    text = text.removeprefix("\ufeff")  # a byte order mark (an editor's UTF-8 "with BOM")
     return [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.split("#", 1)[0].strip()]
 
 
@@ -207,6 +230,8 @@ def _python_version(path: str, text: str, settings: EnvSettings) -> str | None:
     raw = lines[0] if lines else ""
     # as people write it: 'Python-3.12', "python - 3.10", '3.14' in quotes, python-3-8
     value = re.sub(r"\s*-\s*", "-", raw.strip("'\" ")).lower()
+    # python 3.11, python=3.11, python==3.11 (a conda or pip spelling of the same request)
+    value = re.sub(r"^python\s*(==?|\s)\s*(?=\d)", "python-", value)
     value = re.sub(r"^(python-)?3-(\d+)", r"\g<1>3.\2", value)
     if path.endswith("runtime.txt"):
         if _R_RUNTIME.fullmatch(raw) and raw != "r-":
@@ -283,6 +308,8 @@ def decide(
             raise _not_python(_at(folder, name), language, settings)
     present = [n for n in ENV_FILES if _at(folder, n) in paths]
     for name in READ_FILES:
+        if name in (*CONDA_FILES, "Pipfile"):  # read for a version pin: a note when too large
+            continue
         if name in present and files.get(_at(folder, name)) is None:
             raise _refuse(_at(folder, name), f"larger than {MAX_FILE_BYTES // 1024} KiB")
     notes: list[str] = []
@@ -296,14 +323,53 @@ def decide(
             raise _refuse(_at(folder, lock), f"{lock} without pyproject.toml cannot be installed")
     if "apt.txt" in present:
         apt_packages(_at(folder, "apt.txt"), files[_at(folder, "apt.txt")] or "")
-    version = chosen = ""
+    version = chosen = source = ""
     ignored: set[str] = set()
+
+    def offer(path: str, v: str, what: str) -> None:
+        """Python ``v`` named by ``path``: its base image, or refused naming the offer."""
+        nonlocal version, chosen, source
+        version, source = v, path
+        if base_image:
+            notes.append(f"{path} asks for Python {v}; the base image {base_image} is used")
+            return
+        if v not in settings.python_base_images:
+            raise _refuse(
+                path,
+                f"Python {v} is not offered by this builder (versions offered: "
+                f"{_offered(settings)}); {what}",
+            )
+        chosen = settings.python_base_images[v]
+
+    conda = next((n for n in CONDA_FILES if n in present), "")
+    if conda == "environment.yml" and "environment.yaml" in present:
+        present.remove("environment.yaml")
+        notes.append(f"{_at(folder, 'environment.yaml')} ignored: environment.yml is read first")
+    if conda:
+        path = _at(folder, conda)
+        text = files.get(path)
+        pinned = conda_environment(path, text) if text is not None else CondaEnv(local=True)
+        if text is None:
+            notes.append(
+                f"{path} is larger than {MAX_FILE_BYTES // 1024} KiB: its Python pin is not read"
+            )
+        if pinned.python == "3":
+            notes.append(f"{path} pins {pinned.pin!r}: the base image's Python 3")
+        elif pinned.python:  # repo2docker builds that Python: so do we, or say why not
+            offer(
+                path,
+                {"2": "2.7"}.get(pinned.python, pinned.python),  # python=2: 2.7
+                f"change the pin {pinned.pin!r} in {conda} to one of them, or remove it "
+                "(the base image's Python)",
+            )
     for name in ("runtime.txt", ".python-version"):
         if name not in present:
             continue
         path = _at(folder, name)
         if version or chosen:
-            notes.append(f"{path} ignored: runtime.txt names the Python version")
+            by = source.rsplit("/", 1)[-1] if source else "runtime.txt"
+            what = "pins" if by in CONDA_FILES else "names"
+            notes.append(f"{path} ignored: {by} {what} the Python version")
             ignored.add(name)
             continue
         if not _lines(files[path] or ""):  # e.g. "# python-3.11": repo2docker's default too
@@ -325,32 +391,38 @@ def decide(
         if _MAJOR_ONLY.fullmatch(first):
             notes.append(f"{path} asks for Python 3: the base image's Python 3")
             continue
-        version = _python_version(path, files[path] or "", settings) or ""
-        if not version:
+        found = _python_version(path, files[path] or "", settings) or ""
+        if not found:
             what = "a Python runtime (python-X.Y)" if name == "runtime.txt" else "a Python version"
             notes.append(f"{path}: {first!r} is not {what}, ignored: the base image's Python")
             continue
-        if base_image:
-            notes.append(f"{path} asks for Python {version}; the base image {base_image} is used")
-            continue
-        offered = settings.python_base_images
-        if version not in offered:
-            raise _refuse(
-                path,
-                f"Python {version} is not offered by this builder (versions offered: "
-                f"{_offered(settings)}); "
-                f"change {name} to one of them",
+        offer(path, found, f"change {name} to one of them")
+    if not (version or chosen) and "Pipfile" in present and "Pipfile.lock" in present:
+        # repo2docker's Pipfile buildpack builds the Python the Pipfile requires; a version this
+        # builder lacks is noted (pipenv writes the developer's own Python there), not refused
+        path = _at(folder, "Pipfile")
+        wanted = pipfile_python(files.get(path))
+        if wanted and base_image:
+            notes.append(f"{path} asks for Python {wanted}; the base image {base_image} is used")
+        elif wanted in settings.python_base_images:
+            version, source, chosen = wanted, path, settings.python_base_images[wanted]
+            notes.append(f"{path} asks for Python {wanted} ([requires] python_version)")
+        elif wanted:
+            notes.append(
+                f"{path} asks for Python {wanted} ([requires] python_version), which this "
+                f"builder does not offer (versions offered: {_offered(settings)}): the base "
+                "image's Python; if the lock does not install on it, name an offered version "
+                "in runtime.txt and lock again with it"
             )
-        chosen = offered[version]
     locks = [
         n
         for n in ("Pipfile.lock", "uv.lock", "poetry.lock", "pylock.toml", "requirements.txt")
         if n in present
     ]
-    if "environment.yml" in present:  # repo2docker: environment.yml takes precedence
-        locks = ["environment.yml", *locks]
+    if conda:  # repo2docker: environment.yml takes precedence
+        locks = [conda, *locks]
     for extra in locks[1:]:
-        what = "names the environment" if locks[0] == "environment.yml" else "pins the packages"
+        what = "names the environment" if locks[0] == conda else "pins the packages"
         notes.append(f"{_at(folder, extra)} ignored: {_at(folder, locks[0])} {what}")
     decided = [n for n in present if n not in locks[1:] and n not in ignored]
     if "pyproject.toml" in present and not {"uv.lock", "poetry.lock"} & set(decided):
@@ -359,7 +431,7 @@ def decide(
             decided.remove("pyproject.toml")
             notes.append(f"{_at(folder, 'pyproject.toml')} has no [build-system]: not installed")
     if not decided:
-        return Decision("content-only", (), "", folder, chosen, version, tuple(notes))
+        return Decision("content-only", (), "", folder, chosen, version, tuple(notes), source)
     return Decision(
         "environment",
         tuple(_at(folder, n) for n in decided),
@@ -368,6 +440,7 @@ def decide(
         chosen,
         version,
         tuple(notes),
+        source,
     )
 
 

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from . import git_process
+from .env_files import decode_text
 from .environment import MAX_FILE_BYTES, RepoView
 from .naming import is_sha
 from .requests import BuildRequestError
@@ -69,5 +70,5 @@ async def _small_file(cwd: str, path: str) -> str | None:
     code, size = await git_process.git_output("cat-file", "-s", obj, cwd=cwd)
     if code != 0 or not size.strip().isdigit() or int(size) > MAX_FILE_BYTES:
         return None
-    code, text = await git_process.git_output("cat-file", "-p", obj, cwd=cwd)
-    return text if code == 0 else None
+    r = await git_process.run_git(("cat-file", "-p", obj), cwd=cwd)
+    return decode_text(r.out) if r.code == 0 else None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from aicoe_spawner.builder import env_dockerfile as generated
+from aicoe_spawner.builder import env_files
 from aicoe_spawner.builder import environment as env
 from aicoe_spawner.builder.requests import BuildRequestError
 
@@ -27,6 +28,9 @@ READ = {
     "runtime.txt": "python-3.11\n",
     ".python-version": "3.12.4\n",
     "pyproject.toml": '[project]\nname = "x"\n[build-system]\nrequires = ["hatchling"]\n',
+    "environment.yml": "channels:\n  - conda-forge\ndependencies:\n  - numpy\n",
+    "environment.yaml": "dependencies:\n  - pandas\n",
+    "Pipfile": '[packages]\nnumpy = "*"\n',
 }
 
 
@@ -128,7 +132,8 @@ def test_every_file_kind_decides_in_step_order():
     # comes before its Pipfile and requirements ones); the others are named as ignored
     for lock in ("Pipfile.lock", "uv.lock", "requirements.txt"):
         assert f"{lock} ignored: environment.yml names the environment" in d.notes
-    d = decide([p for p in paths if p != "environment.yml"])
+    assert "environment.yaml ignored: environment.yml is read first" in d.notes
+    d = decide([p for p in paths if p not in env.CONDA_FILES])
     assert "Pipfile.lock" in d.decided_by
     assert "uv.lock ignored: Pipfile.lock pins the packages" in d.notes
     assert "requirements.txt ignored: Pipfile.lock pins the packages" in d.notes
@@ -765,3 +770,186 @@ def test_settings_change_the_build():
     b = resolved(["requirements.txt"], package_index_url="http://10.0.0.9/simple/")
     assert a.content_id != b.content_id
     assert " PIP_INDEX_URL=http://10.0.0.9/simple/ " in b.generated_dockerfile
+
+
+# -- what the survey of real repositories found (docs/builder.md, "What a repository is built
+# as"); each case names the repository it comes from --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, version",
+    [
+        # binder-examples/conda; jupyterlab/jupyterlab-demo (.binder): as repo2docker reads them
+        ("dependencies:\n  - python=3.11\n  - numpy\n", "3.11"),
+        ("dependencies:\n- ruamel.yaml\n- python=3.12\n", "3.12"),
+        ("dependencies:\n  - python==3.12.*\n", "3.12"),
+        ("dependencies:\n  - python 3.11.4\n", "3.11"),
+    ],
+)
+def test_environment_yml_pinning_python_builds_on_that_pythons_image(text, version):
+    """repo2docker builds the Python an environment.yml pins; ``conda env update`` into the
+    server's environment would otherwise replace its Python (or fail to solve)."""
+    d, lines = dockerfile(["environment.yml", "index.ipynb"], environment_yml=text)
+    assert (d.python_version, d.base_image) == (version, S.python_base_images[version])
+    assert d.python_source == "environment.yml"
+    assert f"RUN /usr/local/bin/aicoe-env python environment.yml {version}" in lines
+
+
+@pytest.mark.parametrize(
+    "text, pin, version",
+    [
+        # ageron/handson-ml3 (python=3.10, with a comment), jakevdp/PythonDataScienceHandbook
+        # (python=3.5), ipython/ipython-in-depth's binder/environment.yml (python=3.6)
+        ("dependencies:\n  - python=3.10  # your beloved language\n", "python=3.10", "3.10"),
+        (
+            "dependencies:\n  - python=3.5\n  - pip:\n    - -r requirements.txt\n",
+            "python=3.5",
+            "3.5",
+        ),
+        ("dependencies:\n  - python=2\n", "python=2", "2.7"),
+    ],
+)
+def test_environment_yml_pinning_a_python_not_offered_is_refused_naming_the_pin(text, pin, version):
+    e = refused(["environment.yml", "requirements.txt"], environment_yml=text)
+    assert e.field == "environment.yml"
+    assert e.why.startswith(f"Python {version} is not offered by this builder (versions offered:")
+    assert f"change the pin {pin!r} in environment.yml" in e.why
+
+
+def test_environment_yml_without_a_version_pin_and_python_3_use_the_base_images_python():
+    # binder-examples/python-conda_pip ("- python"), binder-examples/bokeh (no python)
+    for text in ("dependencies:\n  - python\n  - numpy\n", "dependencies:\n  - bokeh\n"):
+        d = decide(["environment.yml"], environment_yml=text)
+        assert (d.python_version, d.base_image, d.notes) == ("", "", ())
+    d = decide(["environment.yml"], environment_yml="dependencies:\n  - python=3\n")
+    assert d.notes == ("environment.yml pins 'python=3': the base image's Python 3",)
+
+
+def test_environment_yml_pinning_python_wins_over_runtime_txt():
+    d = decide(
+        ["environment.yml", "runtime.txt"],
+        environment_yml="dependencies:\n  - python=3.12\n",
+        runtime_txt="python-3.11\n",
+    )
+    assert (d.python_version, d.python_source) == ("3.12", "environment.yml")
+    assert d.notes == ("runtime.txt ignored: environment.yml pins the Python version",)
+    d = decide(
+        ["environment.yml"], environment_yml="dependencies:\n  - python=3.5\n", base_image="my/i:1"
+    )
+    assert d.notes == ("environment.yml asks for Python 3.5; the base image my/i:1 is used",)
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("dependencies: [numpy\n", "not valid YAML, which conda cannot read"),
+        ("- numpy\n- pandas\n", "must be a YAML mapping"),
+        ("dependencies: numpy\n", "its dependencies must be a list"),
+    ],
+)
+def test_an_environment_yml_conda_cannot_read_is_refused_naming_it(text, why):
+    e = refused(["binder/environment.yml"], environment_yml=text)
+    assert e.field == "binder/environment.yml" and why in e.why
+
+
+def test_environment_yaml_is_honoured_as_repo2docker_honours_it():
+    """repo2docker's conda buildpack reads environment.yml, else environment.yaml."""
+    d, lines = dockerfile(["binder/environment.yaml", "binder/postBuild"])
+    assert d.decided_by == ("binder/environment.yaml", "binder/postBuild")
+    assert "RUN /usr/local/bin/aicoe-env conda /home/jovyan/binder/environment.yaml" in lines
+    d = decide(["environment.yml", "environment.yaml", "requirements.txt"])
+    assert d.decided_by == ("environment.yml",)
+    assert "environment.yaml ignored: environment.yml is read first" in d.notes
+
+
+def test_environment_yml_whose_pip_list_names_repository_files_installs_after_the_copy():
+    """jakevdp/PythonDataScienceHandbook's ``pip: [-r requirements.txt]``: conda runs pip
+    beside the file, so the repository must be there (repo2docker does the same)."""
+    text = "dependencies:\n  - numpy\n  - pip:\n    - -r requirements.txt\n"
+    _, lines = dockerfile(["environment.yml", "requirements.txt"], environment_yml=text)
+    conda = lines.index("RUN /usr/local/bin/aicoe-env conda /home/jovyan/environment.yml")
+    assert conda > lines.index("COPY --chown=1000:100 . /home/jovyan/")
+    assert not any(line.startswith("COPY --chown=1000:100 environment.yml") for line in lines)
+    _, lines = dockerfile(["environment.yml"])  # nothing local: in the environment image
+    conda = lines.index("RUN /usr/local/bin/aicoe-env conda /home/jovyan/environment.yml")
+    assert conda < lines.index(env.ENVIRONMENT_MARKER)
+
+
+@pytest.mark.parametrize(
+    "pipfile, version, base",
+    [
+        ('[requires]\npython_version = "3.12"\n', "3.12", S.python_base_images["3.12"]),
+        ('[requires]\npython_full_version = "3.11.4"\n', "3.11", "nb:3.11"),
+    ],
+)
+def test_a_pipfiles_python_version_chooses_the_base_image(pipfile, version, base):
+    """repo2docker's Pipfile buildpack builds the Python the Pipfile requires."""
+    d = decide(["Pipfile", "Pipfile.lock"], Pipfile=pipfile)
+    assert (d.python_version, d.base_image, d.python_source) == (version, base, "Pipfile")
+
+
+def test_a_pipfiles_python_version_not_offered_is_noted_not_refused():
+    """binder-examples/pipfile (3.6), aicoe-aiops/project-template (3.8): pipenv writes the
+    developer's Python there; the lock may well install on another."""
+    d = decide(["Pipfile", "Pipfile.lock"], Pipfile='[requires]\npython_version = "3.6"\n')
+    assert (d.kind, d.python_version, d.base_image) == ("environment", "", "")
+    assert d.notes[0].startswith(
+        "Pipfile asks for Python 3.6 ([requires] python_version), which this builder does not "
+        "offer (versions offered: 3.11, 3.12): the base image's Python"
+    )
+    d = decide(
+        ["Pipfile", "Pipfile.lock", "runtime.txt"], Pipfile='[requires]\npython_version = "3.6"\n'
+    )
+    assert (d.python_version, d.python_source) == ("3.11", "runtime.txt")  # runtime.txt first
+
+
+@pytest.mark.parametrize(
+    "text, version",
+    [("python 3.11\n", "3.11"), ("python=3.12\n", "3.12"), ("python==3.11\n", "3.11")],
+)
+def test_runtime_txt_with_a_space_or_equals_sign_names_the_version(text, version):
+    assert decide(["runtime.txt"], runtime_txt=text).python_version == version
+
+
+@pytest.mark.parametrize("text", ["R-4.2\n", "r-devel\n", "r-release-2024-01-01\n"])
+def test_other_r_runtime_forms_are_refused_as_r(text):
+    e = refused(["runtime.txt"], runtime_txt=text)
+    assert "asks for an R environment" in e.why
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line():
+    """A file saved by an editor as "UTF-8 with BOM" (or PowerShell's UTF-16)."""
+    assert env_files.decode_text(b"\xef\xbb\xbfpython-3.11\n") == "python-3.11\n"
+    assert env_files.decode_text("python-3.12\n".encode("utf-16")) == "python-3.12\n"
+    assert env_files.decode_text(b"numpy\xff\n") == "numpy\ufffd\n"
+    assert decide(["runtime.txt"], runtime_txt="\ufeffpython-3.11\n").python_version == "3.11"
+    assert decide([".python-version"], python_version="\ufeff3.12\n").python_version == "3.12"
+    assert env.apt_packages("apt.txt", "\ufeffcurl\n") == ("curl",)
+
+
+@pytest.mark.parametrize(
+    "line, local",
+    [
+        ("numpy==2.1.0", False),
+        ("-e .", True),
+        ("-rrequirements/base.txt", True),
+        ("--requirement=base.txt", True),
+        ("libs/mypkg", True),  # pip reads a name with a slash as a path
+        ("wheels/tool-1.0-py3-none-any.whl", True),
+        ("tool-1.0-py3-none-any.whl", True),
+        ("--find-links ./wheels", True),
+        ("-f wheels", True),
+        ("--find-links=https://download.pytorch.org/whl/torch_stable.html", False),
+        ("--extra-index-url https://download.pytorch.org/whl/cpu", False),
+        ("pkg @ file:///srv/pkg", True),
+        ("pkg @ https://example.org/pkg-1.0.tar.gz", False),
+        ("git+https://github.com/org/pkg.git#egg=pkg", False),
+        ('numpy; python_version < "3.12"  # see ./docs', False),
+        ("--no-binary :all:", False),
+    ],
+)
+def test_requirements_lines_that_need_the_repository(line, local):
+    assert env_files.is_local_requirement(line) is local
+    _, lines = dockerfile(["requirements.txt"], requirements_txt=f"{line}\n")
+    copied = "COPY --chown=1000:100 requirements.txt /home/jovyan/requirements.txt" in lines
+    assert copied is not local
