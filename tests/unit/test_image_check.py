@@ -295,8 +295,10 @@ def test_the_build_step_gets_the_check_and_the_hubs_version():
     assert env["CHECK_PROBE"] == PROBE and env["CHECK_REPORT"] == REPORT_PY
     assert build["terminationMessagePath"] == "/dev/termination-log"
     script = build["command"][2]
-    # after the build, before the archive
-    assert script.index("bud ") < script.index(CHECK_SCRIPT) < script.index("oci:$WORKSPACE/layout")
+    # after the build; the archive for the push step is written meanwhile, and the step ends
+    # (so the push step may start) only after both, a failed check stopping the archive
+    assert script.index("bud ") < script.index(CHECK_SCRIPT) < script.index('wait "$layout_pid"')
+    assert 'kill "$layout_pid"' in script[: script.index(CHECK_SCRIPT)]  # in fail()
     assert f'--user "{ANY_UID}:0"' in script
     off = job_manifest(spec(), JobConfig(check_image=False))
     env = {
