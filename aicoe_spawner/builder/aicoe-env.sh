@@ -30,9 +30,27 @@ pip_install() {  # $1: the file the packages come from; the rest: pip install ar
   cat /tmp/aicoe-pip.log >&2
   bad=$(grep -A1 'DO NOT MATCH THE HASHES' /tmp/aicoe-pip.log | tail -n 1 | awk '{print $1}')
   [ -z "$bad" ] || fail "$what: the downloaded $bad does not match the hash in the lock (tampered, or published again): lock it again"
-  missing=$(grep -o 'No matching distribution found for [^ ]*' /tmp/aicoe-pip.log | head -n 1 || true)
-  [ -z "$missing" ] || fail "$what: $missing on the package index ${PIP_INDEX_URL:-(pip's default)}"
   pyv=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  python_hint="name a Python it supports in runtime.txt or .python-version, or pin a version that supports Python $pyv"
+  other=$(grep -o "Package '[^']*' requires a different Python: [^ ]* not in '[^']*'" /tmp/aicoe-pip.log |
+    head -n 1 || true)
+  if [ -n "$other" ]; then  # a distribution whose metadata says Requires-Python
+    pkg=${other#"Package '"}; pkg=${pkg%%"'"*}; spec=${other##*" not in '"}; spec=${spec%"'"}
+    fail "$what: $pkg needs Python $spec (its Requires-Python) and the image has Python $pyv: $python_hint"
+  fi
+  missing=$(grep -o 'No matching distribution found for [^ ]*' /tmp/aicoe-pip.log | head -n 1 || true)
+  if [ -n "$missing" ]; then
+    req=${missing##* }; ver=""
+    case "$req" in *==*) ver=${req#*==}; ver=${ver%%[,;]*} ;; esac
+    spec=""
+    if [ -n "$ver" ]; then  # pip passed over the pinned version for its Requires-Python
+      spec=$(grep 'require a different python version' /tmp/aicoe-pip.log | tail -n 1 |
+        sed 's/^.*python version: //' | tr ';' '\n' | sed 's/^ *//' |
+        awk -v v="$ver" '$1 == v && $2 == "Requires-Python" {sub(/^[^ ]+ Requires-Python /, ""); print; exit}')
+    fi
+    [ -z "$spec" ] || fail "$what: $req needs Python $spec (its Requires-Python) and the image has Python $pyv: $python_hint"
+    fail "$what: $missing on the package index ${PIP_INDEX_URL:-(pip's default)}"
+  fi
   said=$(awk '/lines of output\]/ {f=1; next} /\[end of output\]/ {f=0} f && NF {l=$0} END {print l}' \
     /tmp/aicoe-pip.log | sed 's/^ *//' | cut -c 1-200)
   conflict=$(grep -o 'Cannot install .* because these package versions have conflicting dependencies' \

@@ -39,13 +39,21 @@ def build_wheel(d, config_settings=None, metadata_directory=None):
 
 
 def sdist(
-    links: Path, name: str, version: str, requires=(), meta_error="", build_error="failed"
+    links: Path,
+    name: str,
+    version: str,
+    requires=(),
+    meta_error="",
+    build_error="failed",
+    requires_python="",
 ) -> None:
     """A source distribution whose metadata (or build) fails as a real one would."""
     base = f"{name.replace('-', '_')}-{version}"
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
         f"Requires-Dist: {r}\n" for r in requires
     )
+    if requires_python:
+        meta += f"Requires-Python: {requires_python}\n"
     files = {
         "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
         'backend-path = ["."]\n',
@@ -76,7 +84,9 @@ def links(tmp_path: Path) -> Path:
     return links
 
 
-def install(tmp_path: Path, links: Path, requirements: str) -> subprocess.CompletedProcess:
+def install(
+    tmp_path: Path, links: Path, requirements: str, **env: str
+) -> subprocess.CompletedProcess:
     (tmp_path / "requirements.txt").write_text(requirements)
     script = tmp_path / "aicoe-env"
     script.write_text(generated.HELPER_SCRIPT)
@@ -87,6 +97,7 @@ def install(tmp_path: Path, links: Path, requirements: str) -> subprocess.Comple
         "PIP_NO_INDEX": "1",
         "PIP_FIND_LINKS": str(links),
         "PIP_TARGET": str(tmp_path / "target"),  # never this machine's environment
+        **env,
     }
     return subprocess.run(
         ["sh", str(script), "requirements", str(tmp_path / "requirements.txt")],
@@ -145,6 +156,37 @@ def test_pins_that_conflict_name_both_sides(tmp_path, links):
 def test_a_package_the_index_does_not_have_is_named(tmp_path, links):
     why = reason(install(tmp_path, links, "no-such-thing==9.9\n"))
     assert why.startswith("requirements.txt: No matching distribution found for no-such-thing")
+
+
+def test_a_pin_whose_requires_python_excludes_the_images_python_names_both(tmp_path, links):
+    """A package index that says Requires-Python (PyPI's data-requires-python): pip passes
+    over the pinned version and says only "no matching distribution"; the build's message
+    names the version's Requires-Python and the image's Python instead."""
+    sdist(links, "new-python", "2.0")
+    page = tmp_path / "simple" / "new-python"
+    page.mkdir(parents=True)
+    (page / "index.html").write_text(
+        f'<a href="{(links / "new_python-2.0.tar.gz").as_uri()}" '
+        'data-requires-python="&gt;=3.99">new_python-2.0.tar.gz</a>\n'
+    )
+    index = {"PIP_NO_INDEX": "", "PIP_FIND_LINKS": "", "PIP_INDEX_URL": (page.parent).as_uri()}
+    why = reason(install(tmp_path, links, "new-python==2.0\n", **index))
+    assert why == (
+        f"requirements.txt: new-python==2.0 needs Python >=3.99 (its Requires-Python) and the "
+        f"image has Python {PYV}: name a Python it supports in runtime.txt or .python-version, "
+        f"or pin a version that supports Python {PYV}"
+    )
+
+
+def test_a_distribution_whose_metadata_excludes_the_python_names_both(tmp_path, links):
+    """Found by a link without Requires-Python, pip reads it from the metadata and stops."""
+    sdist(links, "meta-python", "1.0", requires_python=">=3.99")
+    why = reason(install(tmp_path, links, "meta-python==1.0\n"))
+    assert why == (
+        f"requirements.txt: meta-python needs Python >=3.99 (its Requires-Python) and the "
+        f"image has Python {PYV}: name a Python it supports in runtime.txt or .python-version, "
+        f"or pin a version that supports Python {PYV}"
+    )
 
 
 # -- what a lock names that pip cannot hash-check ------------------------------------------
