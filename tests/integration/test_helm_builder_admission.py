@@ -462,8 +462,9 @@ def mounts(container: dict) -> dict[str, dict]:
 
 async def test_the_node_image_store_is_admitted_read_only_in_the_build_step(with_node_store):
     """builder.buildNodeImageStore: the chart tells the builder (its Deployment's variable)
-    and admits the Job that mounts exactly that host folder, read-only in the build step;
-    another host folder, or the store writable where repository content runs, is refused."""
+    and admits the Job that mounts exactly that host folder, read-only in the build step,
+    with its "keep" container; another host folder, the store writable where repository
+    content runs, or another container is refused."""
     chart = with_node_store
     docs = render(
         namespace=chart.namespace,
@@ -475,9 +476,9 @@ async def test_the_node_image_store_is_admitted_read_only_in_the_build_step(with
         chart.builder, chart.namespace, chart.build_namespace, chart.build_image
     )
     job = node_store_job(chart)
-    build, push = containers(job)
+    build, push, keep = containers(job)
     assert mounts(build)["node-images"]["readOnly"] is True
-    assert "readOnly" not in mounts(push)["node-images"]
+    assert "readOnly" not in mounts(keep)["node-images"] and "node-images" not in mounts(push)
     assert await create_job(chart.builder, chart.build_namespace, job) == ""
 
     elsewhere = copy.deepcopy(job)
@@ -490,6 +491,11 @@ async def test_the_node_image_store_is_admitted_read_only_in_the_build_step(with
     mounts(containers(writable)[0])["node-images"]["readOnly"] = False
     refused = await create_job(chart.builder, chart.build_namespace, writable)
     assert refused.startswith("403") and "image store read-only" in refused, refused
+
+    another = copy.deepcopy(job)
+    pod(another)["containers"][1]["name"] = "sidecar"
+    refused = await create_job(chart.builder, chart.build_namespace, another)
+    assert refused.startswith("403") and '(and "keep"' in refused, refused
 
 
 async def test_without_the_setting_the_node_image_store_is_refused(chart):

@@ -70,6 +70,7 @@ def test_wheel_holds_the_runtime_package_and_nothing_else(dist):
         "aicoe_spawner/builder/aicoe-env.sh",
         "aicoe_spawner/builder/backends/build-step.sh",
         "aicoe_spawner/builder/backends/push-step.sh",
+        "aicoe_spawner/builder/backends/keep-step.sh",
     ):
         assert data in package, data
     assert not [n for n in names if "devcluster" in n or "demo" in n or n.startswith("tests/")]

@@ -10,9 +10,11 @@ import pytest
 from aicoe_spawner.builder.app import parse_last_event_id, webhook_request
 from aicoe_spawner.builder.backends.kubernetes_job import (
     BUILD_SCRIPT,
+    KEEP_SCRIPT,
     PUSH_SCRIPT,
     JobConfig,
     job_manifest,
+    job_state,
 )
 from aicoe_spawner.builder.ci_config import parse_ci_configs
 from aicoe_spawner.builder.config import settings_from_env
@@ -291,16 +293,21 @@ def test_the_node_image_store_is_writable_by_the_push_step_only():
     pod = job_manifest(env_spec, JobConfig(node_image_store=store))["spec"]["template"]["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == "node-images"]
     assert volume["hostPath"] == {"path": store, "type": "DirectoryOrCreate"}
-    (build,), (push,) = pod["initContainers"], pod["containers"]
+    (build,), (push, keep) = pod["initContainers"], pod["containers"]
+    assert keep["name"] == "keep" and keep["command"][2] == KEEP_SCRIPT
     build_mount = {m["name"]: m for m in build["volumeMounts"]}["node-images"]
-    push_mount = {m["name"]: m for m in push["volumeMounts"]}["node-images"]
-    assert build_mount["readOnly"] is True and not push_mount.get("readOnly")
-    for c in (build, push):
+    keep_mount = {m["name"]: m for m in keep["volumeMounts"]}["node-images"]
+    assert build_mount["readOnly"] is True and not keep_mount.get("readOnly")
+    assert "node-images" not in {m["name"] for m in push["volumeMounts"]}
+    assert "push-secret" not in {m["name"] for m in keep["volumeMounts"]}
+    for c in (build, keep):
         assert {"name": "NODE_IMAGES", "value": build_mount["mountPath"]} in c["env"]
 
     def has_store(s, config) -> bool:
         pod = job_manifest(s, config)["spec"]["template"]["spec"]
-        return any("hostPath" in v for v in pod["volumes"])
+        keeps = [c["name"] for c in pod["containers"]] == ["push", "keep"]
+        assert keeps == any("hostPath" in v for v in pod["volumes"])
+        return keeps
 
     assert not has_store(env_spec, JobConfig())  # off by default
     assert not has_store(spec(), JobConfig(node_image_store=store))  # no environment image
@@ -313,6 +320,35 @@ def test_the_node_image_store_is_writable_by_the_push_step_only():
     for bad in ("relative/path", "/a/../etc", "/a b"):
         with pytest.raises(SystemExit):
             settings_from_env({"AICOE_BUILDER_BUILD_NODE_IMAGE_STORE": bad})
+
+
+def test_a_build_is_ready_when_its_push_step_ends_while_the_keep_step_runs():
+    """The keep step may still put the environment image on the node: the Job is active,
+    the push step has pushed (its digest in its termination message): ready. A push step
+    that failed is not ready, and a keep step's own end is never taken for the push's."""
+
+    def pod(*containers):
+        statuses = [
+            {"name": name, "state": state}
+            for name, state in (
+                ("build", {"terminated": {"exitCode": 0, "message": ""}}),
+                *containers,
+            )
+        ]
+        return {
+            "status": {"initContainerStatuses": statuses[:1], "containerStatuses": statuses[1:]}
+        }
+
+    active = {"status": {"active": 1, "startTime": "2026-12-04T00:00:00Z"}}
+    pushed = ("push", {"terminated": {"exitCode": 0, "message": f'{{"digest":"{D1}"}}'}})
+    keeping = ("keep", {"running": {"startedAt": "2026-12-04T00:00:01Z"}})
+    state = job_state(active, [pod(pushed, keeping)])
+    assert state.phase == "ready" and state.digest == D1
+    failed = ("push", {"terminated": {"exitCode": 1, "message": "denied"}})
+    assert job_state(active, [pod(failed, keeping)]).phase == "building"
+    kept = ("keep", {"terminated": {"exitCode": 0, "message": f'{{"digest":"{D2}"}}'}})
+    running = ("push", {"running": {"startedAt": "2026-12-04T00:00:01Z"}})
+    assert job_state(active, [pod(kept, running)]).phase == "building"
 
 
 def test_custom_tag_on_openshift_follows_the_built_image():

@@ -195,9 +195,20 @@ fi
 if [ -n "$env_key" ]; then
   env_image="$CACHE_REPO:env-$env_key"
   fmt='{{.FromImageID}}'
-  if [ -n "$node_store" ] &&
-      id=$(buildah $B inspect --type image --format "$fmt" -- "$env_image" 2>/dev/null) &&
-      [ -n "$id" ]; then
+  on_node() { id=$(buildah $B inspect --type image --format "$fmt" -- "$env_image" 2>/dev/null); }
+  if [ -n "$node_store" ] && ! on_node; then
+    # another build's keep step may be putting it there now (its mark is younger than 10
+    # minutes): wait for that rather than pull it (which costs as much)
+    mark="$node_store/aicoe-keeping/env-$env_key"
+    if [ -n "$(find "$mark" -mmin -10 2>/dev/null)" ]; then
+      echo "==> environment image: waiting for the node's image store to keep it"
+      waited=0
+      while [ -e "$mark" ] && [ "$waited" -lt "${KEEP_WAIT:-120}" ] && ! on_node; do
+        sleep 1; waited=$((waited + 1))
+      done
+    fi
+  fi
+  if [ -n "$node_store" ] && on_node && [ -n "$id" ]; then
     echo "==> environment image: reused $env_image from the node's image store"
     env_from=$id  # an image ID: resolved in the stores, never pulled
   elif buildah $B pull -q --retry 0 $TLS -- "$env_image" >/dev/null 2>&1; then

@@ -1,13 +1,15 @@
 """The Kubernetes backend's build Job, pure: its manifest (:func:`job_manifest`, the step
-scripts ``build-step.sh`` and ``push-step.sh`` shipped next to this module) and the build's
-state read from the Job and its pods (:func:`job_state`).
+scripts ``build-step.sh``, ``push-step.sh`` and ``keep-step.sh`` shipped next to this
+module) and the build's state read from the Job and its pods (:func:`job_state`).
 
 The build pod has two steps. The init container ``build`` fetches the commit and runs the
 user's Dockerfile (or the s2i-equivalent one) with buildah, writing the image as an OCI layout
 to a sized emptyDir; it has no credentials. The container ``push`` never runs user content: it
 pushes the layout with the push secret, and writes the pushed digest (buildah
-``--digestfile``) to its termination message. The pod runs with seccomp RuntimeDefault, no
-service-account token, and ephemeral-storage limits."""
+``--digestfile``) to its termination message. With a node image store, the container
+``keep`` runs beside it (no user content either) and keeps a new environment image on the
+node; the build is ready when the push step has ended. The pod runs with seccomp
+RuntimeDefault, no service-account token, and ephemeral-storage limits."""
 
 from __future__ import annotations
 
@@ -25,9 +27,13 @@ from .base import BackendState
 
 
 def _script(name: str) -> str:
-    """A step's shell script, shipped next to this module (without its two header lines)."""
-    text = (resources.files(__package__) / name).read_text()
-    return text.split("\n", 3)[3] if name == "build-step.sh" else text.split("\n", 2)[2]
+    """A step's shell script, shipped next to this module, without its header (the shebang
+    and the comment lines after it)."""
+    lines = (resources.files(__package__) / name).read_text().split("\n")
+    start = 1
+    while lines[start].startswith("#"):
+        start += 1
+    return "\n".join(lines[start:])
 
 
 WORKSPACE = "/var/lib/aicoe-build"  # the shared emptyDir: the OCI layout of the image
@@ -47,6 +53,10 @@ BUILD_SCRIPT = _script("build-step.sh").replace("@CHECK_SCRIPT@\n", CHECK_SCRIPT
 # the layers the registry already has (the base image's, on a rebuild) are not sent again.
 # Without it (e.g. quay.io/buildah/stable), buildah loads the layout and pushes the image.
 PUSH_SCRIPT = _script("push-step.sh")
+
+# Never runs user content: beside the push step, keeps a new environment image in the node's
+# image store (JobConfig.node_image_store); the build is ready without waiting for it.
+KEEP_SCRIPT = _script("keep-step.sh")
 
 
 # Capabilities of the Dockerfile's RUN steps: the default set of container runtimes less
@@ -161,15 +171,15 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         {"name": "workspace", "mountPath": WORKSPACE},
         {"name": "build-storage", "mountPath": BUILD_STORAGE},
     ]
-    if spec.layer_cache and config.node_image_store and spec.push_secret is None:
-        # written by the push step (never runs user content), read-only where user content
+    keeps = bool(spec.layer_cache and config.node_image_store and spec.push_secret is None)
+    if keeps:
+        # written by the keep step (never runs user content), read-only where user content
         # runs; only for the builder's own registry, whose images every build pod may pull (a
         # project's private environment never lies where another's build could read it)
         store = {"path": config.node_image_store, "type": "DirectoryOrCreate"}
         volumes.append({"name": "node-images", "hostPath": store})
         build_mounts.append({"name": "node-images", "mountPath": NODE_IMAGES, "readOnly": True})
-        push_mounts.append({"name": "node-images", "mountPath": NODE_IMAGES})
-        build_env["NODE_IMAGES"] = push_env["NODE_IMAGES"] = NODE_IMAGES
+        build_env["NODE_IMAGES"] = NODE_IMAGES
     # the destination's push Secret (None: the builder's own), in the push step alone
     push_secret = config.push_secret if spec.push_secret is None else spec.push_secret
     if push_secret:
@@ -214,10 +224,31 @@ def job_manifest(spec: BuildSpec, config: JobConfig) -> dict[str, Any]:
         "terminationMessagePolicy": "File",
         "volumeMounts": push_mounts,
     }
+    containers = [push]
+    if keeps:
+        keep_env = {
+            "WORKSPACE": WORKSPACE,
+            "PUSH_STORAGE": PUSH_STORAGE,
+            "CACHE_REPO": spec.layer_cache,
+            "NODE_IMAGES": NODE_IMAGES,
+        }
+        containers.append(
+            {
+                **push,
+                "name": "keep",
+                "command": ["/bin/sh", "-c", KEEP_SCRIPT],
+                "env": [{"name": k, "value": v} for k, v in keep_env.items()],
+                "volumeMounts": [
+                    {"name": "workspace", "mountPath": WORKSPACE, "readOnly": True},
+                    {"name": "push-storage", "mountPath": PUSH_STORAGE},
+                    {"name": "node-images", "mountPath": NODE_IMAGES},
+                ],
+            }
+        )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "initContainers": [build],
-        "containers": [push],
+        "containers": containers,
         "volumes": volumes,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -258,7 +289,10 @@ def _terminated(pods: list[dict]) -> dict | None:
         for pod in pods:
             for status in pod.get("status", {}).get(key) or []:
                 term = (status.get("state") or {}).get("terminated")
-                if term and (key == "containerStatuses" or term.get("exitCode")):
+                if term and (
+                    (key == "containerStatuses" and status.get("name", "push") == "push")
+                    or (key == "initContainerStatuses" and term.get("exitCode"))
+                ):
                     return term
     return None
 
@@ -271,9 +305,12 @@ def job_state(job: dict | None, pods: list[dict]) -> BackendState:
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     term = _terminated(pods)
     message = ((term or {}).get("message") or "").strip()
-    if (conditions.get("Complete") or {}).get("status") == "True" or (
-        status.get("succeeded") or 0
-    ) > 0:
+    pushed = term is not None and term.get("exitCode") == 0 and bool(message)
+    if (
+        (conditions.get("Complete") or {}).get("status") == "True"
+        or (status.get("succeeded") or 0) > 0
+        or pushed  # the image is pushed: ready, while the keep step may still run
+    ):
         digest, software, dependencies = parse_termination(message)
         if digest is None:
             return BackendState(BuildPhase.FAILED, "build succeeded but reported no image digest")

@@ -24,15 +24,6 @@ for extra in $EXTRA_IMAGES; do
   echo "==> pushing $extra"
   push_to image "$extra"
 done
-keep_on_node() {  # the new environment image into the node's image store (build steps read)
-  N="--storage-driver overlay --root $NODE_IMAGES --runroot $PUSH_STORAGE/node-run"
-  if id=$(buildah $N pull -q "oci:$layout:env" 2>"$PUSH_STORAGE/node.err") &&
-      buildah $N tag "$id" "$env_image" 2>>"$PUSH_STORAGE/node.err"; then
-    echo "==> the node's image store keeps $env_image"
-  else
-    echo "==> the node's image store could not keep it: $(tail -n 1 "$PUSH_STORAGE/node.err")"
-  fi
-}
 # a new environment image, to the builder's cache repository only (the name is checked: the
 # build step ran user content)
 env_image=$(head -n 1 "$WORKSPACE/env-image" 2>/dev/null | head -c 200 || true)
@@ -40,9 +31,7 @@ if [ -n "$env_image" ] && [ -n "${CACHE_REPO:-}" ]; then
   case "${env_image#"$CACHE_REPO:env-"}" in
     "$env_image"|*[!0-9a-f]*|"") echo "==> ignoring an environment image name: $env_image" ;;
     *) echo "==> keeping the environment image $env_image"
-       if push_to env "$env_image"; then
-         if [ -n "${NODE_IMAGES:-}" ]; then keep_on_node; fi
-       else echo "==> the environment image could not be kept"; fi ;;
+       push_to env "$env_image" || echo "==> the environment image could not be kept" ;;
   esac
 fi
 # the digest, then the image check's report (written by the build step: data, capped)
