@@ -1,5 +1,5 @@
 """Shared fixtures: a real etcd + kube-apiserver for the whole session, a fresh namespace per
-test, a fake kubelet, and ServiceAccount tokens bound to Roles.
+test, the fast tier's kubelet, and ServiceAccount tokens bound to Roles.
 
 The control plane is never optional: if it cannot start, every test that needs it errors (the
 run fails); nothing is skipped.
@@ -73,7 +73,9 @@ async def kube(control_plane: ControlPlane) -> AsyncIterator[client.ApiClient]:
 
 @pytest.fixture(scope="session")
 def fake_kubelet(control_plane: ControlPlane, kube) -> Iterator[FakeKubelet]:
-    """Marks every new pod Running/Ready with podIP 127.0.0.1 (runs in its own thread)."""
+    """The fast tier's one kubelet, in its own thread: a notebook pod Running/Ready with
+    podIP 127.0.0.1 on paper, a Job's pod in the runtime of its namespace (``JobRunner``
+    registers one), left to the test where there is none."""
     kubelet = FakeKubelet(control_plane.kubeconfig, pod_ip="127.0.0.1")
     loop = BackgroundLoop("fake-kubelet")
     loop.start(kubelet.run)

@@ -9,9 +9,12 @@ puts the folder of the root ``conftest.py`` there; the benchmarks insert it them
   a listener that records what reaches it.
 - :mod:`harness.registry`: Debian's docker-registry on loopback (and a token endpoint), base
   images pushed to it.
-- :mod:`harness.jobs`: ``JobRunner``, the fast tier's stand-in for the Job controller and
-  kubelet that runs build Jobs' containers here; ``start_pod``/``complete_job`` finish one
-  build's Job by hand.
+- :mod:`harness.jobs`: ``JobRunner``, the fast tier's stand-in for the Job controller (a pod
+  per build Job, the Job's status from the pod's phase); it registers a host-process runtime
+  with the fast tier's one kubelet (``aicoe_devcluster.kubelet.FakeKubelet``, the
+  ``fake_kubelet`` fixture), which runs the pods' containers here and alone writes their
+  status. ``start_pod``/``complete_job`` finish one build's Job by hand, where no ``JobRunner``
+  runs, with the kubelet's status shapes.
 - :mod:`harness.hub`: a real JupyterHub process (with configurable-http-proxy), a stand-in
   single-user server on the pods' podIP:port, an in-process spawner.
 - :mod:`harness.node`: a control plane with a real node (kubelet, containerd) for the node tier.

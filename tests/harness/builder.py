@@ -29,6 +29,7 @@ from harness.registry import Registry
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
+    from aicoe_devcluster import FakeKubelet
     from aicoe_spawner.builder.service import BuildService
     from aicoe_spawner.watch import ImageStreamWatch
     from harness.hub import Hub
@@ -197,10 +198,11 @@ def github_signature(body: bytes, secret: bytes) -> str:
 
 class BuilderStack:
     """The builder service in-process, as a JupyterHub service: job runner, build service,
-    ImageStream watch and the tornado app on 127.0.0.1:port under ``prefix``. A second
-    replica against the same namespace passes ``run_jobs=False`` (one job runner plays the
-    Job controller). The cookie secret is derived from ``token`` as the service process does,
-    so replicas with the same token share it."""
+    ImageStream watch and the tornado app on 127.0.0.1:port under ``prefix``. With a
+    ``kubelet`` its build Jobs run (a ``JobRunner``); without one none does: a second replica
+    against the same namespace (one job runner plays the Job controller), or a test that
+    finishes Jobs by hand (``complete_job``). The cookie secret is derived from ``token`` as
+    the service process does, so replicas with the same token share it."""
 
     def __init__(
         self,
@@ -215,7 +217,7 @@ class BuilderStack:
         prefix: str = SERVICE_PREFIX,
         oauth_redirect_uri: str | None = None,
         webhook_secret: bytes | None = None,
-        run_jobs: bool = True,
+        kubelet: FakeKubelet | None = None,
         app_options: dict | None = None,
         **settings,
     ) -> None:
@@ -226,8 +228,9 @@ class BuilderStack:
         from aicoe_spawner.builder.app import SERVER_OPTIONS, make_app
         from aicoe_spawner.watch import ImageStreamWatch
 
-        self.runner = JobRunner(kube, namespace, workdir) if run_jobs else None
-        if self.runner is not None:
+        self.runner = None
+        if kubelet is not None:
+            self.runner = JobRunner(kube, namespace, workdir, kubelet=kubelet)
             self.runner.start()
         config = local_settings(namespace, registry, **settings)
         self.service = build_service(

@@ -1,81 +1,134 @@
-"""A stand-in for the Job controller and kubelet for build Jobs: it runs the pod's own init
-containers and containers here, one after the other (buildah with vfs storage and chroot
-isolation), each seeing only the volumes it mounts (emptyDirs and Secrets as host
-directories), and writes pod and Job status back to the API server; and one build's Job
-finished by hand."""
+"""Build Jobs in the fast tier. ``JobRunner`` plays the Job controller for build Jobs (a pod
+from each Job's template, the Job's status from the pod's phase) and has the fake kubelet run
+those pods' containers here (:class:`~aicoe_devcluster.hostruntime.HostProcessRuntime`); the
+kubelet alone writes the pods' status. ``start_pod``/``complete_job`` finish one build's Job by
+hand, in a namespace where no ``JobRunner`` runs, with the kubelet's status shapes."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import os
-import subprocess
-import tempfile
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-if TYPE_CHECKING:
-    pass
-
+from aicoe_devcluster.hostruntime import HostProcessRuntime
+from aicoe_devcluster.kubelet import FakeKubelet, now, pod_status, running, terminated
 
 MERGE = "application/merge-patch+json"
+#: the field manager of Job status writes (the kubelet's is ``kubelet.FIELD_MANAGER``)
+JOB_CONTROLLER = "fake-job-controller"
+#: the field manager of the pod status a test writes by hand
+BY_HAND = "test-by-hand"
+MANAGED = "app.kubernetes.io/managed-by=aicoe-image-builder"
 
 
-def unmount_below(folder: Path) -> None:
-    """Unmount whatever is mounted below ``folder`` (buildah's overlay storage mounts its
-    layers and itself), deepest first, so that the folder can be removed."""
-    prefix = str(folder.resolve()) + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+def job_status(succeeded: bool, start: str, end: str) -> dict[str, Any]:
+    """The ``status`` the Job controller writes for a Job whose one pod ended."""
+
+    def condition(kind: str, **extra: str) -> dict[str, str]:
+        return {
+            "type": kind,
+            "status": "True",
+            "lastProbeTime": end,
+            "lastTransitionTime": end,
+            **extra,
+        }
+
+    if succeeded:
+        conditions = [condition("SuccessCriteriaMet"), condition("Complete")]
+        return {
+            "startTime": start,
+            "active": 0,
+            "succeeded": 1,
+            "completionTime": end,
+            "conditions": conditions,
+        }
+    backoff = {"reason": "BackoffLimitExceeded"}
+    conditions = [
+        condition("FailureTarget", **backoff),
+        condition("Failed", **backoff, message="Job has reached the specified backoff limit"),
+    ]
+    return {"startTime": start, "active": 0, "failed": 1, "conditions": conditions}
+
+
+def job_pod(job: dict[str, Any]) -> dict[str, Any]:
+    """The pod the Job controller creates for ``job``: ``<job>-run`` from its template, with
+    the Job controller's labels and the Job as its controller."""
+    meta, template = job["metadata"], job["spec"]["template"]
+    labels = {
+        **(template.get("metadata") or {}).get("labels", {}),
+        "job-name": meta["name"],
+        "batch.kubernetes.io/job-name": meta["name"],
+    }
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+    }
+    return {
+        "metadata": {"name": f"{meta['name']}-run", "labels": labels, "ownerReferences": [owner]},
+        "spec": template["spec"],
+    }
 
 
 class JobRunner:
-    """Plays the Job controller and kubelet for build Jobs in ``namespace``."""
+    """Runs the build Jobs of ``namespace``: the Job controller's part here, the pods'
+    containers in ``kubelet`` with a :class:`HostProcessRuntime` under ``workdir``. While
+    ``paused`` no new Job is picked up."""
 
     instances: list[JobRunner] = []
 
-    def __init__(self, kube: client.ApiClient, namespace: str, workdir: Path) -> None:
+    def __init__(
+        self, kube: client.ApiClient, namespace: str, workdir: Path, *, kubelet: FakeKubelet
+    ) -> None:
         self.batch = client.BatchV1Api(kube)
         self.core = client.CoreV1Api(kube)
         self.namespace = namespace
-        self.workdir = workdir
+        self.kubelet = kubelet
+        self.runtime = HostProcessRuntime(workdir)
+        #: names of the Jobs picked up
         self.seen: set[str] = set()
-        self.logs: dict[str, dict[str, Path]] = {}
-        self.durations: dict[str, float] = {}
         self.paused = False
-        # job name -> container name -> the environment it ran with (what a test inspects)
-        self.environments: dict[str, dict[str, dict[str, str]]] = {}
         self.tasks: list[asyncio.Task] = []
         self._loop_task: asyncio.Task | None = None
         JobRunner.instances.append(self)
 
+    @property
+    def logs(self) -> dict[str, dict[str, Path]]:
+        """pod name -> container name -> its log file."""
+        return self.runtime.logs
+
+    @property
+    def environments(self) -> dict[str, dict[str, dict[str, str]]]:
+        """job name -> container name -> the environment it ran with."""
+        return self.runtime.environments
+
+    @property
+    def durations(self) -> dict[str, float]:
+        """job name -> seconds its pod's containers took."""
+        return self.runtime.durations
+
     def start(self) -> None:
+        self.kubelet.add_runtime(self.namespace, self.runtime)
         self._loop_task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
         if self in JobRunner.instances:
             JobRunner.instances.remove(self)
-        for t in [self._loop_task, *self.tasks]:
-            if t:
-                t.cancel()
-        await asyncio.gather(
-            *[t for t in [self._loop_task, *self.tasks] if t], return_exceptions=True
-        )
+        tasks = [t for t in [self._loop_task, *self.tasks] if t]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.kubelet.remove_runtime(self.namespace)
 
     async def read_log(self, namespace: str, pod: str, container: str | None = None) -> str | None:
         """The log of ``container`` of ``pod`` (all containers' when None), None if none."""
-        paths = self.logs.get(pod) or {}
-        chosen = list(paths.values()) if container is None else [paths.get(container)]
-        chosen = [p for p in chosen if p is not None]
-        texts = [p.read_text(errors="replace") for p in chosen if p.exists()]
-        return "".join(texts) if texts else None
+        return await self.runtime.read_log(namespace, pod, container)
 
     @staticmethod
     async def read_any(namespace: str, pod: str, container: str | None = None) -> str | None:
@@ -91,9 +144,7 @@ class JobRunner:
         while True:
             if not self.paused:
                 jobs = await self.batch.list_namespaced_job(
-                    self.namespace,
-                    label_selector="app.kubernetes.io/managed-by=aicoe-image-builder",
-                    _preload_content=False,
+                    self.namespace, label_selector=MANAGED, _preload_content=False
                 )
                 for job in (await jobs.json())["items"]:
                     name = job["metadata"]["name"]
@@ -102,163 +153,41 @@ class JobRunner:
                         self.tasks.append(asyncio.create_task(self._run(job)))
             await asyncio.sleep(0.2)
 
-    async def _volumes(self, pod_spec: dict, tmp: Path) -> dict[str, Path]:
-        """Each pod volume as a host directory: emptyDirs empty, Secrets with their keys."""
-        out = {}
-        for volume in pod_spec.get("volumes") or []:
-            path = tmp / "volumes" / volume["name"]
-            path.mkdir(parents=True)
-            if "secret" in volume:
-                secret = await self.core.read_namespaced_secret(
-                    volume["secret"]["secretName"], self.namespace
-                )
-                for key, value in (secret.data or {}).items():
-                    (path / key).write_bytes(base64.b64decode(value))
-            out[volume["name"]] = path
-        return out
-
-    async def _run_container(
-        self, pod: str, job: str, container: dict, volumes: dict[str, Path], tmp: Path
-    ) -> tuple[int, str]:
-        """Run one container's command with its env; paths under its mounts are mapped to
-        the volumes' host directories. (exit code, termination message)."""
-        mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts") or []}
-
-        def host(value: str) -> str:
-            for mount, path in mounts.items():
-                if value == mount or value.startswith(mount + "/"):
-                    return str(path) + value[len(mount) :]
-            return value
-
-        env = {e["name"]: host(e.get("value", "")) for e in container.get("env", [])}
-        own = tmp / container["name"]
-        own.mkdir()
-        env.update(
-            PATH=os.environ["PATH"],
-            HOME=str(own),
-            TERMINATION_LOG=str(own / "termination-log"),
-            BUILD_TERMINATION_LOG=str(own / "termination-log"),
-            TMPDIR=str(own),
-        )
-        self.environments[job][container["name"]] = env
-        log_path = own / "log"
-        self.logs[pod][container["name"]] = log_path
-        with log_path.open("wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *container["command"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=own
-            )
-            code = await proc.wait()
-        term = own / "termination-log"
-        message = term.read_text() if term.exists() else ""
-        if (
-            not message
-            and code != 0
-            and container.get("terminationMessagePolicy") == ("FallbackToLogsOnError")
-        ):
-            message = "\n".join(log_path.read_text(errors="replace").splitlines()[-80:])[-2048:]
-        return code, message
-
-    async def _run(self, job: dict) -> None:
-        name = job["metadata"]["name"]
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        pod_name = f"{name}-run"
-        template = job["spec"]["template"]
-        labels = {**template["metadata"].get("labels", {}), "job-name": name}
-        await self.core.create_namespaced_pod(
-            self.namespace,
-            {"metadata": {"name": pod_name, "labels": labels}, "spec": template["spec"]},
-        )
-        await self.batch.patch_namespaced_job_status(
-            name,
-            self.namespace,
-            {"status": {"startTime": stamp, "active": 1}},
-            _content_type=MERGE,
-        )
-        pod_spec = template["spec"]
-        tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self.workdir))
-        volumes = await self._volumes(pod_spec, tmp)
-        self.logs[pod_name] = {}
-        self.environments[name] = {}
-        start = time.monotonic()
-        statuses: dict[str, list] = {"initContainerStatuses": [], "containerStatuses": []}
-        code, message = 0, ""
-        steps = [("initContainerStatuses", c) for c in pod_spec.get("initContainers") or []]
-        steps += [("containerStatuses", c) for c in pod_spec["containers"]]
-        for key, container in steps:
-            if code != 0:
-                break
-            try:
-                code, message = await self._run_container(pod_name, name, container, volumes, tmp)
-            finally:  # as a kubelet tears a container down: nothing it mounted stays
-                unmount_below(tmp)
-            statuses[key].append(
-                {
-                    "name": container["name"],
-                    "image": container["image"],
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {
-                        "terminated": {
-                            "exitCode": code,
-                            "message": message,
-                            "startedAt": stamp,
-                            "finishedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            "reason": "Completed" if code == 0 else "Error",
-                        }
-                    },
-                }
-            )
-        self.durations[name] = time.monotonic() - start
-        end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        await self.core.patch_namespaced_pod_status(
-            pod_name,
-            self.namespace,
-            {"status": {"phase": "Succeeded" if code == 0 else "Failed", **statuses}},
-            _content_type=MERGE,
-        )
-        if code == 0:
-            conditions = [
-                {
-                    "type": "SuccessCriteriaMet",
-                    "status": "True",
-                    "lastProbeTime": end,
-                    "lastTransitionTime": end,
-                },
-                {
-                    "type": "Complete",
-                    "status": "True",
-                    "lastProbeTime": end,
-                    "lastTransitionTime": end,
-                },
-            ]
-            status = {"active": 0, "succeeded": 1, "completionTime": end, "conditions": conditions}
-        else:
-            conditions = [
-                {
-                    "type": "FailureTarget",
-                    "status": "True",
-                    "reason": "BackoffLimitExceeded",
-                    "lastProbeTime": end,
-                    "lastTransitionTime": end,
-                },
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": "BackoffLimitExceeded",
-                    "message": "Job has reached the specified backoff limit",
-                    "lastProbeTime": end,
-                    "lastTransitionTime": end,
-                },
-            ]
-            status = {"active": 0, "failed": 1, "conditions": conditions}
+    async def _run(self, job: dict[str, Any]) -> None:
+        """Create the Job's pod, mark the Job active, wait for the kubelet to end the pod and
+        write the Job's status from its phase."""
+        name, start = job["metadata"]["name"], now()
+        pod = job_pod(job)
+        await self.core.create_namespaced_pod(self.namespace, pod)
         try:
-            await self.batch.patch_namespaced_job_status(
-                name, self.namespace, {"status": status}, _content_type=MERGE
-            )
+            await self._job_status(name, {"startTime": start, "active": 1})
+            phase = await self._pod_end(pod["metadata"]["name"])
+            if phase is not None:
+                await self._job_status(name, job_status(phase == "Succeeded", start, now()))
         except ApiException as e:
             if e.status != 404:  # cancelled meanwhile
                 raise
+
+    async def _job_status(self, name: str, status: dict[str, Any]) -> None:
+        await self.batch.patch_namespaced_job_status(
+            name,
+            self.namespace,
+            {"status": status},
+            field_manager=JOB_CONTROLLER,
+            _content_type=MERGE,
+        )
+
+    async def _pod_end(self, pod: str) -> str | None:
+        """The pod's final phase (Succeeded or Failed), None once it is deleted."""
+        while True:
+            raw = await self.core.read_namespaced_pod(pod, self.namespace, _preload_content=False)
+            if raw.status == 404:
+                return None
+            raw.raise_for_status()
+            phase = ((await raw.json()).get("status") or {}).get("phase")
+            if phase in ("Succeeded", "Failed"):
+                return phase
+            await asyncio.sleep(0.1)
 
 
 # -- one build's Job, finished by hand ----------------------------------------------------
@@ -268,15 +197,29 @@ def digest_of(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _stamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _by_hand(namespace: str) -> None:
+    if any(r.namespace == namespace for r in JobRunner.instances):
+        raise AssertionError(f"a JobRunner runs {namespace}'s Jobs: finish none by hand there")
+
+
+async def _write_pod_status(core: client.CoreV1Api, pod: dict[str, Any], states: dict) -> None:
+    meta = pod["metadata"]
+    await core.patch_namespaced_pod_status(
+        meta["name"],
+        meta["namespace"],
+        {"status": pod_status(pod, states)},
+        field_manager=BY_HAND,
+        _content_type=MERGE,
+    )
 
 
 async def start_pod(kube, namespace: str, build_id: str) -> None:
-    """The build Job's pod (``imgbuild-<id>-run``), once."""
+    """The build Job's pod (``imgbuild-<id>-run``), created and Running, once."""
+    _by_hand(namespace)
+    core = client.CoreV1Api(kube)
     name = f"imgbuild-{build_id}"
     try:
-        await client.CoreV1Api(kube).create_namespaced_pod(
+        pod = await core.create_namespaced_pod(
             namespace,
             {
                 "metadata": {"name": f"{name}-run", "labels": {"job-name": name}},
@@ -286,6 +229,8 @@ async def start_pod(kube, namespace: str, build_id: str) -> None:
     except ApiException as e:
         if e.status != 409:
             raise
+        return
+    await _write_pod_status(core, kube.sanitize_for_serialization(pod), {"build": running(now())})
 
 
 async def complete_job(kube, namespace: str, build_id: str, digest: str) -> None:
@@ -293,53 +238,15 @@ async def complete_job(kube, namespace: str, build_id: str, digest: str) -> None
     termination message is the digest, and the Job's Complete status."""
     core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
     name = f"imgbuild-{build_id}"
-    pod = f"{name}-run"
     await start_pod(kube, namespace, build_id)
-    start = _stamp()
-    await core.patch_namespaced_pod_status(
-        pod,
-        namespace,
-        {
-            "status": {
-                "phase": "Succeeded",
-                "containerStatuses": [
-                    {
-                        "name": "build",
-                        "image": "b",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {
-                            "terminated": {
-                                "exitCode": 0,
-                                "message": digest,
-                                "reason": "Completed",
-                                "startedAt": start,
-                                "finishedAt": start,
-                            }
-                        },
-                    }
-                ],
-            }
-        },
-        _content_type=MERGE,
-    )
-    end = _stamp()
-    conditions = [
-        {"type": t, "status": "True", "lastProbeTime": end, "lastTransitionTime": end}
-        for t in ("SuccessCriteriaMet", "Complete")
-    ]
+    raw = await core.read_namespaced_pod(f"{name}-run", namespace, _preload_content=False)
+    pod = await raw.json()
+    start = now()
+    await _write_pod_status(core, pod, {"build": terminated(0, digest, start, start)})
     await batch.patch_namespaced_job_status(
         name,
         namespace,
-        {
-            "status": {
-                "startTime": start,
-                "completionTime": end,
-                "succeeded": 1,
-                "active": 0,
-                "conditions": conditions,
-            }
-        },
+        {"status": job_status(True, start, now())},
+        field_manager=JOB_CONTROLLER,
         _content_type=MERGE,
     )

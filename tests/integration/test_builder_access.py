@@ -25,7 +25,7 @@ PREFIX = "/services/image-builder/"
 @pytest_asyncio.fixture(scope="module")
 async def env(kube, control_plane, tmp_path_factory):
     """A hub, the builder without a webhook secret (its default) and a git server. Builds stay
-    pending: the job runner is paused, nothing is pushed."""
+    pending: no job runner, nothing is pushed."""
     tmp_path = tmp_path_factory.mktemp("builder-access")
     namespace = f"t-bacc-{uuid.uuid4().hex[:6]}"
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": namespace}})
@@ -44,7 +44,6 @@ async def env(kube, control_plane, tmp_path_factory):
         hub_url=hub.url,
         port=port,
     )
-    stack.runner.paused = True
     tokens = await user_tokens(hub, ("alice", "bob", "root"))
     yield BuilderEnv(
         kube=kube,

@@ -32,7 +32,7 @@ SECRET = b"webhook-secret"
 
 
 @pytest_asyncio.fixture(scope="module")
-async def env(kube, control_plane, tmp_path_factory):
+async def env(kube, control_plane, fake_kubelet, tmp_path_factory):
     """One hub, builder, git server and registry for the module (a hub start costs ~5 s)."""
     tmp_path = tmp_path_factory.mktemp("builder-api")
     namespace = f"t-bapi-{uuid.uuid4().hex[:6]}"
@@ -60,6 +60,7 @@ async def env(kube, control_plane, tmp_path_factory):
         token=token,
         hub_url=hub.url,
         port=port,
+        kubelet=fake_kubelet,
         webhook_secret=SECRET,
         max_per_user=2,
         max_total=10,

@@ -1,6 +1,7 @@
 """The builder end to end on this machine: a local Git repo over HTTP, the real API server,
-real buildah builds run by the job runner from the Job's own command, Debian's docker-registry
-on loopback, and the ImageStream registered with the real digest."""
+real buildah builds (the job runner's pods, their containers run here by the fake kubelet from
+the Job's own command), Debian's docker-registry on loopback, and the ImageStream registered
+with the real digest."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ async def infra(tmp_path_factory):
 
 
 @pytest_asyncio.fixture
-async def builder(kube, namespace, infra, tmp_path):
+async def builder(kube, fake_kubelet, namespace, infra, tmp_path):
     registry = infra[1]
-    runner = JobRunner(kube, namespace, tmp_path)
+    runner = JobRunner(kube, namespace, tmp_path, kubelet=fake_kubelet)
     runner.start()
     settings = local_settings(namespace, registry.host, max_per_user=5, max_total=10)
     service = build_service(kube, settings, log_reader=runner.read_log)
@@ -230,14 +231,14 @@ async def test_failed_first_build_leaves_nothing_in_the_catalog(kube, namespace,
 
 
 async def test_an_image_without_jupyterhub_fails_the_check_and_the_tag_keeps_its_image(
-    kube, namespace, infra, tmp_path
+    kube, fake_kubelet, namespace, infra, tmp_path
 ):
     """The image check in the build step (the real script, buildah on this machine): the
     busybox image has no jupyterhub-singleuser, runs as root and has no home. Built without
     the check it is served; rebuilt with the check, the build fails with what is missing in
     its record's message, and the tag keeps serving the first digest."""
     git, registry, base, _ = infra
-    runner = JobRunner(kube, namespace, tmp_path)
+    runner = JobRunner(kube, namespace, tmp_path, kubelet=fake_kubelet)
     runner.start()
     unchecked = build_service(
         kube, local_settings(namespace, registry.host), log_reader=runner.read_log
@@ -301,9 +302,11 @@ async def test_unknown_ref_and_restart(kube, namespace, infra, builder, tmp_path
         await second.stop()
 
 
-async def test_two_replicas_never_build_the_same_commit_twice(kube, namespace, infra, tmp_path):
+async def test_two_replicas_never_build_the_same_commit_twice(
+    kube, fake_kubelet, namespace, infra, tmp_path
+):
     git, registry, base, _ = infra
-    runner = JobRunner(kube, namespace, tmp_path)
+    runner = JobRunner(kube, namespace, tmp_path, kubelet=fake_kubelet)
     settings = local_settings(namespace, registry.host)
     replicas = [build_service(kube, settings, log_reader=runner.read_log) for _ in range(2)]
     git.create_repo("twin-nb", {"Dockerfile": f"FROM {base}\nRUN true\n"}, tag="v1")

@@ -80,7 +80,6 @@ async def env(kube, control_plane, tmp_path_factory):
         token=token,
         hub_url=hub.url,
         port=port,
-        run_jobs=False,
         app_options={"image_policies": ImagePolicies(DEFAULT_POLICY, GROUP_POLICIES)},
     )
     await hub.start()  # after the builder listens: the hub waits for its services

@@ -73,7 +73,6 @@ async def make_env(kube, tmp_path, *, prefix: str, token_auth: bool):
         max_per_user=20,
         max_total=40,
     )
-    e.stack.runner.paused = True  # the test finishes (or fails) the Jobs
     holder["s"] = e.service = e.stack.service
     e.service.observers.append(reporter)
     e.reporter = reporter

@@ -30,7 +30,7 @@ TIMEOUT = 45_000  # ms, for a real buildah build
 
 
 @pytest_asyncio.fixture(scope="module")
-async def env(kube, control_plane, tmp_path_factory):
+async def env(kube, control_plane, fake_kubelet, tmp_path_factory):
     """A hub with the builder registered as an OAuth service, the builder, git, a registry and
     one browser for the module."""
     tmp_path = tmp_path_factory.mktemp("builder-page")
@@ -52,6 +52,7 @@ async def env(kube, control_plane, tmp_path_factory):
         token=token,
         hub_url=hub.url,
         port=port,
+        kubelet=fake_kubelet,
         prefix=PREFIX,
         oauth_redirect_uri=f"{PREFIX}oauth_callback",  # as the hub registers it
         max_per_user=4,

@@ -40,7 +40,7 @@ PUBLISHER = "aicoe-spawner.io/publisher"
 
 @pytest_asyncio.fixture(scope="module")
 async def env(kube, control_plane, tmp_path_factory):
-    """One hub and builder (its job runner paused: the test finishes Jobs) and a git server."""
+    """One hub and builder (no job runner: the test finishes Jobs) and a git server."""
     tmp_path = tmp_path_factory.mktemp("builder-publish")
     namespace = f"t-bpub-{uuid.uuid4().hex[:6]}"
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": namespace}})
@@ -66,7 +66,6 @@ async def env(kube, control_plane, tmp_path_factory):
         max_per_user=20,
         max_total=60,
     )
-    stack.runner.paused = True  # the test finishes Jobs (complete_job); none runs
     await hub.start()  # the builder listens already: the hub need not wait for it
     tokens = await user_tokens(hub, USERS)
     yield BuilderEnv(

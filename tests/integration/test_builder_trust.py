@@ -44,7 +44,7 @@ USERS = ("alice", "bob", "root", "github:octo")
 
 
 @pytest_asyncio.fixture(scope="module")
-async def env(kube, control_plane, tmp_path_factory):
+async def env(kube, control_plane, fake_kubelet, tmp_path_factory):
     """One hub, builder (with a push secret), git server and registry for the module."""
     tmp_path = tmp_path_factory.mktemp("builder-trust")
     namespace = f"t-btrust-{uuid.uuid4().hex[:6]}"
@@ -106,6 +106,7 @@ async def env(kube, control_plane, tmp_path_factory):
         token=token,
         hub_url=hub.url,
         port=port,
+        kubelet=fake_kubelet,
         webhook_secret=SECRET,
         max_per_user=10,
         max_total=40,
@@ -530,13 +531,13 @@ async def test_base_image_label_never_reaches_a_shell_or_sed(env):
     assert done["phase"] == "ready", log  # built with the default scripts directory
 
 
-async def test_builds_may_run_in_their_own_namespace(env, kube, namespace, tmp_path):
+async def test_builds_may_run_in_their_own_namespace(env, kube, fake_kubelet, namespace, tmp_path):
     """Records and ImageStreams in the builder's namespace; Jobs and pods in the build
-    namespace, where the job runner (playing the kubelet) runs them."""
+    namespace, where the job runner and the fake kubelet run them."""
     e = env
     builds_ns = f"{namespace}-builds"
     await client.CoreV1Api(kube).create_namespace({"metadata": {"name": builds_ns}})
-    runner = JobRunner(kube, builds_ns, tmp_path)
+    runner = JobRunner(kube, builds_ns, tmp_path, kubelet=fake_kubelet)
     runner.start()
     settings = local_settings(namespace, e.registry.host, build_namespace=builds_ns)
     service = build_service(kube, settings, log_reader=runner.read_log)

@@ -1,7 +1,7 @@
 """The image builder runs a full build with a TokenRequest token of the chart's own builder
 ServiceAccount (its Roles applied from the rendered chart): Job, build record ConfigMap, the
-ImageStream and its status with the pushed digest. The job runner of harness.builder plays the
-Job controller and kubelet (with admin rights, as those would have)."""
+ImageStream and its status with the pushed digest. The job runner of harness.jobs plays the
+Job controller and the fake kubelet runs the pods (with admin rights, as those would have)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ async def infra(tmp_path_factory):
 
 
 async def test_builder_builds_with_the_charts_service_account(
-    kube, namespace, infra, token_kubeconfig, tmp_path
+    kube, fake_kubelet, namespace, infra, token_kubeconfig, tmp_path
 ):
     """... with the chart's defaults: the Job in the build namespace, admitted by the chart's
     admission policies, the records and ConfigMaps in the hub's namespace."""
@@ -61,7 +61,7 @@ async def test_builder_builds_with_the_charts_service_account(
     api = await api_client(token_kubeconfig(request.status.token, namespace))
     settings = local_settings(namespace, registry.host, build_namespace=builds)
     await policies_enforced(api, namespace, builds, settings.builder_image)
-    runner = JobRunner(kube, builds, tmp_path)
+    runner = JobRunner(kube, builds, tmp_path, kubelet=fake_kubelet)
     runner.start()
     service = build_service(api, settings, log_reader=runner.read_log)
     service.start(0.2)
