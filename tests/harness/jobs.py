@@ -214,7 +214,8 @@ async def _write_pod_status(core: client.CoreV1Api, pod: dict[str, Any], states:
 
 
 async def start_pod(kube, namespace: str, build_id: str) -> None:
-    """The build Job's pod (``imgbuild-<id>-run``), created and Running, once."""
+    """The build Job's pod (``imgbuild-<id>-run``, the build pod's shape), created with its
+    build step running, once."""
     _by_hand(namespace)
     core = client.CoreV1Api(kube)
     name = f"imgbuild-{build_id}"
@@ -223,7 +224,11 @@ async def start_pod(kube, namespace: str, build_id: str) -> None:
             namespace,
             {
                 "metadata": {"name": f"{name}-run", "labels": {"job-name": name}},
-                "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": "b"}]},
+                "spec": {  # the build pod's shape (kubernetes_job.job_manifest)
+                    "restartPolicy": "Never",
+                    "initContainers": [{"name": "build", "image": "b"}],
+                    "containers": [{"name": "push", "image": "b"}],
+                },
             },
         )
     except ApiException as e:
@@ -234,15 +239,16 @@ async def start_pod(kube, namespace: str, build_id: str) -> None:
 
 
 async def complete_job(kube, namespace: str, build_id: str, digest: str) -> None:
-    """The Job controller and kubelet for one successful build: a finished pod whose
-    termination message is the digest, and the Job's Complete status."""
+    """The Job controller and kubelet for one successful build: a finished pod whose push
+    step's termination message is the digest, and the Job's Complete status."""
     core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
     name = f"imgbuild-{build_id}"
     await start_pod(kube, namespace, build_id)
     raw = await core.read_namespaced_pod(f"{name}-run", namespace, _preload_content=False)
     pod = await raw.json()
     start = now()
-    await _write_pod_status(core, pod, {"build": terminated(0, digest, start, start)})
+    done = {"build": terminated(0, "", start, start), "push": terminated(0, digest, start, start)}
+    await _write_pod_status(core, pod, done)
     await batch.patch_namespaced_job_status(
         name,
         namespace,

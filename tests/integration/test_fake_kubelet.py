@@ -208,15 +208,16 @@ async def test_a_job_pod_without_a_runtime_is_the_tests_alone(kube, fake_kubelet
     )
     await start_pod(kube, namespace, "hand")
     started = await read(kube, "pod", "imgbuild-hand-run", namespace)
-    assert started["status"]["phase"] == "Running"
+    assert started["status"]["phase"] == "Pending"  # its build step (an init container) runs
+    assert "running" in started["status"]["initContainerStatuses"][0]["state"]
     await asyncio.sleep(0.5)  # time the kubelet would take to act on it
     assert status_writers(await read(kube, "pod", "imgbuild-hand-run", namespace)) == {BY_HAND}
     await complete_job(kube, namespace, "hand", "sha256:" + "ab" * 32)
     finished = await read(kube, "pod", "imgbuild-hand-run", namespace)
     assert finished["status"]["phase"] == "Succeeded"
-    assert finished["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == (
-        "sha256:" + "ab" * 32
-    )
+    (push,) = finished["status"]["containerStatuses"]
+    assert push["name"] == "push"
+    assert push["state"]["terminated"]["message"] == "sha256:" + "ab" * 32
     assert status_writers(finished) == {BY_HAND}
     assert f"{namespace}/imgbuild-hand-run" not in fake_kubelet.started_pods
 
