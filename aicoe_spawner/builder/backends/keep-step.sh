@@ -1,9 +1,9 @@
 #!/bin/sh
 # The keep step of a build pod (backends/kubernetes_job.py): never runs user content.
 set -eu
-# Runs beside the push step: the build is ready once the push step has pushed (job_state), so
-# keeping the new environment image on the node delays nobody. Never fails the pod: a store
-# that cannot keep an image only costs a later build its pull.
+# Runs beside the push step (the build ends with both). Never fails the pod and never takes
+# longer than KEEP_TIMEOUT seconds: a store that cannot keep an image only costs a later build
+# on this node its pull.
 layout="$WORKSPACE/layout"
 env_image=$(head -n 1 "$WORKSPACE/env-image" 2>/dev/null | head -c 200 || true)
 [ -n "$env_image" ] && [ -n "${CACHE_REPO:-}" ] || exit 0  # no new environment image
@@ -15,10 +15,12 @@ esac
 marks="$NODE_IMAGES/aicoe-keeping"
 mkdir -p "$marks" && : > "$marks/env-$key" || true
 N="--storage-driver overlay --root $NODE_IMAGES --runroot $PUSH_STORAGE/keep-run"
-if id=$(buildah $N pull -q "oci:$layout:env" 2>"$PUSH_STORAGE/keep.err") &&
+limit=${KEEP_TIMEOUT:-300}
+if id=$(timeout "$limit" buildah $N pull -q "oci:$layout:env" 2>"$PUSH_STORAGE/keep.err") &&
     buildah $N tag "$id" "$env_image" 2>>"$PUSH_STORAGE/keep.err"; then
   echo "==> the node's image store keeps $env_image"
 else
-  echo "==> the node's image store could not keep $env_image: $(tail -n 1 "$PUSH_STORAGE/keep.err")"
+  why=$(tail -n 1 "$PUSH_STORAGE/keep.err")
+  echo "==> the node's image store could not keep $env_image: ${why:-no end within $limit s}"
 fi
 rm -f "$marks/env-$key"

@@ -8,8 +8,9 @@ to a sized emptyDir; it has no credentials. The container ``push`` never runs us
 pushes the layout with the push secret, and writes the pushed digest (buildah
 ``--digestfile``) to its termination message. With a node image store, the container
 ``keep`` runs beside it (no user content either) and keeps a new environment image on the
-node; the build is ready when the push step has ended. The pod runs with seccomp
-RuntimeDefault, no service-account token, and ephemeral-storage limits."""
+node; the build ends with the pod, keep step included (the build limits hold for it too).
+The pod runs with seccomp RuntimeDefault, no service-account token, and ephemeral-storage
+limits."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ BUILD_SCRIPT = _script("build-step.sh").replace("@CHECK_SCRIPT@\n", CHECK_SCRIPT
 PUSH_SCRIPT = _script("push-step.sh")
 
 # Never runs user content: beside the push step, keeps a new environment image in the node's
-# image store (JobConfig.node_image_store); the build is ready without waiting for it.
+# image store (JobConfig.node_image_store), within KEEP_TIMEOUT seconds.
 KEEP_SCRIPT = _script("keep-step.sh")
 
 
@@ -305,12 +306,9 @@ def job_state(job: dict | None, pods: list[dict]) -> BackendState:
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     term = _terminated(pods)
     message = ((term or {}).get("message") or "").strip()
-    pushed = term is not None and term.get("exitCode") == 0 and bool(message)
-    if (
-        (conditions.get("Complete") or {}).get("status") == "True"
-        or (status.get("succeeded") or 0) > 0
-        or pushed  # the image is pushed: ready, while the keep step may still run
-    ):
+    if (conditions.get("Complete") or {}).get("status") == "True" or (
+        status.get("succeeded") or 0
+    ) > 0:
         digest, software, dependencies = parse_termination(message)
         if digest is None:
             return BackendState(BuildPhase.FAILED, "build succeeded but reported no image digest")
