@@ -281,11 +281,12 @@ def test_build_storage_size_sets_limits_and_a_request_within_them():
         settings_from_env({"AICOE_BUILDER_BUILD_STORAGE": "lots"})
 
 
-def test_the_node_image_store_is_writable_by_the_push_step_only():
+def test_the_node_image_store_is_writable_by_the_keep_step_only():
     """build_node_image_store: a hostPath the build step (repository content) mounts
-    read-only and the push step writable, for environment builds whose images go to the
-    builder's own registry; never for a project's own destination (its push Secret): its
-    environment must not lie where another project's build could read it."""
+    read-only and the keep step (beside the push step, which has no such mount) writable,
+    for environment builds whose images go to the builder's own registry; never for a
+    project's own destination (its push Secret): its environment must not lie where another
+    project's build could read it."""
     from dataclasses import replace
 
     env_spec = replace(spec(), strategy="environment", layer_cache="reg.local:5000/ns/nb-cache")
